@@ -1,0 +1,1 @@
+"""Shared code of the self-supervised toolkit: one module per job (see DESIGN.md)."""
