@@ -1,0 +1,63 @@
+"""Shared flag groups. Every long flag is accepted in both spellings (``--batch-size`` and
+``--batch_size``): users paste commands from MoCo (dash-case) and SwAV / DINO (snake_case) alike.
+Parsing has no side effects (no files, no CUDA queries)."""
+import argparse
+
+
+def add_arg(parser, *names, **kwargs):
+    """``parser.add_argument`` that also registers the other spelling of every long option."""
+    all_names = list(names)
+    for name in names:
+        if name.startswith("--"):
+            body = name[2:]
+            for alt in (body.replace("-", "_"), body.replace("_", "-")):
+                if "--" + alt not in all_names:
+                    all_names.append("--" + alt)
+    return parser.add_argument(*all_names, **kwargs)
+
+
+def bool_flag(text):
+    """``True/False/1/0/yes/no`` -> bool, for SwAV-style ``--flag True`` arguments."""
+    value = str(text).lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
+
+
+def add_dist_args(parser):
+    """Launch flags understood by ``src.dist.init_distributed`` (all launch styles, see README)."""
+    g = parser.add_argument_group("distributed")
+    add_arg(g, "--world-size", default=-1, type=int,
+            help="number of NODES for --multiprocessing-distributed (MoCo style); ignored under torchrun/srun")
+    add_arg(g, "--rank", default=-1, type=int, help="node rank for --multiprocessing-distributed (MoCo style)")
+    add_arg(g, "--dist-url", default="env://", type=str,
+            help="init URL, e.g. tcp://localhost:10001 (MoCo style); torchrun/srun use env://")
+    add_arg(g, "--dist-backend", default="", type=str, help="nccl or gloo (default: nccl with CUDA, gloo on CPU)")
+    add_arg(g, "--multiprocessing-distributed", action="store_true",
+            help="spawn one process per GPU on this node (MoCo style; on a CPU-only node see --nproc-per-node)")
+    add_arg(g, "--nproc-per-node", default=0, type=int,
+            help="processes to spawn per node with --multiprocessing-distributed (default: #GPUs, or 1 on CPU)")
+    add_arg(g, "--local-rank", default=None, type=int, help="set by torch.distributed.launch; do not pass by hand")
+    add_arg(g, "--gpu", default=None, type=int, help="GPU id for a single-process run (default: cuda:0 if any)")
+    add_arg(g, "--device", default="", type=str, help="force a device: cpu, cuda, cuda:1 (default: auto)")
+    return g
+
+
+def add_amp_args(parser):
+    """Mixed precision: ``--amp fp16`` (autocast + grad scaler), ``--amp bf16``, or ``--use_fp16 true``."""
+    g = parser.add_argument_group("mixed precision")
+    add_arg(g, "--amp", default="none", choices=["none", "fp16", "bf16"],
+            help="autocast dtype for forward passes; losses stay fp32 (default none; bf16 on CPU/Ampere+)")
+    add_arg(g, "--use-fp16", default=False, type=bool_flag, nargs="?", const=True,
+            help="SwAV/DINO spelling of --amp fp16")
+    return g
+
+
+def amp_dtype(args):
+    """Resolve the AMP flags to a torch dtype or None."""
+    import torch
+
+    name = "fp16" if getattr(args, "use_fp16", False) else args.amp
+    return {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[name]

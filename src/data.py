@@ -1,0 +1,361 @@
+"""Datasets, a resumable sampler and the loader: what every training and evaluation script reads images with.
+
+- :func:`resolve_split` turns ``--data ROOT`` into ``ROOT/train`` (or ROOT itself when it already is
+  an image folder) with a one-line :class:`~src.errors.UserError` when it cannot.
+- :class:`SafeImageFolder` is ``torchvision.datasets.ImageFolder`` (same classes, ``class_to_idx``
+  and ``samples``) that checks the folder up front and skips unreadable images at load time
+  instead of crashing a multi-day run; :class:`FlatImageFolder` reads a folder of images without
+  class subfolders (COCO ``train2017/``), every target 0.
+- With ``seed`` set, the random transform of sample ``i`` runs under an RNG seeded from
+  ``(seed, epoch, i)`` (:func:`fork_rng`), so an augmented sample does not depend on the number of
+  workers or on where a run was resumed: with :class:`ResumableSampler`, which skips the batches
+  already done in the interrupted epoch, a resumed run sees bit-identical batches.
+
+Typical use in a script::
+
+    train_set = build_dataset(resolve_split(args.data, "train"), transform, seed=args.seed)
+    sampler = ResumableSampler(len(train_set), world_size, rank, seed=args.seed)
+    loader = build_loader(train_set, args.batch_size, sampler, args.workers)
+    for epoch in range(start_epoch, args.epochs):
+        sampler.set_epoch(epoch, start_index=it_done * args.batch_size if epoch == start_epoch else 0)
+        train_set.set_epoch(epoch)          # before iterating: workers read it when a sample is built
+        for images, _ in loader: ...
+"""
+import contextlib
+import math
+import os
+import pathlib
+import random
+import sys
+
+import numpy as np
+import torch
+from PIL import Image
+
+from src.errors import UserError
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # as torchvision
+MAX_CONSECUTIVE_FAILURES = 50
+_LAYOUT_HINT = "pass the folder that holds train/ (and val/), one subfolder per class"
+
+
+def _is_image(name):
+    return name.lower().endswith(IMG_EXTENSIONS)
+
+
+def _images_under(folder):
+    """Image paths below ``folder`` in ImageFolder's order: sorted ``os.walk``, sorted file names."""
+    paths = []
+    for dirpath, _, names in sorted(os.walk(folder, followlinks=True)):
+        paths += [os.path.join(dirpath, n) for n in sorted(names) if _is_image(n)]
+    return paths
+
+
+def _has_image(folder):
+    """True as soon as one image is found below ``folder`` (no full scan)."""
+    return any(_is_image(n) for _, _, names in os.walk(folder, followlinks=True) for n in names)
+
+
+def _require_dir(root):
+    if not os.path.isdir(root):
+        raise UserError(f"data folder '{root}' does not exist: {_LAYOUT_HINT}")
+
+
+def resolve_split(root, split):
+    """The folder that holds one split of a dataset.
+
+    Args:
+        root: dataset root, usually holding ``train/`` and ``val/``.
+        split: subfolder name, e.g. "train" or "val".
+
+    Returns:
+        pathlib.Path: ``root/split`` if it exists, else ``root`` itself when it directly holds class
+        subfolders with images or images (a flat dataset).
+
+    Raises:
+        UserError: ``root`` is missing, holds another split but not this one, or holds no images.
+    """
+    _require_dir(root)
+    root = pathlib.Path(root)
+    if (root / split).is_dir():
+        return root / split
+    entries = list(os.scandir(root))
+    other_splits = sorted(e.name + "/" for e in entries if e.is_dir() and e.name in ("train", "val", "test"))
+    if other_splits:
+        raise UserError(f"data folder '{root}' has no '{split}/' subfolder (it has {' '.join(other_splits)}): "
+                        f"add it, or pass the split folder itself")
+    if any(e.is_file() and _is_image(e.name) for e in entries) or any(
+            e.is_dir() and _has_image(e.path) for e in entries):
+        return root
+    raise UserError(f"data folder '{root}' has no '{split}/' subfolder and no images: {_LAYOUT_HINT}")
+
+
+def sample_seed(seed, epoch, index):
+    """A 64-bit seed that is a hash of ``(seed, epoch, index)`` (numpy ``SeedSequence``).
+
+    Args:
+        seed: run seed (any int; taken modulo 2**64).
+        epoch: epoch number (>= 0).
+        index: sample index (>= 0).
+
+    Returns:
+        int in [0, 2**64).
+    """
+    words = np.random.SeedSequence([seed % 2 ** 64, epoch, index]).generate_state(2, np.uint32)
+    return int(words[0]) | int(words[1]) << 32
+
+
+@contextlib.contextmanager
+def fork_rng(seed):
+    """Run a block with Python ``random``, numpy's global RNG and torch's CPU generator seeded from
+    ``seed``, then put the three states back as they were (the caller's streams are untouched).
+
+    CUDA generators are neither seeded nor touched: per-sample transforms run on the CPU.
+
+    Args:
+        seed: int in [0, 2**64).
+    """
+    saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.default_generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.set_rng_state(saved[2])
+
+
+class _ImageListDataset(torch.utils.data.Dataset):
+    """What SafeImageFolder and FlatImageFolder share: RGB decoding, skipping unreadable files,
+    and the seeded transform. Subclasses only build ``samples`` and ``classes``."""
+
+    def __init__(self, root, samples, classes, transform, seed):
+        self.root = str(root)
+        self.samples = samples
+        self.imgs = samples  # ImageFolder's alias
+        self.targets = [t for _, t in samples]
+        self.classes = classes
+        self.class_to_idx = {c: i for i, c in enumerate(classes)}
+        self.transform = transform
+        self.seed = seed
+        self.n_skipped = 0  # unreadable images met by this process (each DataLoader worker counts its own)
+        self._warned = set()
+        # Shared memory, so DataLoader workers (persistent ones too) see set_epoch from the main process.
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch):
+        """Set the epoch that seeds the augmentations; call it before iterating the loader.
+
+        Args:
+            epoch: int >= 0.
+        """
+        self._epoch[0] = int(epoch)
+
+    @property
+    def epoch(self):
+        """The epoch last given to :meth:`set_epoch` (0 at first)."""
+        return int(self._epoch[0])
+
+    def __len__(self):
+        return len(self.samples)
+
+    def load(self, index):
+        """Decode sample ``index`` as an RGB PIL image, skipping unreadable files.
+
+        An unreadable file is replaced by the next index (wrapping around), one warning line per
+        file on stderr, and counted in ``n_skipped``.
+
+        Args:
+            index: sample index.
+
+        Returns:
+            (PIL.Image in RGB, target int).
+
+        Raises:
+            UserError: more than ``MAX_CONSECUTIVE_FAILURES`` files in a row cannot be read.
+        """
+        for step in range(MAX_CONSECUTIVE_FAILURES + 1):
+            path, target = self.samples[(index + step) % len(self.samples)]
+            try:
+                with open(path, "rb") as f:
+                    return Image.open(f).convert("RGB"), target
+            except Exception as exc:  # any decoder failure: truncated, not an image, bomb, I/O error
+                self.n_skipped += 1
+                if path not in self._warned:
+                    self._warned.add(path)
+                    print(f"warning: skipping unreadable image {path} ({type(exc).__name__}: {exc})",
+                          file=sys.stderr, flush=True)
+        raise UserError(f"{MAX_CONSECUTIVE_FAILURES + 1} images in a row from index {index} in '{self.root}' "
+                        f"cannot be read: check the files (last: {path})")
+
+    def __getitem__(self, index):
+        """Args: index: int. Returns: (transformed image, target)."""
+        index = index % len(self.samples)
+        img, target = self.load(index)
+        if self.transform is None:
+            return img, target
+        if self.seed is None:
+            return self.transform(img), target
+        with fork_rng(sample_seed(self.seed, self.epoch, index)):
+            return self.transform(img), target
+
+
+class SafeImageFolder(_ImageListDataset):
+    """``torchvision.datasets.ImageFolder`` with checks and unreadable-image skipping.
+
+    Same ``classes`` (sorted subfolder names), ``class_to_idx``, ``samples``, ``targets`` and item
+    format ``(transform(rgb_image), target)``.
+
+    Args:
+        root: folder with one subfolder per class (images may be nested deeper).
+        transform: callable on a PIL image, or None.
+        seed: None for the global RNG, or an int: the transform of sample ``i`` then runs under an
+            RNG seeded from ``(seed, epoch, i)`` (see :meth:`set_epoch`).
+
+    Raises:
+        UserError: missing or empty root, no class subfolders, or a class subfolder without images.
+    """
+
+    def __init__(self, root, transform=None, seed=None):
+        _require_dir(root)
+        classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+        if not classes:
+            kind = "images but no class subfolders" if _has_image(root) else "no class subfolders"
+            raise UserError(f"data folder '{root}' has {kind}: {_LAYOUT_HINT} (or use a flat dataset)")
+        samples = []
+        for idx, name in enumerate(classes):
+            paths = _images_under(os.path.join(root, name))
+            if not paths:
+                raise UserError(f"class folder '{os.path.join(root, name)}' has no images (extensions: "
+                                f"{' '.join(IMG_EXTENSIONS)}): add images or remove the folder")
+            samples += [(p, idx) for p in paths]
+        super().__init__(root, samples, classes, transform, seed)
+
+
+class FlatImageFolder(_ImageListDataset):
+    """Every image below ``root``, recursively and in sorted order, each with target 0
+    (unlabelled sets such as COCO ``train2017/``). Same loading and seeding as SafeImageFolder.
+
+    Args:
+        root: folder of images (subfolders are searched too).
+        transform: callable on a PIL image, or None.
+        seed: None, or an int for per-sample seeded augmentation (see SafeImageFolder).
+
+    Raises:
+        UserError: missing root or no images below it.
+    """
+
+    def __init__(self, root, transform=None, seed=None):
+        _require_dir(root)
+        paths = _images_under(root)
+        if not paths:
+            raise UserError(f"data folder '{root}' has no images (extensions: {' '.join(IMG_EXTENSIONS)}): "
+                            f"{_LAYOUT_HINT}")
+        name = os.path.basename(os.path.normpath(str(root))) or "images"
+        super().__init__(root, [(p, 0) for p in paths], [name], transform, seed)
+
+
+def build_dataset(root, transform, seed=None, flat=False):
+    """SafeImageFolder, or FlatImageFolder when ``flat`` or when ``root`` holds images and no subfolders.
+
+    Args:
+        root: split folder (see :func:`resolve_split`).
+        transform: callable on a PIL image, or None.
+        seed: None, or an int for per-sample seeded augmentation.
+        flat: force a flat dataset (every target 0).
+
+    Returns:
+        SafeImageFolder or FlatImageFolder.
+    """
+    _require_dir(root)
+    if not flat:
+        entries = list(os.scandir(root))
+        flat = not any(e.is_dir() for e in entries) and any(_is_image(e.name) for e in entries)
+    return (FlatImageFolder if flat else SafeImageFolder)(root, transform=transform, seed=seed)
+
+
+class ResumableSampler(torch.utils.data.Sampler):
+    """``DistributedSampler(drop_last=False)`` that can start an epoch part-way through.
+
+    For an epoch it yields exactly DistributedSampler's indices: a permutation from a generator
+    seeded with ``seed + epoch`` (or ``range`` without shuffling), padded by wrap-around to a
+    multiple of ``num_replicas``, then ``indices[rank::num_replicas]``.
+
+    Args:
+        dataset_len: number of samples (an int, or anything with ``len``).
+        num_replicas: world size.
+        rank: this process's rank, in [0, num_replicas).
+        shuffle: permute every epoch.
+        seed: base seed, the same on every rank.
+    """
+
+    def __init__(self, dataset_len, num_replicas=1, rank=0, shuffle=True, seed=0):
+        self.n = dataset_len if isinstance(dataset_len, int) else len(dataset_len)
+        if self.n < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"ResumableSampler: need dataset_len >= 1 and 0 <= rank < num_replicas, got "
+                             f"{self.n}, rank {rank}, num_replicas {num_replicas}")
+        self.num_replicas, self.rank, self.shuffle, self.seed = num_replicas, rank, shuffle, seed
+        self.num_samples = math.ceil(self.n / num_replicas)  # per rank, for a full epoch
+        self.epoch, self.start_index = 0, 0
+
+    def set_epoch(self, epoch, start_index=0):
+        """Choose the epoch, and how many of this rank's indices to skip (resuming mid-epoch).
+
+        Call it before every epoch; the skip lasts until the next call.
+
+        Args:
+            epoch: epoch number.
+            start_index: indices of this rank already consumed, e.g. ``iters_done * batch_size_per_rank``.
+        """
+        if not 0 <= start_index <= self.num_samples:
+            raise ValueError(f"start_index {start_index} outside [0, {self.num_samples}]")
+        self.epoch, self.start_index = epoch, start_index
+
+    def epoch_indices(self):
+        """All of this rank's indices for the current epoch, skip not applied.
+
+        Returns:
+            list of int, length ``num_samples``.
+        """
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed + self.epoch)
+            indices = torch.randperm(self.n, generator=g).tolist()
+        else:
+            indices = list(range(self.n))
+        total = self.num_samples * self.num_replicas
+        indices = (indices * math.ceil(total / self.n))[:total]  # wrap-around padding
+        return indices[self.rank::self.num_replicas]
+
+    def __iter__(self):
+        return iter(self.epoch_indices()[self.start_index:])
+
+    def __len__(self):
+        return self.num_samples - self.start_index
+
+
+def build_loader(dataset, batch_size, sampler, workers, drop_last=True, pin_memory=None):
+    """A DataLoader for training or evaluation.
+
+    Workers are persistent (no re-fork and re-read of the file list every epoch). No
+    ``worker_init_fn`` is needed for a dataset built with ``seed``: its augmentations are seeded
+    per sample; without ``seed`` torch's per-worker seeding applies.
+
+    Args:
+        dataset: a map-style dataset.
+        batch_size: samples per batch on this process.
+        sampler: e.g. ResumableSampler, or None for sequential order.
+        workers: loader processes (0 loads in the main process).
+        drop_last: drop the last incomplete batch (True for training).
+        pin_memory: None pins when CUDA is available.
+
+    Returns:
+        torch.utils.data.DataLoader.
+    """
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                                       pin_memory=pin_memory, drop_last=drop_last,
+                                       persistent_workers=workers > 0)

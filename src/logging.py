@@ -1,0 +1,110 @@
+"""Rank-0 console progress lines with images/s and ETA, and a JSON-lines log next to the run.
+
+Meters accumulate device tensors and only read them (one host sync) when a line is printed, so
+logging does not stall the GPU at every step.
+"""
+import datetime
+import json
+import os
+import sys
+import time
+
+import torch
+
+
+def print_rank0(*args, rank=0, **kwargs):
+    """``print`` on rank 0 only (pass ``rank``), flushed."""
+    if rank == 0:
+        print(*args, **kwargs, flush=True)
+
+
+def format_eta(seconds):
+    return str(datetime.timedelta(seconds=int(max(seconds, 0))))
+
+
+class JsonLog:
+    """Appends one JSON object per line to ``path`` (rank 0 only; a no-op elsewhere or with path None)."""
+
+    def __init__(self, path, rank=0):
+        self.path = path if rank == 0 else None
+        if self.path:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+
+    def write(self, record):
+        if self.path:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+class ProgressLogger:
+    """Running averages of per-step values and a periodic progress line.
+
+    ``update(**values)`` takes floats or 0-d tensors (kept on their device). Every ``print_freq``
+    steps, ``maybe_print`` prints
+    ``Epoch: [e][ it/N]  Time t (avg)  Data t (avg)  Loss x (avg)  ...  lr v  img/s r  ETA h:mm:ss``
+    (the MoCo layout plus throughput and ETA) and appends the same numbers to the JSON log.
+    """
+
+    def __init__(self, iters_per_epoch, epochs, images_per_step, print_freq=10, json_log=None, rank=0,
+                 formats=None):
+        self.iters_per_epoch, self.epochs = iters_per_epoch, epochs
+        self.images_per_step, self.print_freq = images_per_step, max(1, print_freq)
+        self.json_log, self.rank = json_log, rank
+        self.formats = formats or {}
+        self.start_epoch(0)
+
+    def start_epoch(self, epoch, start_iter=0):
+        self.epoch, self.start_iter = epoch, start_iter
+        self.sums, self.counts, self.last = {}, {}, {}
+        self.t_epoch = self.t_last = time.time()
+        self.n_steps = 0
+        self.data_time = self.step_time = 0.0
+
+    def update(self, data_time=0.0, step_time=0.0, **values):
+        self.n_steps += 1
+        self.data_time += data_time
+        self.step_time += step_time
+        for k, v in values.items():
+            v = v.detach() if torch.is_tensor(v) else v
+            self.sums[k] = self.sums.get(k, 0.0) + v
+            self.counts[k] = self.counts.get(k, 0) + 1
+            self.last[k] = v
+
+    def averages(self):
+        return {k: float(self.sums[k]) / self.counts[k] for k in self.sums}
+
+    def maybe_print(self, it, lr, force=False):
+        """Print and log if ``it`` is on the print interval (or ``force``). ``it`` is 0-based in the epoch."""
+        if not force and (it + 1) % self.print_freq != 0 and it + 1 != self.iters_per_epoch:
+            return
+        if self.rank != 0 or self.n_steps == 0:
+            return
+        elapsed = time.time() - self.t_epoch
+        rate = self.n_steps * self.images_per_step / max(elapsed, 1e-9)
+        steps_left = (self.iters_per_epoch - it - 1) + (self.epochs - self.epoch - 1) * self.iters_per_epoch
+        eta = steps_left * elapsed / self.n_steps
+        avg = self.averages()
+        width = len(str(self.iters_per_epoch))
+        parts = [f"Epoch: [{self.epoch}][{it + 1:>{width}}/{self.iters_per_epoch}]",
+                 f"Time {self.step_time / self.n_steps:.3f}", f"Data {self.data_time / self.n_steps:.3f}"]
+        for k in self.sums:
+            fmt = self.formats.get(k, ".4f")
+            parts.append(f"{k} {float(self.last[k]):{fmt}} ({avg[k]:{fmt}})")
+        parts += [f"lr {lr:.5f}", f"{rate:.1f} img/s", f"ETA {format_eta(eta)}"]
+        print("  ".join(parts), flush=True)
+        sys.stdout.flush()
+        if self.json_log is not None:
+            self.json_log.write({"type": "iter", "epoch": self.epoch, "iter": it + 1,
+                                 "step": self.epoch * self.iters_per_epoch + it + 1, "lr": lr,
+                                 "images_per_s": rate, **{k: float(self.last[k]) for k in self.sums},
+                                 **{f"avg_{k}": v for k, v in avg.items()}})
+
+    def end_epoch(self, extra=None):
+        """Log the epoch's averages (JSON ``type: epoch``) and return them."""
+        avg = self.averages()
+        elapsed = time.time() - self.t_epoch
+        record = {"type": "epoch", "epoch": self.epoch, "epoch_time_s": elapsed,
+                  "images_per_s": self.n_steps * self.images_per_step / max(elapsed, 1e-9), **avg, **(extra or {})}
+        if self.json_log is not None and self.rank == 0:
+            self.json_log.write(record)
+        return record

@@ -1,0 +1,154 @@
+"""Optimizers and schedules: LARS in its two published forms, precomputed per-iteration schedules.
+
+Schedules are numpy arrays indexed by the global step (DINO / SwAV style): pure, so a test can assert
+them and a resumed run reads the same values.
+"""
+import math
+
+import numpy as np
+import torch
+
+
+def cosine_schedule(base_value, final_value, epochs, iters_per_epoch, warmup_epochs=0, start_warmup_value=0):
+    """Linear warmup then half-cosine, one value per iteration (SwAV / DINO formula).
+
+    Warmup: ``linspace(start_warmup_value, base_value, warmup_epochs * iters_per_epoch)`` (both ends
+    included). Then for ``t in [0, T)`` with ``T = (epochs - warmup_epochs) * iters_per_epoch``:
+    ``final + 0.5 * (base - final) * (1 + cos(pi * t / T))`` (so the last value is just above ``final``).
+
+    Returns:
+        np.ndarray of length ``epochs * iters_per_epoch``.
+    """
+    warmup_iters = int(round(warmup_epochs * iters_per_epoch))
+    warmup = np.linspace(start_warmup_value, base_value, warmup_iters) if warmup_iters > 0 else np.array([])
+    t = np.arange(epochs * iters_per_epoch - warmup_iters)
+    cosine = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * t / max(len(t), 1)))
+    schedule = np.concatenate((warmup, cosine))
+    assert len(schedule) == epochs * iters_per_epoch
+    return schedule
+
+
+def moco_lr_schedule(base_lr, epochs, iters_per_epoch, cos=False, milestones=(120, 160), gamma=0.1):
+    """MoCo's learning rate (facebookresearch/moco ``adjust_learning_rate``), set once per EPOCH.
+
+    ``cos``: ``base * 0.5 * (1 + cos(pi * epoch / epochs))``; otherwise ``base * gamma ** (#milestones <= epoch)``.
+    Expanded to one value per iteration (constant within an epoch) so every script indexes schedules
+    the same way.
+    """
+    per_epoch = []
+    for epoch in range(epochs):
+        if cos:
+            per_epoch.append(base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs)))
+        else:
+            per_epoch.append(base_lr * gamma ** sum(epoch >= m for m in milestones))
+    return np.repeat(np.array(per_epoch, dtype=np.float64), iters_per_epoch)
+
+
+class LARS(torch.optim.Optimizer):
+    """LARS as in MoCo v3 / BYOL / SCE: adaptation and weight decay only for parameters with ndim > 1.
+
+    For ``p.ndim > 1``: ``g <- g + wd * p``; ``g <- eta * ||p|| / ||g|| * g`` when both norms are non-zero.
+    Every parameter then takes ``mu <- momentum * mu + g``; ``p <- p - lr * mu``. Biases and norm
+    parameters get plain momentum SGD with no weight decay (You et al. 2017; spec sce.md "LARS step").
+
+    Args:
+        params: parameters or groups.
+        lr: learning rate (usually overwritten each step from a schedule).
+        weight_decay: applied to ndim > 1 parameters only.
+        momentum: heavy-ball momentum.
+        trust_coefficient: eta (1e-3).
+    """
+
+    def __init__(self, params, lr=0.0, weight_decay=0.0, momentum=0.9, trust_coefficient=0.001):
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum,
+                                      trust_coefficient=trust_coefficient))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if p.ndim > 1:
+                    g = g.add(p, alpha=group["weight_decay"])
+                    p_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
+                    ratio = torch.where((p_norm > 0) & (g_norm > 0),
+                                        group["trust_coefficient"] * p_norm / g_norm, torch.ones_like(p_norm))
+                    g = g.mul(ratio)
+                state = self.state[p]
+                if "mu" not in state:
+                    state["mu"] = torch.zeros_like(p)
+                mu = state["mu"]
+                mu.mul_(group["momentum"]).add_(g)
+                p.add_(mu, alpha=-group["lr"])
+        return loss
+
+
+class LARC:
+    """SwAV's LARC (apex ``LARC(trust_coefficient=0.001, clip=False, eps=1e-8)``) around any optimizer.
+
+    Before the inner step, for EVERY parameter with a gradient (no exclusions):
+    ``local = eta * ||w|| / (||g|| + wd * ||w|| + eps)`` when both norms are non-zero (else 1),
+    ``g <- (g + wd * w) * local``; the group's weight decay is set to 0 for the inner step and restored.
+    With ``clip=True``: ``local <- min(local / group_lr, 1)`` (apex's clipping mode).
+    """
+
+    def __init__(self, optimizer, trust_coefficient=0.001, clip=False, eps=1e-8):
+        self.optim = optimizer
+        self.trust_coefficient, self.clip, self.eps = trust_coefficient, clip, eps
+
+    @property
+    def param_groups(self):
+        return self.optim.param_groups
+
+    @property
+    def state(self):
+        return self.optim.state
+
+    def state_dict(self):
+        return self.optim.state_dict()
+
+    def load_state_dict(self, state_dict):
+        self.optim.load_state_dict(state_dict)
+
+    def zero_grad(self, set_to_none=True):
+        self.optim.zero_grad(set_to_none=set_to_none)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        saved_wd = []
+        for group in self.optim.param_groups:
+            wd = group.get("weight_decay", 0.0)
+            saved_wd.append(wd)
+            group["weight_decay"] = 0.0
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                p_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(p.grad)
+                local = self.trust_coefficient * p_norm / (g_norm + wd * p_norm + self.eps)
+                if self.clip:
+                    local = torch.clamp(local / group["lr"], max=1.0)
+                local = torch.where((p_norm > 0) & (g_norm > 0), local, torch.ones_like(local))
+                p.grad.add_(p, alpha=wd).mul_(local)
+        try:
+            return self.optim.step(closure)
+        finally:
+            for group, wd in zip(self.optim.param_groups, saved_wd):
+                group["weight_decay"] = wd
+
+
+def exclude_from_wd_groups(named_params, weight_decay):
+    """Two parameter groups: ndim > 1 with ``weight_decay``, biases / norm parameters without."""
+    decay, no_decay = [], []
+    for _, p in named_params:
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def set_lr(optimizer, lr):
+    """Set ``lr`` on every parameter group (``lr_scale`` in a group multiplies it)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
