@@ -207,6 +207,7 @@ def train(args, info):
             if args.save_every_iters and (it + 1) % args.save_every_iters == 0 and it + 1 < iters_per_epoch:
                 save(epoch, it + 1)
         logger.end_epoch({"lr": float(lr_schedule[(epoch + 1) * iters_per_epoch - 1])})
+        check_ranks_in_sync(model, info)
         save(epoch + 1, 0, numbered=bool(args.save_freq) and (epoch + 1) % args.save_freq == 0)
         start_iter = 0
     return model
@@ -319,7 +320,21 @@ class StopSignal:
         if (it + 1) % max(every, 1) != 0:
             return False
         flag = torch.tensor([float(self.flag)], device=self.device)
-        return bool(dist.all_reduce(flag, op="max").item() > 0)
+        return bool(dist.all_reduce(flag, op="sum").item() > 0)
+
+
+def check_ranks_in_sync(model, info):
+    """Runtime sanity check (one small all-gather per epoch): the parameters of both encoders and the
+    queue must be identical on every rank; BN running statistics legitimately differ (per-rank batches)."""
+    if info.world_size == 1:
+        return
+    with torch.no_grad():
+        tensors = [p for p in model.parameters()] + [model.queue.queue, model.queue.ptr]
+        fp = torch.stack([torch.stack([t.double().sum(), t.double().square().sum()]).sum() for t in tensors])
+        all_fp = dist.concat_all_gather(fp[None].to(info.device))
+    if not bool((all_fp == all_fp[0]).all()):
+        raise RuntimeError("ranks diverged: encoder weights or queue differ between processes")
+    print_rank0(f"ranks in sync: encoder weights and queue identical on {info.world_size} processes", rank=info.rank)
 
 
 def gather_rng_states(device):

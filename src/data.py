@@ -1,25 +1,19 @@
-"""Datasets, a resumable sampler and the loader: what every training and evaluation script reads images with.
+"""Datasets, a resumable sampler and the loader that the training and evaluation scripts read images with.
 
-- :func:`resolve_split` turns ``--data ROOT`` into ``ROOT/train`` (or ROOT itself when it already is
-  an image folder) with a one-line :class:`~src.errors.UserError` when it cannot.
-- :class:`SafeImageFolder` is ``torchvision.datasets.ImageFolder`` (same classes, ``class_to_idx``
-  and ``samples``) that checks the folder up front and skips unreadable images at load time
-  instead of crashing a multi-day run; :class:`FlatImageFolder` reads a folder of images without
-  class subfolders (COCO ``train2017/``), every target 0.
-- With ``seed`` set, the random transform of sample ``i`` runs under an RNG seeded from
-  ``(seed, epoch, i)`` (:func:`fork_rng`), so an augmented sample does not depend on the number of
-  workers or on where a run was resumed: with :class:`ResumableSampler`, which skips the batches
-  already done in the interrupted epoch, a resumed run sees bit-identical batches.
-
-Typical use in a script::
+:func:`resolve_split` turns ``--data ROOT`` into ``ROOT/train`` (or ROOT itself when it already is an
+image folder). :class:`SafeImageFolder` is ``torchvision.datasets.ImageFolder`` (same classes and
+``samples``) that checks the folder up front and skips unreadable images instead of crashing a long
+run; :class:`FlatImageFolder` reads images without class folders (COCO ``train2017/``), targets 0.
+With ``seed`` set, the transform of sample ``i`` runs under an RNG seeded from ``(seed, epoch, i)``,
+so augmentations do not depend on the worker count or on where a run resumed; with
+:class:`ResumableSampler` skipping the batches already done, a resumed run sees identical batches::
 
     train_set = build_dataset(resolve_split(args.data, "train"), transform, seed=args.seed)
     sampler = ResumableSampler(len(train_set), world_size, rank, seed=args.seed)
     loader = build_loader(train_set, args.batch_size, sampler, args.workers)
     for epoch in range(start_epoch, args.epochs):
-        sampler.set_epoch(epoch, start_index=it_done * args.batch_size if epoch == start_epoch else 0)
-        train_set.set_epoch(epoch)          # before iterating: workers read it when a sample is built
-        for images, _ in loader: ...
+        sampler.set_epoch(epoch, start_index=iters_done * args.batch_size if epoch == start_epoch else 0)
+        train_set.set_epoch(epoch)  # before iterating: the workers read it as they build samples
 """
 import contextlib
 import math
@@ -91,13 +85,10 @@ def resolve_split(root, split):
 
 
 def sample_seed(seed, epoch, index):
-    """A 64-bit seed that is a hash of ``(seed, epoch, index)`` (numpy ``SeedSequence``).
+    """A 64-bit hash of ``(seed, epoch, index)`` (numpy ``SeedSequence``).
 
     Args:
-        seed: run seed (any int; taken modulo 2**64).
-        epoch: epoch number (>= 0).
-        index: sample index (>= 0).
-
+        seed: run seed (any int; taken modulo 2**64). epoch, index: ints >= 0.
     Returns:
         int in [0, 2**64).
     """
@@ -107,10 +98,8 @@ def sample_seed(seed, epoch, index):
 
 @contextlib.contextmanager
 def fork_rng(seed):
-    """Run a block with Python ``random``, numpy's global RNG and torch's CPU generator seeded from
-    ``seed``, then put the three states back as they were (the caller's streams are untouched).
-
-    CUDA generators are neither seeded nor touched: per-sample transforms run on the CPU.
+    """Context manager: Python ``random``, numpy's global RNG and torch's CPU generator seeded from
+    ``seed`` inside the block, their previous states restored after it. CUDA generators are left alone.
 
     Args:
         seed: int in [0, 2**64).
@@ -153,11 +142,6 @@ class _ImageListDataset(torch.utils.data.Dataset):
         """
         self._epoch[0] = int(epoch)
 
-    @property
-    def epoch(self):
-        """The epoch last given to :meth:`set_epoch` (0 at first)."""
-        return int(self._epoch[0])
-
     def __len__(self):
         return len(self.samples)
 
@@ -198,7 +182,7 @@ class _ImageListDataset(torch.utils.data.Dataset):
             return img, target
         if self.seed is None:
             return self.transform(img), target
-        with fork_rng(sample_seed(self.seed, self.epoch, index)):
+        with fork_rng(sample_seed(self.seed, int(self._epoch[0]), index)):
             return self.transform(img), target
 
 
@@ -313,12 +297,7 @@ class ResumableSampler(torch.utils.data.Sampler):
             raise ValueError(f"start_index {start_index} outside [0, {self.num_samples}]")
         self.epoch, self.start_index = epoch, start_index
 
-    def epoch_indices(self):
-        """All of this rank's indices for the current epoch, skip not applied.
-
-        Returns:
-            list of int, length ``num_samples``.
-        """
+    def __iter__(self):
         if self.shuffle:
             g = torch.Generator()
             g.manual_seed(self.seed + self.epoch)
@@ -327,10 +306,7 @@ class ResumableSampler(torch.utils.data.Sampler):
             indices = list(range(self.n))
         total = self.num_samples * self.num_replicas
         indices = (indices * math.ceil(total / self.n))[:total]  # wrap-around padding
-        return indices[self.rank::self.num_replicas]
-
-    def __iter__(self):
-        return iter(self.epoch_indices()[self.start_index:])
+        return iter(indices[self.rank::self.num_replicas][self.start_index:])
 
     def __len__(self):
         return self.num_samples - self.start_index

@@ -1,0 +1,1 @@
+"""Throughput and memory measurements (``python -m bench.moco``); results are printed and written as JSON."""

@@ -1,0 +1,97 @@
+"""MoCo training-step throughput, peak memory, and data-pipeline throughput per worker.
+
+    python -m bench.moco                                  # resnet18 at 64 px and resnet50 at 224 px, CPU-sized
+    python -m bench.moco --arch resnet50 --batch-size 256 --crop-size 224 --amp bf16 --steps 20   # a GPU
+
+The step timed is ``main_moco.train_one_epoch`` itself (momentum update, shuffled key forward, fp32
+loss, backward, SGD, enqueue), fed with pre-made batches so the loader does not count; the data
+pipeline is timed separately, one worker, on the demo images with the two-view MoCo v2 transform.
+"""
+import argparse
+import time
+
+import torch
+
+import main_moco
+from bench.common import machine, peak_memory_mb, report
+from src import dist
+from src.augment import MultiViewTransform, moco_transform
+from src.logging import ProgressLogger
+from src.optim import moco_lr_schedule
+
+
+def bench_step(arch, batch_size, crop_size, steps, amp, device, queue=4096, bn_splits=8):
+    args = main_moco.get_args_parser().parse_args(
+        ["x", "-a", arch, "-b", str(batch_size), "--crop-size", str(crop_size), "--moco-k", str(queue), "--mlp",
+         "--moco-t", "0.2", "--bn-splits", str(bn_splits), "--amp", amp, "--print-freq", str(10**9)])
+    info = dist.DistInfo(rank=0, world_size=1, local_rank=0, device=device, distributed=False, backend=None,
+                         launcher="none")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model, encoder_q, _ = main_moco.build_model(args, info, batch_size)
+    opt = torch.optim.SGD(encoder_q.parameters(), 0.03, momentum=0.9, weight_decay=1e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    batch = ([torch.randn(batch_size, 3, crop_size, crop_size), torch.randn(batch_size, 3, crop_size, crop_size)],
+             torch.zeros(batch_size, dtype=torch.long))
+    warmup = 2
+    loader = [batch] * (steps + warmup)
+    sched = moco_lr_schedule(0.03, 1, steps + warmup)
+    logger = ProgressLogger(steps + warmup, 1, batch_size, 10**9, None, rank=1)
+    times = []
+    t = time.time()
+    for _ in main_moco.train_one_epoch(model, encoder_q, loader, opt, scaler, sched, 0, 0, steps + warmup, args,
+                                       device, logger):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.time() - t)
+        t = time.time()
+    timed = sum(times[warmup:])
+    return {"what": f"moco step {arch}", "batch": batch_size, "px": crop_size, "amp": amp,
+            "images/s": batch_size * steps / timed, "ms/step": 1000 * timed / steps,
+            "peak MiB": peak_memory_mb(device)}
+
+
+def bench_data(root, crop_size, n):
+    from src.data import build_dataset
+
+    view = moco_transform(crop_size, aug_plus=True)
+    ds = build_dataset(root, MultiViewTransform([view, view]), seed=0)
+    n = min(n, len(ds))
+    ds[0]
+    t = time.time()
+    for i in range(n):
+        ds[i]
+    dt = time.time() - t
+    return {"what": "data: 2-view MoCo v2, 1 worker", "batch": 1, "px": crop_size, "amp": "-",
+            "images/s": n / dt, "ms/step": 1000 * dt / n, "peak MiB": 0.0}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", nargs="*", default=["resnet18", "resnet50"])
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--crop-size", type=int, nargs="*", default=[64, 224], help="one per arch")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--amp", default="none", choices=["none", "fp16", "bf16"])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--data", default="./data/demo/train", help="images for the data-pipeline measurement")
+    p.add_argument("--data-samples", type=int, default=300)
+    p.add_argument("--output", default="bench/results/moco.json")
+    a = p.parse_args()
+    device = torch.device(a.device)
+    sizes = a.crop_size if len(a.crop_size) == len(a.arch) else [a.crop_size[0]] * len(a.arch)
+    rows = []
+    for arch, size in zip(a.arch, sizes):
+        batch = a.batch_size if size <= 96 or device.type == "cuda" else max(a.batch_size // 4, 8)
+        rows.append(bench_step(arch, batch, size, a.steps, a.amp, device))
+    from src.demo_data import make_demo_dataset
+    import os
+    if a.data == "./data/demo/train" and not os.path.isdir(a.data):
+        make_demo_dataset("./data/demo")
+    rows.append(bench_data(a.data, 64, a.data_samples))
+    rows.append(bench_data(a.data, 224, a.data_samples // 3))
+    report(f"MoCo bench on {machine(device)}", rows, a.output)
+
+
+if __name__ == "__main__":
+    main()
