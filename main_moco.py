@@ -231,6 +231,9 @@ def build_data(args, info, seed):
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", info.world_size)))
     workers = math.ceil(args.workers / max(local_world, 1))
     loader = build_loader(dataset, per_rank_batch, sampler, workers, drop_last=True)
+    # the loader draws its workers' base seed from this generator, not from the global RNG, so that
+    # starting an epoch (or resuming) does not shift the RNG stream that shuffle-BN uses
+    loader.generator = torch.Generator().manual_seed(seed)
     return loader, sampler, dataset, per_rank_batch, iters_per_epoch
 
 

@@ -61,11 +61,9 @@ def resolve_split(root, split):
     Args:
         root: dataset root, usually holding ``train/`` and ``val/``.
         split: subfolder name, e.g. "train" or "val".
-
     Returns:
         pathlib.Path: ``root/split`` if it exists, else ``root`` itself when it directly holds class
         subfolders with images or images (a flat dataset).
-
     Raises:
         UserError: ``root`` is missing, holds another split but not this one, or holds no images.
     """
@@ -121,14 +119,10 @@ class _ImageListDataset(torch.utils.data.Dataset):
     and the seeded transform. Subclasses only build ``samples`` and ``classes``."""
 
     def __init__(self, root, samples, classes, transform, seed):
-        self.root = str(root)
-        self.samples = samples
-        self.imgs = samples  # ImageFolder's alias
+        self.root, self.transform, self.seed = str(root), transform, seed
+        self.samples = self.imgs = samples  # ImageFolder's names
         self.targets = [t for _, t in samples]
-        self.classes = classes
-        self.class_to_idx = {c: i for i, c in enumerate(classes)}
-        self.transform = transform
-        self.seed = seed
+        self.classes, self.class_to_idx = classes, {c: i for i, c in enumerate(classes)}
         self.n_skipped = 0  # unreadable images met by this process (each DataLoader worker counts its own)
         self._warned = set()
         # Shared memory, so DataLoader workers (persistent ones too) see set_epoch from the main process.
@@ -153,10 +147,8 @@ class _ImageListDataset(torch.utils.data.Dataset):
 
         Args:
             index: sample index.
-
         Returns:
             (PIL.Image in RGB, target int).
-
         Raises:
             UserError: more than ``MAX_CONSECUTIVE_FAILURES`` files in a row cannot be read.
         """
@@ -197,7 +189,6 @@ class SafeImageFolder(_ImageListDataset):
         transform: callable on a PIL image, or None.
         seed: None for the global RNG, or an int: the transform of sample ``i`` then runs under an
             RNG seeded from ``(seed, epoch, i)`` (see :meth:`set_epoch`).
-
     Raises:
         UserError: missing or empty root, no class subfolders, or a class subfolder without images.
     """
@@ -226,7 +217,6 @@ class FlatImageFolder(_ImageListDataset):
         root: folder of images (subfolders are searched too).
         transform: callable on a PIL image, or None.
         seed: None, or an int for per-sample seeded augmentation (see SafeImageFolder).
-
     Raises:
         UserError: missing root or no images below it.
     """
@@ -249,7 +239,6 @@ def build_dataset(root, transform, seed=None, flat=False):
         transform: callable on a PIL image, or None.
         seed: None, or an int for per-sample seeded augmentation.
         flat: force a flat dataset (every target 0).
-
     Returns:
         SafeImageFolder or FlatImageFolder.
     """
@@ -326,7 +315,6 @@ def build_loader(dataset, batch_size, sampler, workers, drop_last=True, pin_memo
         workers: loader processes (0 loads in the main process).
         drop_last: drop the last incomplete batch (True for training).
         pin_memory: None pins when CUDA is available.
-
     Returns:
         torch.utils.data.DataLoader.
     """

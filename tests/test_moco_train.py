@@ -7,7 +7,7 @@ import torch
 from tests.helpers import SYNC_RE, assert_ok, free_port, one_error_line, py, run, tiny_dataset
 
 TINY = ["-a", "resnet18", "--crop-size", "32", "-b", "8", "--moco-k", "32", "--mlp", "--moco-t", "0.2",
-        "--aug-plus", "--cos", "-j", "1", "-p", "2", "--seed", "3"]
+        "--aug-plus", "--cos", "-j", "1", "-p", "2", "--seed", "3", "--bn-splits", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_moco_style_multiprocessing_distributed(data, tmp_path):
 @pytest.mark.parametrize("extra,needle", [
     (["--moco-k", "30"], "queue size 30 is not divisible"),
     (["-a", "resnet9000"], "unknown architecture 'resnet9000'"),
-    (["-b", "6"], "not divisible by --bn-splits"),
+    (["-b", "6", "--bn-splits", "4"], "not divisible by --bn-splits"),
 ])
 def test_bad_flags_one_line(data, tmp_path, extra, needle):
     p = run(py("main_moco.py", data, *TINY, *extra, "--epochs", "1", "--output-dir", str(tmp_path / "x")))

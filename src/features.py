@@ -1,0 +1,80 @@
+"""Embedding a dataset with a frozen trunk: batch by batch (:func:`iter_features`) or all at once
+(:func:`extract_features`), in loader order, in eval mode and without gradients.
+
+Progress is either a tqdm bar (``show_progress=True``) or, with ``progress="name"``, a plain line
+every ``log_interval`` seconds with images/s, which reads better in log files of batch jobs.
+"""
+import contextlib
+import time
+
+import torch
+
+
+def _autocast(device, amp_dtype):
+    """``torch.autocast`` for ``amp_dtype`` on ``device``, or a no-op context when amp_dtype is None."""
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=amp_dtype)
+
+
+@torch.no_grad()
+def iter_features(model, loader, device, amp_dtype=None, show_progress=False, progress=None, log_interval=10.0):
+    """Yield the features of each batch of ``loader``, in order.
+
+    Args:
+        model: module mapping (B, 3, H, W) images to (B, D) features; put in eval mode here.
+        loader: iterable of ``(images, labels)`` batches.
+        device: torch.device or string the model lives on; images are moved there.
+        amp_dtype: None for fp32, or ``torch.float16`` / ``torch.bfloat16`` to run under autocast.
+        show_progress: wrap the loader in a tqdm bar.
+        progress: if a string, print ``"<progress>: n/N images, r img/s"`` every ``log_interval``
+            seconds and once at the end.
+        log_interval: seconds between progress lines.
+    Yields:
+        ``(feats, labels)``: (B, D) float32 features on ``device`` and (B,) long labels on ``device``.
+    """
+    model.eval()
+    total = len(loader.dataset) if hasattr(loader, "dataset") else None
+    batches = loader
+    if show_progress:
+        from tqdm import tqdm
+
+        batches = tqdm(loader, desc=progress or "features", unit="batch")
+    t0 = t_last = time.time()
+    seen = 0
+    for images, labels in batches:
+        images = images.to(device, non_blocking=True)
+        with _autocast(device, amp_dtype):
+            feats = model(images)
+        seen += images.shape[0]
+        yield feats.float(), labels.to(device).long()
+        now = time.time()
+        if progress and not show_progress and now - t_last >= log_interval:
+            t_last = now
+            print(f"{progress}: {seen}/{total} images, {seen / (now - t0):.1f} img/s", flush=True)
+    if progress and not show_progress:
+        elapsed = max(time.time() - t0, 1e-9)
+        print(f"{progress}: {seen}/{total} images, {seen / elapsed:.1f} img/s (done in {elapsed:.1f} s)", flush=True)
+
+
+@torch.no_grad()
+def extract_features(model, loader, device, amp_dtype=None, show_progress=False, progress=None):
+    """Embed every image of ``loader``, keeping the loader's order.
+
+    Args:
+        model: module mapping (B, 3, H, W) to (B, D); switched to eval mode.
+        loader: iterable of ``(images, labels)``; use ``shuffle=False`` to get dataset order.
+        device: device the model lives on.
+        amp_dtype: None, ``torch.float16`` or ``torch.bfloat16`` (autocast for the forward pass).
+        show_progress: show a tqdm bar.
+        progress: optional name for periodic plain progress lines (see :func:`iter_features`).
+    Returns:
+        ``(feats, labels)``: (N, D) float32 CPU tensor and (N,) long CPU tensor.
+    """
+    feats, labels = [], []
+    for f, y in iter_features(model, loader, device, amp_dtype, show_progress=show_progress, progress=progress):
+        feats.append(f.cpu())
+        labels.append(y.cpu())
+    if not feats:
+        return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
+    return torch.cat(feats), torch.cat(labels)

@@ -1,0 +1,220 @@
+"""Evaluation metrics on feature tensors: Best-NN, weighted kNN and classification accuracy.
+
+Every function is pure and follows the device of its inputs (CPU or GPU); nothing here reads files.
+
+* **Best-NN** (the SCE / SSL-small ``eval/knn.py`` protocol, ``spec/evals.md`` D.8): Euclidean nearest
+  neighbours of every test feature among the training features, found by an exact *streaming* top-k
+  over batches of the training set (so the whole bank never has to sit in memory); then, for every
+  odd k' in 1, 3, ..., max_k, an unweighted majority vote of the k' nearest labels (ties go to the
+  smallest class id); the best accuracy over k' is reported. Features can first be mapped to another
+  representation space (:func:`transform_rep`).
+* **Weighted kNN** (Wu et al. 2018, "Unsupervised Feature Learning via Non-Parametric Instance
+  Discrimination", and Caron et al. 2021, DINO ``eval_knn.py``): cosine similarity, the k most similar
+  training features vote with weight ``exp(sim / T)``; k=20, T=0.07 is the usual setting.
+* :func:`accuracy`: top-k classification accuracy of logits, in percent.
+"""
+import torch
+import torch.nn.functional as F
+
+from .errors import UserError
+
+REP_SPACES = ("original", "norm", "shifted-norm", "shift-norm")
+
+
+# ==== representation spaces ====
+def transform_rep(x, rep_space):
+    """Map a batch of features to a representation space.
+
+    Args:
+        x: (B, D) features.
+        rep_space: ``"original"`` (unchanged), ``"norm"`` (rows L2-normalised), ``"shifted-norm"`` or its
+            alias ``"shift-norm"`` (subtract the mean of *this batch*, then L2-normalise rows). The shift
+            uses the batch mean, as the reference implementation does, so results depend on how the
+            features are batched.
+    Returns:
+        (B, D) tensor.
+    Raises:
+        UserError: unknown ``rep_space``.
+    """
+    if rep_space == "original":
+        return x
+    if rep_space == "norm":
+        return F.normalize(x, dim=1)
+    if rep_space in ("shifted-norm", "shift-norm"):
+        return F.normalize(x - x.mean(dim=0, keepdim=True), dim=1)
+    raise UserError(f"unknown representation space {rep_space!r}: choose one of {', '.join(REP_SPACES)}")
+
+
+# ==== Best-NN ====
+def _keep_topk(values, labels, k, largest):
+    """Keep the k best columns per row, sorted best first. values, labels: (N, m) -> (N, min(k, m))."""
+    k = min(k, values.shape[1])
+    values, idx = torch.topk(values, k, dim=1, largest=largest, sorted=True)
+    return values, torch.gather(labels, 1, idx)
+
+
+def knn_candidates(query, bank_batches, k, rep_space="original"):
+    """Exact streaming k-nearest-neighbour search (Euclidean distance).
+
+    Each bank batch is mapped with :func:`transform_rep`, its distances to every query are computed with
+    ``torch.cdist``, concatenated with the running best and cut back to the k smallest, so memory stays
+    O(N * (k + b)) however large the bank.
+
+    Args:
+        query: (N, D) query features, already in the representation space.
+        bank_batches: iterable of ``(feats (b, D), labels (b,))`` batches of the bank (moved to
+            ``query.device``).
+        k: number of neighbours to keep (>= 1).
+        rep_space: representation space applied to every bank batch (see :func:`transform_rep`).
+    Returns:
+        ``(dists, labels)``, both (N, min(k, bank size)): distances ascending along dim 1 and the bank
+        labels (long) of those neighbours.
+    """
+    if k < 1:
+        raise UserError(f"k must be >= 1, got {k}")
+    query = query.float()
+    best_d = query.new_empty(query.shape[0], 0)
+    best_l = torch.empty(query.shape[0], 0, dtype=torch.long, device=query.device)
+    for feats, labels in bank_batches:
+        feats = transform_rep(feats.to(query.device).float(), rep_space)
+        labels = labels.to(query.device).long()
+        d = torch.cdist(query, feats)  # (N, b)
+        best_d = torch.cat([best_d, d], dim=1)
+        best_l = torch.cat([best_l, labels.unsqueeze(0).expand(query.shape[0], -1)], dim=1)
+        best_d, best_l = _keep_topk(best_d, best_l, k, largest=False)
+    return best_d, best_l
+
+
+def merge_candidates(parts, k=None):
+    """Merge the candidates of several bank shards.
+
+    Args:
+        parts: list of ``(dists (N, k_i), labels (N, k_i))`` from :func:`knn_candidates`, same N and device.
+        k: neighbours to keep; default the largest k_i.
+    Returns:
+        ``(dists, labels)``: (N, min(k, sum k_i)), distances ascending.
+    """
+    if not parts:
+        raise ValueError("merge_candidates needs at least one shard")
+    k = k or max(d.shape[1] for d, _ in parts)
+    dists = torch.cat([d for d, _ in parts], dim=1)
+    labels = torch.cat([l for _, l in parts], dim=1)
+    return _keep_topk(dists, labels, k, largest=False)
+
+
+def _majority_vote(labels, num_classes, chunk_size=8192):
+    """Unweighted vote. labels: (N, k) long -> (N,) predicted class; ties go to the smallest class id."""
+    preds = []
+    for lab in labels.split(chunk_size):
+        votes = torch.zeros(lab.shape[0], num_classes, dtype=torch.int32, device=lab.device)
+        votes.scatter_add_(1, lab, torch.ones_like(lab, dtype=torch.int32))
+        preds.append(votes.argmax(dim=1))  # argmax returns the first maximum: the smallest id
+    return torch.cat(preds)
+
+
+def best_nn_from_candidates(dists, labels, test_labels, max_k):
+    """Best-NN accuracy from nearest-neighbour candidates.
+
+    Args:
+        dists: (N, m) neighbour distances (any order; sorted here).
+        labels: (N, m) long labels of those neighbours.
+        test_labels: (N,) true labels.
+        max_k: largest k' to try; every odd k' in 1, 3, ..., min(max_k, m) is evaluated.
+    Returns:
+        ``(best_acc, best_k, acc_by_k)``: best accuracy in percent (float), the odd k' reaching it (the
+        smallest one on ties), and ``{k': accuracy in percent}``.
+    """
+    if max_k < 1:
+        raise UserError(f"max k must be >= 1, got {max_k}")
+    if labels.shape[1] == 0:
+        raise UserError("no nearest-neighbour candidates: the training set is empty")
+    order = torch.argsort(dists, dim=1, stable=True)
+    labels = torch.gather(labels, 1, order)
+    test_labels = test_labels.to(labels.device).long()
+    num_classes = int(max(labels.max(), test_labels.max())) + 1
+    acc_by_k = {}
+    for kk in range(1, min(max_k, labels.shape[1]) + 1, 2):
+        pred = _majority_vote(labels[:, :kk].contiguous(), num_classes)
+        acc_by_k[kk] = 100.0 * (pred == test_labels).float().mean().item()
+    best_k = max(acc_by_k, key=lambda kk: (acc_by_k[kk], -kk))
+    return acc_by_k[best_k], best_k, acc_by_k
+
+
+def best_nn(train_feats, train_labels, test_feats, test_labels, max_k=5, rep_space="original", batch_size=4096):
+    """Best-NN accuracy of test features against a training bank (Euclidean kNN, majority vote).
+
+    Both sets are mapped to ``rep_space`` in batches of ``batch_size`` rows, as the reference embeds and
+    transforms them batch by batch (this matters for ``shifted-norm``, whose shift is a batch mean).
+
+    Args:
+        train_feats: (N_train, D); train_labels: (N_train,) long.
+        test_feats: (N_test, D); test_labels: (N_test,) long.
+        max_k: largest (odd) k' tried.
+        rep_space: see :func:`transform_rep`.
+        batch_size: rows per transform / distance batch.
+    Returns:
+        ``(best_acc_percent, best_k, acc_by_k)`` as :func:`best_nn_from_candidates`.
+    """
+    query = torch.cat([transform_rep(x.float(), rep_space) for x in test_feats.split(batch_size)])
+    bank = zip(train_feats.split(batch_size), train_labels.split(batch_size))
+    dists, labels = knn_candidates(query, bank, max_k, rep_space)
+    return best_nn_from_candidates(dists, labels, test_labels, max_k)
+
+
+# ==== weighted kNN ====
+def weighted_knn(train_feats, train_labels, test_feats, test_labels, k=20, temperature=0.07, num_classes=None,
+                 chunk_size=1024, bank_chunk_size=65536):
+    """Weighted kNN top-1 accuracy (InstDisc / DINO protocol).
+
+    Features are L2-normalised; the k training features with the highest cosine similarity to a test
+    feature vote for their class with weight ``exp(sim / temperature)``; the class with the largest sum
+    wins. Test rows are processed ``chunk_size`` at a time and the bank ``bank_chunk_size`` columns at a
+    time (streaming top-k), so memory is O(chunk_size * (k + bank_chunk_size)). Runs on the device of
+    ``train_feats``.
+
+    Args:
+        train_feats: (N_train, D); train_labels: (N_train,) long.
+        test_feats: (N_test, D); test_labels: (N_test,) long.
+        k: neighbours (clipped to N_train).
+        temperature: softmax-like temperature T of the vote weights.
+        num_classes: number of classes (default: largest label + 1).
+        chunk_size: test rows per step; bank_chunk_size: training rows per similarity block.
+    Returns:
+        float: top-1 accuracy in percent.
+    """
+    device = train_feats.device
+    bank = F.normalize(train_feats.float(), dim=1)
+    train_labels = train_labels.to(device).long()
+    test_labels = test_labels.long()
+    if num_classes is None:
+        num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    correct = 0
+    for q, y in zip(test_feats.split(chunk_size), test_labels.split(chunk_size)):
+        q = F.normalize(q.to(device).float(), dim=1)
+        sims = q.new_empty(q.shape[0], 0)
+        labs = torch.empty(q.shape[0], 0, dtype=torch.long, device=device)
+        for b, bl in zip(bank.split(bank_chunk_size), train_labels.split(bank_chunk_size)):
+            sims = torch.cat([sims, q @ b.T], dim=1)  # (c, kept + b) cosine similarities
+            labs = torch.cat([labs, bl.unsqueeze(0).expand(q.shape[0], -1)], dim=1)
+            sims, labs = _keep_topk(sims, labs, k, largest=True)
+        votes = torch.zeros(q.shape[0], num_classes, device=device)
+        votes.scatter_add_(1, labs, (sims / temperature).exp())
+        correct += (votes.argmax(dim=1) == y.to(device)).sum().item()
+    return 100.0 * correct / max(len(test_labels), 1)
+
+
+# ==== classification ====
+def accuracy(output, target, topk=(1,)):
+    """Top-k accuracy of classifier outputs.
+
+    Args:
+        output: (B, C) logits or scores.
+        target: (B,) long class ids.
+        topk: the k values to report.
+    Returns:
+        list of floats, one per k: percent of rows whose target is among the k highest scores.
+    """
+    maxk = min(max(topk), output.shape[1])
+    pred = output.topk(maxk, dim=1, largest=True, sorted=True).indices  # (B, maxk)
+    hit = pred.eq(target.view(-1, 1))
+    return [100.0 * hit[:, :min(k, maxk)].any(dim=1).float().sum().item() / max(target.shape[0], 1) for k in topk]

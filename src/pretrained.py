@@ -1,0 +1,228 @@
+"""Load a pretrained trunk from any checkpoint layout we know, with one clear error when it does not fit.
+
+Layouts recognised (the trunk's parameter names follow torchvision: ``conv1.weight``, ``layer1.0.bn1.*``):
+
+* ours (``main_moco.py``): ``{"arch", "args", "state_dict": {"encoder_q.*", "encoder_k.*", "queue"}}``;
+  later scripts keep the trunk under ``backbone.`` / ``trunk.`` (and a ``momentum_backbone.`` copy);
+* MoCo official releases: ``state_dict`` with ``module.encoder_q.*`` (``module.encoder_q.fc.*`` is the head);
+* SwAV official releases: ``module.*`` plus ``module.projection_head.*`` and ``module.prototypes.*``;
+* a plain torchvision state dict (no prefix, ``fc.*`` classifier);
+* DINO-like files whose weights sit under ``teacher`` / ``student`` / ``model`` / ``network``.
+
+:func:`extract_trunk_state` finds the weights and the key prefix that covers the most trunk keys;
+:func:`load_trunk` loads them strictly (every trunk tensor present with its shape, no unknown
+non-head keys under the prefix) and logs one line saying what was loaded and what was ignored.
+Files are read with ``weights_only=True``; pickled objects are only unpickled when the user says
+the file is trusted (``--trust-checkpoint``).
+"""
+import os
+import re
+
+import torch
+
+from .errors import UserError
+
+STATE_KEYS = ("state_dict", "model", "teacher", "student", "network")
+PREFIXES = ("module.encoder_q.", "encoder_q.", "module.backbone.", "backbone.", "module.trunk.", "trunk.",
+            "module.", "")
+# Heads of the layouts above; ``classifier.3.`` is the last Linear of torchvision's MobileNetV3, which
+# our MobileNetV3 trunk drops (it keeps classifier.0 as the feature layer).
+HEAD_PREFIXES = ("fc.", "projection_head.", "prototypes.", "head.", "heads.", "predictor.", "projector.",
+                 "classifier.3.")
+
+
+# ==== reading ====
+def read_checkpoint(path, trust=False):
+    """Read a checkpoint file on the CPU.
+
+    Args:
+        path: file path.
+        trust: allow unpickling arbitrary objects (``weights_only=False``) when the file holds some,
+            e.g. an argparse Namespace. Only for files from a trusted source: unpickling runs code.
+    Returns:
+        dict (a pickled ``nn.Module`` read with ``trust`` is returned as its state dict).
+    Raises:
+        UserError: missing, unreadable or corrupt file, pickled objects without ``trust``, not a dict.
+    """
+    path = str(path)
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint '{path}' does not exist: check the path given to --pretrained")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - every unpickling failure becomes one line
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if not found:
+            raise UserError(f"cannot read checkpoint '{path}' ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:200]}): the file is truncated or not a PyTorch "
+                            "checkpoint") from None
+        if not trust:
+            raise UserError(f"checkpoint '{path}' contains pickled Python objects ({found.group(1)}), which "
+                            "loading them would execute: pass --trust-checkpoint if you trust the file") from None
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc2:  # noqa: BLE001
+            raise UserError(f"cannot read checkpoint '{path}' even as a trusted file ({type(exc2).__name__}: "
+                            f"{str(exc2).splitlines()[0][:200]})") from None
+    if isinstance(ckpt, torch.nn.Module):
+        ckpt = ckpt.state_dict()
+    if not isinstance(ckpt, dict):
+        raise UserError(f"checkpoint '{path}' holds a {type(ckpt).__name__}, not a dict of weights: "
+                        "pass a state dict or a training checkpoint")
+    return ckpt
+
+
+def checkpoint_arch(ckpt):
+    """Architecture recorded in a checkpoint.
+
+    Args:
+        ckpt: dict from :func:`read_checkpoint`.
+    Returns:
+        ``(arch, cifar_stem)``: ``ckpt["arch"]`` or ``ckpt["args"]["arch"]`` (None when absent) and
+        ``ckpt["args"]["cifar_stem"]`` (False when absent).
+    """
+    args = ckpt.get("args", {})
+    if not isinstance(args, dict):
+        args = vars(args) if hasattr(args, "__dict__") else {}
+    arch = ckpt.get("arch") or args.get("arch")
+    return (arch if isinstance(arch, str) else None), bool(args.get("cifar_stem", False))
+
+
+# ==== finding the trunk ====
+def _is_state_dict(obj):
+    return isinstance(obj, dict) and any(torch.is_tensor(v) for v in obj.values())
+
+
+def _candidate_states(ckpt):
+    """(name, state dict) pairs to try, in order of preference."""
+    out = [(k, ckpt[k]) for k in STATE_KEYS if _is_state_dict(ckpt.get(k))]
+    if _is_state_dict(ckpt):
+        out.append(("", ckpt))
+    return out
+
+
+def _strip(keys, prefix=None, pattern=None):
+    """{stripped key: original key} for keys carrying ``prefix`` (or matching regex ``pattern``)."""
+    out = {}
+    for key in keys:
+        if pattern is not None:
+            m = re.search(pattern, key)
+            if m:
+                out.setdefault(key[:m.start()] + key[m.end():], key)
+        elif key.startswith(prefix):
+            out.setdefault(key[len(prefix):], key)
+    return out
+
+
+def _select(ckpt, model_keys, trunk_pattern=None):
+    """Best (state dict, prefix, {stripped key: original key}) for ``model_keys``; see extract_trunk_state."""
+    candidates = _candidate_states(ckpt)
+    if not candidates:
+        raise UserError(f"no weights found in the checkpoint (top-level keys: {', '.join(map(str, list(ckpt)[:8]))}): "
+                        f"expected a state dict or one under {', '.join(STATE_KEYS)}")
+    if trunk_pattern:
+        try:
+            re.compile(trunk_pattern)
+        except re.error as exc:
+            raise UserError(f"--trunk-pattern {trunk_pattern!r} is not a valid regex ({exc})") from None
+    best = None
+    for _, sd in candidates:
+        for prefix in ([trunk_pattern] if trunk_pattern else PREFIXES):
+            mapping = _strip(sd, pattern=prefix) if trunk_pattern else _strip(sd, prefix=prefix)
+            cover = len(model_keys & set(mapping))
+            if best is None or cover > best[0]:
+                best = (cover, sd, prefix, mapping)
+    return best[1:]
+
+
+def extract_trunk_state(ckpt, model_keys, trunk_pattern=None):
+    """Find the trunk's weights in a checkpoint and strip their prefix.
+
+    Every state dict found (top-level ``state_dict``, ``model``, ``teacher``, ``student``, ``network``,
+    or the checkpoint itself) is tried with every prefix of ``PREFIXES``; the pair whose stripped keys
+    cover the most ``model_keys`` wins (earlier ones on ties, so ``encoder_q`` beats ``encoder_k`` and
+    ``teacher`` beats ``student``). With ``trunk_pattern`` only that regex is tried: the first match in
+    each key is cut out and keys without a match are ignored. Head keys (``fc.*``, ``projection_head.*``,
+    ``prototypes.*``, ...) and everything else the model does not have are dropped.
+
+    Args:
+        ckpt: dict from :func:`read_checkpoint`.
+        model_keys: set of the trunk's state-dict keys.
+        trunk_pattern: optional regex, e.g. ``r"^trunk\\."``, overriding the prefix search.
+    Returns:
+        ``(state, prefix, ignored)``: {model key: tensor} for the keys present in the model, the prefix
+        (or regex) used, and the original names of the checkpoint keys not loaded (head, momentum copy,
+        queue, ...), those under the prefix first.
+    Raises:
+        UserError: no state dict in the checkpoint, or an invalid ``trunk_pattern``.
+    """
+    model_keys = set(model_keys)
+    sd, prefix, mapping = _select(ckpt, model_keys, trunk_pattern)
+    state, ignored = _partition(sd, mapping, model_keys)
+    return state, prefix, ignored
+
+
+def _partition(sd, mapping, model_keys):
+    """({model key: tensor} to load, [original keys ignored, those under the prefix first])."""
+    state = {k: sd[orig] for k, orig in mapping.items() if k in model_keys}
+    under = [orig for k, orig in mapping.items() if k not in model_keys]
+    used = {mapping[k] for k in state} | set(under)
+    return state, under + [k for k in sd if k not in used]
+
+
+def _unexpected(mapping, own):
+    """Original keys under the prefix that look like trunk layers the model lacks (a bigger sibling arch,
+    e.g. resnet34 weights for a resnet18): same top-level module as a model key, not a head key."""
+    top = {k.split(".")[0] for k in own}
+    return [orig for k, orig in mapping.items()
+            if k not in own and k.split(".")[0] in top and not k.startswith(HEAD_PREFIXES)
+            and not k.endswith("num_batches_tracked")]
+
+
+def load_trunk(model, path_or_ckpt, trunk_pattern=None, trust=False, log=print, arch=None, source=None):
+    """Load pretrained trunk weights into ``model``, strictly.
+
+    Args:
+        model: the trunk (e.g. from ``build_backbone``; its ``fc`` is an Identity without parameters).
+        path_or_ckpt: checkpoint path, or a dict already read with :func:`read_checkpoint`.
+        trunk_pattern: optional regex selecting / stripping the trunk keys (see :func:`extract_trunk_state`).
+        trust: allow pickled objects in the file (see :func:`read_checkpoint`).
+        log: callable taking one string (``print`` by default; None for silence).
+        arch: architecture name, used in error messages.
+        source: name of the checkpoint in messages when a dict is passed (e.g. its path).
+    Returns:
+        dict with ``path``, ``prefix``, ``n_loaded``, ``ignored`` (list of keys) and ``arch`` (the
+        checkpoint's recorded arch or None).
+    Raises:
+        UserError: unreadable file, or a trunk key missing / of another shape / unexpected (wrong arch).
+    """
+    if isinstance(path_or_ckpt, dict):
+        ckpt, where = path_or_ckpt, source or "the checkpoint"
+    else:
+        ckpt, where = read_checkpoint(path_or_ckpt, trust=trust), str(path_or_ckpt)
+    own = model.state_dict()
+    sd, prefix, mapping = _select(ckpt, set(own), trunk_pattern)
+    state, ignored = _partition(sd, mapping, set(own))
+    ckpt_arch, _ = checkpoint_arch(ckpt)
+    name = arch or type(model).__name__
+    hint = "pass the right -a/--arch" + (f" (the checkpoint says {ckpt_arch!r})" if ckpt_arch else "")
+    if not state:
+        raise UserError(f"no trunk weights for arch {name!r} in {where} (first keys: {', '.join(list(sd)[:5])}): "
+                        f"{hint}, or select the trunk keys with --trunk-pattern")
+    # old checkpoints have no BN ``num_batches_tracked`` counters: the model keeps its own
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    extra = _unexpected(mapping, own)
+    if missing or shapes or extra:
+        parts = ([f"missing {', '.join(missing[:5])}"] if missing else []) + \
+                ([f"shape mismatch {', '.join(shapes[:5])}"] if shapes else []) + \
+                ([f"unexpected {', '.join(extra[:5])}"] if extra else [])
+        raise UserError(f"checkpoint keys do not match arch {name!r}: {'; '.join(parts)}; {hint}")
+    full = dict(own)
+    full.update(state)
+    model.load_state_dict(full, strict=True)
+    if log is not None:
+        shown = ", ".join(ignored[:5]) + (", ..." if len(ignored) > 5 else "")
+        log(f"loaded {len(state)} trunk tensors from {where} (prefix {prefix!r})"
+            + (f", ignored {len(ignored)} keys: {shown}" if ignored else ", ignored 0 keys"))
+    return {"path": where, "prefix": prefix, "n_loaded": len(state), "ignored": ignored, "arch": ckpt_arch}
