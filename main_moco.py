@@ -40,7 +40,7 @@ from src.data import ResumableSampler, build_dataset, build_loader, resolve_spli
 from src.errors import UserError, exit_on_user_error
 from src.logging import JsonLog, ProgressLogger, print_rank0
 from src.losses import infonce_logits
-from src.methods.common import check_queue_size, momentum_update
+from src.methods.common import check_queue_size, copy_params, momentum_update
 from src.methods.moco import MoCo
 from src.models import KNOWN_ARCHS
 from src.optim import moco_lr_schedule, set_lr
@@ -139,7 +139,7 @@ def train(args, info):
     resume_path = find_resume_checkpoint(args.output_dir, args.resume)
     ckpt = load_checkpoint(resume_path) if resume_path else None
     seed = ckpt["seed"] if ckpt is not None else (args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little") % 2**31)
-    dist.seed_everything(seed, info.rank)
+    dist.seed_everything(seed, 0)  # the same initial weights on every rank, as MoCo seeds
     if info.rank == 0:
         with open(os.path.join(args.output_dir, "args.json"), "w") as f:
             json.dump({**vars(args), "seed_used": seed, "world_size_used": info.world_size}, f, indent=2)
@@ -150,6 +150,7 @@ def train(args, info):
 
     # ==== building model ====
     model, encoder_q, bn_splits = build_model(args, info, per_rank_batch)
+    dist.seed_everything(seed, info.rank)  # then one RNG stream per rank
     optimizer = torch.optim.SGD(encoder_q.parameters(), args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(args) == torch.float16)
@@ -250,6 +251,7 @@ def build_model(args, info, per_rank_batch):
     if info.distributed:
         device_ids = [info.device.index] if info.device.type == "cuda" else None
         encoder_q = nn.parallel.DistributedDataParallel(encoder_q, device_ids=device_ids)
+        copy_params(model.encoder_q, model.encoder_k)  # DDP broadcast rank 0's weights: keys start from them too
     return model, encoder_q, bn_splits
 
 
@@ -336,7 +338,9 @@ def check_ranks_in_sync(model, info):
         fp = torch.stack([torch.stack([t.double().sum(), t.double().square().sum()]).sum() for t in tensors])
         all_fp = dist.concat_all_gather(fp[None].to(info.device))
     if not bool((all_fp == all_fp[0]).all()):
-        raise RuntimeError("ranks diverged: encoder weights or queue differ between processes")
+        names = [n for n, _ in model.named_parameters()] + ["queue.queue", "queue.ptr"]
+        bad = [names[i] for i in range(len(names)) if not bool((all_fp[:, i] == all_fp[0, i]).all())]
+        raise RuntimeError(f"ranks diverged: {', '.join(bad[:5])} differ between processes")
     print_rank0(f"ranks in sync: encoder weights and queue identical on {info.world_size} processes", rank=info.rank)
 
 

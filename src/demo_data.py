@@ -40,6 +40,9 @@ _SPLITS = {"train": 0, "val": 1}
 _SUPERSAMPLE = 4            # shapes are drawn at 4x and box-filtered down: anti-aliased edges
 _AREA_RANGE = (0.10, 0.20)  # shape area as a fraction of the image, the same for every class
 _ASPECT_RANGE = (0.8, 1.25)
+_TEXTURE_ALPHA = (0.3, 0.8)  # strength of the background pattern over its gradient
+_FILL_TEXTURE = 0.5          # probability that the shape's fill is itself faintly textured
+_MIN_CONTRAST = 0.45         # RGB distance between the fill and the mean background under the shape
 
 
 def _ngon(n, radius=1.0, phase=0.0):
@@ -145,7 +148,7 @@ def _texture(rng, size):
     img = c1 + ramp[..., None] * (c2 - c1)
     kind = rng.integers(4)
     colour = rng.uniform(0, 1, 3).astype(np.float32)
-    alpha = rng.uniform(0.3, 0.8)
+    alpha = rng.uniform(*_TEXTURE_ALPHA)
     if kind == 0:    # stripes at a random angle and period
         t, period = rng.uniform(0, math.pi), rng.uniform(0.08, 0.35)
         wave = np.sin(2 * math.pi * (x * math.cos(t) + y * math.sin(t)) / period + rng.uniform(0, 6.3))
@@ -192,9 +195,9 @@ def render_image(seed, split, class_index, index, size=64):
     background = (img * mask).sum((0, 1)) / max(mask.sum(), 1e-6)
     for _ in range(20):  # fill colour far enough from the background under it to stay visible
         fill = rng.uniform(0, 1, 3).astype(np.float32)
-        if np.linalg.norm(fill - background) > 0.45:
+        if np.linalg.norm(fill - background) > _MIN_CONTRAST:
             break
-    fill = fill + (rng.uniform(0.1, 0.35) * (_texture(rng, size) - fill) if rng.uniform() < 0.5 else 0)
+    fill = fill + (rng.uniform(0.1, 0.35) * (_texture(rng, size) - fill) if rng.uniform() < _FILL_TEXTURE else 0)
     img = img * (1 - mask) + fill * mask
     return Image.fromarray((np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8), "RGB")
 

@@ -9,13 +9,12 @@ Launch styles, all served by the same script; :func:`init_distributed` detects t
    the first host of ``SLURM_JOB_NODELIST``; ``MASTER_PORT`` from the env or 29500; both are exported, then
    ``env://``. Caveat: inside an sbatch script ``SLURM_PROCID``/``SLURM_NTASKS`` are set even for a plain
    ``python`` without ``srun``; launch with ``srun`` (as ``scripts/*.sh`` do) when ``--ntasks`` > 1.
-3. MoCo style: ``dist_url="tcp://host:port"`` with ``world_size`` > 1 and ``rank`` >= 0 (``--dist-url
+3. MoCo style: ``dist_url="tcp://host:port"`` with ``world_size`` >= 1 and ``rank`` >= 0 (``--dist-url
    --world-size --rank``, and what :func:`spawn_workers` passes for ``--multiprocessing-distributed``).
 4. Nothing: one process, no process group.
 
-A process group is created only when the world size is above 1. Every helper below (``concat_all_gather``,
-``all_reduce``, ...) is the identity without a group, so single-process code needs no special case.
-Backend: NCCL when the device is CUDA, gloo otherwise, so all of it runs (and is tested) on a CPU.
+A process group is created only when the world size is above 1; without one every helper below is the
+identity, so single-process code needs no special case. Backend: NCCL on CUDA, gloo otherwise (CPU tests).
 
 ``spawn_workers`` contract (MoCo's ``--multiprocessing-distributed``)::
 
@@ -37,6 +36,8 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 
+from .errors import UserError
+
 
 @dataclass
 class DistInfo:
@@ -52,15 +53,11 @@ class DistInfo:
 
 
 # ==================================================================================================
-# launching
-# ==================================================================================================
 def first_slurm_host(nodelist):
     """First host of a SLURM node list in its compact form (what ``scontrol show hostnames`` prints first).
 
-    Args:
-        nodelist: e.g. ``node[01-03,7],gpu5``, ``a-b-c``, ``gpu[9]``, ``rack[1-2]-n[3-4]``.
-    Returns:
-        The first host name: ``node01``, ``a-b-c``, ``gpu9``, ``rack1-n3``.
+    Args: nodelist: e.g. ``node[01-03,7],gpu5``, ``a-b-c``, ``gpu[9]``, ``rack[1-2]-n[3-4]``.
+    Returns: the first host name: ``node01``, ``a-b-c``, ``gpu9``, ``rack1-n3``.
     """
     first, depth = "", 0
     for ch in nodelist.strip():  # cut at the first comma outside brackets
@@ -75,10 +72,8 @@ def first_slurm_host(nodelist):
 def slurm_master_addr(nodelist):
     """Rendezvous host for srun: the first host of the job's node list.
 
-    Args:
-        nodelist: ``SLURM_JOB_NODELIST`` (compact form).
-    Returns:
-        Host name, from ``scontrol show hostnames`` when that tool exists, else from :func:`first_slurm_host`.
+    Args: nodelist: ``SLURM_JOB_NODELIST`` (compact form).
+    Returns: ``scontrol show hostnames``'s first line when that tool exists, else :func:`first_slurm_host`.
     """
     try:
         out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
@@ -94,10 +89,9 @@ def _pick_device(device, local_rank):
     """The device this process computes on.
 
     Args:
-        device: "cpu", "cuda", "cuda:1" or None/"" for automatic; bare "cuda" means ``cuda:local_rank``.
+        device: "cpu", "cuda", "cuda:1" or None/"" (auto); bare "cuda" means ``cuda:local_rank``.
         local_rank: index of this process on its node.
-    Returns:
-        torch.device (``cuda:local_rank % #GPUs`` when CUDA exists and nothing was forced, else cpu).
+    Returns: torch.device (``cuda:local_rank % #GPUs`` when CUDA exists and nothing was forced, else cpu).
     """
     if device:
         dev = torch.device(device)
@@ -121,8 +115,7 @@ def init_distributed(dist_url=None, world_size=-1, rank=-1, local_rank=None, bac
         backend: force "nccl" or "gloo"; default nccl on CUDA, gloo otherwise.
         device: force "cpu", "cuda" or "cuda:1"; default ``cuda:local_rank`` when CUDA exists, else cpu.
         timeout_s: collective timeout in seconds.
-    Returns:
-        DistInfo. Rank 0 prints one line ``distributed: launcher=..., world_size=..., ...``.
+    Returns: DistInfo. Rank 0 prints one line ``distributed: launcher=..., world_size=..., ...``.
     """
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
@@ -173,34 +166,26 @@ def spawn_workers(worker_fn, nprocs_per_node, node_rank, num_nodes, dist_url, fn
         num_nodes: number of nodes (MoCo's ``--world-size``).
         dist_url: ``tcp://host:port`` of node 0; None/""/"env://" picks a free local port (one node only).
         fn_args: extra positional arguments for ``worker_fn``.
-    Returns:
-        None, once every process has exited (an exception in one is re-raised here).
+    Returns: None, once every process has exited (an exception in one is re-raised here).
     """
     if dist_url in (None, "", "env://"):
         if num_nodes > 1:
-            raise ValueError("several nodes need a shared --dist-url tcp://<node0 host>:<port>")
+            raise UserError("several nodes need a shared --dist-url tcp://<node 0 host>:<port>")
         dist_url = f"tcp://127.0.0.1:{free_port()}"
     torch.multiprocessing.spawn(_spawned, nprocs=nprocs_per_node, join=True,
                                 args=(worker_fn, nprocs_per_node, node_rank, num_nodes, dist_url, tuple(fn_args)))
 
 
 def _spawned(i, worker_fn, nprocs, node_rank, num_nodes, dist_url, fn_args):
-    """Entry point of spawned process ``i``: turn its index into ranks and call the worker.
+    """Spawned process ``i``: turn its index into ranks, call the worker (args as in spawn_workers).
 
-    Args:
-        i: local index given by torch.multiprocessing.spawn; the others as in :func:`spawn_workers`.
-    Returns:
-        Whatever ``worker_fn`` returns (ignored by spawn).
+    Returns: what ``worker_fn`` returns (ignored by spawn).
     """
     return worker_fn(i, node_rank * nprocs + i, num_nodes * nprocs, dist_url, *fn_args)
 
 
 def free_port():
-    """A TCP port that was free a moment ago on 127.0.0.1 (for tests and default local URLs).
-
-    Returns:
-        int port number.
-    """
+    """Returns: a TCP port that was free a moment ago on 127.0.0.1 (for tests and default local URLs)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -210,10 +195,8 @@ def seed_everything(seed, rank=0):
     """Seed python ``random``, numpy and torch (CPU and every CUDA device) with ``seed + rank``.
 
     Args:
-        seed: base seed, shared by all ranks.
-        rank: offset, so that ranks draw different augmentations.
-    Returns:
-        The seed used (``seed + rank``).
+        seed: base seed, shared by all ranks; rank: offset, so that ranks draw different augmentations.
+    Returns: the seed used (``seed + rank``).
     """
     s = int(seed) + int(rank)
     random.seed(s)
@@ -225,21 +208,16 @@ def seed_everything(seed, rank=0):
 
 
 def cleanup():
-    """Barrier, then destroy the process group, if one exists.
+    """Barrier, then destroy the process group, if one exists. Returns: None.
 
-    The barrier first matters: gloo workers that tear down while a peer is still in a collective abort
-    (seen as SIGABRT in about a third of runs without it).
-
-    Returns:
-        None.
+    The barrier matters: gloo workers that tear down while a peer is still in a collective abort
+    (SIGABRT in about a third of runs without it).
     """
     if tdist.is_available() and tdist.is_initialized():
         tdist.barrier()
         tdist.destroy_process_group()
 
 
-# ==================================================================================================
-# queries and collectives: the identity without a group
 # ==================================================================================================
 def is_dist():
     """Returns: True when a process group with more than one process exists."""
@@ -274,10 +252,8 @@ def concat_all_gather(t):
     Use it for things that must not receive gradients (MoCo's keys for the queue, shuffle-BN images).
     Warning: the result is detached; for a loss over the global batch use :func:`gather_with_grad`.
 
-    Args:
-        t: (n, ...) tensor; n and the other dims must be equal on every rank.
-    Returns:
-        (world_size * n, ...) tensor, rank 0's rows first; ``t`` itself without a group.
+    Args: t: (n, ...) tensor; n and the other dims must be equal on every rank.
+    Returns: (world_size * n, ...) tensor, rank 0's rows first; ``t`` itself without a group.
     """
     if not is_dist():
         return t
@@ -314,13 +290,11 @@ class _GatherWithGrad(torch.autograd.Function):
 def gather_with_grad(t):
     """All-gather along dim 0 that carries gradients back (see ``_GatherWithGrad``).
 
-    With DDP (which averages gradients over ranks) and a per-rank loss, rank r's rows receive the gradient
-    of ``sum over ranks of loss_rank``, i.e. what one process gets on the concatenated batch.
+    Rank r's rows receive the gradient of ``sum over ranks of loss_rank``: when the per-rank losses add up to
+    the loss of the concatenated batch, that is exactly what a single process would compute for those rows.
 
-    Args:
-        t: (n, ...) tensor, same shape on every rank.
-    Returns:
-        (world_size * n, ...) tensor in rank order; ``t`` itself without a group.
+    Args: t: (n, ...) tensor, same shape on every rank.
+    Returns: (world_size * n, ...) tensor in rank order; ``t`` itself without a group.
     """
     return _GatherWithGrad.apply(t) if is_dist() else t
 
@@ -333,10 +307,8 @@ def all_reduce(t, op="sum"):
     """In-place all-reduce, no gradient.
 
     Args:
-        t: tensor, same shape on every rank.
-        op: "sum", "mean" (sum then divide: gloo has no AVG), "max" or "min".
-    Returns:
-        ``t``, reduced in place.
+        t: tensor, same shape on every rank; op: "sum", "mean" (sum, then divide: gloo has no AVG), "max", "min".
+    Returns: ``t``, reduced in place.
     """
     if op not in _REDUCE_OPS:
         raise ValueError(f"op must be one of {sorted(_REDUCE_OPS)}, got {op!r}")
@@ -352,10 +324,8 @@ def broadcast(t, src=0):
     """In-place broadcast from rank ``src``, no gradient.
 
     Args:
-        t: tensor, same shape and dtype on every rank.
-        src: rank whose values everyone receives.
-    Returns:
-        ``t``, overwritten in place with rank ``src``'s values.
+        t: tensor, same shape and dtype on every rank; src: rank whose values everyone receives.
+    Returns: ``t``, overwritten in place with rank ``src``'s values.
     """
     if is_dist():
         tdist.broadcast(t, src)

@@ -170,10 +170,10 @@ def _partition(sd, mapping, model_keys):
 
 
 def _unexpected(mapping, own):
-    """Original keys under the prefix that look like trunk layers the model lacks (a bigger sibling arch,
+    """Stripped keys under the prefix that look like trunk layers the model lacks (a bigger sibling arch,
     e.g. resnet34 weights for a resnet18): same top-level module as a model key, not a head key."""
     top = {k.split(".")[0] for k in own}
-    return [orig for k, orig in mapping.items()
+    return [k for k in mapping
             if k not in own and k.split(".")[0] in top and not k.startswith(HEAD_PREFIXES)
             and not k.endswith("num_batches_tracked")]
 

@@ -11,6 +11,7 @@ import torch
 import torch.multiprocessing as mp
 
 from src import dist
+from src.errors import UserError
 
 LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
               "TORCHELASTIC_RUN_ID", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_JOB_NODELIST",
@@ -117,7 +118,7 @@ def test_first_slurm_host(nodelist, host):
 
 
 def test_spawn_workers_needs_url_for_several_nodes():
-    with pytest.raises(ValueError):
+    with pytest.raises(UserError):
         dist.spawn_workers(_spawned_worker, 1, 0, 2, "env://", ())
 
 
@@ -165,8 +166,10 @@ def _spawned_worker(local_rank, rank, world_size, dist_url, path):
     dist.cleanup()
 
 
-def test_spawn_workers_with_dist_url(clean_env, tmp_path):
-    dist.spawn_workers(_spawned_worker, 2, 0, 1, f"tcp://127.0.0.1:{dist.free_port()}", (str(tmp_path),))
+@pytest.mark.parametrize("url", ["tcp", "env://"])  # MoCo's default --dist-url env:// -> a free local port
+def test_spawn_workers_with_dist_url(clean_env, tmp_path, url):
+    url = f"tcp://127.0.0.1:{dist.free_port()}" if url == "tcp" else url
+    dist.spawn_workers(_spawned_worker, 2, 0, 1, url, (str(tmp_path),))
     _check_collectives(_load(tmp_path), "spawn")
 
 

@@ -1,0 +1,113 @@
+"""``python -m eval.knn`` on a tiny generated ImageFolder: output format, JSON, sharding, errors."""
+import json
+import os
+import re
+import types
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from helpers import assert_ok, last_lines, one_error_line, py, run
+
+LAST_LINE = re.compile(r"^best-NN=\d+\.\d\d%, k=\d+\.$")
+WEIGHTED = re.compile(r"^weighted kNN \(k=20, T=0\.07, cosine\) top-1: \d+\.\d\d%$")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """3 classes x (6 train, 3 val) noisy 32x32 PNGs, and a main_moco.py-style checkpoint of a resnet18."""
+    root = tmp_path_factory.mktemp("knn")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("val", 3)):
+        for c in range(3):
+            folder = root / "data" / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                img = rng.integers(0, 200, (32, 32, 3))  # weak colour cue: accuracy is not trivially 100%
+                img[..., c] += 20
+                Image.fromarray(img.astype(np.uint8)).save(folder / f"{i}.png")
+    from src.models import build_backbone
+
+    torch.manual_seed(1)
+    trunk, _ = build_backbone("resnet18", cifar_stem=True)
+    state = {f"encoder_q.{k}": v for k, v in trunk.state_dict().items()}
+    state.update({"encoder_q.fc.0.weight": torch.randn(512, 512), "queue": torch.randn(128, 16)})
+    ckpt = root / "run" / "checkpoint.pth.tar"
+    ckpt.parent.mkdir()
+    torch.save({"arch": "resnet18", "epoch": 1, "args": {"arch": "resnet18", "cifar_stem": True},
+                "state_dict": state}, ckpt)
+    return types.SimpleNamespace(data=str(root / "data"), ckpt=str(ckpt), root=root, cache={},
+                                 n_tensors=len(trunk.state_dict()))
+
+
+COMMON = ["--resize", "32", "--crop-size", "32", "-b", "8", "-j", "0", "-k", "3"]
+
+
+def _run_one_shard(tiny):
+    if "g1" not in tiny.cache:
+        proc = run(py("-m", "eval.knn", tiny.data, "-a", "resnet18", "--pretrained", tiny.ckpt, *COMMON))
+        assert_ok(proc)
+        tiny.cache["g1"] = proc
+    return tiny.cache["g1"]
+
+
+def test_knn_cli_output_and_json(tiny):
+    proc = _run_one_shard(tiny)
+    weighted, last = last_lines(proc.stdout, 2)
+    assert LAST_LINE.match(last), last
+    assert WEIGHTED.match(weighted), weighted
+    assert f"loaded {tiny.n_tensors} trunk tensors from" in proc.stdout and "(prefix 'encoder_q.')" in proc.stdout
+    out = os.path.join(os.path.dirname(tiny.ckpt), "knn.json")  # default: next to the checkpoint
+    res = json.load(open(out))
+    assert set(res) >= {"best_nn", "best_k", "acc_by_k", "weighted_knn_top1", "pretrained", "arch", "rep_space",
+                        "n_train", "n_val"}
+    assert (res["n_train"], res["n_val"], res["arch"]) == (18, 9, "resnet18")
+    assert list(res["acc_by_k"]) == ["1", "3"]
+    assert last == f"best-NN={res['best_nn']:.2f}%, k={res['best_k']}."
+
+
+def test_two_shards_match_one(tiny):
+    one = last_lines(_run_one_shard(tiny).stdout, 2)
+    out = str(tiny.root / "g2.json")
+    # no -a: arch and stem come from the checkpoint
+    proc = run(py("-m", "eval.knn", tiny.data, "--pretrained", tiny.ckpt, *COMMON, "-g", "2", "--output-json", out))
+    assert_ok(proc)
+    assert "[shard 2/2]" in proc.stdout
+    assert last_lines(proc.stdout, 2) == one
+    res1 = json.load(open(os.path.join(os.path.dirname(tiny.ckpt), "knn.json")))
+    res2 = json.load(open(out))
+    for key in ("best_nn", "best_k", "acc_by_k", "weighted_knn_top1"):
+        assert res1[key] == pytest.approx(res2[key]), key
+
+
+def test_in_process_shards_match_metrics(tiny):
+    """run_shard on 2 shards, merged, equals best_nn / weighted_knn on the extracted features.
+
+    Shards of 9 images with batches of 3 keep the batch boundaries of the unsharded run, which the
+    per-batch mean of shifted-norm depends on."""
+    from eval.knn import build_datasets, build_model, get_args_parser, run_shard, shard_bounds, summarize
+    from src.features import extract_features
+    from src.metrics import best_nn, weighted_knn
+
+    args = get_args_parser().parse_args([tiny.data, "-a", "resnet18", "--rep-space", "shifted-norm", "-g", "2",
+                                         *COMMON, "-b", "3"])
+    model = build_model(args)
+    bounds = shard_bounds(18, 2)
+    parts = [run_shard(i, model, args, bounds) for i in range(2)]
+    res = summarize(parts, parts[0]["val_feats"], parts[0]["val_labels"], 3)
+    train_set, val_set = build_datasets(args)
+    ftr, ltr = extract_features(model, torch.utils.data.DataLoader(train_set, batch_size=3), "cpu")
+    fva, lva = extract_features(model, torch.utils.data.DataLoader(val_set, batch_size=3), "cpu")
+    best, best_k, acc = best_nn(ftr, ltr, fva, lva, max_k=3, rep_space="shifted-norm", batch_size=3)
+    assert (res["best_nn"], res["best_k"], res["acc_by_k"]) == (pytest.approx(best), best_k, pytest.approx(acc))
+    assert res["weighted_knn_top1"] == weighted_knn(ftr, ltr, fva, lva)
+
+
+def test_missing_data_folder_is_one_error_line(tmp_path):
+    (tmp_path / "train").mkdir()
+    proc = run(py("-m", "eval.knn", str(tmp_path), "-a", "resnet18", *COMMON))
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert "val" in line and "does not exist" in line

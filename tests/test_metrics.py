@@ -1,0 +1,159 @@
+"""src.metrics against straightforward float64 / Python-loop references."""
+import collections
+
+import numpy as np
+import pytest
+import torch
+
+from src.errors import UserError
+from src.metrics import (accuracy, best_nn, best_nn_from_candidates, knn_candidates, merge_candidates,
+                         transform_rep, weighted_knn)
+
+
+def _ref_transform(x, rep_space, batch_size):
+    """numpy float64 version of transform_rep, applied batch by batch."""
+    out = []
+    for i in range(0, len(x), batch_size):
+        b = x[i:i + batch_size].astype(np.float64)
+        if rep_space in ("shifted-norm", "shift-norm"):
+            b = b - b.mean(axis=0, keepdims=True)
+        if rep_space != "original":
+            b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+        out.append(b)
+    return np.concatenate(out)
+
+
+def _ref_best_nn(tr, trl, te, tel, max_k, rep_space, batch_size):
+    """Full distance matrix, Python majority vote, ties -> smallest class id."""
+    q = _ref_transform(te.numpy(), rep_space, batch_size)
+    bank = _ref_transform(tr.numpy(), rep_space, batch_size)
+    dist = np.sqrt(((q[:, None, :] - bank[None, :, :]) ** 2).sum(-1))
+    order = np.argsort(dist, axis=1, kind="stable")
+    acc = {}
+    for kk in range(1, max_k + 1, 2):
+        correct = 0
+        for i in range(len(q)):
+            votes = collections.Counter(int(trl[j]) for j in order[i, :kk])
+            top = max(votes.values())
+            pred = min(c for c, v in votes.items() if v == top)
+            correct += pred == int(tel[i])
+        acc[kk] = 100.0 * correct / len(q)
+    best_k = max(acc, key=lambda kk: (acc[kk], -kk))
+    return acc[best_k], best_k, acc, dist, order
+
+
+def _data(seed, n_train=120, n_test=40, dim=12, classes=5):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(classes, dim, generator=g) * 1.5
+    trl = torch.randint(0, classes, (n_train,), generator=g)
+    tel = torch.randint(0, classes, (n_test,), generator=g)
+    tr = centers[trl] + torch.randn(n_train, dim, generator=g) + 0.7  # offset: shifted-norm differs from norm
+    te = centers[tel] + torch.randn(n_test, dim, generator=g) + 0.7
+    return tr, trl, te, tel
+
+
+@pytest.mark.parametrize("rep_space", ["original", "norm", "shifted-norm", "shift-norm"])
+@pytest.mark.parametrize("max_k", [1, 4, 5, 11])
+def test_best_nn_matches_brute_force(rep_space, max_k):
+    tr, trl, te, tel = _data(seed=max_k)
+    for batch_size in (7, 4096):
+        best, best_k, acc_by_k = best_nn(tr, trl, te, tel, max_k=max_k, rep_space=rep_space, batch_size=batch_size)
+        ref_best, ref_k, ref_acc, _, _ = _ref_best_nn(tr, trl, te, tel, max_k, rep_space, batch_size)
+        assert list(acc_by_k) == list(range(1, max_k + 1, 2))
+        assert acc_by_k == pytest.approx(ref_acc)
+        assert (best, best_k) == (pytest.approx(ref_best), ref_k)
+
+
+@pytest.mark.parametrize("rep_space", ["original", "norm", "shifted-norm"])
+def test_streaming_and_shard_merge_are_exact(rep_space):
+    tr, trl, te, tel = _data(seed=3)
+    k = 9
+    q = transform_rep(te, rep_space)
+    batches = list(zip(tr.split(16), trl.split(16)))
+    d, l = knn_candidates(q, batches, k, rep_space)
+    assert d.shape == l.shape == (len(te), k)
+    assert torch.all(d[:, 1:] >= d[:, :-1])
+    # the same candidates as the brute-force search over the same (per-batch transformed) bank
+    bank = torch.cat([transform_rep(f, rep_space) for f, _ in batches])
+    full = torch.cdist(q.double(), bank.double())
+    ref_d, ref_i = full.topk(k, dim=1, largest=False)
+    torch.testing.assert_close(d.double(), ref_d, atol=1e-4, rtol=1e-4)
+    assert torch.equal(l, trl[ref_i])
+    # two shards of whole batches, merged, give the same candidates
+    shards = [knn_candidates(q, batches[:3], k, rep_space), knn_candidates(q, batches[3:], k, rep_space)]
+    md, ml = merge_candidates(shards)
+    torch.testing.assert_close(md, d)
+    assert torch.equal(ml, l)
+    ref = best_nn_from_candidates(d, l, tel, k)
+    assert best_nn_from_candidates(md, ml, tel, k) == ref
+
+
+def test_streaming_independent_of_bank_batch_size():
+    tr, trl, te, tel = _data(seed=5)
+    a = knn_candidates(te, [(tr, trl)], 5)
+    b = knn_candidates(te, zip(tr.split(3), trl.split(3)), 5)
+    torch.testing.assert_close(a[0], b[0])
+    assert torch.equal(a[1], b[1])
+
+
+def test_small_bank_keeps_everything():
+    tr, trl, te, tel = _data(seed=6, n_train=4)
+    d, l = knn_candidates(te, [(tr, trl)], 7)
+    assert d.shape == (len(te), 4)
+    _, _, acc_by_k = best_nn_from_candidates(d, l, tel, 7)
+    assert list(acc_by_k) == [1, 3]
+
+
+def test_vote_ties_go_to_smallest_class_and_best_k_to_smallest_k():
+    # one query at 0; neighbours at distance 1 (class 2), 2 (class 0), 3 (class 1), 4 (class 1), 5 (class 0)
+    tr = torch.tensor([[1.0], [2.0], [3.0], [4.0], [5.0]])
+    trl = torch.tensor([2, 0, 1, 1, 0])
+    te = torch.zeros(1, 1)
+    # k=1 -> 2; k=3 -> tie {2, 0, 1} -> 0; k=5 -> tie {0: 2, 1: 2} -> 0
+    best, best_k, acc = best_nn(tr, trl, te, torch.tensor([0]), max_k=5)
+    assert acc == {1: 0.0, 3: 100.0, 5: 100.0}
+    assert (best, best_k) == (100.0, 3)
+    best, best_k, acc = best_nn(tr, trl, te, torch.tensor([2]), max_k=5)
+    assert acc == {1: 100.0, 3: 0.0, 5: 0.0} and best_k == 1
+    # candidates given unsorted are sorted before voting
+    d, l = torch.tensor([[3.0, 1.0, 2.0]]), torch.tensor([[1, 2, 0]])
+    assert best_nn_from_candidates(d, l, torch.tensor([2]), 1)[2] == {1: 100.0}
+
+
+def _ref_weighted_knn(tr, trl, te, tel, k, t, num_classes):
+    tr = tr.double() / tr.double().norm(dim=1, keepdim=True)
+    te = te.double() / te.double().norm(dim=1, keepdim=True)
+    correct = 0
+    for i in range(len(te)):
+        sims = [(float(te[i] @ tr[j]), int(trl[j])) for j in range(len(tr))]
+        sims.sort(key=lambda s: -s[0])
+        votes = [0.0] * num_classes
+        for s, c in sims[:k]:
+            votes[c] += np.exp(s / t)
+        correct += int(np.argmax(votes)) == int(tel[i])
+    return 100.0 * correct / len(te)
+
+
+@pytest.mark.parametrize("k,t", [(1, 0.07), (5, 0.07), (20, 0.5), (200, 0.1)])
+def test_weighted_knn_matches_loop(k, t):
+    tr, trl, te, tel = _data(seed=k, n_train=80, n_test=30)
+    ref = _ref_weighted_knn(tr, trl, te, tel, min(k, len(tr)), t, 5)
+    assert weighted_knn(tr, trl, te, tel, k=k, temperature=t) == pytest.approx(ref)
+    assert weighted_knn(tr, trl, te, tel, k=k, temperature=t, chunk_size=7, bank_chunk_size=9) == pytest.approx(ref)
+
+
+def test_transform_rep_aliases_and_errors():
+    x = torch.randn(10, 4) + 2
+    assert torch.equal(transform_rep(x, "original"), x)
+    torch.testing.assert_close(transform_rep(x, "norm").norm(dim=1), torch.ones(10))
+    torch.testing.assert_close(transform_rep(x, "shift-norm"), transform_rep(x, "shifted-norm"))
+    torch.testing.assert_close(transform_rep(x, "shifted-norm"), transform_rep(x - x.mean(0), "norm"))
+    with pytest.raises(UserError, match="original, norm, shifted-norm"):
+        transform_rep(x, "cosine")
+
+
+def test_accuracy():
+    out = torch.tensor([[0.1, 0.5, 0.4], [0.8, 0.15, 0.05], [0.2, 0.3, 0.5], [0.3, 0.4, 0.3]])
+    target = torch.tensor([2, 0, 2, 0])
+    top1, top2 = accuracy(out, target, topk=(1, 2))
+    assert top1 == pytest.approx(50.0) and top2 == pytest.approx(100.0)
