@@ -8,27 +8,31 @@ to another space (``--rep-space norm | shifted-norm``, applied per batch). The p
 g*k candidates of each val image and, for every odd k' <= k, takes a plain majority vote of the k'
 nearest labels (ties -> smallest class id); Best-NN is the best accuracy over k'. The InstDisc / DINO
 weighted kNN (cosine, k=20, T=0.07) is reported as well; it needs all training features, which the
-shards return to the parent and which are held in CPU memory (skip it with ``--no-weighted`` for
-very large banks).
+shards return to the parent, which holds them in CPU memory and runs the vote on the first device
+(about 10 GB for ImageNet with a ResNet-50; skip it with ``--no-weighted`` for very large banks).
+Shifted-norm subtracts a per-batch mean, so its numbers depend on -b and -g, as in the reference.
 
 Last line of the output: ``best-NN=XX.XX%, k=K.``; the numbers also go to ``--output-json``.
 
     # CPU, a checkpoint of main_moco.py (arch and stem are read from it), two shard processes
-    python -m eval.knn data/demo --pretrained runs/moco-demo/checkpoint.pth.tar --resize 64 --crop-size 64 -g 2
-    # one GPU, ImageNet, paper setting on 8 GPUs: -b 1024 -g 8 -k 101
-    python -m eval.knn /datasets/imagenet -a resnet50 --pretrained moco_v2_800ep_pretrain.pth.tar -b 512 -k 101
+    python -m eval.knn data/demo --pretrained runs/moco-demo/checkpoint.pth.tar --resize 48 --crop-size 48 -g 2
+    # one GPU, ImageNet, a MoCo release (module.encoder_q.* keys are found automatically)
+    python -m eval.knn /datasets/imagenet -a resnet50 --pretrained moco_v2_800ep_pretrain.pth.tar -b 512
+    # paper setting: 8 GPUs, one shard each, max k 101 (about 10-15 min)
+    python -m eval.knn /datasets/imagenet -a resnet50 --pretrained ckpt.pth.tar -b 1024 -g 8 -k 101
     # random-init baseline (seeded by --seed)
-    python -m eval.knn data/demo -a resnet18 --cifar-stem --resize 64 --crop-size 64
+    python -m eval.knn data/demo -a resnet18 --cifar-stem --resize 48 --crop-size 48
 """
 import argparse
 import json
 import os
+import re
 import tempfile
 
 import torch
 import torch.multiprocessing as mp
 
-from src.args import add_amp_args, add_arg, amp_dtype, bool_flag
+from src.args import add_amp_args, add_arg, amp_dtype
 from src.augment import eval_transform
 from src.data import SafeImageFolder
 from src.errors import UserError, exit_on_user_error
@@ -46,8 +50,9 @@ def get_args_parser(add_help=False):
     g = parser.add_argument_group("model")
     add_arg(g, "-a", "--arch", default=None,
             help=f"trunk architecture (default: the checkpoint's, else resnet50); one of {', '.join(KNOWN_ARCHS)}")
-    add_arg(g, "--cifar-stem", type=bool_flag, nargs="?", const=True, default=None,
-            help="ResNet 3x3 stride-1 stem for small images (default: as recorded in the checkpoint, else off)")
+    add_arg(g, "--cifar-stem", action=argparse.BooleanOptionalAction, default=None,
+            help="ResNet 3x3 stride-1 stem for small images; --no-cifar-stem forces the ImageNet stem "
+                 "(default: as recorded in the checkpoint, else off)")
     add_arg(g, "--pretrained", default="", help="checkpoint to evaluate (default empty: random init seeded by --seed)")
     add_arg(g, "--trunk-pattern", default=None,
             help="regex cut out of the checkpoint keys to get trunk keys, e.g. '^module\\.trunk\\.' "
@@ -58,7 +63,8 @@ def get_args_parser(add_help=False):
     g = parser.add_argument_group("evaluation")
     add_arg(g, "-b", "--batch-size", default=512, type=int,
             help="images per batch and per shard process (default 512; 1024 in the paper setting)")
-    add_arg(g, "-j", "--num-workers", "--workers", default=8, type=int, help="data loading workers per shard (default 8)")
+    add_arg(g, "-j", "--num-workers", "--workers", default=8, type=int,
+            help="data loading workers per shard process (default 8)")
     add_arg(g, "-g", "--gpus", default=1, type=int,
             help="number of train-set shards, one process each: one per GPU on CUDA, CPU processes otherwise "
                  "(default 1; 8 in the paper setting)")
@@ -115,12 +121,13 @@ def search_bank(model, train_loader, query, device, max_k, rep_space, keep_feats
     return {"dists": dists.cpu(), "labels": labels.cpu(), "train_feats": feats, "train_labels": train_labels}
 
 
-def summarize(parts, val_feats, val_labels, max_k, knn_k=20, knn_t=0.07, weighted=True):
+def summarize(parts, val_feats, val_labels, max_k, knn_k=20, knn_t=0.07, weighted=True, device="cpu"):
     """Merge shard candidates into Best-NN and (optionally) the weighted kNN top-1.
 
     Args:
         parts: list of :func:`search_bank` results, in shard order.
         val_feats: (N_val, D) raw val features; val_labels: (N_val,).
+        device: where the weighted kNN runs (the training features are moved there).
     Returns:
         dict with ``best_nn``, ``best_k``, ``acc_by_k`` and ``weighted_knn_top1`` (None if skipped).
     """
@@ -128,8 +135,8 @@ def summarize(parts, val_feats, val_labels, max_k, knn_k=20, knn_t=0.07, weighte
     best, best_k, acc_by_k = best_nn_from_candidates(dists, labels, val_labels, max_k)
     wknn = None
     if weighted:
-        train_feats = torch.cat([p["train_feats"] for p in parts])
-        train_labels = torch.cat([p["train_labels"] for p in parts])
+        train_feats = torch.cat([p["train_feats"] for p in parts]).to(device)
+        train_labels = torch.cat([p["train_labels"] for p in parts]).to(device)
         wknn = weighted_knn(train_feats, train_labels, val_feats, val_labels, k=knn_k, temperature=knn_t)
     return {"best_nn": best, "best_k": best_k, "acc_by_k": acc_by_k, "weighted_knn_top1": wknn}
 
@@ -148,7 +155,7 @@ def run_knn(model, train_loader, val_loader, device, max_k=5, rep_space="origina
     """
     query, val_feats, val_labels = embed_queries(model, val_loader, device, rep_space, amp)
     part = search_bank(model, train_loader, query, device, max_k, rep_space, keep_feats=weighted, amp=amp)
-    return summarize([part], val_feats, val_labels, max_k, knn_k, knn_t, weighted)
+    return summarize([part], val_feats, val_labels, max_k, knn_k, knn_t, weighted, device)
 
 
 # ==== data, model and shards ====
@@ -231,18 +238,24 @@ def run_shards(model, args, n_train):
     if g == 1:
         return [run_shard(0, model, args, bounds)]
     with tempfile.TemporaryDirectory(prefix="knn-shards-") as out_dir:
-        mp.spawn(run_shard, args=(model, args, bounds, out_dir), nprocs=g, join=True)
+        try:
+            mp.spawn(run_shard, args=(model, args, bounds, out_dir), nprocs=g, join=True)
+        except mp.ProcessRaisedException as exc:  # a UserError in a shard stays one line
+            found = re.search(r"UserError: (.+)", str(exc))
+            if found:
+                raise UserError(found.group(1)) from None
+            raise
         return [torch.load(os.path.join(out_dir, f"shard{i}.pt"), weights_only=True) for i in range(g)]
 
 
 @exit_on_user_error
 def main(args):
     """Evaluate Best-NN (and the weighted kNN) of a checkpoint; prints ``best-NN=XX.XX%, k=K.`` last."""
+    if args.k < 1 or args.batch_size < 1:
+        raise UserError(f"-k/--k and -b/--batch-size must be >= 1, got {args.k} and {args.batch_size}")
     # ==== preparing data ====
     train_set, val_set = build_datasets(args)
     print(f"data: {len(train_set)} train / {len(val_set)} val images, {len(train_set.classes)} classes", flush=True)
-    if args.k < 1:
-        raise UserError(f"-k/--k must be >= 1, got {args.k}")
 
     # ==== building the trunk ====
     model = build_model(args)
@@ -250,13 +263,14 @@ def main(args):
     # ==== embedding and searching ====
     parts = run_shards(model, args, len(train_set))
     res = summarize(parts, parts[0]["val_feats"], parts[0]["val_labels"], args.k, args.knn_k, args.knn_t,
-                    weighted=not args.no_weighted)
+                    weighted=not args.no_weighted, device=_pick_device(args, 0))
 
     # ==== reporting ====
     res.update(pretrained=args.pretrained, arch=args.arch, rep_space=args.rep_space, n_train=len(train_set),
                n_val=len(val_set))
     out = args.output_json or os.path.join(
         os.path.dirname(os.path.abspath(args.pretrained)) if args.pretrained else os.getcwd(), "knn.json")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         json.dump({**res, "acc_by_k": {str(k): v for k, v in res["acc_by_k"].items()}}, f, indent=2)
     print("accuracy by k: " + "  ".join(f"k={k}: {v:.2f}%" for k, v in res["acc_by_k"].items()), flush=True)

@@ -135,7 +135,7 @@ def best_nn_from_candidates(dists, labels, test_labels, max_k):
     acc_by_k = {}
     for kk in range(1, min(max_k, labels.shape[1]) + 1, 2):
         pred = _majority_vote(labels[:, :kk].contiguous(), num_classes)
-        acc_by_k[kk] = 100.0 * (pred == test_labels).float().mean().item()
+        acc_by_k[kk] = 100.0 * (pred == test_labels).sum().item() / len(test_labels)
     best_k = max(acc_by_k, key=lambda kk: (acc_by_k[kk], -kk))
     return acc_by_k[best_k], best_k, acc_by_k
 

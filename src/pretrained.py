@@ -56,8 +56,9 @@ def read_checkpoint(path, trust=False):
                             f"{str(exc).splitlines()[0][:200]}): the file is truncated or not a PyTorch "
                             "checkpoint") from None
         if not trust:
-            raise UserError(f"checkpoint '{path}' contains pickled Python objects ({found.group(1)}), which "
-                            "loading them would execute: pass --trust-checkpoint if you trust the file") from None
+            raise UserError(f"checkpoint '{path}' contains pickled Python objects ({found.group(1)}) and "
+                            "unpickling them can run code from the file: pass --trust-checkpoint if you trust "
+                            "it") from None
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc2:  # noqa: BLE001
