@@ -370,7 +370,8 @@ def run_demo(args):
                 lr=DEMO["lr"], moco_k=DEMO["moco_k"], moco_t=DEMO["moco_t"], moco_m=DEMO["moco_m"],
                 mlp=True, aug_plus=True, cos=True, crop_size=DEMO["crop_size"], workers=DEMO["workers"],
                 seed=args.seed if args.seed is not None else 0, print_freq=DEMO["print_freq"],
-                weight_decay=DEMO["weight_decay"], bn_splits=DEMO["bn_splits"], save_freq=0, max_iters=0)
+                weight_decay=DEMO["weight_decay"], bn_splits=DEMO["bn_splits"], min_scale=DEMO["min_scale"],
+                save_freq=0, max_iters=0)
     if args.output_dir == ".":
         demo["output_dir"] = "runs/moco-demo"
     for k, v in demo.items():
@@ -409,7 +410,7 @@ def run_demo(args):
 
 # Demo recipe, tuned on 2 CPU cores (see README "Demo"): MoCo v2 with a small queue next to the dataset.
 DEMO = dict(epochs=8, batch_size=128, lr=0.06, moco_k=1024, moco_t=0.2, moco_m=0.99, crop_size=48, eval_size=48,
-            workers=1, print_freq=10, weight_decay=1e-4, bn_splits=8)
+            workers=1, print_freq=10, weight_decay=1e-4, bn_splits=8, min_scale=0.2)
 
 
 if __name__ == "__main__":
