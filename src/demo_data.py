@@ -33,16 +33,16 @@ from PIL import Image, ImageDraw
 
 from src.errors import UserError, exit_on_user_error
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # bump when the drawing changes: cached builds are then redrawn
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "hexagon", "crescent", "arrow",
           "heart", "tee", "chevron")
 _SPLITS = {"train": 0, "val": 1}
 _SUPERSAMPLE = 4            # shapes are drawn at 4x and box-filtered down: anti-aliased edges
 _AREA_RANGE = (0.10, 0.20)  # shape area as a fraction of the image, the same for every class
 _ASPECT_RANGE = (0.8, 1.25)
-_TEXTURE_ALPHA = (0.3, 0.8)  # strength of the background pattern over its gradient
-_FILL_TEXTURE = 0.5          # probability that the shape's fill is itself faintly textured
-_MIN_CONTRAST = 0.45         # RGB distance between the fill and the mean background under the shape
+_TEXTURE_ALPHA = (0.15, 0.5)  # strength of the background pattern over its gradient
+_FILL_TEXTURE = 0.25          # probability that the shape's fill is itself faintly textured
+_MIN_CONTRAST = 0.6           # RGB distance between the fill and the mean background under the shape
 
 
 def _ngon(n, radius=1.0, phase=0.0):
@@ -134,14 +134,9 @@ def _shape_mask(rng, name, size):
     return np.asarray(small, dtype=np.float32) / 255.0
 
 
-def _grid(size):
-    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    return x, y
-
-
 def _texture(rng, size):
     """A random texture: (size, size, 3) colours in [0, 1]. Gradient base plus one pattern."""
-    x, y = _grid(size)
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
     t = rng.uniform(0, 2 * math.pi)
     ramp = ((x - 0.5) * math.cos(t) + (y - 0.5) * math.sin(t) + 0.71) / 1.42
     c1, c2 = rng.uniform(0, 1, (2, 3)).astype(np.float32)

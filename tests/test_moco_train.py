@@ -127,3 +127,12 @@ def test_resume_from_wrong_arch_names_keys(data, tmp_path):
     p = run(py("main_moco.py", data, *args, "--output-dir", str(out)))
     line = one_error_line(p)
     assert "does not match" in line and "layer" in line
+
+
+def test_amp_bf16_smoke(data, tmp_path):
+    out = tmp_path / "bf16"
+    p = run(py("main_moco.py", data, *TINY, "--amp", "bf16", "--max-iters", "2", "--output-dir", str(out)))
+    assert_ok(p)
+    ck = _state(out / "checkpoint.pth.tar")
+    assert all(torch.isfinite(v).all() for k, v in ck["state_dict"].items() if v.is_floating_point())
+    assert ck["state_dict"]["encoder_q.conv1.weight"].dtype == torch.float32  # weights stay fp32 under autocast
