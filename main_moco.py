@@ -43,6 +43,7 @@ from src.losses import infonce_logits
 from src.methods.common import check_queue_size, copy_params, momentum_update
 from src.methods.moco import MoCo
 from src.models import KNOWN_ARCHS
+from src.models.heads import MOCO_HEADS
 from src.optim import moco_lr_schedule, set_lr
 
 
@@ -72,7 +73,9 @@ def get_args_parser(add_help=True):
     add_arg(g, "--moco-k", default=65536, type=int, help="queue size; a multiple of the total batch")
     add_arg(g, "--moco-m", default=0.999, type=float, help="momentum of the key encoder (0.99-0.9999)")
     add_arg(g, "--moco-t", default=0.07, type=float, help="softmax temperature (0.07 v1, 0.2 v2)")
-    add_arg(g, "--mlp", action="store_true", help="MoCo v2: 2-layer MLP head")
+    add_arg(g, "--mlp", nargs="?", const="simple", default=None, metavar="KIND",
+            help="projection head: --mlp alone is MoCo v2's 2-layer MLP (simple); SSL-small's deep | dropout | "
+                 "wide; bn adds BatchNorm (hidden and output, MoCo v3 style); without the flag: MoCo v1's Linear")
     add_arg(g, "--aug-plus", action="store_true", help="MoCo v2: stronger augmentation with blur")
     add_arg(g, "--cos", action="store_true", help="MoCo v2: cosine lr schedule (per epoch)")
     add_arg(g, "--bn-splits", default=0, type=int,
@@ -99,6 +102,11 @@ def get_args_parser(add_help=True):
 
 # ==================================================================================================
 def main(args):
+    if isinstance(args.mlp, str) and args.mlp not in MOCO_HEADS:
+        if args.data is None and os.path.isdir(args.mlp):  # "--mlp /data": the folder was taken as the head kind
+            args.data, args.mlp = args.mlp, "simple"
+        else:
+            raise UserError(f"--mlp {args.mlp}: unknown head; choose one of {', '.join(MOCO_HEADS)} (or --mlp alone)")
     if args.demo:
         return run_demo(args)
     if not args.data:
@@ -251,7 +259,7 @@ def build_model(args, info, per_rank_batch):
         raise UserError(f"per-process batch {per_rank_batch} is not divisible by --bn-splits {bn_splits}: "
                         "change -b or pass --bn-splits 1")
     check_queue_size(args.moco_k, per_rank_batch * info.world_size)
-    model = MoCo(args.arch, dim=args.moco_dim, K=args.moco_k, head="simple" if args.mlp else "none",
+    model = MoCo(args.arch, dim=args.moco_dim, K=args.moco_k, head=moco_head(args),
                  bn_splits=bn_splits, cifar_stem=args.cifar_stem, image_size=args.crop_size).to(info.device)
     encoder_q = model.encoder_q
     if info.distributed:
@@ -362,6 +370,13 @@ def gather_rng_states(device):
     return out
 
 
+def moco_head(args):
+    """The head kind from ``--mlp`` (None: MoCo v1's Linear; True from old args.json files: v2's MLP)."""
+    if args.mlp is True:
+        return "simple"
+    return args.mlp or "none"
+
+
 # ==================================================================================================
 def run_demo(args):
     """Build the demo data, pretrain a ResNet-18 on the CPU for a few minutes, compare kNN top-1 of the
@@ -388,7 +403,7 @@ def run_demo(args):
 
     # the same trunk at random init: rebuilding with the run's seed reproduces the initial weights
     dist.seed_everything(args.seed, 0)
-    init = MoCo(args.arch, dim=args.moco_dim, K=args.moco_k, head="simple" if args.mlp else "none").encoder_q
+    init = MoCo(args.arch, dim=args.moco_dim, K=args.moco_k, head=moco_head(args)).encoder_q
     results = {}
     tf = eval_transform(resize=DEMO["eval_size"], crop_size=DEMO["eval_size"])
     train_set = build_dataset(os.path.join(root, "train"), tf)
@@ -417,7 +432,7 @@ def run_demo(args):
 # Demo recipe for 2 CPU cores (about 3 minutes): MoCo v2 at 32 px with a queue small next to the dataset.
 # README "Demo" lists what was measured with other settings (none yet beats random init by 5 points).
 DEMO = dict(epochs=8, batch_size=128, lr=0.06, moco_k=1024, moco_t=0.2, moco_m=0.99, crop_size=32, eval_size=32,
-            workers=1, print_freq=10, weight_decay=1e-4, bn_splits=8, min_scale=0.2, mlp=True)
+            workers=1, print_freq=10, weight_decay=1e-4, bn_splits=8, min_scale=0.2, mlp="simple")
 
 
 if __name__ == "__main__":

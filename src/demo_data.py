@@ -42,6 +42,8 @@ _AREA_RANGE = (0.10, 0.20)  # shape area as a fraction of the image, the same fo
 _ASPECT_RANGE = (0.8, 1.25)
 _TEXTURE_ALPHA = (0.15, 0.5)  # strength of the background pattern over its gradient
 _FILL_TEXTURE = 0.25          # probability that the shape's fill is itself faintly textured
+_MAX_DISTRACTORS = 2      # small ellipses drawn under the shape (0 to this many)
+_GREY = False             # draw in grey levels only (colour carries no instance identity)
 _MIN_CONTRAST = 0.6           # RGB distance between the fill and the mean background under the shape
 
 
@@ -180,7 +182,7 @@ def render_image(seed, split, class_index, index, size=64):
     """
     rng = np.random.default_rng([seed, _SPLITS[split], class_index, index])
     img = _texture(rng, size)
-    for _ in range(rng.integers(0, 3)):  # distractors: small ellipses under the shape
+    for _ in range(rng.integers(0, _MAX_DISTRACTORS + 1)):  # distractors: small ellipses under the shape
         cx, cy = rng.uniform(0, size, 2)
         rx, ry = rng.uniform(0.03, 0.09, 2) * size
         x, y = np.mgrid[0:size, 0:size][::-1]
@@ -194,6 +196,8 @@ def render_image(seed, split, class_index, index, size=64):
             break
     fill = fill + (rng.uniform(0.1, 0.35) * (_texture(rng, size) - fill) if rng.uniform() < _FILL_TEXTURE else 0)
     img = img * (1 - mask) + fill * mask
+    if _GREY:
+        img = np.repeat(img.mean(-1, keepdims=True), 3, -1)
     return Image.fromarray((np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8), "RGB")
 
 

@@ -87,3 +87,22 @@ def test_moco_layout_matches_released_checkpoints():
     with torch.no_grad():
         k = model.key(torch.randn(4, 3, 32, 32))
     torch.testing.assert_close(k.norm(dim=1), torch.ones(4))
+
+
+def test_moco_heads_and_mlp_flag():
+    """--mlp alone is MoCo v2's MLP; --mlp KIND picks SSL-small's variants or the BN head; a folder after
+    --mlp is still read as the dataset."""
+    import torch
+    from main_moco import get_args_parser, moco_head
+    from src.models.heads import build_moco_head
+
+    p = get_args_parser()
+    assert moco_head(p.parse_args(["d"])) == "none"
+    assert moco_head(p.parse_args(["d", "--mlp"])) == "simple"
+    assert moco_head(p.parse_args(["d", "--mlp", "wide"])) == "wide"
+    bn = build_moco_head("bn", 16, 8)
+    out = bn.train()(torch.randn(32, 16) + 5.0)
+    # the non-affine output BN removes any common direction: per-dimension batch mean 0, variance 1
+    assert torch.allclose(out.mean(0), torch.zeros(8), atol=1e-5)
+    assert torch.allclose(out.var(0, unbiased=False), torch.ones(8), atol=1e-3)
+    assert [type(m).__name__ for m in build_moco_head("simple", 16, 8)] == ["Linear", "ReLU", "Linear"]

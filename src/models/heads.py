@@ -38,12 +38,14 @@ def build_mlp(in_dim, hidden_dims, out_dim, bn=False, last_bn=False, bias=True, 
     return nn.Sequential(*layers)
 
 
-MOCO_HEADS = ("none", "simple", "deep", "dropout", "wide")
+MOCO_HEADS = ("none", "simple", "deep", "dropout", "wide", "bn")
 
 
 def build_moco_head(kind, in_dim, out_dim=128):
     """MoCo / SSL-small heads (spec moco.md B.1, D.2). ``kind``: none (a Linear, MoCo v1), simple
-    (MoCo v2), deep (two hidden d layers), dropout (hidden d, Dropout 0.5), wide (hidden 2d)."""
+    (MoCo v2), deep (two hidden d layers), dropout (hidden d, Dropout 0.5), wide (hidden 2d), bn (the
+    MoCo-v2 MLP with BatchNorm after the hidden Linear and a non-affine BatchNorm on the output, as
+    MoCo v3's projector: the output cannot collapse onto one common direction; the CPU demo uses it)."""
     if kind == "none":
         return nn.Linear(in_dim, out_dim)
     if kind == "simple":
@@ -54,4 +56,6 @@ def build_moco_head(kind, in_dim, out_dim=128):
         return build_mlp(in_dim, [in_dim], out_dim, dropout=0.5)
     if kind == "wide":
         return build_mlp(in_dim, [2 * in_dim], out_dim)
+    if kind == "bn":
+        return build_mlp(in_dim, [in_dim], out_dim, bn=True, last_bn=True, bias=False, last_bias=False)
     raise ValueError(f"unknown MoCo head {kind!r}; choose one of {MOCO_HEADS}")
