@@ -218,3 +218,106 @@ def accuracy(output, target, topk=(1,)):
     pred = output.topk(maxk, dim=1, largest=True, sorted=True).indices  # (B, maxk)
     hit = pred.eq(target.view(-1, 1))
     return [100.0 * hit[:, :min(k, maxk)].any(dim=1).float().sum().item() / max(target.shape[0], 1) for k in topk]
+
+
+# ==== alignment and uniformity (Wang & Isola 2020) ====
+def align(x, y):
+    """Instance alignment: mean squared distance between positive pairs, ``mean_i ||x_i - y_i||^2``.
+
+    Wang & Isola 2020, "Understanding Contrastive Representation Learning through Alignment and
+    Uniformity on the Hypersphere" (alpha = 2). For unit rows it equals ``2 - 2 * mean_i <x_i, y_i>``,
+    the form of SSL-small's ``eval/stats-dist.py``; it lies in [0, 4], lower is better aligned.
+
+    Args:
+        x, y: (N, D) features of the two views, row i of each from the same image; L2-normalise them
+            first for the usual (hypersphere) reading.
+    Returns:
+        0-d tensor (differentiable, on the inputs' device and dtype).
+    """
+    if x.shape != y.shape or x.dim() != 2 or x.shape[0] == 0:
+        raise UserError(f"align needs two (N, D) tensors of the same shape with N >= 1, got {tuple(x.shape)} "
+                        f"and {tuple(y.shape)}")
+    return (x - y).pow(2).sum(dim=1).mean()
+
+
+def uniformity(x, t=2):
+    """Uniformity: ``log mean_{i<j} exp(-t ||x_i - x_j||^2)`` over all unordered pairs (Wang & Isola 2020).
+
+    The log of the average pairwise Gaussian potential; lower (more negative) is more uniform on the
+    sphere, the minimum for unit rows being about ``-t * 2`` for many well-spread points. Computed
+    with a log-sum-exp, so it stays finite when every pair is far apart.
+
+    Args:
+        x: (N, D) features, N >= 2 (usually unit rows). Memory is O(N^2): estimate on chunks of a few
+            thousand rows for large sets (``eval/stats-dist.py`` averages chunks of 128).
+        t: temperature of the potential (2 in the paper and the reference).
+    Returns:
+        0-d tensor (differentiable).
+    """
+    if x.dim() != 2 or x.shape[0] < 2:
+        raise UserError(f"uniformity needs an (N, D) tensor with N >= 2, got {tuple(x.shape)}")
+    sq = torch.pdist(x, p=2).pow(2)  # (N (N - 1) / 2,) pairs i < j
+    return torch.logsumexp(-t * sq, dim=0) - torch.log(torch.tensor(float(sq.numel()), dtype=x.dtype,
+                                                                   device=x.device))
+
+
+def intra_class_align(x, labels):
+    """Intra-class alignment: for each class, the mean squared distance over its unordered pairs
+    ``i < j``; then the mean over classes (SSL-small ``eval/stats-dist.py``, "cls-align").
+
+    Every class weighs the same, whatever its size. Classes with a single sample have no pair and are
+    left out of the mean.
+
+    Args:
+        x: (N, D) features (usually unit rows).
+        labels: (N,) integer class ids (any values, any order).
+    Returns:
+        0-d tensor (differentiable).
+    Raises:
+        UserError: shapes disagree, or no class has two samples.
+    """
+    labels = torch.as_tensor(labels, device=x.device)
+    if x.dim() != 2 or labels.shape != (x.shape[0],):
+        raise UserError(f"intra_class_align needs x (N, D) and labels (N,), got {tuple(x.shape)} and "
+                        f"{tuple(labels.shape)}")
+    per_class = [torch.pdist(x[labels == c], p=2).pow(2).mean()
+                 for c in torch.unique(labels) if int((labels == c).sum()) >= 2]
+    if not per_class:
+        raise UserError("intra_class_align: no class has two samples, so there is no pair to measure")
+    return torch.stack(per_class).mean()
+
+
+# ==== instance discrimination on a static positive-pair set ====
+def instdisc_topk(queries, positives, topk=5, chunk_size=1024):
+    """Instance-discrimination retrieval accuracy (SSL-small ``eval/instdisc.py``).
+
+    Query i must find its own positive ``positives[i]`` among the candidates ``{positives[i]} U
+    {queries[j] : j != i}`` (every other image's query view is a negative) by inner product. It is a hit
+    at k when fewer than k negatives score at least as high as the positive (ties count against the
+    positive, so a collapsed representation scores 0). The reference puts the query itself among the
+    candidates and measures top-(k+1) instead; with unit rows the query's self-similarity is the
+    maximum, so both agree except on exact ties.
+
+    Args:
+        queries: (N, D) query features, usually unit rows (view 0 for "d-sd", view 1 for "sd-sd").
+        positives: (N, D) positives (view 1 for "d-sd", view 2 for "sd-sd").
+        topk: largest k reported.
+        chunk_size: query rows per similarity block (memory O(chunk_size * N)).
+    Returns:
+        list of ``topk`` floats: accuracy in percent at k = 1, ..., topk.
+    """
+    if queries.shape != positives.shape or queries.dim() != 2 or queries.shape[0] < 1 or topk < 1:
+        raise UserError(f"instdisc_topk needs queries and positives of one (N, D) shape and topk >= 1, got "
+                        f"{tuple(queries.shape)}, {tuple(positives.shape)}, topk {topk}")
+    n = queries.shape[0]
+    hits = torch.zeros(topk, dtype=torch.long)
+    for start in range(0, n, chunk_size):
+        q = queries[start:start + chunk_size]
+        pos = (q * positives[start:start + chunk_size]).sum(dim=1, keepdim=True)  # (c, 1)
+        neg = q @ queries.T  # (c, N); the query itself is removed below
+        rows = torch.arange(q.shape[0], device=q.device)
+        neg[rows, rows + start] = float("-inf")
+        rank = (neg >= pos).sum(dim=1)  # negatives scoring at least the positive
+        ks = torch.arange(1, topk + 1, device=q.device)
+        hits += (rank.unsqueeze(1) < ks).sum(dim=0).cpu()
+    return [100.0 * h / n for h in hits.tolist()]
