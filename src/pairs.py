@@ -68,22 +68,26 @@ class PositivePairDataset(torch.utils.data.Dataset):
         resize, crop_size: evaluation transform of view 0 (256 / 224 in the reference); the other
             views are brought to ``crop_size`` x ``crop_size``.
         per_class: keep the first ``per_class`` stems (sorted) of every class; None or 0 keeps all.
+        max_classes: keep the first ``max_classes`` classes (sorted); None or 0 keeps all.
     Items:
         ``(list of (3, crop, crop) tensors in view-set order, class index)``.
     Raises:
         UserError: missing root, no class folders, a class without views, or a stem lacking a view.
     """
 
-    def __init__(self, root, view_set="normal", resize=256, crop_size=224, per_class=None):
+    def __init__(self, root, view_set="normal", resize=256, crop_size=224, per_class=None, max_classes=None):
         if isinstance(view_set, str):
             if view_set not in VIEW_SETS:
                 raise UserError(f"unknown dataset mode {view_set!r}: choose one of {', '.join(VIEW_SETS)}")
             view_set = VIEW_SETS[view_set]
         self.root, self.views = str(root), tuple(view_set)
+        if (per_class or 0) < 0 or (max_classes or 0) < 0:
+            raise UserError(f"samples per class and number of classes must be >= 0, got {per_class} and "
+                            f"{max_classes}")
         if not os.path.isdir(self.root):
             raise UserError(f"positive-pair folder '{self.root}' does not exist: create it with "
                             "python -m experiments.sample-augs SRC DST")
-        self.classes = sorted(e.name for e in os.scandir(self.root) if e.is_dir())
+        self.classes = sorted(e.name for e in os.scandir(self.root) if e.is_dir())[:max_classes or None]
         if not self.classes:
             raise UserError(f"positive-pair folder '{self.root}' has no class subfolders: pass the DST folder "
                             "of experiments.sample-augs")

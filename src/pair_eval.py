@@ -1,0 +1,128 @@
+"""What ``eval.instdisc``, ``eval.stats-dist`` and ``experiments.tsne`` share: their model / data flags,
+the frozen trunk (pretrained or seeded random init), the L2-normalised features of the views of a
+static positive-pair dataset (``src.pairs``), and where the JSON results go.
+"""
+import argparse
+import json
+import os
+
+import torch
+import torch.nn.functional as F
+
+from src.args import add_amp_args, add_arg
+from src.errors import UserError
+from src.features import extract_features
+from src.models import KNOWN_ARCHS, build_backbone
+from src.pairs import VIEW_SETS
+from src.pretrained import checkpoint_arch, load_trunk, read_checkpoint
+
+
+def add_pair_eval_args(parser, per_class_default, per_class_help):
+    """The flags of SSL-small's static-set tools (``data -a -j -b --pretrained --gpu -s``) plus ours.
+
+    Args:
+        parser: an ArgumentParser.
+        per_class_default: default of ``-s/--sample-per-class`` (100 for instdisc, 50 for stats-dist).
+        per_class_help: what ``-s`` means for this tool.
+    """
+    parser.add_argument("data", metavar="DIR",
+                        help="static positive-pair folder written by experiments.sample-augs (one folder per class)")
+    g = parser.add_argument_group("model")
+    add_arg(g, "-a", "--arch", default=None,
+            help=f"trunk architecture (default: the checkpoint's, else resnet50); one of {', '.join(KNOWN_ARCHS)}")
+    add_arg(g, "--cifar-stem", action=argparse.BooleanOptionalAction, default=None,
+            help="ResNet 3x3 stride-1 stem for small images (default: as recorded in the checkpoint, else off)")
+    add_arg(g, "--pretrained", default="", help="checkpoint to evaluate (default empty: random init seeded by --seed)")
+    add_arg(g, "--trunk-pattern", default=None,
+            help="regex cut out of the checkpoint keys to get trunk keys, e.g. '^trunk\\.' (default: automatic)")
+    add_arg(g, "--trust-checkpoint", action="store_true",
+            help="allow pickled Python objects in the checkpoint (runs code from the file: trusted files only)")
+    add_arg(g, "--seed", default=0, type=int, help="seed of the random init and of any sampling (default 0)")
+    g = parser.add_argument_group("data and device")
+    add_arg(g, "-s", "--sample-per-class", default=per_class_default, type=int, help=per_class_help)
+    add_arg(g, "--dataset-mode", default="normal", choices=list(VIEW_SETS),
+            help="views read: normal (0,1,2), g-mask (0,3,4), rand-g-mask (0,5,6), avg-mask (0,7,8), "
+                 "rand-avg-mask (0,9,10) (default normal; the masks need an easy/hard/super-hard set)")
+    add_arg(g, "-b", "--batch-size", default=128, type=int, help="images per forward pass (default 128)")
+    add_arg(g, "-j", "--workers", default=1, type=int, help="data loading workers (default 1)")
+    add_arg(g, "--resize", default=256, type=int, help="view 0: shorter side after resizing (default 256)")
+    add_arg(g, "--crop-size", default=224, type=int,
+            help="view 0: centre crop side; the augmented views are brought to this size too (default 224)")
+    add_arg(g, "--gpu", default=None, type=int, help="GPU id (default: cuda:0 when available, else the CPU)")
+    add_arg(g, "--device", default="", help="force a device: cpu, cuda, cuda:1 (overrides --gpu)")
+    add_arg(g, "--output-json", default=None,
+            help="results file (default: next to the checkpoint, or in the current folder without one)")
+    add_amp_args(parser)
+    return parser
+
+
+def pick_device(device="", gpu=None):
+    """``device`` if given, else ``cuda:<gpu>`` / ``cuda`` when available, else the CPU."""
+    if device:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", gpu or 0)
+    return torch.device("cpu")
+
+
+def build_trunk(pretrained="", arch=None, cifar_stem=None, trunk_pattern=None, trust=False, seed=0,
+                image_size=224, log=print):
+    """A trunk with pretrained (or seeded random-init) weights, on the CPU, in eval mode.
+
+    Args:
+        pretrained: checkpoint path; empty for a random init seeded by ``seed``.
+        arch, cifar_stem: None takes them from the checkpoint (``arch`` / ``args``), else resnet50 / off.
+        trunk_pattern, trust: see ``src.pretrained.load_trunk`` / ``read_checkpoint``.
+        image_size: input side (DeiT only).
+        log: callable for the one "loaded ..." line.
+    Returns:
+        ``(model, arch, cifar_stem)``.
+    """
+    ckpt = read_checkpoint(pretrained, trust=trust) if pretrained else {}
+    ckpt_arch, ckpt_stem = checkpoint_arch(ckpt)
+    arch = arch or ckpt_arch or "resnet50"
+    cifar_stem = ckpt_stem if cifar_stem is None else cifar_stem
+    torch.manual_seed(seed)
+    model, _ = build_backbone(arch, cifar_stem=cifar_stem, image_size=image_size)
+    if ckpt:
+        load_trunk(model, ckpt, trunk_pattern=trunk_pattern, arch=arch, source=pretrained, log=log)
+    else:
+        log(f"no --pretrained: a random-init {arch} (seed {seed})")
+    return model.eval(), arch, cifar_stem
+
+
+def embed_views(model, pairs, views, batch_size, workers, device, amp_dtype=None):
+    """L2-normalised trunk features of some views of every sample of ``pairs``.
+
+    Args:
+        model: trunk; moved to ``device``.
+        pairs: PositivePairDataset.
+        views: view ids to embed (each must be in ``pairs.views``).
+        batch_size, workers: DataLoader settings. device: torch.device. amp_dtype: None or an autocast dtype.
+    Returns:
+        ``({view: (N, D) float32 CPU unit rows}, labels (N,) long)``, rows in dataset order.
+    """
+    if batch_size < 1 or workers < 0:
+        raise UserError(f"need -b/--batch-size >= 1 and -j/--workers >= 0, got {batch_size} and {workers}")
+    model = model.to(device)
+    out, labels = {}, None
+    for v in views:
+        loader = torch.utils.data.DataLoader(pairs.view(v), batch_size=batch_size, shuffle=False,
+                                             num_workers=workers, pin_memory=device.type == "cuda")
+        feats, labels = extract_features(model, loader, device, amp_dtype, progress=f"view {v}")
+        out[v] = F.normalize(feats, dim=1)
+    return out, labels
+
+
+def write_json(results, output_json, pretrained, name):
+    """Write ``results`` to ``output_json``, or ``name`` next to the checkpoint (or in the current folder).
+
+    Returns:
+        the path written.
+    """
+    out = output_json or os.path.join(os.path.dirname(os.path.abspath(pretrained)) if pretrained else os.getcwd(),
+                                      name)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(results, f, indent=2)
+    return out
