@@ -33,3 +33,38 @@ def infonce_loss(q, k, queue, temperature):
     logits = infonce_logits(q, k, queue, temperature)
     labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
     return F.cross_entropy(logits, labels)
+
+
+def sce_loss(q, k, queue, temperature, temperature_m, coeff, mask_positive=False):
+    """SCE, Similarity Contrastive Estimation (Denize et al., WACV 2023, eq. 5-7; juliendenize/eztorch
+    ``losses/sce_loss.py``, ``use_keys=False``): cross-entropy between a target mixing the one-hot
+    positive with the key's similarities to the queue, and the query's softmax over ``[key, queue]``.
+
+    ``target = coeff * onehot(0) + (1 - coeff) * softmax([0, k @ queue^T] / temperature_m)`` (the key's
+    similarity to itself is replaced by logit 0, as the reference code does; ``mask_positive=True`` gives
+    the paper's strict ``1[i != k]`` mask instead, i.e. probability 0 on the positive), then
+    ``loss = mean_B( -sum_cols target * log_softmax([q.k, q @ queue^T] / temperature) )``.
+    ``coeff = 1`` is exactly InfoNCE (:func:`infonce_loss`); ``coeff = 0`` is purely relational.
+
+    Args:
+        q: (B, D) unit-norm online predictions (the only input that receives gradients).
+        k: (B, D) unit-norm momentum keys of the other view (treated as constants).
+        queue: (K, D) unit-norm keys of past batches (a snapshot taken before the step).
+        temperature: tau of the online distribution (0.1).
+        temperature_m: tau_m of the target distribution (0.07 ImageNet, 0.05 video).
+        coeff: lambda, weight of the one-hot positive (0.5).
+        mask_positive: paper's strict mask instead of the code's logit 0 on the positive (default False).
+    Returns:
+        scalar float32 loss, mean over the B rows; computed in float32 (float64 inputs stay float64)
+        with autocast disabled, since 1 / temperature_m amplifies half-precision rounding.
+    """
+    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    with torch.autocast(q.device.type, enabled=False):
+        q, k, queue = q.to(dtype), k.detach().to(dtype), queue.detach().to(dtype)
+        logits_q = torch.cat([(q * k).sum(dim=1, keepdim=True), q @ queue.t()], dim=1) / temperature  # (B, 1+K)
+        with torch.no_grad():
+            pos = torch.full((k.shape[0], 1), float("-inf") if mask_positive else 0.0, dtype=dtype, device=k.device)
+            p_rel = torch.softmax(torch.cat([pos, k @ queue.t()], dim=1) / temperature_m, dim=1)  # (B, 1+K)
+            target = (1.0 - coeff) * p_rel
+            target[:, 0] += coeff
+        return -(target * F.log_softmax(logits_q, dim=1)).sum(dim=1).mean()
