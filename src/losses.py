@@ -62,9 +62,47 @@ def sce_loss(q, k, queue, temperature, temperature_m, coeff, mask_positive=False
     with torch.autocast(q.device.type, enabled=False):
         q, k, queue = q.to(dtype), k.detach().to(dtype), queue.detach().to(dtype)
         logits_q = torch.cat([(q * k).sum(dim=1, keepdim=True), q @ queue.t()], dim=1) / temperature  # (B, 1+K)
-        with torch.no_grad():
-            pos = torch.full((k.shape[0], 1), float("-inf") if mask_positive else 0.0, dtype=dtype, device=k.device)
-            p_rel = torch.softmax(torch.cat([pos, k @ queue.t()], dim=1) / temperature_m, dim=1)  # (B, 1+K)
-            target = (1.0 - coeff) * p_rel
-            target[:, 0] += coeff
+        target = sce_target(k, queue, temperature_m, coeff, mask_positive)  # (B, 1+K), rows sum to 1
         return -(target * F.log_softmax(logits_q, dim=1)).sum(dim=1).mean()
+
+
+@torch.no_grad()
+def sce_target(k, queue, temperature_m, coeff, mask_positive=False):
+    """SCE's target distribution over ``[positive, queue]`` (no gradient).
+
+    Args:
+        k: (B, D) unit-norm keys; queue: (K, D); temperature_m: tau_m; coeff: lambda.
+        mask_positive: probability 0 on the positive's similarity term (paper) instead of logit 0 (code).
+    Returns:
+        (B, 1 + K) tensor in k's dtype (use float32 or float64): ``coeff * onehot(0) + (1 - coeff) *
+        softmax([0 or -inf, k @ queue^T] / temperature_m)``; column 0 is
+        ``coeff + (1 - coeff) * exp(0) / Z`` with the code's logit 0.
+    """
+    pos = torch.full((k.shape[0], 1), float("-inf") if mask_positive else 0.0, dtype=k.dtype, device=k.device)
+    target = (1.0 - coeff) * torch.softmax(torch.cat([pos, k @ queue.t()], dim=1) / temperature_m, dim=1)
+    target[:, 0] += coeff
+    return target
+
+
+def knn_positive_loss(neg_logits, features, feature_queue, topk):
+    """Nearest neighbours as extra positives (Van Gansbeke et al. 2021, "Revisiting Contrastive Methods",
+    wvangansbeke/Revisiting-Contrastive-SSL ``builder_ours``; spec moco.md C.6).
+
+    For each query row, the ``topk`` queue entries closest to it in BACKBONE space are its positives in
+    HEAD space: ``-mean_rows( (1/topk) sum_{n in topk} log softmax(neg_logits)_n )``, the softmax taken
+    over the K queue entries only (the positive key is not part of it).
+
+    Args:
+        neg_logits: (N, K) head-space similarities to the queue divided by the temperature, e.g.
+            ``logits[:, 1:]`` of :func:`infonce_logits`; carries the gradient.
+        features: (N, F) unit-norm backbone features of the same N queries (no gradient needed).
+        feature_queue: (K, F) unit-norm backbone features of the keys in the queue, row n matching
+            column n of ``neg_logits``; use the queue as it was BEFORE this step's keys are enqueued.
+        topk: neighbours per row (20 in the paper's scripts, 50 the reference default), at most K.
+    Returns:
+        scalar float32 loss.
+    """
+    with torch.no_grad():
+        idx = (features.float() @ feature_queue.float().t()).topk(topk, dim=1).indices  # (N, topk)
+    log_prob = F.log_softmax(neg_logits.float(), dim=1)  # (N, K), max-subtracted inside
+    return -log_prob.gather(1, idx).mean(dim=1).mean()

@@ -1,0 +1,434 @@
+#!/usr/bin/env python
+"""SCE pretraining: Similarity Contrastive Estimation (Denize et al., WACV 2023), images.
+
+Faithful to the maintained code (juliendenize/eztorch, ``models/siamese/sce.py``, ImageNet configs; spec
+``sce.md``): online trunk -> projector -> predictor, momentum trunk -> projector with a cosine momentum
+0.99 -> 1 per step, a queue of 65536 keys, the SCE loss (tau 0.1, tau_m 0.07, lambda 0.5) symmetrised over
+the two global views and every local crop, LARS, fp16 AMP, SyncBN. One script from a laptop CPU to 2 nodes.
+
+Demo (CPU, a few minutes; builds ./data/demo, pretrains, compares kNN with random init):
+    python main_sce.py --demo
+ImageNet, 200 epochs, 2x224, 8 GPUs x 512 (paper: 72.7 linear top-1); any launcher:
+    torchrun --nproc_per_node=8 main_sce.py --data_path /path/to/imagenet --dump_path runs/sce_200ep \
+        --epochs 200 --batch_size 512 --use_fp16 true
+    python -m torch.distributed.launch --nproc_per_node=8 main_sce.py --data_path /path/to/imagenet ...
+    sbatch scripts/sce_200ep.sh            # and sce_100ep / sce_300ep / sce_1000ep / sce_multicrop_200ep
+Multi-crop 2x224 + 192 + 160 + 128 + 96 (paper: 75.4), 2 nodes x 8 GPUs x 256:
+    sbatch scripts/sce_multicrop_200ep.sh
+One GPU (queue a multiple of 2 x batch):
+    python main_sce.py --data_path /path/to/data --arch resnet50 --batch_size 256 --use_fp16 true
+CPU, two processes, 6 small crops:
+    python -m torch.distributed.launch --nproc_per_node=2 main_sce.py --data_path data/demo --arch resnet18 \
+        --cifar_stem --batch_size 32 --queue_size 1024 --size_crops 32 16 --nmb_crops 2 4 \
+        --min_scale_crops 0.2 0.05 --max_scale_crops 1 0.2 --epochs 1 --workers 1 --dump_path runs/sce-cpu
+"""
+import argparse
+import copy
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+from src import dist
+from src.args import add_amp_args, add_arg, add_dist_args, amp_dtype, bool_flag
+from src.augment import eval_transform, sce_multicrop_transform
+from src.checkpoint import (find_resume_checkpoint, load_checkpoint, load_state_strict, save_checkpoint,
+                            set_rng_state)
+from src.data import ResumableSampler, build_dataset, build_loader, resolve_split
+from src.errors import UserError, exit_on_user_error
+from src.logging import JsonLog, ProgressLogger, print_rank0
+from src.methods.common import check_queue_size
+from src.methods.sce import SCE, momentum_schedule, multicrop_sce_loss
+from src.models import KNOWN_ARCHS
+from src.optim import LARS, cosine_schedule, set_lr
+from src.runtime import StopSignal, check_ranks_in_sync, gather_rng_states
+
+
+def get_args_parser(add_help=True):
+    parser = argparse.ArgumentParser("SCE pretraining", add_help=add_help,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = parser.add_argument_group("data and multi-crop (SwAV's flags)")
+    add_arg(g, "--data_path", default=None, type=str,
+            help="dataset root: DIR/train (or DIR itself) with one folder per class, or a flat folder of images")
+    add_arg(g, "--size_crops", default=[224], type=int, nargs="+",
+            help="crop side per group, pixels (2x224: 224; 5-crop recipe: 224 192 160 128 96)")
+    add_arg(g, "--nmb_crops", default=[2], type=int, nargs="+",
+            help="crops per group; the first group's first two crops are the global views (5-crop: 2 1 1 1 1)")
+    add_arg(g, "--min_scale_crops", default=[0.2], type=float, nargs="+",
+            help="RandomResizedCrop min area per group (0.2; 5-crop: 0.2 0.172 0.143 0.114 0.086)")
+    add_arg(g, "--max_scale_crops", default=[1.0], type=float, nargs="+",
+            help="RandomResizedCrop max area per group (1.0; 5-crop: 1 0.86 0.715 0.571 0.429)")
+    add_arg(g, "--blur_prob", default=[1.0, 0.1, 0.5], type=float, nargs=3,
+            help="Gaussian blur probability of global view 1, global view 2, each local crop (1.0 0.1 0.5)")
+    add_arg(g, "--solarize_prob", default=[0.0, 0.2, 0.2], type=float, nargs=3,
+            help="solarize probability of global view 1, global view 2, each local crop (0 0.2 0.2)")
+    add_arg(g, "--workers", default=10, type=int, help="data loading workers per process (8-12 per GPU)")
+
+    g = parser.add_argument_group("sce")
+    add_arg(g, "--arch", default="resnet50", type=str, help=f"backbone: {', '.join(KNOWN_ARCHS)}")
+    add_arg(g, "--cifar_stem", action="store_true",
+            help="ResNet 3x3 stride-1 stem without max-pool, for 32-96 px images (off for ImageNet)")
+    add_arg(g, "--feat_dim", default=256, type=int, help="projection / queue feature size (256)")
+    add_arg(g, "--proj_hidden_dim", default=4096, type=int, help="projector hidden width (4096 for ResNet-50)")
+    add_arg(g, "--pred_hidden_dim", default=4096, type=int, help="predictor hidden width (4096 for ResNet-50)")
+    add_arg(g, "--temperature", default=0.1, type=float, help="tau of the online distribution (0.1)")
+    add_arg(g, "--temperature_m", default=0.07, type=float,
+            help="tau_m of the target distribution (0.07 ImageNet configs; 0.05 video; 0.03-0.1)")
+    add_arg(g, "--coeff", default=0.5, type=float,
+            help="lambda, weight of the one-hot positive in the target (0.5; 1 = MoCo's InfoNCE, 0 = relational)")
+    add_arg(g, "--mask_positive", default=False, type=bool_flag, nargs="?", const=True,
+            help="paper's strict mask: probability 0 on the positive in the relational target (default false: "
+                 "the reference code's logit 0, whose effect is tiny)")
+    add_arg(g, "--queue_size", default=65536, type=int,
+            help="K, keys in the queue; a multiple of 2 x global batch (65536; 2 views enqueued per step)")
+    add_arg(g, "--momentum_start", default=0.99, type=float,
+            help="EMA momentum at step 0, cosine to 1.0 at the last step (0.99; 0.99-0.999)")
+    add_arg(g, "--mutual_pass", default=False, type=bool_flag, nargs="?", const=True,
+            help="one forward for the crops of the same resolution (faster; default false: one forward per "
+                 "crop, per-view BN statistics, as the reference)")
+
+    g = parser.add_argument_group("optimization (LARS)")
+    add_arg(g, "--epochs", default=200, type=int, help="total epochs (100 / 200 / 300 / 1000 in the paper)")
+    add_arg(g, "--batch_size", default=512, type=int,
+            help="images per process (global 4096: 8 GPUs x 512 for 2 crops, 16 x 256 for multi-crop)")
+    add_arg(g, "--base_lr", default=0.3, type=float,
+            help="lr per 256 images: lr = base_lr * global batch / 256 (0.3; 0.6 for the 100-epoch run)")
+    add_arg(g, "--final_lr", default=0.0, type=float, help="lr at the end of the cosine (0)")
+    add_arg(g, "--warmup_epochs", default=10, type=float, help="linear warmup from --start_warmup (10)")
+    add_arg(g, "--start_warmup", default=0.0, type=float, help="lr at step 0 of the warmup (0)")
+    add_arg(g, "--wd", "--weight_decay", default=1e-6, type=float, dest="wd",
+            help="weight decay of weights with ndim > 1 (1e-6; 1.5e-6 for 1000 epochs)")
+    add_arg(g, "--lars_momentum", default=0.9, type=float, help="LARS heavy-ball momentum (0.9)")
+    add_arg(g, "--trust_coefficient", default=1e-3, type=float, help="LARS eta (1e-3)")
+    add_arg(g, "--sync_bn", default=True, type=bool_flag, nargs="?", const=True,
+            help="SyncBatchNorm across processes (true, as the reference; CUDA only, disabled with a warning "
+                 "on a CPU run with several processes)")
+    add_arg(g, "--seed", default=42, type=int, help="seed for init, sampling and augmentation (42)")
+
+    g = parser.add_argument_group("output and checkpoints")
+    add_arg(g, "--dump_path", "--output_dir", default=".", type=str, dest="dump_path",
+            help="where checkpoint.pth.tar, trunk.pth (torchvision layout), args.json and log.txt go")
+    add_arg(g, "--checkpoint_freq", default=25, type=int,
+            help="keep a numbered checkpoint_EEEE.pth.tar every N epochs (0: never)")
+    add_arg(g, "--save_every_iters", default=0, type=int,
+            help="also refresh checkpoint.pth.tar every N iterations inside an epoch (0: epoch ends only)")
+    add_arg(g, "--max_iters", default=0, type=int,
+            help="stop (with a checkpoint) after this many iterations in total; for smoke tests (0: off)")
+    add_arg(g, "--resume", default="", type=str,
+            help="checkpoint to resume from (default: DUMP_PATH/checkpoint.pth.tar if it exists)")
+    add_arg(g, "--print_freq", default=10, type=int, help="print / log every N iterations")
+    add_dist_args(parser)
+    add_amp_args(parser)
+    g = parser.add_argument_group("demo")
+    add_arg(g, "--demo", action="store_true", help="build the demo dataset, pretrain on CPU, report kNN vs random init")
+    add_arg(g, "--demo_dir", default="./data/demo", type=str, help="where the demo dataset is written")
+    return parser
+
+
+# ==================================================================================================
+def main(args):
+    if args.demo:
+        return run_demo(args)
+    check_args(args)
+    if not args.data_path:
+        raise UserError("no dataset given: pass --data_path DIR (with train/ and one folder per class) or use --demo")
+    if args.multiprocessing_distributed:
+        nprocs = args.nproc_per_node or max(torch.cuda.device_count(), 1)
+        dist.spawn_workers(worker, nprocs, max(args.rank, 0), max(args.world_size, 1), args.dist_url, (args,))
+    else:
+        worker(None, None, None, None, args)
+
+
+def check_args(args):
+    """Flag values that cannot work, as one UserError line (before any process group or data)."""
+    groups = [args.size_crops, args.nmb_crops, args.min_scale_crops, args.max_scale_crops]
+    if len({len(x) for x in groups}) != 1:
+        raise UserError(f"--size_crops, --nmb_crops, --min_scale_crops and --max_scale_crops need one value per "
+                        f"crop group each, got {' / '.join(str(len(x)) for x in groups)} values")
+    if args.nmb_crops[0] < 2 or min(args.nmb_crops) < 1:
+        raise UserError(f"--nmb_crops {' '.join(map(str, args.nmb_crops))}: the first group holds the 2 global "
+                        "views (at least 2) and every group at least 1 crop")
+    for lo, hi in zip(args.min_scale_crops, args.max_scale_crops):
+        if not 0 < lo <= hi <= 1:
+            raise UserError(f"crop scales must satisfy 0 < min <= max <= 1, got min {lo} max {hi}")
+    if args.temperature <= 0 or args.temperature_m <= 0:
+        raise UserError(f"--temperature and --temperature_m must be > 0, got {args.temperature} and "
+                        f"{args.temperature_m}")
+    if not 0 <= args.coeff <= 1:
+        raise UserError(f"--coeff must be in [0, 1] (lambda; 0.5 in the paper), got {args.coeff}")
+    if not 0 <= args.momentum_start <= 1:
+        raise UserError(f"--momentum_start must be in [0, 1] (0.99), got {args.momentum_start}")
+    if args.batch_size < 1 or args.epochs < 1 or not 0 <= args.warmup_epochs <= args.epochs:
+        raise UserError(f"need --batch_size >= 1, --epochs >= 1 and 0 <= --warmup_epochs <= --epochs, got "
+                        f"{args.batch_size}, {args.epochs}, {args.warmup_epochs}")
+    if not all(0 <= p <= 1 for p in args.blur_prob + args.solarize_prob):
+        raise UserError("--blur_prob and --solarize_prob are probabilities in [0, 1]")
+
+
+def worker(local_rank, rank, world_size, dist_url, args):
+    """One training process: set up the process group (any launcher), train, tear down."""
+    if rank is None:  # not spawned here: torchrun / launch / srun / plain python / MoCo-style manual ranks
+        local_rank, rank, world_size = args.local_rank, args.rank, args.world_size
+        dist_url = args.dist_url if args.dist_url != "env://" else None
+    device = args.device or (f"cuda:{args.gpu}" if args.gpu is not None else None)
+    info = dist.init_distributed(dist_url=dist_url, world_size=world_size, rank=rank, local_rank=local_rank,
+                                 backend=args.dist_backend or None, device=device)
+    try:
+        return train(args, info)
+    finally:
+        dist.cleanup()
+
+
+def train(args, info):
+    """Pretrain; returns the SCE model (unwrapped)."""
+    device = info.device
+    os.makedirs(args.dump_path, exist_ok=True)
+    resume_path = find_resume_checkpoint(args.dump_path, args.resume)
+    ckpt = load_checkpoint(resume_path) if resume_path else None
+    seed = ckpt["seed"] if ckpt is not None else args.seed
+    dist.seed_everything(seed, 0)  # the same initial weights and queue on every rank
+    if info.rank == 0:
+        with open(os.path.join(args.dump_path, "args.json"), "w") as f:
+            json.dump({**vars(args), "seed_used": seed, "world_size_used": info.world_size}, f, indent=2)
+        print("args: " + json.dumps(vars(args), sort_keys=True), flush=True)
+
+    # ==== preparing data ====
+    loader, sampler, dataset, iters_per_epoch = build_data(args, info, seed)
+
+    # ==== building model ====
+    model, online, target = build_model(args, info)
+    dist.seed_everything(seed, info.rank)  # then one RNG stream per rank
+    global_batch = args.batch_size * info.world_size
+    lr = args.base_lr * global_batch / 256
+    optimizer = LARS(model.online_params(), lr=lr, weight_decay=args.wd, momentum=args.lars_momentum,
+                     trust_coefficient=args.trust_coefficient)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(args) == torch.float16)
+    lr_schedule = cosine_schedule(lr, args.final_lr * global_batch / 256, args.epochs, iters_per_epoch,
+                                  warmup_epochs=args.warmup_epochs, start_warmup_value=args.start_warmup)
+    m_schedule = momentum_schedule(args.momentum_start, args.epochs, iters_per_epoch)
+    print_rank0(f"=> {args.arch}: {len(dataset)} images, {iters_per_epoch} iterations/epoch, batch "
+                f"{args.batch_size} x {info.world_size} processes, crops {crop_list(args)}, queue {args.queue_size}, "
+                f"lr {lr:g}", rank=info.rank)
+
+    # ==== resuming ====
+    start_epoch, start_iter = 0, 0
+    if ckpt is not None:
+        load_state_strict(model, ckpt["state_dict"], "state_dict", resume_path)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        start_epoch, start_iter = ckpt["epoch"], ckpt["iter"]
+        if len(ckpt.get("rng", [])) == info.world_size:
+            set_rng_state(ckpt["rng"][info.rank], device)
+        print_rank0(f"=> resumed from '{resume_path}' at epoch {start_epoch}, iteration {start_iter}", rank=info.rank)
+
+    # ==== training ====
+    logger = ProgressLogger(iters_per_epoch, args.epochs, global_batch, args.print_freq,
+                            JsonLog(os.path.join(args.dump_path, "log.txt"), info.rank), info.rank,
+                            formats={"Loss": ".4f", "m": ".5f"})
+    stop = StopSignal(device)
+
+    def save(epoch, it, numbered=False):
+        rngs = gather_rng_states(device)  # collective: every rank takes part
+        if info.rank != 0:
+            return
+        state = {"arch": args.arch, "epoch": epoch, "iter": it, "args": vars(args), "seed": seed,
+                 "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scaler": scaler.state_dict(), "rng": rngs, "world_size": info.world_size}
+        save_checkpoint(os.path.join(args.dump_path, "checkpoint.pth.tar"), state)
+        # the online trunk alone, torchvision names (conv1.weight, layer1.0.bn1.*, no fc): load it with
+        # torchvision.models.resnet50().load_state_dict(sd, strict=False) or any --pretrained flag here
+        save_checkpoint(os.path.join(args.dump_path, "trunk.pth"), model.trunk.state_dict())
+        if numbered:
+            save_checkpoint(os.path.join(args.dump_path, f"checkpoint_{epoch - 1:04d}.pth.tar"), state)
+
+    total_done = start_epoch * iters_per_epoch + start_iter
+    for epoch in range(start_epoch, args.epochs):
+        sampler.set_epoch(epoch, start_index=start_iter * args.batch_size)
+        dataset.set_epoch(epoch)
+        logger.start_epoch(epoch, start_iter)
+        steps = train_one_epoch(model, online, target, loader, optimizer, scaler, lr_schedule, m_schedule, epoch,
+                                start_iter, iters_per_epoch, args, device, logger)
+        for it in steps:  # generator: yields after every step so checkpoints / stops happen here
+            total_done += 1
+            interrupted = stop.requested(it, args.print_freq)
+            if interrupted or (args.max_iters and total_done >= args.max_iters):
+                save(*((epoch, it + 1) if it + 1 < iters_per_epoch else (epoch + 1, 0)))
+                why = "signal" if interrupted else f"--max_iters {args.max_iters}"
+                print_rank0(f"=> stopped by {why} at epoch {epoch}, iteration {it + 1}; checkpoint saved, "
+                            "run the same command to resume", rank=info.rank)
+                return model
+            if args.save_every_iters and (it + 1) % args.save_every_iters == 0 and it + 1 < iters_per_epoch:
+                save(epoch, it + 1)
+        logger.end_epoch({"lr": float(lr_schedule[(epoch + 1) * iters_per_epoch - 1]),
+                          "momentum": float(m_schedule[(epoch + 1) * iters_per_epoch - 1])})
+        check_ranks_in_sync(replicated_state(model), device)
+        save(epoch + 1, 0, numbered=bool(args.checkpoint_freq) and (epoch + 1) % args.checkpoint_freq == 0)
+        start_iter = 0
+    return model
+
+
+def crop_list(args):
+    """The crop sides in batch order, e.g. [224, 224, 192, 160, 128, 96]."""
+    return [s for s, n in zip(args.size_crops, args.nmb_crops) for _ in range(n)]
+
+
+def build_data(args, info, seed):
+    """Every crop of SCE's asymmetric multi-crop augmentation per image; a resumable, per-rank sampler."""
+    root = resolve_split(args.data_path, "train")
+    # blur kernel 23 and sigma 0.1-2 px are defined for 224-px global crops: scaled by size/224, which is the
+    # reference at 224 and keeps small (CPU) crops from being erased
+    transform = sce_multicrop_transform(args.size_crops, args.nmb_crops, args.min_scale_crops, args.max_scale_crops,
+                                        blur_probs=args.blur_prob, solarize_probs=args.solarize_prob,
+                                        blur_scale=args.size_crops[0] / 224)
+    dataset = build_dataset(root, transform, seed=seed)
+    iters_per_epoch = math.ceil(len(dataset) / info.world_size) // args.batch_size  # drop_last
+    if iters_per_epoch == 0:
+        raise UserError(f"{len(dataset)} images in '{root}' is fewer than one batch of {args.batch_size} x "
+                        f"{info.world_size} processes: lower --batch_size")
+    sampler = ResumableSampler(len(dataset), num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed)
+    loader = build_loader(dataset, args.batch_size, sampler, args.workers, drop_last=True)
+    loader.generator = torch.Generator().manual_seed(seed)  # worker seeds do not touch the global RNG
+    return loader, sampler, dataset, iters_per_epoch
+
+
+def build_model(args, info):
+    """SCE on the device; the online branch wrapped in DDP when distributed, SyncBN on CUDA.
+
+    Returns:
+        (model, online, target): the SCE module (what checkpoints hold), the online branch (list of crops ->
+        list of queries; DDP-wrapped under a process group) and the target branch (list of global crops ->
+        list of keys).
+    """
+    check_queue_size(args.queue_size, 2 * args.batch_size * info.world_size)  # both views are enqueued
+    model = SCE(args.arch, dim=args.feat_dim, proj_hidden_dim=args.proj_hidden_dim,
+                pred_hidden_dim=args.pred_hidden_dim, queue_size=args.queue_size, cifar_stem=args.cifar_stem,
+                image_size=args.size_crops[0])
+    if args.sync_bn and info.distributed:
+        if info.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # both branches, as Lightning's sync_batchnorm
+        else:
+            print_rank0("warning: --sync_bn needs CUDA (gloo cannot sync BN on a CPU): disabled, each process "
+                        "normalises its own batch", rank=info.rank)
+    model = model.to(info.device)
+    online = model.online_branch(args.mutual_pass)
+    if info.distributed:
+        device_ids = [info.device.index] if info.device.type == "cuda" else None
+        online = nn.parallel.DistributedDataParallel(online, device_ids=device_ids)
+        model.sync_target()  # DDP broadcast rank 0's weights: the target starts from them too
+    return model, online, model.target_branch(args.mutual_pass)
+
+
+def replicated_state(model):
+    """What must be identical on every rank: all parameters (online and target) and the queue."""
+    return {**dict(model.named_parameters()), "queue.queue": model.queue.queue, "queue.ptr": model.queue.ptr}
+
+
+def train_one_epoch(model, online, target, loader, optimizer, scaler, lr_schedule, m_schedule, epoch, start_iter,
+                    iters_per_epoch, args, device, logger):
+    """One epoch of SCE; a generator that yields the iteration index after each optimizer step."""
+    model.train()  # the target branch too: its BN uses batch statistics, as in the reference
+    dtype = amp_dtype(args)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+    t_end = time.time()
+    for it, (crops, _) in enumerate(loader, start=start_iter):
+        if it >= iters_per_epoch:
+            break
+        t_data = time.time() - t_end
+        step = epoch * iters_per_epoch + it
+        set_lr(optimizer, float(lr_schedule[step]))
+        crops = [c.to(device, non_blocking=True) for c in crops]  # [g1, g2, l1, ..., lL], each (B, 3, s, s)
+
+        # one queue snapshot for every pair of this step; queries for every crop, keys for the 2 global crops
+        queue = model.queue.queue.clone()  # (K, D)
+        with autocast:
+            queries = online(crops)  # list of (B, D), unit norm
+            with torch.no_grad():
+                keys = target(crops[:2])  # list of 2 (B, D), unit norm
+
+        # sum over (global i, crop j != i) / (2 * (num_crops - 1)), in fp32
+        loss = multicrop_sce_loss(queries, keys, queue, args.temperature, args.temperature_m, args.coeff,
+                                  args.mask_positive)
+
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # LARS's trust ratio needs the true gradient norms
+        scaler.step(optimizer)  # skipped when an fp16 gradient is inf / NaN
+        scaler.update()
+
+        # EMA of the online weights (parameters only), then enqueue both views' keys of the global batch:
+        # view 1 of ranks 0..N-1, then view 2, identical on every rank
+        model.momentum_update(float(m_schedule[step]))
+        model.queue.enqueue(torch.cat([dist.concat_all_gather(k.float()) for k in keys]))
+
+        logger.update(data_time=t_data, step_time=time.time() - t_end, Loss=loss.detach(), m=float(m_schedule[step]))
+        logger.maybe_print(it, float(lr_schedule[step]))
+        if (it + 1) % args.print_freq == 0 and not scaler.is_enabled() and not math.isfinite(logger.last["Loss"]):
+            raise UserError(f"loss became {float(logger.last['Loss'])} at epoch {epoch}, iteration {it + 1}: "
+                            "lower --base_lr or change --amp; the last checkpoint is kept")
+        yield it
+        t_end = time.time()
+
+
+# ==================================================================================================
+def run_demo(args):
+    """Build the demo data, pretrain a ResNet-18 with SCE on the CPU for a few minutes, compare kNN top-1 of
+    the pretrained trunk with the same trunk at its random initialisation."""
+    from src.demo_data import make_demo_dataset
+    from src.features import extract_features
+    from src.metrics import best_nn, weighted_knn
+
+    t0 = time.time()
+    root = make_demo_dataset(args.demo_dir)
+    for k, v in DEMO.items():
+        if k != "eval_size":
+            setattr(args, k, v)
+    args.data_path = str(root)
+    if args.dump_path == ".":
+        args.dump_path = "runs/sce-demo"
+    check_args(args)
+    print(f"demo: data in {root}, run in {args.dump_path}", flush=True)
+    info = dist.init_distributed(device=args.device or None)
+    model = train(args, info)
+
+    # the same trunk at random init: rebuilding with the run's seed reproduces the initial weights
+    dist.seed_everything(args.seed, 0)
+    init = SCE(args.arch, dim=args.feat_dim, proj_hidden_dim=args.proj_hidden_dim,
+               pred_hidden_dim=args.pred_hidden_dim, queue_size=args.queue_size, cifar_stem=args.cifar_stem).trunk
+    tf = eval_transform(resize=DEMO["eval_size"], crop_size=DEMO["eval_size"])
+    sets = [build_dataset(os.path.join(root, split), tf) for split in ("train", "val")]
+    loaders = [torch.utils.data.DataLoader(s, batch_size=256, shuffle=False, num_workers=1) for s in sets]
+    results = {}
+    for name, trunk in (("pretrained", model.trunk), ("random-init", init)):
+        trunk = copy.deepcopy(trunk).to(info.device)
+        (ftr, ltr), (fva, lva) = [extract_features(trunk, ld, info.device) for ld in loaders]
+        results[name] = {"weighted_knn_top1": weighted_knn(ftr, ltr, fva, lva, k=20, temperature=0.07),
+                         "best_nn": best_nn(ftr, ltr, fva, lva, max_k=5)[0]}
+        print(f"demo {name}: weighted kNN {results[name]['weighted_knn_top1']:.2f}%, "
+              f"best-NN {results[name]['best_nn']:.2f}%", flush=True)
+    results["seconds"] = time.time() - t0
+    with open(os.path.join(args.dump_path, "demo.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"demo finished in {results['seconds']:.0f} s; evaluate the checkpoint again with: python -m eval.knn "
+          f"{root} --pretrained {os.path.join(args.dump_path, 'checkpoint.pth.tar')} --resize {DEMO['eval_size']} "
+          f"--crop-size {DEMO['eval_size']}", flush=True)
+    print(f"demo kNN top-1 pretrained: {results['pretrained']['weighted_knn_top1']:.2f}%", flush=True)
+    print(f"demo kNN top-1 random-init: {results['random-init']['weighted_knn_top1']:.2f}%", flush=True)
+    dist.cleanup()
+    return results
+
+
+# Demo recipe for 2 CPU cores (a few minutes): ResNet-18 with a CIFAR stem, 2 x 32-px crops, small heads,
+# a queue small next to the 3,000 training images. Not tuned yet: see README "Demo".
+DEMO = dict(arch="resnet18", cifar_stem=True, epochs=4, batch_size=128, base_lr=0.3, final_lr=0.0, warmup_epochs=1,
+            wd=1e-5, feat_dim=128, proj_hidden_dim=512, pred_hidden_dim=512, queue_size=1024, temperature=0.1,
+            temperature_m=0.07, coeff=0.5, momentum_start=0.99, size_crops=[32], nmb_crops=[2],
+            min_scale_crops=[0.2], max_scale_crops=[1.0], workers=1, print_freq=10, checkpoint_freq=0, max_iters=0,
+            eval_size=32)
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)(get_args_parser().parse_args())
