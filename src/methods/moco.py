@@ -8,6 +8,7 @@ The training step itself (momentum update, shuffled key forward, loss, enqueue) 
 """
 import copy
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -26,9 +27,13 @@ class MoCo(nn.Module):
         head: "none" (MoCo v1 Linear), "simple" (v2 MLP), or SSL-small's "deep" / "dropout" / "wide".
         bn_splits: >1 replaces BN by SplitBatchNorm (single-process shuffle-BN simulation).
         cifar_stem, image_size: passed to ``build_backbone``.
+        feature_queue: also keep a queue of the keys' unit-norm BACKBONE features (``queue_backbone``,
+            K x feature dim, same pointer as ``queue``) and record the backbone feature of every
+            forward (``tap_q`` / ``tap_k``), for the nearest-neighbour loss of Van Gansbeke et al. 2021.
     """
 
-    def __init__(self, arch="resnet50", dim=128, K=65536, head="none", bn_splits=1, cifar_stem=False, image_size=224):
+    def __init__(self, arch="resnet50", dim=128, K=65536, head="none", bn_splits=1, cifar_stem=False, image_size=224,
+                 feature_queue=False):
         super().__init__()
         self.encoder_q, feat_dim = build_backbone(arch, cifar_stem=cifar_stem, image_size=image_size)
         self.encoder_q.fc = build_moco_head(head, feat_dim, dim)
@@ -37,9 +42,44 @@ class MoCo(nn.Module):
         copy_params(self.encoder_q, self.encoder_k)
         self.queue = KeyQueue(K, dim)
         self.feat_dim = feat_dim
+        self.queue_backbone = self.tap_q = self.tap_k = None
+        if feature_queue:
+            self.queue_backbone = KeyQueue(K, feat_dim)
+            self.tap_q, self.tap_k = InputTap(self.encoder_q.fc), InputTap(self.encoder_k.fc)
 
-    def key(self, im_k):
-        """(B, 3, H, W) -> (B, dim) unit-norm keys, computed on a shuffled batch and unshuffled (no gradient)."""
+    def key(self, im_k, with_features=False):
+        """(B, 3, H, W) -> (B, dim) unit-norm keys, computed on a shuffled batch and unshuffled (no gradient).
+
+        With ``with_features`` (needs ``feature_queue``): ``(keys, h)`` where h (B, feature dim) holds the
+        unit-norm backbone features of the same keys, unshuffled with them (one all-gather for both).
+        """
         im_k, idx_unshuffle = batch_shuffle(im_k)
         k = F.normalize(self.encoder_k(im_k), dim=1)
-        return batch_unshuffle(k, idx_unshuffle)
+        if not with_features:
+            return batch_unshuffle(k, idx_unshuffle)
+        h = F.normalize(self.tap_k.take().float(), dim=1)
+        kh = batch_unshuffle(torch.cat([k.float(), h], dim=1), idx_unshuffle)
+        return kh[:, :k.shape[1]], kh[:, k.shape[1]:]
+
+
+class InputTap:
+    """Remembers the input of ``module`` at its latest forward (a forward pre-hook).
+
+    Put on an encoder's ``fc`` (the projection head), it records the backbone feature that entered
+    the head, for every architecture of ``src.models`` and through DDP, while the encoder keeps
+    returning only the head's output (the released state-dict layout is unchanged). Read it with
+    :meth:`take` right after the forward.
+    """
+
+    def __init__(self, module):
+        self.value = None
+        self.handle = module.register_forward_pre_hook(self._keep)
+
+    def _keep(self, module, inputs):
+        self.value = inputs[0]
+
+    def take(self):
+        """The recorded (B, feature dim) input, detached; cleared so a stale value is never read twice."""
+        value, self.value = self.value, None
+        assert value is not None, "no forward of the tapped module since the last take()"
+        return value.detach()
