@@ -16,6 +16,19 @@ MoCo v2, 200 epochs, one node of 8 GPUs (any of these launch styles):
     sbatch scripts/moco_v2_200ep.sh
 One GPU or CPU (split-BN over 8 sub-batches stands in for shuffle-BN):
     python main_moco.py /path/to/data -a resnet18 -b 128 --lr 0.015 --mlp --moco-t 0.2 --aug-plus --cos
+
+Revisiting-Contrastive-SSL (Van Gansbeke et al. 2021) on COCO train2017, a flat folder of images: 2x160 + 4x96
+crops, the small ones constrained to overlap the key crop, AutoAugment on crops 0 and 2-5, nearest-neighbour
+positives (scripts/ours_coco_200ep.sh):
+    torchrun --nproc_per_node=2 main_moco.py /path/to/coco/train2017 --lr 0.3 -b 256 --mlp --moco-t 0.2 \
+        --moco-m 0.995 --cos --num_crops 2 4 --size_crops 160 96 --min_scale_crops 0.2 0.05 \
+        --max_scale_crops 1.0 0.14 --constrained-cropping --auto-augment 0 2 3 4 5 --aux-topk 20 --aux-weight 0.4
+SSL-small (Shi et al. 2021) for mobilenetv3_small / _large, efficientnet_b0, resnet18, deit_tiny, from a
+SEED-distilled checkpoint converted with `python -m experiments.convert-seed` (scripts/small_<arch>_800ep.sh):
+    python main_moco.py /path/to/imagenet -a mobilenetv3_small --lr 0.06 -b 512 -j 64 --epochs 800 \
+        --dist-url env:// --multiprocessing-distributed --world-size 1 --rank 0 --mlp wide --moco-t 0.1 \
+        --aug-plus --cj 1. --grey-scale 0.5 --gaussian-blur 0.5 --cos --ckpt-dir runs/small \
+        --resume converted_ckpt.pth.tar --restart
 """
 import argparse
 import copy
@@ -33,18 +46,20 @@ from torch import nn
 
 from src import dist
 from src.args import add_amp_args, add_arg, add_dist_args, amp_dtype
-from src.augment import MultiViewTransform, eval_transform, moco_transform
+from src.augment import (MultiCropTransform, MultiScaleCrops, MultiViewTransform, autoaugment_or, eval_transform,
+                         moco_color_transform, moco_transform, ssl_small_jitter)
 from src.checkpoint import (find_resume_checkpoint, load_checkpoint, load_state_strict, rng_state,
                             save_checkpoint, set_rng_state)
 from src.data import ResumableSampler, build_dataset, build_loader, resolve_split
 from src.errors import UserError, exit_on_user_error
 from src.logging import JsonLog, ProgressLogger, print_rank0
-from src.losses import infonce_logits
+from src.losses import infonce_logits, knn_positive_loss
 from src.methods.common import check_queue_size, copy_params, momentum_update
-from src.methods.moco import MoCo
+from src.methods.moco import MoCo, load_for_restart
 from src.models import KNOWN_ARCHS
 from src.models.heads import MOCO_HEADS
 from src.optim import moco_lr_schedule, set_lr
+from src.pretrained import read_checkpoint
 
 
 def get_args_parser(add_help=True):
@@ -66,6 +81,13 @@ def get_args_parser(add_help=True):
     add_arg(g, "-p", "--print-freq", default=10, type=int, help="print / log every N iterations")
     add_arg(g, "--resume", default="", type=str,
             help="checkpoint to resume from (default: OUTPUT_DIR/checkpoint.pth.tar if it exists)")
+    add_arg(g, "--restart", action="store_true",
+            help="with --resume: load the weights only (SSL-small): tensors whose shape differs from this model "
+                 "are dropped with a warning, encoder_k is copied from encoder_q, optimizer and epoch start "
+                 "afresh (epoch --start-epoch, 0); once OUTPUT_DIR/checkpoint.pth.tar exists the run resumes "
+                 "from it instead (pre-emption)")
+    add_arg(g, "--trust-checkpoint", action="store_true",
+            help="let --resume --restart unpickle Python objects in a third-party file (runs code from it)")
     add_arg(g, "--seed", default=None, type=int, help="seed for init, sampling and augmentation (default: random)")
 
     g = parser.add_argument_group("moco")
@@ -77,6 +99,14 @@ def get_args_parser(add_help=True):
             help="projection head: --mlp alone is MoCo v2's 2-layer MLP (simple); SSL-small's deep | dropout | "
                  "wide; bn adds BatchNorm (hidden and output, MoCo v3 style); without the flag: MoCo v1's Linear")
     add_arg(g, "--aug-plus", action="store_true", help="MoCo v2: stronger augmentation with blur")
+    add_arg(g, "--cj", default=None, type=float,
+            help="SSL-small colour-jitter strength s: ColorJitter(0.8s, 0.8s, 0.8s, min(0.5, 0.4s)) with p 0.8 "
+                 "(recipe 1.0; implies the v2 pipeline; default: MoCo v2's 0.4, 0.4, 0.4, 0.1)")
+    add_arg(g, "--grey-scale", default=0.2, type=float,
+            help="RandomGrayscale probability (MoCo 0.2; SSL-small recipe 0.5)")
+    add_arg(g, "--gaussian-blur", default=None, type=float,
+            help="probability of the v2 Gaussian blur, sigma U[0.1, 2] (default 0.5; SSL-small recipe 0.5; "
+                 "implies the v2 pipeline)")
     add_arg(g, "--cos", action="store_true", help="MoCo v2: cosine lr schedule (per epoch)")
     add_arg(g, "--bn-splits", default=0, type=int,
             help="split-BN sub-batches on a single process (0 = auto: 8 with one process, off under DDP)")
@@ -84,9 +114,39 @@ def get_args_parser(add_help=True):
     add_arg(g, "--min-scale", default=0.2, type=float, help="RandomResizedCrop lower area scale (0.2)")
     add_arg(g, "--cifar-stem", action="store_true", help="ResNet 3x3 stride-1 stem without max-pool (small images)")
 
+    g = parser.add_argument_group("multi-crop, AutoAugment, nearest-neighbour positives (Van Gansbeke et al. 2021)")
+    add_arg(g, "--num_crops", default=None, type=int, nargs="+",
+            help="crops per group, large group first: 2 4 = query + key crop, then 4 small query crops; every "
+                 "query crop is contrasted with the one key (default: MoCo's two views at --crop-size)")
+    add_arg(g, "--size_crops", default=None, type=int, nargs="+",
+            help="side of each group's crops in px (paper 160 96; default 224 96). Multi-crop blurs with sigma "
+                 "0.1-2.0 px at every size, as the reference (the two-view path scales it by --crop-size/224)")
+    add_arg(g, "--min_scale_crops", default=None, type=float, nargs="+",
+            help="lowest area fraction per group (paper 0.2 0.05; default 0.14 0.05)")
+    add_arg(g, "--max_scale_crops", default=None, type=float, nargs="+",
+            help="highest area fraction per group (paper 1.0 0.14; default 1.0 0.14)")
+    add_arg(g, "--constrained-cropping", action="store_true",
+            help="draw each small crop (up to 10 tries) to overlap the KEY crop by at least --min-overlap of its "
+                 "area; if no try does, an unconstrained crop")
+    add_arg(g, "--min-overlap", default=0.1, type=float,
+            help="constrained cropping: required intersection with the key crop / small-crop area (0.1)")
+    add_arg(g, "--auto-augment", default=[], type=int, nargs="*", metavar="CROP",
+            help="crop indices (0 query, 1 key, 2.. small) that take, 50/50 per sample, HFlip + AutoAugment "
+                 "(torchvision ImageNet policy) instead of the MoCo v2 colour augmentation (paper: 0 2 3 4 5)")
+    add_arg(g, "--aux-weight", default=0.0, type=float,
+            help="weight of the nearest-neighbour loss (paper 0.4; 0 = off, plain MoCo). The topk keys nearest "
+                 "to a query in BACKBONE space (a second queue of pooled features) count as extra positives "
+                 "in head space. Computed BEFORE this step's keys enter the queues, so they are never "
+                 "chosen as neighbours (the reference's builder_ours enqueues first; its warmup builder does not)")
+    add_arg(g, "--aux-topk", default=50, type=int, help="neighbours per query for --aux-weight (paper scripts 20)")
+    add_arg(g, "--warmup-epochs", default=0, type=int,
+            help="epochs without the nearest-neighbour loss while the feature queue fills (paper 5 / 20 for "
+                 "200 / 800 epochs)")
+
     g = parser.add_argument_group("output and checkpoints")
-    add_arg(g, "--output-dir", "--dump-path", default=".", type=str, dest="output_dir",
-            help="where checkpoints, args.json and the JSON log go (MoCo writes to the working directory)")
+    add_arg(g, "--output-dir", "--dump-path", "--ckpt-dir", default=".", type=str, dest="output_dir",
+            help="where checkpoints, args.json and the JSON log go (MoCo writes to the working directory; "
+                 "--ckpt-dir is SSL-small's name)")
     add_arg(g, "--save-freq", default=1, type=int, help="keep a numbered checkpoint_EEEE.pth.tar every N epochs (0: never)")
     add_arg(g, "--save-every-iters", default=0, type=int,
             help="also refresh checkpoint.pth.tar every N iterations inside an epoch (0: epoch ends only)")
@@ -111,6 +171,7 @@ def main(args):
         return run_demo(args)
     if not args.data:
         raise UserError("no dataset given: pass DIR (with train/ and one folder per class) or use --demo")
+    check_recipe_args(args)
     if args.multiprocessing_distributed:
         nprocs = args.nproc_per_node or max(torch.cuda.device_count(), 1)
         nodes = max(args.world_size, 1)
@@ -144,8 +205,9 @@ def train(args, info):
     """Pretrain; returns the MoCo model (unwrapped)."""
     device = info.device
     os.makedirs(args.output_dir, exist_ok=True)
-    resume_path = find_resume_checkpoint(args.output_dir, args.resume)
-    ckpt = load_checkpoint(resume_path) if resume_path else None
+    check_recipe_args(args)
+    resume_path, restart = resume_source(args)
+    ckpt = load_checkpoint(resume_path) if resume_path and not restart else None
     seed = ckpt["seed"] if ckpt is not None else (args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little") % 2**31)
     dist.seed_everything(seed, 0)  # the same initial weights on every rank, as MoCo seeds
     if info.rank == 0:
@@ -169,7 +231,9 @@ def train(args, info):
 
     # ==== resuming ====
     start_epoch, start_iter = args.start_epoch, 0
-    if ckpt is not None:
+    if restart:  # weights only: new optimizer, epoch --start-epoch (0), this run's seed and RNG
+        restart_from_weights(model, resume_path, args.trust_checkpoint, info.rank)
+    elif ckpt is not None:
         load_state_strict(model, ckpt["state_dict"], "state_dict", resume_path)
         optimizer.load_state_dict(ckpt["optimizer"])
         if "scaler" in ckpt:
@@ -183,7 +247,7 @@ def train(args, info):
     # ==== training ====
     logger = ProgressLogger(iters_per_epoch, args.epochs, per_rank_batch * info.world_size, args.print_freq,
                             JsonLog(os.path.join(args.output_dir, "log.txt"), info.rank), info.rank,
-                            formats={"Loss": ".4e", "Acc@1": "6.2f", "Acc@5": "6.2f"})
+                            formats={"Loss": ".4e", "CE": ".4e", "Aux": ".4e", "Acc@1": "6.2f", "Acc@5": "6.2f"})
     stop = StopSignal(device)
 
     def save(epoch, it, numbered=False):
@@ -231,12 +295,8 @@ def build_data(args, info, seed):
         raise UserError(f"-b/--batch-size {args.batch_size} is the TOTAL batch and must be divisible by the "
                         f"{info.world_size} processes")
     per_rank_batch = args.batch_size // info.world_size
-    root = resolve_split(args.data, "train")
-    # blur sigma is defined for 224-px crops (0.1-2.0 px): scale it with the crop so small crops are not
-    # wiped out (identical to MoCo v2 at --crop-size 224)
-    sigma = (0.1 * args.crop_size / 224, 2.0 * args.crop_size / 224)
-    view = moco_transform(args.crop_size, aug_plus=args.aug_plus, min_scale=args.min_scale, blur_sigma=sigma)
-    dataset = build_dataset(root, MultiViewTransform([view, view]), seed=seed)
+    root = resolve_split(args.data, "train")  # a class-folder tree, or a flat folder of images (COCO train2017)
+    dataset = build_dataset(root, build_transform(args), seed=seed)
     per_rank_samples = math.ceil(len(dataset) / info.world_size)
     iters_per_epoch = per_rank_samples // per_rank_batch  # drop_last, as MoCo
     if iters_per_epoch == 0:
@@ -252,6 +312,28 @@ def build_data(args, info, seed):
     return loader, sampler, dataset, per_rank_batch, iters_per_epoch
 
 
+def build_transform(args):
+    """Per-image transform: MoCo's two views of one augmentation (default), or the multi-crop geometry of
+    Van Gansbeke et al. 2021 followed by one colour augmentation per crop (MoCo v2's, or 50/50 with
+    AutoAugment for the ``--auto-augment`` crop indices)."""
+    jitter = ssl_small_jitter(args.cj) if args.cj is not None else (0.4, 0.4, 0.4, 0.1)
+    blur_p = 0.5 if args.gaussian_blur is None else args.gaussian_blur
+    if not args.num_crops:
+        # blur sigma is defined for 224-px crops (0.1-2.0 px): scale it with the crop so small crops are not
+        # wiped out (identical to MoCo v2 at --crop-size 224)
+        sigma = (0.1 * args.crop_size / 224, 2.0 * args.crop_size / 224)
+        # SSL-small's flags always mean its v2-style pipeline (its script has no --aug-plus)
+        aug_plus = args.aug_plus or args.cj is not None or args.gaussian_blur is not None
+        view = moco_transform(args.crop_size, aug_plus=aug_plus, min_scale=args.min_scale, grey_p=args.grey_scale,
+                              blur_p=blur_p, blur_sigma=sigma, jitter=jitter)
+        return MultiViewTransform([view, view])
+    crops = MultiScaleCrops(args.size_crops, args.num_crops, args.min_scale_crops, args.max_scale_crops,
+                            constrained=args.constrained_cropping, min_overlap=args.min_overlap)
+    color = moco_color_transform(jitter, grey_p=args.grey_scale, blur_p=blur_p, blur_sigma=(0.1, 2.0))
+    return MultiCropTransform(crops, [autoaugment_or(color) if i in args.auto_augment else color
+                                      for i in range(sum(args.num_crops))])
+
+
 def build_model(args, info, per_rank_batch):
     """MoCo model on the device; the query encoder wrapped in DDP when distributed."""
     bn_splits = args.bn_splits or (8 if info.world_size == 1 else 1)
@@ -259,8 +341,10 @@ def build_model(args, info, per_rank_batch):
         raise UserError(f"per-process batch {per_rank_batch} is not divisible by --bn-splits {bn_splits}: "
                         "change -b or pass --bn-splits 1")
     check_queue_size(args.moco_k, per_rank_batch * info.world_size)
-    model = MoCo(args.arch, dim=args.moco_dim, K=args.moco_k, head=moco_head(args),
-                 bn_splits=bn_splits, cifar_stem=args.cifar_stem, image_size=args.crop_size).to(info.device)
+    image_size = args.size_crops[0] if args.num_crops else args.crop_size
+    model = MoCo(args.arch, dim=args.moco_dim, K=args.moco_k, head=moco_head(args), bn_splits=bn_splits,
+                 cifar_stem=args.cifar_stem, image_size=image_size,
+                 feature_queue=args.aux_weight > 0).to(info.device)
     encoder_q = model.encoder_q
     if info.distributed:
         device_ids = [info.device.index] if info.device.type == "cuda" else None
@@ -271,8 +355,13 @@ def build_model(args, info, per_rank_batch):
 
 def train_one_epoch(model, encoder_q, loader, optimizer, scaler, lr_schedule, epoch, start_iter, iters_per_epoch,
                     args, device, logger):
-    """One epoch of MoCo; a generator that yields the iteration index after each optimizer step."""
+    """One epoch of MoCo; a generator that yields the iteration index after each optimizer step.
+
+    Crop 1 is the key and every other crop a query (MoCo's two views: one query; multi-crop: the first
+    large crop and all small ones). With ``--aux-weight`` the nearest-neighbour loss is added from epoch
+    ``--warmup-epochs`` on."""
     model.train()
+    use_aux = args.aux_weight > 0 and epoch >= args.warmup_epochs
     dtype = amp_dtype(args)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
     t_end = time.time()
@@ -282,20 +371,27 @@ def train_one_epoch(model, encoder_q, loader, optimizer, scaler, lr_schedule, ep
         t_data = time.time() - t_end
         lr = float(lr_schedule[epoch * iters_per_epoch + it])
         set_lr(optimizer, lr)
-        im_q = images[0].to(device, non_blocking=True)
-        im_k = images[1].to(device, non_blocking=True)
+        images = [im.to(device, non_blocking=True) for im in images]
+        im_k, crops_q = images[1], [images[0]] + images[2:]
 
         # momentum update of the key encoder, then queries (with grad) and shuffled keys (no grad)
         momentum_update(model.encoder_q, model.encoder_k, args.moco_m)
         with autocast:
-            q = F.normalize(encoder_q(im_q), dim=1)  # (B, dim)
-            with torch.no_grad():
-                k = model.key(im_k)  # (B, dim): shuffle-BN across processes (or split-BN on one)
+            q, h_q = encode_queries(encoder_q, crops_q, model.tap_q)  # (V*B, dim), crop-major; h_q (V*B, F) or None
+            with torch.no_grad():  # (B, dim): shuffle-BN across processes (or split-BN on one)
+                k, h_k = model.key(im_k, with_features=True) if model.tap_k else (model.key(im_k), None)
 
-        # InfoNCE in fp32: logits (B, 1+K), the positive key in column 0
-        logits = infonce_logits(q, k, model.queue.queue, args.moco_t)
+        # InfoNCE in fp32: every query crop against its image's one key and the shared queue,
+        # logits (V*B, 1+K), the positive key in column 0, cross-entropy averaged over the V*B rows
+        logits = infonce_logits(q, k.repeat(len(crops_q), 1), model.queue.queue, args.moco_t)
         labels = torch.zeros(logits.shape[0], dtype=torch.long, device=device)
         loss = F.cross_entropy(logits, labels)
+        extra = {}
+        if model.queue_backbone is not None:  # nearest neighbours (backbone space) as extra positives (head space)
+            aux = knn_positive_loss(logits[:, 1:], h_q, model.queue_backbone.queue, args.aux_topk) if use_aux \
+                else torch.zeros((), device=device)
+            extra = {"CE": loss.detach(), "Aux": aux.detach()}
+            loss = loss + args.aux_weight * aux
 
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -304,18 +400,47 @@ def train_one_epoch(model, encoder_q, loader, optimizer, scaler, lr_schedule, ep
 
         # enqueue the keys of the whole global batch (after the loss: a key is never its own negative)
         model.queue.enqueue(dist.concat_all_gather(k.float()))
+        if h_k is not None:  # their backbone features, at the same rows of the second queue
+            model.queue_backbone.enqueue(dist.concat_all_gather(h_k))
 
         with torch.no_grad():  # (K+1)-way instance accuracy, as MoCo prints it
             top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
             acc1 = (top5[:, 0] == 0).float().mean() * 100
             acc5 = (top5 == 0).any(dim=1).float().mean() * 100
-        logger.update(data_time=t_data, step_time=time.time() - t_end, Loss=loss.detach(), **{"Acc@1": acc1, "Acc@5": acc5})
+        logger.update(data_time=t_data, step_time=time.time() - t_end, Loss=loss.detach(), **extra,
+                      **{"Acc@1": acc1, "Acc@5": acc5})
         logger.maybe_print(it, lr)
         if (it + 1) % args.print_freq == 0 and not math.isfinite(logger.last["Loss"]):
             raise UserError(f"loss became {float(logger.last['Loss'])} at epoch {epoch}, iteration {it + 1}: "
                             "lower --lr or disable --amp; the last checkpoint is kept")
         yield it
         t_end = time.time()
+
+
+def encode_queries(encoder_q, crops, tap=None):
+    """Unit-norm query embeddings of every query crop, one forward per run of same-size crops (a batch
+    shares one resolution; the small crops go through together, so BN sees them as one batch).
+
+    Args:
+        encoder_q: the query encoder (possibly DDP-wrapped).
+        crops: list of V tensors (B, 3, H_v, W_v), same-size crops next to each other.
+        tap: ``model.tap_q`` (an :class:`~src.methods.moco.InputTap` on the head) or None.
+    Returns:
+        q (V*B, dim), crop-major (rows v*B ... v*B+B-1 are crop v); h (V*B, F) unit-norm backbone
+        features without gradient, or None without a tap.
+    """
+    qs, hs, start = [], [], 0
+    while start < len(crops):
+        end = start + 1
+        while end < len(crops) and crops[end].shape[-2:] == crops[start].shape[-2:]:
+            end += 1
+        x = crops[start] if end - start == 1 else torch.cat(crops[start:end])
+        qs.append(F.normalize(encoder_q(x), dim=1))
+        if tap is not None:
+            hs.append(F.normalize(tap.take().float(), dim=1))
+        start = end
+    q = qs[0] if len(qs) == 1 else torch.cat(qs)
+    return q, (None if tap is None else torch.cat(hs))
 
 
 # ==================================================================================================
@@ -348,11 +473,12 @@ def check_ranks_in_sync(model, info):
     if info.world_size == 1:
         return
     with torch.no_grad():
-        tensors = [p for p in model.parameters()] + [model.queue.queue, model.queue.ptr]
+        queues = [(n, b) for n, b in model.named_buffers() if n.startswith("queue")]  # queue (+ queue_backbone)
+        tensors = [p for p in model.parameters()] + [b for _, b in queues]
         fp = torch.stack([torch.stack([t.double().sum(), t.double().square().sum()]).sum() for t in tensors])
         all_fp = dist.concat_all_gather(fp[None].to(info.device))
     if not bool((all_fp == all_fp[0]).all()):
-        names = [n for n, _ in model.named_parameters()] + ["queue.queue", "queue.ptr"]
+        names = [n for n, _ in model.named_parameters()] + [n for n, _ in queues]
         bad = [names[i] for i in range(len(names)) if not bool((all_fp[:, i] == all_fp[0, i]).all())]
         raise RuntimeError(f"ranks diverged: {', '.join(bad[:5])} differ between processes")
     print_rank0(f"ranks in sync: encoder weights and queue identical on {info.world_size} processes", rank=info.rank)
@@ -368,6 +494,80 @@ def gather_rng_states(device):
         s["torch"] = torch_states[r].to(torch.uint8)
         out.append(s)
     return out
+
+
+def check_recipe_args(args):
+    """Fill the multi-crop defaults and reject inconsistent recipe flags with one clear message (idempotent).
+
+    Without ``--num_crops``, ``--auto-augment`` or ``--constrained-cropping`` MoCo's two-view path is
+    used; with ``--auto-augment`` alone it becomes two crops at ``--crop-size``, scale (``--min-scale``, 1).
+    """
+    if args.num_crops is None and (args.auto_augment or args.constrained_cropping):
+        args.num_crops, args.size_crops = [2], args.size_crops or [args.crop_size]
+        args.min_scale_crops, args.max_scale_crops = args.min_scale_crops or [args.min_scale], args.max_scale_crops or [1.0]
+    if args.num_crops:
+        n = len(args.num_crops)
+        args.size_crops = args.size_crops or [224, 96][:n]
+        args.min_scale_crops = args.min_scale_crops or [0.14, 0.05][:n]
+        args.max_scale_crops = args.max_scale_crops or [1.0, 0.14][:n]
+        lists = {"--size_crops": args.size_crops, "--min_scale_crops": args.min_scale_crops,
+                 "--max_scale_crops": args.max_scale_crops}
+        for name, values in lists.items():
+            if len(values) != n:
+                raise UserError(f"{name} has {len(values)} values for the {n} groups of --num_crops "
+                                f"{' '.join(map(str, args.num_crops))}: give one per group")
+        if args.num_crops[0] != 2:
+            raise UserError(f"--num_crops {args.num_crops[0]} ...: the first group is the query and the key crop, "
+                            "so it must be 2 (add small crops as further groups, e.g. --num_crops 2 4)")
+        if args.constrained_cropping and n < 2:
+            raise UserError("--constrained-cropping constrains small crops to the key crop: add a group of "
+                            "small crops, e.g. --num_crops 2 4 --size_crops 160 96")
+        bad = [i for i in args.auto_augment if not 0 <= i < sum(args.num_crops)]
+        if bad:
+            raise UserError(f"--auto-augment {' '.join(map(str, bad))}: crop indices go from 0 to "
+                            f"{sum(args.num_crops) - 1} with --num_crops {' '.join(map(str, args.num_crops))}")
+        if args.arch == "deit_tiny" and len(set(args.size_crops)) > 1:
+            raise UserError("deit_tiny has a fixed position embedding: give every group the same --size_crops")
+    if args.aux_weight > 0 and not 0 < args.aux_topk <= args.moco_k:
+        raise UserError(f"--aux-topk {args.aux_topk} must be between 1 and the queue size --moco-k {args.moco_k}")
+    if args.restart and not args.resume:
+        raise UserError("--restart starts from the weights of --resume CKPT: pass that checkpoint too")
+
+
+def resume_source(args):
+    """What to start from: ``(path or None, restart)``.
+
+    ``--resume`` or ``OUTPUT_DIR/checkpoint.pth.tar`` resume a run (``restart`` False). With ``--restart``
+    the ``--resume`` file only seeds the weights (``restart`` True), unless this run already wrote its own
+    ``OUTPUT_DIR/checkpoint.pth.tar``: then it was pre-empted and continues from there.
+    """
+    path = find_resume_checkpoint(args.output_dir, args.resume)
+    if not args.restart:
+        return path, False
+    latest = os.path.join(args.output_dir, "checkpoint.pth.tar")
+    if os.path.isfile(latest) and not os.path.samefile(latest, args.resume):
+        return latest, False
+    return args.resume, True
+
+
+def restart_from_weights(model, path, trust, rank):
+    """``--resume PATH --restart``: load the weights that fit (see ``load_for_restart``) and say what was
+    dropped, left at initialisation or ignored."""
+    ckpt = read_checkpoint(path, trust=trust)
+    state = ckpt["state_dict"] if isinstance(ckpt.get("state_dict"), dict) else ckpt
+    report = load_for_restart(model, state)
+    print_rank0(f"=> restarted from the weights of '{path}' at epoch 0: {len(report['loaded'])} tensors loaded, "
+                "encoder_k copied from encoder_q, new optimizer", rank=rank)
+    if report["mismatched"]:
+        print_rank0(f"warning: --restart dropped {len(report['mismatched'])} checkpoint tensors whose shape differs "
+                    "from this model (checkpoint vs model): " + ", ".join(
+                        f"{k} {tuple(a)} vs {tuple(b)}" for k, a, b in report["mismatched"]), rank=rank, file=sys.stderr)
+    if report["missing"]:
+        print_rank0(f"=> left at initialisation ({len(report['missing'])}): " + ", ".join(report["missing"][:8])
+                    + (" ..." if len(report["missing"]) > 8 else ""), rank=rank)
+    if report["ignored"]:
+        print_rank0(f"=> ignored {len(report['ignored'])} checkpoint tensors that this model does not have, e.g. "
+                    + ", ".join(report["ignored"][:3]), rank=rank)
 
 
 def moco_head(args):

@@ -83,3 +83,40 @@ class InputTap:
         value, self.value = self.value, None
         assert value is not None, "no forward of the tapped module since the last take()"
         return value.detach()
+
+
+@torch.no_grad()
+def load_for_restart(model, state):
+    """SSL-small's ``--resume CKPT --restart`` (spec moco.md D.4): start a new run from a checkpoint's weights.
+
+    A ``module.`` prefix (DDP) is stripped; tensors whose shape differs from the model's (another head,
+    queue size or feature dim) are dropped; the rest is loaded non-strictly; then every parameter and
+    buffer of ``encoder_q`` is copied into ``encoder_k``, so the key encoder starts from the loaded
+    query encoder (a SEED-distilled student converted by ``experiments.convert-seed`` has no key encoder).
+    The queue keeps the loaded keys when their shape fits, else its random initialisation.
+
+    Args:
+        model: a :class:`MoCo`.
+        state: checkpoint state dict (``encoder_q.*`` / ``module.encoder_q.*`` keys, others ignored).
+    Returns:
+        dict: ``loaded`` (keys), ``mismatched`` ([(key, checkpoint shape, model shape)]), ``missing``
+        (model keys left at initialisation, encoder_k excluded), ``ignored`` (checkpoint keys not in the model).
+    Raises:
+        UserError: no ``encoder_q`` tensor of the checkpoint fits the model.
+    """
+    from ..errors import UserError
+
+    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items() if torch.is_tensor(v)}
+    own = model.state_dict()
+    mismatched = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
+                  if k in own and v.shape != own[k].shape]
+    usable = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+    if not any(k.startswith("encoder_q.") for k in usable):
+        raise UserError(f"no encoder_q weights of the checkpoint fit this model ({len(state)} tensors, "
+                        f"{len(mismatched)} with other shapes): check -a/--arch, or convert a SEED checkpoint "
+                        "with python -m experiments.convert-seed")
+    model.load_state_dict(usable, strict=False)
+    copy_params(model.encoder_q, model.encoder_k)
+    return {"loaded": sorted(usable), "mismatched": mismatched,
+            "missing": [k for k in own if k not in usable and not k.startswith("encoder_k.")],
+            "ignored": sorted(k for k in state if k not in own)}
