@@ -1,0 +1,39 @@
+#!/bin/bash
+# MoCo v2 baseline on COCO train2017 (a flat folder of images), ResNet-50, 800 epochs, 2 GPUs, total batch 256
+# (Van Gansbeke et al. 2021, moco_coco script: VOC SVM mAP 81.0).
+# Every hyperparameter of the published recipe is written out. Usage: sbatch scripts/moco_coco_800ep.sh
+#SBATCH --job-name=moco_coco_800ep
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=2
+#SBATCH --gpus-per-node=2
+#SBATCH --cpus-per-task=8
+#SBATCH --time=288:00:00
+#SBATCH --signal=USR1@600
+#SBATCH --output=%x-%j.out
+set -euo pipefail
+DATASET_PATH=${DATASET_PATH:-/path/to/coco/train2017}
+EXPERIMENT_PATH=${EXPERIMENT_PATH:-./experiments/moco_coco_800ep}
+mkdir -p "$EXPERIMENT_PATH"
+export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+export MASTER_PORT=${MASTER_PORT:-29500}
+
+srun --kill-on-bad-exit=1 python -u main_moco.py "$DATASET_PATH" \
+  --arch resnet50 \
+  --epochs 800 \
+  --workers 16 \
+  --batch-size 256 \
+  --lr 0.3 \
+  --momentum 0.9 \
+  --weight-decay 1e-4 \
+  --moco-dim 128 \
+  --moco-k 65536 \
+  --moco-m 0.999 \
+  --moco-t 0.2 \
+  --mlp \
+  --cos \
+  --num_crops 2 \
+  --size_crops 224 \
+  --min_scale_crops 0.2 \
+  --max_scale_crops 1.0 \
+  --print-freq 100 \
+  --output-dir "$EXPERIMENT_PATH"
