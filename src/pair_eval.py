@@ -59,6 +59,8 @@ def add_pair_eval_args(parser, per_class_default, per_class_help):
 def pick_device(device="", gpu=None):
     """``device`` if given, else ``cuda:<gpu>`` / ``cuda`` when available, else the CPU."""
     if device:
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError(f"--device {device}: no CUDA device is visible; use --device cpu")
         return torch.device(device)
     if torch.cuda.is_available():
         return torch.device("cuda", gpu or 0)

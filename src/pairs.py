@@ -1,6 +1,6 @@
 """Reading a static positive-pair dataset, as written by ``python -m experiments.sample-augs``.
 
-Layout: ``root/<class>/<stem>-<v>.jpeg``, where view 0 is the original image ("domain" D) and views
+Layout: ``root/<class>/<stem>-<v>.jpeg`` (``.jpg`` and ``.png`` are read too), where view 0 is the original image ("domain" D) and views
 1, 2, ... are augmented ``size`` x ``size`` views of it ("shifted domain" SD), see ``src/pair_augs.py``.
 Which views an evaluation reads is named by a *view set* (SSL-small ``util.PositivePairDataset``,
 ``spec/evals.md`` D.5): ``normal`` (0, 1, 2), ``g-mask`` (0, 3, 4), ``rand-g-mask`` (0, 5, 6),
@@ -92,6 +92,7 @@ class PositivePairDataset(torch.utils.data.Dataset):
             raise UserError(f"positive-pair folder '{self.root}' has no class subfolders: pass the DST folder "
                             "of experiments.sample-augs")
         self.samples = []  # (class folder, stem, label)
+        self.files = {}  # (class folder, stem) -> {view: file name}
         for label, cls in enumerate(self.classes):
             stems = self._stems(cls)
             self.samples += [(cls, s, label) for s in (stems[:per_class] if per_class else stems)]
@@ -106,7 +107,7 @@ class PositivePairDataset(torch.utils.data.Dataset):
         for name in os.listdir(os.path.join(self.root, cls)):
             parsed = split_view_name(name)
             if parsed:
-                found.setdefault(parsed[0], set()).add(parsed[1])
+                found.setdefault(parsed[0], {})[parsed[1]] = name
         if not found:
             raise UserError(f"class folder '{os.path.join(self.root, cls)}' holds no '<stem>-<view>.jpeg' files")
         for stem, have in sorted(found.items()):
@@ -115,14 +116,16 @@ class PositivePairDataset(torch.utils.data.Dataset):
                 raise UserError(f"view {lacking[0]} of '{stem}' in '{os.path.join(self.root, cls)}' is missing "
                                 f"(the view set needs {', '.join(map(str, self.views))}): re-create the dataset "
                                 "with experiments.sample-augs in a mode that writes these views")
+            self.files[(cls, stem)] = have
         return sorted(found)
 
     def __len__(self):
         return len(self.samples)
 
     def path(self, index, view):
+        """File of view ``view`` of sample ``index``."""
         cls, stem, _ = self.samples[index]
-        return os.path.join(self.root, cls, view_name(stem, view))
+        return os.path.join(self.root, cls, self.files[(cls, stem)][view])
 
     def load(self, index, view):
         """View ``view`` of sample ``index`` as a normalised (3, crop, crop) tensor."""

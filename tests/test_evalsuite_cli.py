@@ -129,9 +129,14 @@ def test_plot_logs_epoch_logs_knn_and_bad_lines(tmp_path):
     assert summary["epochs"]["train_loss"]["min"] == [4, 2] and summary["final_knn"]["knn best_nn"] == 21.5
 
 
-def test_bad_inputs_are_one_error_line(tiny, tmp_path):
-    proc = run(py("-m", "eval.stats-dist", str(tmp_path / "missing"), *EVAL))
-    assert proc.returncode == 2 and "does not exist" in one_error_line(proc)
+def test_bad_inputs_are_one_error_line(tmp_path, capsys):
+    stats_dist = importlib.import_module("eval.stats-dist")
+    with pytest.raises(SystemExit) as exc:  # in process: the CLI's exit path without another start-up
+        stats_dist.main(argparse.ArgumentParser(parents=[stats_dist.get_args_parser()]).parse_args(
+            [str(tmp_path / "missing"), *EVAL]))
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err
+    assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1 and "does not exist" in err
     (tmp_path / "log.txt").write_text('{"note": "no numbers"}\n')
     proc = run(py("-m", "experiments.plot-logs", str(tmp_path)))
     assert proc.returncode == 2 and "no loss, lr or kNN values" in one_error_line(proc)

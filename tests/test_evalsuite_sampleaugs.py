@@ -12,7 +12,7 @@ from PIL import Image
 from src.errors import UserError
 from src.pair_augs import IOU_RANGES, MEAN_FILL, box_iou, masked_views, sample_box_pair
 from src.pairs import PositivePairDataset, split_view_name
-from tests.helpers import assert_ok, one_error_line, py, run, tiny_dataset
+from tests.helpers import assert_ok, py, run, tiny_dataset
 
 sample_augs = importlib.import_module("experiments.sample-augs")
 
@@ -110,7 +110,12 @@ def test_masks_cover_exactly_the_overlap():
         assert 0 < changed.sum() <= 50
 
 
-def test_bad_source_is_one_error_line(tmp_path):
-    proc = run(py("-m", "experiments.sample-augs", str(tmp_path / "missing"), str(tmp_path / "out")))
-    assert proc.returncode == 2
-    assert "does not exist" in one_error_line(proc)
+def test_bad_source_is_one_error_line(tmp_path, capsys):
+    """In process (the same exit path as the CLI, without a second interpreter start-up)."""
+    with pytest.raises(SystemExit) as exc:
+        _in_process(tmp_path / "missing", tmp_path / "out")
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        f"error: source folder '{tmp_path / 'missing'}' does not exist: pass an image folder with one subfolder "
+        "per class"]
