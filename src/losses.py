@@ -3,6 +3,8 @@ under autocast, since softmax over tens of thousands of logits loses too much in
 import torch
 import torch.nn.functional as F
 
+from . import dist
+
 
 def infonce_logits(q, k, queue, temperature):
     """MoCo logits: ``[q.k, q @ queue^T] / T``.
@@ -106,3 +108,70 @@ def knn_positive_loss(neg_logits, features, feature_queue, topk):
         idx = (features.float() @ feature_queue.float().t()).topk(topk, dim=1).indices  # (N, topk)
     log_prob = F.log_softmax(neg_logits.float(), dim=1)  # (N, K), max-subtracted inside
     return -log_prob.gather(1, idx).mean(dim=1).mean()
+
+
+# ==== SwAV (Caron et al., NeurIPS 2020; facebookresearch/swav; spec swav.md A.3-A.4) ====
+@torch.no_grad()
+def distributed_sinkhorn(scores, epsilon=0.05, n_iters=3):
+    """Sinkhorn-Knopp soft codes with equal prototype marginals over the GLOBAL batch (SwAV eq. 3-4).
+
+    Exactly the order of the reference code: ``Q = exp(scores / epsilon)^T`` (K x n); divide by the global
+    total; then ``n_iters`` times: divide each prototype row by its sum over every process (all-reduced) and by
+    K, divide each sample column by its (local) sum and by the global sample count ``B_tot = n * world_size``;
+    finally multiply by ``B_tot`` so that every sample's code sums to 1. The K-vector of row sums is the only
+    per-iteration collective; a column lives on one process. Computed in float32 (float64 inputs stay float64)
+    with autocast off: ``exp(1 / 0.05) = e^20`` is out of float16's range. With one process (or no process
+    group) the all-reduces are the identity.
+
+    Args:
+        scores: (n_local, K) prototype scores of this process's samples (queue rows first, batch last, when
+            a queue is used); unit-norm embeddings and prototypes keep them in [-1, 1].
+        epsilon: entropy regularisation (0.05; 0.03 sharpens the codes, too low overflows).
+        n_iters: Sinkhorn iterations (3).
+    Returns:
+        (n_local, K) codes, no gradient; every row sums to 1, and as ``n_iters`` grows each prototype's
+        column sum over all processes tends to ``B_tot / K``.
+    """
+    dtype = torch.float64 if scores.dtype == torch.float64 else torch.float32
+    with torch.autocast(scores.device.type, enabled=False):
+        Q = torch.exp(scores.detach().to(dtype) / epsilon).t()  # (K, n_local), prototypes x samples
+        K, n_local = Q.shape
+        B_tot = n_local * dist.get_world_size()
+        total = Q.sum()
+        Q /= dist.all_reduce(total)
+        for _ in range(n_iters):
+            row_sums = dist.all_reduce(Q.sum(dim=1, keepdim=True))  # (K, 1), global
+            Q /= row_sums
+            Q /= K
+            Q /= Q.sum(dim=0, keepdim=True)  # (1, n_local), local
+            Q /= B_tot
+        Q *= B_tot
+        return Q.t()
+
+
+def swav_loss(scores, codes, crops_for_assign, temperature):
+    """SwAV's swapped prediction (eq. 1-2): each assignment crop's code is predicted by every other crop.
+
+    ``L = 1/|A| * sum_{a in A} 1/(V - 1) * sum_{v != a} mean_b [ -sum_k codes_a[b, k] * log softmax(scores_v[b] / T)_k ]``
+
+    Args:
+        scores: (V * B, K) prototype scores of all V crops, crop-major (crop 0's B rows first); the only input
+            that receives gradients.
+        codes: list of (B, K) codes (rows sum to 1), one per entry of ``crops_for_assign``.
+        crops_for_assign: crop ids whose codes are targets, e.g. (0, 1).
+        temperature: softmax temperature T (0.1).
+    Returns:
+        scalar loss, computed in float32 with autocast off (float64 inputs stay float64).
+    """
+    n_rows, K = scores.shape
+    B = codes[0].shape[0]
+    V = n_rows // B
+    dtype = torch.float64 if scores.dtype == torch.float64 else torch.float32
+    with torch.autocast(scores.device.type, enabled=False):
+        log_p = F.log_softmax(scores.to(dtype) / temperature, dim=1).view(V, B, K)
+        loss = 0.0
+        for a, q in zip(crops_for_assign, codes):
+            others = [v for v in range(V) if v != a]
+            cross = -(q.to(dtype).unsqueeze(0) * log_p[others]).sum(dim=2)  # (V - 1, B)
+            loss = loss + cross.mean(dim=1).sum() / (V - 1)
+        return loss / len(crops_for_assign)
