@@ -32,7 +32,7 @@ import argparse
 
 import torch
 
-from src.args import amp_dtype
+from src.args import add_arg, amp_dtype
 from src.errors import UserError, exit_on_user_error
 from src.metrics import align, intra_class_align, uniformity
 from src.pair_eval import add_pair_eval_args, build_trunk, embed_views, pick_device, write_json
@@ -48,10 +48,10 @@ def get_args_parser(add_help=False):
     add_pair_eval_args(parser, 50, "images read per class, the first ones in sorted order; 0 reads all "
                                    "(default 50, the paper's set)")
     g = parser.add_argument_group("uniformity estimate")
-    g.add_argument("--uniformity-chunks", "--uniformity_chunks", default=3, type=int,
-                   help="disjoint random chunks averaged for the uniformity (default 3)")
-    g.add_argument("--uniformity-chunk-size", "--uniformity_chunk_size", default=128, type=int,
-                   help="images per chunk (default 128; cost grows with its square)")
+    add_arg(g, "--uniformity-chunks", default=3, type=int,
+            help="disjoint random chunks averaged for the uniformity (default 3)")
+    add_arg(g, "--uniformity-chunk-size", default=128, type=int,
+            help="images per chunk (default 128; cost grows with its square)")
     return parser
 
 

@@ -27,6 +27,7 @@ import zlib
 from multiprocessing import Pool
 
 import numpy as np
+from PIL import Image
 
 from src.args import add_arg
 from src.data import IMG_EXTENSIONS, fork_rng, sample_seed
@@ -85,8 +86,6 @@ def write_views(task):
     the image's views is a hash of (seed, class, file name), so the files do not depend on the order
     or the worker that makes them.
     """
-    from PIL import Image
-
     src, dst, cls, name, mode, size, min_scale, seed, quality, overwrite = task
     stem = os.path.splitext(name)[0]
     out_dir = os.path.join(dst, cls)
@@ -117,6 +116,21 @@ def _init_worker():
     import torch
 
     torch.set_num_threads(1)  # one core per worker: -j processes fill the machine
+
+
+class _InProcess:
+    """A Pool stand-in for -j 1: same ``imap_unordered``, no extra process."""
+
+    def __enter__(self):
+        _init_worker()
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    @staticmethod
+    def imap_unordered(fn, tasks, chunksize=1):
+        return map(fn, tasks)
 
 
 @exit_on_user_error
@@ -155,21 +169,6 @@ def main(args):
           f"({counts['existing']} already there, {counts['unreadable']} skipped); manifest "
           f"{os.path.join(args.dst, 'sample-augs.json')}", flush=True)
     return manifest
-
-
-class _InProcess:
-    """A Pool stand-in for -j 1: same ``imap_unordered``, no extra process."""
-
-    def __enter__(self):
-        _init_worker()
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    @staticmethod
-    def imap_unordered(fn, tasks, chunksize=1):
-        return map(fn, tasks)
 
 
 if __name__ == "__main__":

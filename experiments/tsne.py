@@ -28,7 +28,7 @@ import os
 
 import numpy as np
 
-from src.args import amp_dtype
+from src.args import add_arg, amp_dtype
 from src.errors import UserError, exit_on_user_error
 from src.pair_eval import add_pair_eval_args, build_trunk, embed_views, pick_device
 from src.pairs import PositivePairDataset
@@ -39,16 +39,14 @@ def get_args_parser(add_help=False):
     parser = argparse.ArgumentParser("t-SNE of originals and augmented views", add_help=add_help)
     add_pair_eval_args(parser, 100, "images per class, the first ones in sorted order; 0 takes all (default 100)")
     g = parser.add_argument_group("t-SNE and figures")
-    g.add_argument("--pic-name", "--pic_name", default="tsne.pdf",
-                   help="figure path; NAME.png and NAME.pdf are written, NAME = this without extension "
-                        "(default tsne.pdf)")
-    g.add_argument("--num-classes", "--num_classes", default=10, type=int,
-                   help="first classes (sorted) to embed; 0 takes all (default 10)")
+    add_arg(g, "--pic-name", default="tsne.pdf",
+            help="figure path; NAME.png and NAME.pdf are written, NAME = this without extension (default tsne.pdf)")
+    add_arg(g, "--num-classes", default=10, type=int, help="first classes (sorted) to embed; 0 takes all (default 10)")
     g.add_argument("--perplexity", default=30.0, type=float,
                    help="t-SNE perplexity, below the number of points (default 30; 5-50)")
-    g.add_argument("--tsne-iters", "--tsne_iters", default=1000, type=int,
-                   help="t-SNE iterations (default 1000; >= 300, the first 250 exaggerate early)")
-    g.add_argument("--pca-dims", "--pca_dims", default=50, type=int, help="PCA dimensions before t-SNE (default 50)")
+    add_arg(g, "--tsne-iters", default=1000, type=int,
+            help="t-SNE iterations (default 1000; >= 300, the first 250 exaggerate early)")
+    add_arg(g, "--pca-dims", default=50, type=int, help="PCA dimensions before t-SNE (default 50)")
     g.add_argument("--paint", action="store_true",
                    help="also draw NAME.full_rep (originals by class) and NAME.auged_rep (class 0's view triangles)")
     g.add_argument("--zoomin", action="store_true", help="add an inset magnifying class 0 to NAME.auged_rep")
