@@ -77,8 +77,8 @@ def test_hard_mode_writes_ten_views_and_masks_read_back(src, tmp_path):
     views, label = pairs[0]
     assert pairs.views == (0, 9, 10) and len(pairs) == 4 and label == 0
     assert [tuple(v.shape) for v in views] == [(3, 16, 16)] * 3
+    _in_process(src, tmp_path / "m", "--images-per-class", "1", "--size", "16")
     with pytest.raises(UserError, match="view 3 of"):  # a moco set has no masked views
-        _in_process(src, tmp_path / "m", "--images-per-class", "1", "--size", "16")
         PositivePairDataset(tmp_path / "m", "g-mask")
 
 
