@@ -223,7 +223,82 @@ def load_trunk(model, path_or_ckpt, trunk_pattern=None, trust=False, log=print, 
     full.update(state)
     model.load_state_dict(full, strict=True)
     if log is not None:
-        shown = ", ".join(ignored[:5]) + (", ..." if len(ignored) > 5 else "")
-        log(f"loaded {len(state)} trunk tensors from {where} (prefix {prefix!r})"
-            + (f", ignored {len(ignored)} keys: {shown}" if ignored else ", ignored 0 keys"))
+        log(f"loaded {len(state)} trunk tensors from {where} (prefix {prefix!r}): {used_modules(state)}; "
+            f"ignored {len(ignored)} keys" + (f": {summarize_keys(ignored, mapping)}" if ignored else ""))
     return {"path": where, "prefix": prefix, "n_loaded": len(state), "ignored": ignored, "arch": ckpt_arch}
+
+
+# ==== describing what was loaded ====
+def used_modules(state):
+    """Top-level modules of the loaded trunk keys, in order: ``"conv1, bn1, layer1, ..., layer4"``."""
+    return ", ".join(dict.fromkeys(k.split(".")[0] for k in state))
+
+
+def summarize_keys(keys, mapping=None, max_groups=8):
+    """Checkpoint keys grouped by module, for a log line: ``"momentum_trunk.* (122), projector.* (9), queue"``.
+
+    A key under the trunk prefix (``mapping``: {stripped key: original key}) is grouped by the prefix plus
+    its first module (``module.encoder_q.fc.*``); any other key by its first name, or its first two when
+    the first is a wrapper (``module.encoder_k.*``). A group of one key shows the key itself.
+
+    Args:
+        keys: original checkpoint key names.
+        mapping: optional {stripped key: original key} of the keys under the prefix.
+        max_groups: groups shown before ``...``.
+    Returns:
+        str.
+    """
+    under = {orig: stripped for stripped, orig in (mapping or {}).items()}
+    groups = {}
+    for key in keys:
+        stripped = under.get(key)
+        if stripped is not None and key.endswith(stripped) and "." in stripped:
+            group = key[:len(key) - len(stripped)] + stripped.split(".")[0]
+        else:
+            parts = key.split(".")
+            group = ".".join(parts[:2] if parts[0] in ("module", "model", "_orig_mod") and len(parts) > 2
+                             else parts[:1])
+        groups.setdefault(group, []).append(key)
+    shown = [members[0] if len(members) == 1 and members[0] == group else f"{group}.* ({len(members)})"
+             for group, members in groups.items()]
+    return ", ".join(shown[:max_groups]) + (", ..." if len(shown) > max_groups else "")
+
+
+# ==== command-line flags ====
+def add_pretrained_args(group, snake=False):
+    """The trunk flags shared by evaluation scripts: ``-a/--arch``, ``--cifar-stem``, ``--pretrained``,
+    ``--trunk-pattern``, ``--trust-checkpoint`` (each also in the other spelling; ``snake`` chooses the one
+    shown in ``--help``: SwAV / SCE scripts use snake_case, MoCo / SSL-small tools dash-case).
+
+    Args:
+        group: an ArgumentParser or argument group.
+        snake: show snake_case names.
+    Returns:
+        ``group``.
+    """
+    import argparse
+
+    from .args import add_arg
+    from .models import KNOWN_ARCHS
+
+    def name(flag):
+        return flag.replace("-", "_").replace("__", "--", 1) if snake else flag
+
+    add_arg(group, "-a", name("--arch"), default=None,
+            help=f"trunk architecture (default: the one recorded in the checkpoint, else resnet50); one of "
+                 f"{', '.join(KNOWN_ARCHS)}")
+    add_arg(group, name("--cifar-stem"), action=argparse.BooleanOptionalAction, default=None,
+            help="ResNet 3x3 stride-1 stem for small (32-96 px) images; --no-cifar-stem forces the ImageNet stem "
+                 "(default: as recorded in the checkpoint, else off)")
+    add_arg(group, name("--pretrained"), default="",
+            help="checkpoint whose trunk is evaluated: ours (main_*.py), MoCo (module.encoder_q.*), SwAV (module.*), "
+                 "SCE Lightning (state_dict trunk.*) or released, DINO-like, plain torchvision; the layout is "
+                 "detected and the head dropped (default empty: a random init seeded by --seed)")
+    add_arg(group, name("--trunk-pattern"), default=None,
+            help="regex cut out of the checkpoint keys to get the trunk's names; keys without a match are ignored, "
+                 "e.g. SCE's '^(trunk\\.)' or '^(trunk\\.model\\.)' for video (default: the prefix that covers "
+                 "most trunk keys)")
+    add_arg(group, name("--trust-checkpoint"), action="store_true",
+            help="allow pickled Python objects in the checkpoint (Lightning hyper-parameters, an argparse Namespace): "
+                 "unpickling runs code from the file, so only for trusted files (default: weights only)")
+    return group
