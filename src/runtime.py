@@ -68,7 +68,9 @@ def gather_rng_states(device):
     out = []
     for r in range(torch_states.shape[0]):
         s = dict(state)
-        s["torch"] = torch_states[r].to(torch.uint8)
+        # a copy, not a row view: saved as a view, rank r's state would load with a storage offset, and
+        # torch.set_rng_state crashes (SIGSEGV) on such a tensor
+        s["torch"] = torch_states[r].to(torch.uint8).clone()
         out.append(s)
     return out
 
