@@ -1,0 +1,261 @@
+#!/usr/bin/env python
+"""SwAV pretraining: Swapping Assignments between Views (Caron et al., NeurIPS 2020).
+
+Faithful to facebookresearch/swav ``main_swav.py`` (every flag and default, spec ``swav.md`` A.1-A.11): multi-crop
+with one trunk pass per resolution, L2-normalised prototypes, codes from a distributed Sinkhorn-Knopp (optionally
+over a queue of past embeddings), the swapped-prediction loss, prototypes frozen for the first iterations, SGD +
+LARC on every parameter, per-iteration warmup + cosine lr. In plain PyTorch: native AMP instead of apex, any
+launcher (or none), CPU or GPU, atomic checkpoints with bit-exact mid-epoch resume.
+
+The SwAV README's 8-GPU command runs as published (``python -m torch.distributed.launch`` or ``torchrun``):
+    python -m torch.distributed.launch --nproc_per_node=8 main_swav.py --data_path /path/to/imagenet/train \
+        --epochs 400 --base_lr 0.6 --final_lr 0.0006 --warmup_epochs 0 --batch_size 32 --size_crops 224 96 \
+        --nmb_crops 2 6 --min_scale_crops 0.14 0.05 --max_scale_crops 1. 0.14 --use_fp16 true \
+        --freeze_prototypes_niters 5005 --queue_length 3840 --epoch_queue_starts 15
+Published recipes (64 GPUs x 64, 4 GPUs x 64 with the queue, 2x224, RN50-w2/w4): sbatch scripts/swav_*.sh
+One GPU, no launcher needed:
+    python main_swav.py --data_path /path/to/data --batch_size 64 --base_lr 0.15 --final_lr 0.00015 \
+        --warmup_epochs 0 --queue_length 3840 --epoch_queue_starts 15 --size_crops 224 96 --nmb_crops 2 6 \
+        --min_scale_crops 0.14 0.05 --max_scale_crops 1 0.14
+CPU, two processes, small crops (see README for the demo data):
+    python -m torch.distributed.launch --nproc_per_node=2 main_swav.py --data_path data/demo --arch resnet18 \
+        --cifar_stem --hidden_mlp 512 --nmb_prototypes 100 --batch_size 32 --size_crops 32 16 --nmb_crops 2 4 \
+        --min_scale_crops 0.14 0.05 --max_scale_crops 1 0.14 --base_lr 0.6 --final_lr 0.0006 --warmup_epochs 0 \
+        --freeze_prototypes_niters 20 --epochs 2 --workers 1 --use_fp16 false --dump_path runs/swav-cpu
+"""
+import argparse
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+
+import torch
+
+from src import dist
+from src.args import add_amp_args, add_arg, add_dist_args
+from src.checkpoint import find_resume_checkpoint, load_checkpoint, load_state_strict, set_rng_state
+from src.errors import UserError, exit_on_user_error
+from src.logging import JsonLog, ProgressLogger, print_rank0
+from src.losses import distributed_sinkhorn, swav_loss
+from src.methods.swav import (LossWatch, SwAVModel, SwAVQueue, cancel_prototype_grads, code_entropies,
+                              normalize_prototypes, uniform_loss)
+from src.methods.swav_setup import (add_multicrop_args, add_optim_args, add_run_args, autocast_dtype,
+                                    build_multicrop_data, build_optimizer, check_multicrop_args, load_rank_file,
+                                    log_model, numbered_epoch, save_rank_file, save_run_checkpoint, wrap_model)
+from src.optim import set_lr
+from src.runtime import StopSignal, check_ranks_in_sync, gather_rng_states
+
+
+def get_args_parser(add_help=True):
+    parser = argparse.ArgumentParser("SwAV pretraining", add_help=add_help,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_multicrop_args(parser)
+    g = parser.add_argument_group("swav")
+    add_arg(g, "--crops_for_assign", default=[0, 1], type=int, nargs="+",
+            help="crop ids whose codes are predicted by the other crops (0 1: the two large crops)")
+    add_arg(g, "--temperature", default=0.1, type=float, help="softmax temperature of the predictions (0.1)")
+    add_arg(g, "--epsilon", default=0.05, type=float,
+            help="Sinkhorn entropy regularisation (0.05; 0.03 against collapse; lower overflows)")
+    add_arg(g, "--sinkhorn_iterations", default=3, type=int, help="Sinkhorn-Knopp iterations (3)")
+    add_arg(g, "--feat_dim", default=128, type=int, help="embedding size after the projection head (128)")
+    add_arg(g, "--nmb_prototypes", default=3000, type=int, help="number of prototypes K (3000 for ImageNet)")
+    add_arg(g, "--queue_length", default=0, type=int,
+            help="embeddings kept to enlarge the Sinkhorn problem, over all processes; rounded down to a multiple "
+                 "of the global batch (0: none; 3840 at batch 256)")
+    add_arg(g, "--epoch_queue_starts", default=15, type=int, help="epoch from which the queue is used (15)")
+    add_optim_args(parser, 313, "iterations during which the prototypes get no update (313 = 1 epoch at "
+                                "batch 4096; 5005 at batch 256)")
+    add_run_args(parser)
+    add_dist_args(parser)
+    add_amp_args(parser)
+    parser.set_defaults(use_fp16=True)  # the reference's default; a CPU run falls back to fp32 (one note line)
+    return parser
+
+
+# ==================================================================================================
+def main(args):
+    check_args(args)
+    if args.multiprocessing_distributed:
+        nprocs = args.nproc_per_node or max(torch.cuda.device_count(), 1)
+        dist.spawn_workers(worker, nprocs, max(args.rank, 0), max(args.world_size, 1), args.dist_url, (args,))
+    else:
+        worker(None, None, None, None, args)
+
+
+def check_args(args):
+    check_multicrop_args(args)
+    if args.epsilon <= 0 or args.sinkhorn_iterations < 1 or args.nmb_prototypes < 1 or args.feat_dim < 1:
+        raise UserError(f"need --epsilon > 0, --sinkhorn_iterations >= 1, --nmb_prototypes >= 1 and --feat_dim >= 1, "
+                        f"got {args.epsilon}, {args.sinkhorn_iterations}, {args.nmb_prototypes}, {args.feat_dim}")
+    if args.queue_length < 0:
+        raise UserError(f"--queue_length must be >= 0 (0: no queue), got {args.queue_length}")
+
+
+def worker(local_rank, rank, world_size, dist_url, args):
+    """One training process: set up the process group (any launcher), train, tear down."""
+    if rank is None:  # not spawned here: torchrun / launch / srun / plain python / manual ranks
+        local_rank, rank, world_size = args.local_rank, args.rank, args.world_size
+        dist_url = args.dist_url if args.dist_url != "env://" else None
+    device = args.device or (f"cuda:{args.gpu}" if args.gpu is not None else None)
+    info = dist.init_distributed(dist_url=dist_url, world_size=world_size, rank=rank, local_rank=local_rank,
+                                 backend=args.dist_backend or None, device=device)
+    try:
+        return train(args, info)
+    finally:
+        dist.cleanup()
+
+
+def train(args, info):
+    """Pretrain; returns the SwAV model (unwrapped)."""
+    device = info.device
+    os.makedirs(args.dump_path, exist_ok=True)
+    resume_path = find_resume_checkpoint(args.dump_path, args.resume)
+    ckpt = load_checkpoint(resume_path) if resume_path else None
+    seed = ckpt["seed"] if ckpt is not None else args.seed
+    dist.seed_everything(seed, 0)  # the same initial weights on every rank
+    if info.rank == 0:
+        with open(os.path.join(args.dump_path, "args.json"), "w") as f:
+            json.dump({**vars(args), "seed_used": seed, "world_size_used": info.world_size}, f, indent=2)
+        print("args: " + json.dumps(vars(args), sort_keys=True), flush=True)
+
+    # ==== preparing data ====
+    loader, sampler, dataset, iters_per_epoch = build_multicrop_data(args, info, seed)
+
+    # ==== building model ====
+    model, ddp_model = wrap_model(SwAVModel(args.arch, args.feat_dim, args.hidden_mlp, args.nmb_prototypes,
+                                            cifar_stem=args.cifar_stem), args, info)
+    dist.seed_everything(seed, info.rank)  # then one RNG stream per rank
+    optimizer, lr_schedule = build_optimizer(model, args, iters_per_epoch)
+    dtype = autocast_dtype(args, device, info.rank)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    global_batch = args.batch_size * info.world_size
+    queue_length = args.queue_length - args.queue_length % global_batch  # whole batches only (reference)
+    log_model(model, args, info, len(dataset), iters_per_epoch,
+              f", queue {queue_length} from epoch {args.epoch_queue_starts}" if queue_length else ", no queue")
+
+    # ==== resuming ====
+    start_epoch, start_iter, queue = 0, 0, None
+    if ckpt is not None:
+        load_state_strict(model, ckpt["state_dict"], "state_dict", resume_path)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        start_epoch, start_iter = ckpt["epoch"], ckpt["iter"]
+        if len(ckpt.get("rng", [])) == info.world_size:
+            set_rng_state(ckpt["rng"][info.rank], device)
+        saved = load_rank_file(args.dump_path, "queue", info.rank, start_epoch, start_iter)
+        if saved is not None and queue_length and saved["queue"].shape[1] == queue_length // info.world_size:
+            queue = SwAVQueue(len(args.crops_for_assign), queue_length // info.world_size, args.feat_dim, device)
+            queue.load(saved["queue"].to(device))
+        print_rank0(f"=> resumed from '{resume_path}' at epoch {start_epoch}, iteration {start_iter}"
+                    + (", queue restored" if queue is not None else ""), rank=info.rank)
+
+    # ==== training ====
+    logger = ProgressLogger(iters_per_epoch, args.epochs, global_batch, args.print_freq,
+                            JsonLog(os.path.join(args.dump_path, "log.txt"), info.rank), info.rank,
+                            formats={"Loss": ".4f", "H(avg code)": ".3f", "H(code)": ".3f"})
+    watch = LossWatch(uniform_loss(args.nmb_prototypes), device, scaled=scaler.is_enabled())
+    stop = StopSignal(device)
+
+    def save(epoch, it, numbered=False):
+        watch.check_finite(f"before the checkpoint of epoch {epoch}, iteration {it}")  # never save a NaN model
+        if queue is not None:  # every rank: its own queue, stamped with this step (reference: queue{rank}.pth)
+            save_rank_file(args.dump_path, "queue", info.rank, {"queue": queue.queue.cpu()}, epoch, it)
+        rngs = gather_rng_states(device)  # collective: every rank takes part (and has written its queue)
+        if info.rank == 0:
+            state = {"arch": args.arch, "epoch": epoch, "iter": it, "args": vars(args), "seed": seed,
+                     "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scaler": scaler.state_dict(), "rng": rngs, "world_size": info.world_size}
+            save_run_checkpoint(args.dump_path, state, epoch - 1, numbered)
+
+    total_done = start_epoch * iters_per_epoch + start_iter
+    for epoch in range(start_epoch, args.epochs):
+        sampler.set_epoch(epoch, start_index=start_iter * args.batch_size)
+        dataset.set_epoch(epoch)
+        if queue is None and queue_length > 0 and epoch >= args.epoch_queue_starts:
+            queue = SwAVQueue(len(args.crops_for_assign), queue_length // info.world_size, args.feat_dim, device)
+        if queue is not None:
+            queue.in_use = False  # the reference's use_the_queue, reset every epoch (true again once full)
+        logger.start_epoch(epoch, start_iter)
+        watch.start_epoch()
+        steps = train_one_epoch(model, ddp_model, queue, loader, optimizer, scaler, lr_schedule, epoch, start_iter,
+                                iters_per_epoch, args, device, dtype, logger, watch)
+        for it in steps:  # generator: yields after every step so checkpoints / stops happen here
+            total_done += 1
+            interrupted = stop.requested(it, args.print_freq)
+            if interrupted or (args.max_iters and total_done >= args.max_iters):
+                save(*((epoch, it + 1) if it + 1 < iters_per_epoch else (epoch + 1, 0)))
+                why = "signal" if interrupted else f"--max_iters {args.max_iters}"
+                print_rank0(f"=> stopped by {why} at epoch {epoch}, iteration {it + 1}; checkpoint saved, "
+                            "run the same command to resume", rank=info.rank)
+                return model
+            if args.save_every_iters and (it + 1) % args.save_every_iters == 0 and it + 1 < iters_per_epoch:
+                save(epoch, it + 1)
+        logger.end_epoch({"lr": float(lr_schedule[(epoch + 1) * iters_per_epoch - 1]),
+                          "queue_in_use": bool(queue is not None and queue.in_use)})
+        warning = watch.end_epoch()
+        if warning:
+            print_rank0(warning, rank=info.rank)
+        check_ranks_in_sync(dict(model.named_parameters()), device, what="weights and prototypes")
+        save(epoch + 1, 0, numbered=numbered_epoch(epoch, args.epochs, args.checkpoint_freq))
+        start_iter = 0
+    return model
+
+
+def train_one_epoch(model, ddp_model, queue, loader, optimizer, scaler, lr_schedule, epoch, start_iter,
+                    iters_per_epoch, args, device, dtype, logger, watch):
+    """One epoch of SwAV (spec A.3b); a generator that yields the iteration index after each optimizer step."""
+    model.train()
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+    bs = args.batch_size
+    t_end = time.time()
+    for it, (crops, _) in enumerate(loader, start=start_iter):
+        if it >= iters_per_epoch:
+            break
+        t_data = time.time() - t_end
+        step = epoch * iters_per_epoch + it
+        lr = float(lr_schedule[step])
+        set_lr(optimizer, lr)
+
+        # prototypes back on the unit sphere (frozen or not), then one trunk pass per resolution
+        normalize_prototypes(model)
+        crops = [c.to(device, non_blocking=True) for c in crops]  # V crops, each (B, 3, s, s)
+        with autocast:
+            embedding, scores = ddp_model(crops)  # (V*B, D) unit rows, (V*B, K); crop-major
+        embedding = embedding.detach()
+
+        # codes of the assignment crops, without gradient and in fp32: Sinkhorn over the global batch,
+        # enlarged by the queue's embeddings (scored with the current prototypes) once the queue is full
+        codes = []
+        with torch.no_grad():
+            for i, a in enumerate(args.crops_for_assign):
+                s = scores[a * bs:(a + 1) * bs].detach().float()  # (B, K)
+                if queue is not None:
+                    s = queue.scores(i, s, model.prototypes.weight)  # (L + B, K) once in use
+                    queue.push(i, embedding[a * bs:(a + 1) * bs])
+                codes.append(distributed_sinkhorn(s, args.epsilon, args.sinkhorn_iterations)[-bs:])  # (B, K)
+
+        # swapped prediction: every other crop predicts each assignment crop's code
+        loss = swav_loss(scores, codes, args.crops_for_assign, args.temperature)
+
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if step < args.freeze_prototypes_niters:
+            cancel_prototype_grads(model)  # no update, no weight decay, no momentum for the prototypes
+        scaler.unscale_(optimizer)  # LARC's trust ratio needs the true gradient norms
+        scaler.step(optimizer)  # skipped (LARC included) when an fp16 gradient is inf / NaN
+        scaler.update()
+
+        h_avg, h_code = code_entropies(codes)
+        watch.update(loss)
+        logger.update(data_time=t_data, step_time=time.time() - t_end, Loss=loss.detach(),
+                      **{"H(avg code)": h_avg, "H(code)": h_code})
+        logger.maybe_print(it, lr)
+        if (it + 1) % args.print_freq == 0:
+            watch.check_finite(f"epoch {epoch}, iteration {it + 1}")
+        yield it
+        t_end = time.time()
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)(get_args_parser().parse_args())

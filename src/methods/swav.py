@@ -1,0 +1,256 @@
+"""SwAV's pieces (Caron et al., "Unsupervised Learning of Visual Features by Contrasting Cluster Assignments",
+NeurIPS 2020; facebookresearch/swav; spec ``swav.md`` A.1-A.6, A.17), shared with DeepCluster-v2 and SeLa-v2.
+
+The training step itself (normalise prototypes, grouped forward, queue + Sinkhorn codes, swapped loss, frozen
+prototype gradients, LARC step) is written out in ``main_swav.py``'s ``train_one_epoch``; this module names
+the pieces:
+
+* :class:`SwAVModel`: trunk -> projection head -> L2-normalise -> prototypes, with the state-dict layout
+  ``backbone.*`` (torchvision names), ``projection_head.*``, ``prototypes.weight`` (one head) or
+  ``prototypes.<h>.weight`` (several heads, DeepCluster-v2 / SeLa-v2);
+* :func:`normalize_prototypes`, :func:`cancel_prototype_grads`: what happens to the prototypes each step;
+* :class:`SwAVQueue`: the assignment-only FIFO of past embeddings (never in the loss);
+* :func:`code_entropies`, :class:`LossWatch`: the collapse and non-finite guards.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import dist
+from ..errors import UserError
+from ..models import build_backbone
+from ..models.heads import build_mlp
+
+
+def resolution_groups(crops):
+    """(start, end) index pairs of consecutive crops with the same spatial size.
+
+    Args:
+        crops: list of (B, 3, H_i, W_i) tensors, e.g. 2 x 224 then 6 x 96.
+    Returns:
+        list of (start, end) pairs, e.g. [(0, 2), (2, 8)].
+    """
+    groups, start = [], 0
+    for end in range(1, len(crops) + 1):
+        if end == len(crops) or crops[end].shape[-2:] != crops[start].shape[-2:]:
+            groups.append((start, end))
+            start = end
+    return groups
+
+
+class SwAVModel(nn.Module):
+    """Trunk, projection head and prototypes (spec A.1).
+
+    "a projection head ... Linear(2048, 2048) - BN - ReLU - Linear(2048, 128)" whose output is L2-normalised,
+    then "prototypes ... a linear layer without bias" (facebookresearch/swav ``src/resnet50.py``).
+
+    Args:
+        arch: trunk name (``resnet50``, ``resnet50w2/w4/w5`` ...).
+        feat_dim: output of the projection head (128).
+        hidden_mlp: hidden width of the projection head (2048; 8192 for the wide ResNets); 0: a single Linear.
+        nmb_prototypes: K (3000), or a list of K per head (DeepCluster-v2 / SeLa-v2: [3000, 3000, 3000]).
+        cifar_stem: ResNet 3x3 stride-1 stem for small (32-96 px) images.
+    """
+
+    def __init__(self, arch="resnet50", feat_dim=128, hidden_mlp=2048, nmb_prototypes=3000, cifar_stem=False):
+        super().__init__()
+        self.backbone, dim = build_backbone(arch, cifar_stem=cifar_stem)
+        self.projection_head = build_mlp(dim, [hidden_mlp] if hidden_mlp > 0 else [], feat_dim, bn=True)
+        if isinstance(nmb_prototypes, (list, tuple)):
+            self.prototypes = nn.ModuleList([nn.Linear(feat_dim, k, bias=False) for k in nmb_prototypes])
+        else:
+            self.prototypes = nn.Linear(feat_dim, nmb_prototypes, bias=False)
+
+    def prototype_layers(self):
+        """The prototype Linear layers, as a list (one entry for SwAV)."""
+        return list(self.prototypes) if isinstance(self.prototypes, nn.ModuleList) else [self.prototypes]
+
+    def forward(self, crops):
+        """Grouped forward: one trunk pass per run of same-resolution crops (BN statistics per group, as the
+        reference), then one head pass over everything.
+
+        Args:
+            crops: list of V tensors (B, 3, H_i, W_i), or one tensor.
+        Returns:
+            ``(z, scores)``: z (V * B, feat_dim) unit rows, crop-major (crop 0's B rows first); scores
+            ``z @ C^T`` (V * B, K), or a list of those, one per head, when there are several heads.
+        """
+        if torch.is_tensor(crops):
+            crops = [crops]
+        feats = torch.cat([self.backbone(torch.cat(crops[s:e])) for s, e in resolution_groups(crops)])
+        z = F.normalize(self.projection_head(feats), dim=1)
+        if isinstance(self.prototypes, nn.ModuleList):
+            return z, [p(z) for p in self.prototypes]
+        return z, self.prototypes(z)
+
+
+@torch.no_grad()
+def normalize_prototypes(model):
+    """Put every prototype on the unit sphere (before each forward, frozen or not; spec A.6)."""
+    for layer in model.prototype_layers():
+        layer.weight.copy_(F.normalize(layer.weight, dim=1, p=2))
+
+
+def cancel_prototype_grads(model):
+    """Drop the prototypes' gradients: SGD / LARC then skip them (no update, no weight decay, no momentum)."""
+    for layer in model.prototype_layers():
+        layer.weight.grad = None
+
+
+def convert_sync_bn(model, mode, group_size, info):
+    """SwAV's ``--sync_bn``: ``pytorch`` (all processes), ``apex`` (groups of ``group_size`` consecutive
+    ranks, e.g. one node of 8, with torch's SyncBatchNorm), anything else: per-process BN.
+
+    SyncBatchNorm needs CUDA; on a CPU run with several processes it is skipped with one warning line.
+
+    Args:
+        model: module whose BatchNorm layers are converted.
+        mode: "pytorch", "apex" or another string (none).
+        group_size: ranks per BN group for "apex" (8).
+        info: DistInfo of this process.
+    Returns:
+        the (possibly converted) model.
+    """
+    if mode not in ("pytorch", "apex") or not info.distributed:
+        return model
+    if info.device.type != "cuda":
+        if info.rank == 0:
+            print(f"warning: --sync_bn {mode} needs CUDA (gloo cannot sync BN on a CPU): each process "
+                  "normalises its own batch", flush=True)
+        return model
+    group = None
+    if mode == "apex" and group_size < info.world_size:
+        if info.world_size % group_size:
+            raise UserError(f"--syncbn_process_group_size {group_size} must divide the {info.world_size} processes")
+        # every rank must create every group, in the same order
+        groups = [torch.distributed.new_group(list(range(s, s + group_size)))
+                  for s in range(0, info.world_size, group_size)]
+        group = groups[info.rank // group_size]
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group=group)
+
+
+class SwAVQueue:
+    """Assignment-only memory of past embeddings (spec A.5): one (L, D) FIFO per assignment crop.
+
+    Its rows only enlarge the Sinkhorn problem (scored with the CURRENT prototypes); they never enter the loss.
+    ``in_use`` becomes true once the queue has been filled (the reference checks its last row), and
+    :meth:`scores` prepends the queue's scores from then on. Kept on this process: ranks hold different rows.
+
+    Args:
+        n_assign: number of assignment crops (``len(crops_for_assign)``).
+        length: rows per process (``queue_length // world_size``, a multiple of the per-process batch).
+        dim: embedding size (128).
+        device: where the queue lives.
+    """
+
+    def __init__(self, n_assign, length, dim, device):
+        self.queue = torch.zeros(n_assign, length, dim, device=device)
+        self.filled = 0  # rows written so far (capped at length): no device sync needed to know it is full
+        self.in_use = False
+
+    def load(self, queue):
+        """Take a saved (n_assign, L, D) queue; rows are filled from the top, so zero rows are unfilled."""
+        self.queue.copy_(queue)
+        self.filled = int((self.queue[0].abs().sum(dim=1) > 0).sum())
+        self.in_use = False
+
+    @torch.no_grad()
+    def scores(self, i, batch_scores, prototypes):
+        """Args: i: assignment-crop slot; batch_scores: (B, K) fp32; prototypes: (K, D) weight.
+        Returns: ``[queue[i] @ C^T ; batch_scores]`` ((L + B, K)) once the queue is in use, else batch_scores."""
+        self.in_use = self.in_use or self.filled >= self.queue.shape[1]
+        if not self.in_use:
+            return batch_scores
+        return torch.cat([self.queue[i] @ prototypes.detach().float().t(), batch_scores])
+
+    @torch.no_grad()
+    def push(self, i, z):
+        """FIFO: shift slot ``i`` down by B rows and write the batch's embeddings z (B, D) on top."""
+        B = z.shape[0]
+        self.queue[i, B:] = self.queue[i, :-B].clone()
+        self.queue[i, :B] = z.float()
+        if i == self.queue.shape[0] - 1:
+            self.filled = min(self.filled + B, self.queue.shape[1])
+
+
+@torch.no_grad()
+def code_entropies(codes):
+    """Two collapse indicators of a batch of codes, in nats (both at most ln K).
+
+    Args:
+        codes: (B, K) rows summing to 1 (or a list of those, averaged).
+    Returns:
+        ``(h_avg, h_row)``: entropy of the average code (ln K when the prototypes are used equally) and the
+        mean entropy of one code (ln K when codes are uniform, i.e. the collapse of the tracker's issues).
+    """
+    codes = torch.cat(codes) if isinstance(codes, (list, tuple)) else codes
+    codes = codes.float().clamp_min(1e-12)
+    avg = codes.mean(dim=0)
+    return -(avg * avg.log()).sum(), -(codes * codes.log()).sum(dim=1).mean()
+
+
+class LossWatch:
+    """Collapse and non-finite guards on the loss (issue "collapse and NaN guards"; spec A.17).
+
+    ``update(loss)`` keeps, on the loss's device (no sync), the largest distance of the epoch's losses from
+    ``uniform_loss`` (ln K: the loss of uniform codes/predictions) and a count of non-finite losses.
+    :meth:`check_finite` (at log steps and before every checkpoint; one all-reduce) raises a UserError so that
+    the run stops with the last good checkpoint kept; :meth:`end_epoch` returns a warning when the loss sat
+    within ``tol`` of ln K for the whole epoch.
+
+    Args:
+        uniform_loss: ln K (for several heads of sizes K_h, the mean of ln K_h).
+        device: device of the losses.
+        tol: relative tolerance (0.005: 0.04 nats at K = 3000).
+        scaled: AMP fp16 with a grad scaler: a few non-finite losses are overflow steps the scaler skips, so
+            only a window where EVERY step was non-finite stops the run.
+    """
+
+    def __init__(self, uniform_loss, device, tol=0.005, scaled=False):
+        self.uniform, self.tol, self.scaled, self.device = uniform_loss, tol, scaled, device
+        self.start_epoch()
+        self._new_window()
+
+    def start_epoch(self):
+        self.max_dev = torch.zeros((), device=self.device)
+        self.steps = 0
+
+    def _new_window(self):
+        self.bad = torch.zeros((), device=self.device)
+        self.window = 0
+
+    def update(self, loss):
+        loss = loss.detach().float()
+        finite = torch.isfinite(loss)
+        self.bad += (~finite).float()
+        self.max_dev = torch.maximum(self.max_dev, torch.where(finite, (loss - self.uniform).abs(), self.max_dev))
+        self.steps += 1
+        self.window += 1
+
+    def check_finite(self, where):
+        """Raise UserError (on every rank) if the loss was non-finite since the last check."""
+        if self.window == 0:
+            return
+        bad = int(dist.all_reduce(self.bad.clone(), op="max").item())
+        window = self.window
+        self._new_window()
+        if bad and (not self.scaled or bad >= window):
+            raise UserError(f"the loss became NaN/inf ({bad} of the last {window} steps, {where}); the last good "
+                            "checkpoint is kept. Check that embeddings are L2-normalised, lower --base_lr or "
+                            "--epsilon's sharpness (raise it), or turn AMP off")
+
+    def end_epoch(self):
+        """Returns: a warning string if the loss stayed at ln K all epoch (collapsed codes), else None."""
+        if self.steps == 0 or float(self.max_dev) > self.tol * self.uniform:
+            return None
+        return (f"warning: the loss stayed within {self.tol * self.uniform:.3f} of ln K = {self.uniform:.3f} for the "
+                "whole epoch: the codes are uniform (collapse). Known remedies (SwAV README): --epsilon 0.03, freeze "
+                "the prototypes longer (--freeze_prototypes_niters), a smaller or later queue, a different lr")
+
+
+def uniform_loss(nmb_prototypes):
+    """ln K, or the mean of ln K_h over heads: the loss of uniform predictions."""
+    ks = nmb_prototypes if isinstance(nmb_prototypes, (list, tuple)) else [nmb_prototypes]
+    return sum(math.log(k) for k in ks) / len(ks)
