@@ -1,0 +1,420 @@
+#!/usr/bin/env python
+"""Linear evaluation: a linear classifier trained on the features of a frozen trunk.
+
+The trunk stays in eval mode (BatchNorm running statistics frozen) and runs under no_grad; only
+``fc = Linear(D, C)`` (init N(0, 0.01), bias 0) is trained with SGD on RandomResizedCrop + flip views and
+tested on Resize + CenterCrop. ``--protocol`` picks the published recipe of each method (flags given
+explicitly win over the preset):
+
+    protocol  lr              schedule                         epochs  total batch  wd     norm std
+    swav      0.3             cosine per epoch to 0            100     256 (32x8)   1e-6   0.228  (SwAV eval_linear.py)
+    moco      30              x0.1 at epochs 60 and 80         100     256          0      0.229  (MoCo main_lincls.py)
+    sce       0.1 x batch/256 cosine per iteration to 0        90      1024 (128x8) 0      0.229  (SCE/eztorch linear yaml)
+
+All use momentum 0.9, no Nesterov, RandomResizedCrop(224, scale 0.08-1) + flip and Resize(256) + CenterCrop(224).
+Every epoch prints ``Test: ... Acc@1 ... Best Acc@1 so far ...`` (SwAV) and `` * Acc@1 x Acc@5 y`` (MoCo); the end
+prints ``Top-1 test accuracy: XX.X`` (SwAV, the best epoch) and ``best Acc@1 .. Acc@5 .. (epoch e); last Acc@1 ..``,
+and writes the same numbers to DUMP_PATH/eval_linear.json. Runs resume from DUMP_PATH/checkpoint.pth.tar.
+
+    # CPU, the demo data and a main_moco.py checkpoint (arch and stem are read from it), fast mode
+    python eval_linear.py data/demo --pretrained runs/moco-demo/checkpoint.pth.tar --protocol moco --epochs 20 \
+        --resize 32 --crop_size 32 -b 128 --precompute_features --dump_path runs/moco-demo/linear
+    # one GPU, ImageNet, a SwAV release, SwAV's protocol
+    python eval_linear.py --data_path /datasets/imagenet -a resnet50 --pretrained swav_800ep_pretrain.pth.tar \
+        --protocol swav --dump_path runs/swav_linear
+    # 8 GPUs (torchrun, torch.distributed.launch, srun or --multiprocessing-distributed), MoCo's protocol
+    torchrun --nproc_per_node=8 eval_linear.py /datasets/imagenet -a resnet50 \
+        --pretrained moco_v2_800ep_pretrain.pth.tar --protocol moco --dump_path runs/moco_linear
+    # SCE's protocol on an eztorch (Lightning) checkpoint: trunk.* keys, batch 1024 -> lr 0.4
+    torchrun --nproc_per_node=8 eval_linear.py /datasets/imagenet --pretrained sce.ckpt --trunk_pattern '^(trunk\\.)' \
+        --protocol sce --trust_checkpoint
+"""
+import argparse
+import json
+import math
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from src import dist
+from src.args import add_amp_args, add_arg, add_dist_args, amp_dtype, bool_flag
+from src.checkpoint import find_resume_checkpoint, load_checkpoint, load_state_strict, save_checkpoint
+from src.classifier import (FeatureBatches, LinearClassifier, Results, ShardSampler, autocast, evaluate,
+                            extract_shard, fingerprint, test_transform, train_transform)
+from src.data import ResumableSampler, SafeImageFolder, build_loader
+from src.errors import UserError, exit_on_user_error
+from src.logging import JsonLog, ProgressLogger, print_rank0
+from src.optim import cosine_schedule, moco_lr_schedule, set_lr
+from src.pair_eval import build_trunk
+from src.pretrained import add_pretrained_args
+from src.runtime import StopSignal
+
+# Published recipes (spec evals.md A.14 / B.6, sce.md section 4). "lr" None: 0.1 x batch / 256 (SCE's scaler).
+PROTOCOLS = {
+    "swav": dict(lr=0.3, batch_size=256, epochs=100, weight_decay=1e-6, momentum=0.9, nesterov=False,
+                 scheduler_type="cosine", decay_epochs=[60, 80], gamma=0.1, final_lr=0.0, norm_std=[0.228, 0.224, 0.225]),
+    "moco": dict(lr=30.0, batch_size=256, epochs=100, weight_decay=0.0, momentum=0.9, nesterov=False,
+                 scheduler_type="step", decay_epochs=[60, 80], gamma=0.1, final_lr=0.0, norm_std=[0.229, 0.224, 0.225]),
+    "sce": dict(lr=None, batch_size=1024, epochs=90, weight_decay=0.0, momentum=0.9, nesterov=False,
+                scheduler_type="cosine_iter", decay_epochs=[60, 80], gamma=0.1, final_lr=0.0,
+                norm_std=[0.229, 0.224, 0.225]),
+}
+
+
+def get_args_parser(add_help=False):
+    parser = argparse.ArgumentParser("Linear evaluation", add_help=add_help)
+    parser.add_argument("data", nargs="?", default=None, metavar="DIR",
+                        help="dataset root with train/ and val/, one folder per class (or --data_path)")
+    g = parser.add_argument_group("data")
+    add_arg(g, "--data_path", default=None, help="SwAV spelling of DIR")
+    add_arg(g, "--resize", default=256, type=int, help="test images: shorter side before the centre crop (256)")
+    add_arg(g, "--crop_size", default=224, type=int, help="train crop and test centre crop side in px (224; 32-64 on CPU)")
+    add_arg(g, "--min_scale", default=0.08, type=float, help="RandomResizedCrop lower area scale (0.08, torchvision's)")
+    add_arg(g, "-j", "--workers", default=10, type=int, help="data loading workers per process (SwAV 10)")
+    g = parser.add_argument_group("trunk")
+    add_pretrained_args(g, snake=True)
+    add_arg(g, "--seed", default=31, type=int, help="seed of the head init, sampling, augmentation, random trunk (31)")
+    g = parser.add_argument_group("protocol (each default comes from --protocol)")
+    add_arg(g, "--protocol", default="swav", choices=sorted(PROTOCOLS),
+            help="published recipe filling every flag of this group left unset: swav (lr 0.3, cosine, 100 ep, "
+                 "wd 1e-6), moco (lr 30, x0.1 at 60/80, 100 ep, wd 0), sce (lr 0.1 x batch/256, cosine per "
+                 "iteration, 90 ep, batch 1024, wd 0); default swav")
+    add_arg(g, "--epochs", default=None, type=int, help="training epochs (swav/moco 100, sce 90)")
+    add_arg(g, "-b", "--batch_size", default=None, type=int,
+            help="TOTAL batch over all processes (swav/moco 256, sce 1024). SwAV's script takes it per GPU: its "
+                 "--batch_size 32 on 8 GPUs is 256 here")
+    add_arg(g, "--lr", "--learning_rate", default=None, type=float, dest="lr",
+            help="learning rate actually used (swav 0.3, moco 30, sce 0.1 x batch/256: 0.4 at 1024)")
+    add_arg(g, "--wd", "--weight_decay", default=None, type=float, dest="weight_decay", help="weight decay (swav 1e-6, else 0)")
+    add_arg(g, "--momentum", default=None, type=float, help="SGD momentum (0.9)")
+    add_arg(g, "--nesterov", default=None, type=bool_flag, help="Nesterov momentum, True/False (False)")
+    add_arg(g, "--scheduler_type", default=None, choices=["cosine", "cosine_iter", "step"],
+            help="cosine: per epoch to --final_lr (swav); cosine_iter: per iteration (sce); step: x --gamma at "
+                 "--decay_epochs (moco)")
+    add_arg(g, "--decay_epochs", "--schedule", default=None, type=int, nargs="+", help="step epochs (60 80)")
+    add_arg(g, "--gamma", default=None, type=float, help="step factor (0.1)")
+    add_arg(g, "--final_lr", default=None, type=float, help="cosine end value (0)")
+    add_arg(g, "--norm_std", default=None, type=float, nargs=3, help="Normalize std (swav 0.228 0.224 0.225, else 0.229 ...)")
+    g = parser.add_argument_group("fast mode")
+    add_arg(g, "--precompute_features", action="store_true",
+            help="run the frozen trunk ONCE over train and val with the TEST transform (Resize + CenterCrop), cache "
+                 "the features (in memory and DUMP_PATH/feature_cache_R-W.pth, N x D floats split over ranks) and "
+                 "train the head for all epochs on that cache: about --epochs times faster. Protocol difference: "
+                 "the training images are never randomly cropped or flipped, so the head sees one fixed view per "
+                 "image; accuracies differ from the published protocol (usually within a point or two, often "
+                 "lower on long schedules) and are not comparable with published tables")
+    g = parser.add_argument_group("run")
+    add_arg(g, "--dump_path", "--output_dir", default=".", dest="dump_path",
+            help="where checkpoint.pth.tar, model_best.pth.tar, eval_linear.json and log.txt go (.)")
+    add_arg(g, "--resume", default="", help="checkpoint to resume from (default: DUMP_PATH/checkpoint.pth.tar if any)")
+    add_arg(g, "-e", "--evaluate", action="store_true", help="only test the head of the resumed checkpoint")
+    add_arg(g, "-p", "--print_freq", default=10, type=int, help="progress line every N iterations (10)")
+    add_arg(g, "--max_iters", default=0, type=int,
+            help="stop with a checkpoint once this many iterations are done in total (smoke tests; 0: off)")
+    add_dist_args(parser)
+    add_amp_args(parser)
+    return parser
+
+
+# ==================================================================================================
+@exit_on_user_error
+def main(args):
+    args.data = args.data or args.data_path
+    if not args.data:
+        raise UserError("no dataset given: pass DIR (or --data_path DIR) holding train/ and val/")
+    apply_protocol(args)
+    if args.multiprocessing_distributed:
+        nprocs = args.nproc_per_node or max(torch.cuda.device_count(), 1)
+        dist.spawn_workers(worker, nprocs, max(args.rank, 0), max(args.world_size, 1), args.dist_url, (args,))
+    else:
+        return worker(None, None, None, None, args)
+
+
+def worker(local_rank, rank, world_size, dist_url, args):
+    """One process: join the process group (any launcher), evaluate, leave."""
+    if rank is None:  # torchrun / launch / srun / a plain python
+        local_rank, rank, world_size = args.local_rank, args.rank, args.world_size
+        dist_url = args.dist_url if args.dist_url != "env://" else None
+    device = args.device or (f"cuda:{args.gpu}" if args.gpu is not None else None)
+    if device and device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA device is visible; use --device cpu")
+    info = dist.init_distributed(dist_url=dist_url, world_size=world_size, rank=rank, local_rank=local_rank,
+                                 backend=args.dist_backend or None, device=device)
+    try:
+        return exit_on_user_error(linear_eval)(args, info)
+    finally:
+        dist.cleanup()
+
+
+def apply_protocol(args):
+    """Fill every unset protocol flag from ``PROTOCOLS[args.protocol]`` and check the values (idempotent)."""
+    for key, value in PROTOCOLS[args.protocol].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.lr is None:  # SCE: lr = 0.1 x batch / 256
+        args.lr = 0.1 * args.batch_size / 256
+    if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0 or args.crop_size < 1 or args.resize < 1:
+        raise UserError(f"need --epochs, -b/--batch_size, --crop_size, --resize >= 1 and --lr > 0, got {args.epochs}, "
+                        f"{args.batch_size}, {args.crop_size}, {args.resize}, {args.lr}")
+    if not 0 < args.min_scale <= 1:
+        raise UserError(f"--min_scale must be in (0, 1], got {args.min_scale}")
+
+
+def linear_eval(args, info):
+    """Train and test the linear head; returns the :class:`Results` summary dict."""
+    device, rank = info.device, info.rank
+    if args.batch_size % info.world_size:
+        raise UserError(f"-b/--batch_size {args.batch_size} is the TOTAL batch: make it divisible by the "
+                        f"{info.world_size} processes")
+    per_rank_batch = args.batch_size // info.world_size
+    ckpt_path = find_resume_checkpoint(args.dump_path, args.resume)
+    if args.evaluate and ckpt_path is None:
+        raise UserError(f"-e/--evaluate needs a trained head: none in '{args.dump_path}' and no --resume given")
+    if rank == 0:
+        os.makedirs(args.dump_path, exist_ok=True)
+        print("args: " + json.dumps(vars(args), sort_keys=True), flush=True)
+        print(f"protocol {args.protocol}: lr {args.lr:g}, {args.scheduler_type} schedule, {args.epochs} epochs, batch "
+              f"{args.batch_size} ({per_rank_batch} x {info.world_size} processes), wd {args.weight_decay:g}, momentum "
+              f"{args.momentum:g}" + (", features precomputed (no train augmentation)" if args.precompute_features
+                                      else ""), flush=True)
+
+    # ==== preparing data ====
+    train_set, val_set = build_datasets(args)
+    print_rank0(f"data: {len(train_set)} train / {len(val_set)} val images, {len(train_set.classes)} classes", rank=rank)
+
+    # ==== building the frozen trunk and the head ====
+    trunk, dim = build_frozen_trunk(args, device, rank)
+    dist.seed_everything(args.seed, 0)  # the same head on every rank
+    head = LinearClassifier(dim, len(train_set.classes)).to(device)
+    head_ddp = nn.parallel.DistributedDataParallel(
+        head, device_ids=[device.index] if device.type == "cuda" else None) if info.distributed else head
+    optimizer = torch.optim.SGD(head.parameters(), lr=args.lr, momentum=args.momentum,
+                                weight_decay=args.weight_decay, nesterov=args.nesterov)
+    trunk_fp = fingerprint(trunk)
+
+    # ==== resuming ====
+    results, start_epoch, start_iter = Results(), 0, 0
+    if ckpt_path is not None:
+        start_epoch, start_iter = resume(ckpt_path, args, head, optimizer, results, rank)
+
+    # ==== batches: images through the trunk, or cached features ====
+    train_batches, val_batches, features, set_epoch, iters_per_epoch = build_batches(
+        args, info, trunk, train_set, val_set, per_rank_batch)
+    schedule = lr_schedule(args, iters_per_epoch)
+    if args.evaluate:
+        return test_and_report(head, val_batches, features, args, info, results, None, final=True)
+
+    # ==== training ====
+    logger = ProgressLogger(iters_per_epoch, args.epochs, args.batch_size, args.print_freq,
+                            JsonLog(os.path.join(args.dump_path, "log.txt"), rank), rank,
+                            formats={"Acc@1": "6.2f", "Acc@5": "6.2f"})
+    stop, total = StopSignal(device), start_epoch * iters_per_epoch + start_iter
+
+    def save(epoch, it):
+        if rank == 0:
+            save_checkpoint(os.path.join(args.dump_path, "checkpoint.pth.tar"), {
+                "epoch": epoch, "iter": it, "head": head.state_dict(), "optimizer": optimizer.state_dict(),
+                "results": results.state_dict(), "args": vars(args), "arch": args.arch, "pretrained": args.pretrained,
+                "precompute_features": args.precompute_features, "world_size": info.world_size})
+
+    for epoch in range(start_epoch, args.epochs):
+        set_epoch(epoch, start_iter)
+        logger.start_epoch(epoch, start_iter)
+        stopping = False
+        for it in train_one_epoch(head_ddp, trunk, train_batches, optimizer, schedule, epoch, start_iter,
+                                  iters_per_epoch, device, amp_dtype(args), logger):
+            total += 1
+            stopping = stop.requested(it, args.print_freq) or bool(args.max_iters and total >= args.max_iters)
+            if stopping and it + 1 < iters_per_epoch:
+                save(epoch, it + 1)
+                print_rank0(f"=> stopped at epoch {epoch}, iteration {it + 1}; checkpoint saved, run the same "
+                            "command to resume", rank=rank)
+                return None
+            if stopping:
+                break
+        start_iter = 0
+        logger.end_epoch()
+        if not torch.equal(fingerprint(trunk), trunk_fp):  # MoCo's sanity_check: the trunk must stay as loaded
+            raise RuntimeError("the frozen trunk changed during linear evaluation (weights or BN statistics)")
+        is_best = test_and_report(head, val_batches, features, args, info, results, epoch)
+        save(epoch + 1, 0)
+        if is_best and rank == 0:
+            save_checkpoint(os.path.join(args.dump_path, "model_best.pth.tar"),
+                            {"epoch": epoch, "head": head.state_dict(), **results.best, "arch": args.arch})
+        if stopping:
+            print_rank0(f"=> stopped after epoch {epoch}; checkpoint saved, run the same command to resume", rank=rank)
+            return None
+    return report(args, results, rank)
+
+
+def train_one_epoch(head, trunk, batches, optimizer, schedule, epoch, start_iter, iters_per_epoch, device, amp,
+                    logger):
+    """One epoch of SGD on the head; a generator yielding the iteration index after each step.
+
+    ``batches`` holds images (then ``trunk`` embeds them, frozen, under no_grad) or cached features (``trunk`` is
+    then unused). The trunk stays in eval mode: BatchNorm uses its running statistics and never updates them."""
+    head.train()
+    trunk.eval()
+    t_end = time.time()
+    for it, (x, y) in enumerate(batches, start=start_iter):
+        t_data = time.time() - t_end
+        lr = float(schedule[epoch * iters_per_epoch + it])
+        set_lr(optimizer, lr)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if x.ndim == 4:  # images: frozen features (B, D)
+            with torch.no_grad(), autocast(device, amp):
+                x = trunk(x)
+        logits = head(x.float())  # (B, C)
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+        with torch.no_grad():
+            hits = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(y[:, None])
+        logger.update(data_time=t_data, step_time=time.time() - t_end, Loss=loss.detach(),
+                      **{"Acc@1": hits[:, 0].float().mean() * 100, "Acc@5": hits.any(dim=1).float().mean() * 100})
+        logger.maybe_print(it, lr)
+        yield it
+        t_end = time.time()
+
+
+# ==================================================================================================
+def build_datasets(args):
+    """``DIR/train`` with the train transform (seeded per sample) and ``DIR/val`` with the test transform."""
+    tf_train = train_transform(args.crop_size, (args.min_scale, 1.0), args.norm_std)
+    tf_test = test_transform(args.resize, args.crop_size, args.norm_std)
+    # --precompute_features: the training images go through the test transform, once
+    train_set = SafeImageFolder(os.path.join(args.data, "train"), tf_test if args.precompute_features else tf_train,
+                                seed=args.seed)
+    val_set = SafeImageFolder(os.path.join(args.data, "val"), tf_test)
+    if train_set.classes != val_set.classes:
+        raise UserError(f"train/ and val/ of '{args.data}' have different class folders ({len(train_set.classes)} "
+                        f"vs {len(val_set.classes)}): labels would not match")
+    return train_set, val_set
+
+
+def build_frozen_trunk(args, device, rank):
+    """The pretrained trunk (arch / stem from the checkpoint unless given) on ``device``, eval mode, no grads."""
+    trunk, args.arch, args.cifar_stem = build_trunk(
+        args.pretrained, args.arch, args.cifar_stem, args.trunk_pattern, args.trust_checkpoint, args.seed,
+        image_size=args.crop_size, log=lambda line: print_rank0(line, rank=rank))
+    trunk = trunk.to(device).eval()
+    for p in trunk.parameters():
+        p.requires_grad_(False)
+    with torch.no_grad():
+        dim = trunk(torch.zeros(1, 3, args.crop_size, args.crop_size, device=device)).shape[1]
+    return trunk, dim
+
+
+def build_batches(args, info, trunk, train_set, val_set, per_rank_batch):
+    """Training and test batches of images (``features`` = the trunk) or of cached features (``features`` None).
+
+    Returns:
+        ``(train_batches, val_batches, features, set_epoch(epoch, start_iter), iters_per_epoch)``.
+    """
+    samples_per_rank = math.ceil(len(train_set) / info.world_size)
+    iters_per_epoch = math.ceil(samples_per_rank / per_rank_batch)
+    if not args.precompute_features:
+        sampler = ResumableSampler(len(train_set), info.world_size, info.rank, shuffle=True, seed=args.seed)
+        loader = build_loader(train_set, per_rank_batch, sampler, args.workers, drop_last=False)
+        val = torch.utils.data.DataLoader(val_set, batch_size=per_rank_batch, num_workers=args.workers,
+                                          sampler=ShardSampler(len(val_set), info.world_size, info.rank),
+                                          pin_memory=info.device.type == "cuda", persistent_workers=args.workers > 0)
+
+        def set_epoch(epoch, start_iter):
+            sampler.set_epoch(epoch, start_index=start_iter * per_rank_batch)
+            train_set.set_epoch(epoch)
+        return loader, val, trunk, set_epoch, iters_per_epoch
+    (tr_f, tr_y), (va_f, va_y) = cached_features(args, info, trunk, train_set, val_set, per_rank_batch)
+    batches = FeatureBatches(tr_f, tr_y, per_rank_batch, samples_per_rank, seed=args.seed, rank=info.rank)
+    val = list(zip(va_f.split(per_rank_batch), va_y.split(per_rank_batch)))
+    return batches, val, None, batches.set_epoch, iters_per_epoch
+
+
+def cached_features(args, info, trunk, train_set, val_set, per_rank_batch):
+    """This rank's train and val features: read from its cache file when that was made by the same trunk and
+    transform (and every rank has its file), else computed once and written."""
+    path = os.path.join(args.dump_path, f"feature_cache_{info.rank}-{info.world_size}.pth")
+    meta = {"pretrained": os.path.abspath(args.pretrained) if args.pretrained else "",
+            "pretrained_size": os.path.getsize(args.pretrained) if args.pretrained else 0,
+            "arch": args.arch, "cifar_stem": bool(args.cifar_stem), "resize": args.resize, "crop_size": args.crop_size,
+            "norm_std": list(args.norm_std), "n_train": len(train_set), "n_val": len(val_set), "seed": args.seed}
+    try:
+        cache = load_checkpoint(path) if os.path.isfile(path) else None
+    except UserError:  # a truncated cache file: compute it again
+        cache = None
+    ok = torch.tensor([float(cache is not None and cache.get("meta") == meta)], device=info.device)
+    if dist.all_reduce(ok, op="min").item() == 1:  # all ranks agree, or all recompute (collectives inside)
+        print_rank0(f"=> features read from {path} (and the other ranks' files)", rank=info.rank)
+        return cache["train"], cache["val"]
+    amp = amp_dtype(args)
+    train = extract_shard(trunk, train_set, per_rank_batch, args.workers, info.device, amp, progress="features train")
+    val = extract_shard(trunk, val_set, per_rank_batch, args.workers, info.device, amp, progress="features val")
+    save_checkpoint(path, {"meta": meta, "train": train, "val": val})  # every rank writes its own shard
+    return train, val
+
+
+def lr_schedule(args, iters_per_epoch):
+    """One learning rate per iteration: SwAV's per-epoch cosine, SCE's per-iteration cosine, or MoCo's steps."""
+    if args.scheduler_type == "cosine":  # CosineAnnealingLR(T_max=epochs, eta_min=final_lr), stepped per epoch
+        return args.final_lr + moco_lr_schedule(args.lr - args.final_lr, args.epochs, iters_per_epoch, cos=True)
+    if args.scheduler_type == "cosine_iter":
+        return cosine_schedule(args.lr, args.final_lr, args.epochs, iters_per_epoch)
+    return moco_lr_schedule(args.lr, args.epochs, iters_per_epoch, milestones=args.decay_epochs, gamma=args.gamma)
+
+
+def resume(path, args, head, optimizer, results, rank):
+    """Restore the head, optimizer and results of ``path``; returns ``(epoch, iteration)`` to start from."""
+    ckpt = load_checkpoint(path)
+    for key, mine in (("pretrained", args.pretrained), ("precompute_features", args.precompute_features)):
+        if key in ckpt and ckpt[key] != mine:
+            raise UserError(f"'{path}' was made with --{key} {ckpt[key]!r}, this run has {mine!r}: pass another "
+                            "--dump_path, or the same flags")
+    load_state_strict(head, ckpt["head"], "head", path)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    results.load_state_dict(ckpt["results"])
+    print_rank0(f"=> resumed from '{path}' at epoch {ckpt['epoch']}, iteration {ckpt['iter']}", rank=rank)
+    return ckpt["epoch"], ckpt["iter"]
+
+
+def test_and_report(head, val_batches, features, args, info, results, epoch, final=False):
+    """Test the head; print SwAV's and MoCo's lines. Returns whether this epoch is the best so far (or, with
+    ``final``, the summary after printing it)."""
+    head.eval()
+    res = evaluate(head, val_batches, info.device, features=features, amp_dtype=amp_dtype(args))
+    if epoch is not None:
+        is_best = results.add(epoch, res)
+        best = results.best["top1"]
+    else:
+        is_best, best = False, max([res["top1"]] + [e["top1"] for e in results.history])
+    if info.rank == 0:
+        n_batches = max(len(val_batches), 1)
+        print(f"Test:\tTime {res['seconds'] / n_batches:.3f}\tLoss {res['loss']:.4f}\tAcc@1 {res['top1']:.3f}\t"
+              f"Best Acc@1 so far {best:.1f}\t({res['n']} images, {res['n'] / max(res['seconds'], 1e-9):.1f} img/s)",
+              flush=True)
+        print(f" * Acc@1 {res['top1']:.3f} Acc@5 {res['top5']:.3f}", flush=True)
+        JsonLog(os.path.join(args.dump_path, "log.txt"), info.rank).write({"type": "test", "epoch": epoch, **res})
+    return res if final else is_best
+
+
+def report(args, results, rank):
+    """Final lines and DUMP_PATH/eval_linear.json (rank 0); returns the summary dict."""
+    summary = {**results.summary(), "protocol": args.protocol, "pretrained": args.pretrained, "arch": args.arch,
+               "precompute_features": args.precompute_features, "args": vars(args)}
+    if rank == 0 and results.best is not None:
+        out = os.path.join(args.dump_path, "eval_linear.json")
+        with open(out, "w") as f:
+            json.dump(summary, f, indent=2)
+        print("Training of the supervised linear classifier on frozen features completed.", flush=True)
+        print(f"Top-1 test accuracy: {results.best['top1']:.1f}", flush=True)
+        print(results.final_line(), flush=True)
+        print(f"results written to {out}", flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    main(argparse.ArgumentParser("Linear evaluation", parents=[get_args_parser()]).parse_args())

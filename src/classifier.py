@@ -1,0 +1,235 @@
+"""Training a classifier on a trunk's features: what ``eval_linear.py`` and ``main_transfer.py`` share.
+
+* :class:`LinearClassifier`: ``fc = Linear(dim, C)`` initialised N(0, 0.01) / 0 as in every reference linear
+  probe, optionally after L2-normalising the features (SSL-small's transfer trick);
+* :func:`train_transform` / :func:`test_transform`: RandomResizedCrop + flip, Resize (+ CenterCrop), Normalize;
+* :class:`ShardSampler` and :func:`evaluate`: each rank scores a disjoint slice of the test set (no padding, so
+  every image counts exactly once) and loss / top-1 / top-5 are summed over ranks;
+* :func:`extract_shard` and :class:`FeatureBatches`: one pass of a frozen trunk over each rank's shard of a
+  dataset, then epochs of shuffled batches from that cache;
+* :class:`Results`: best (by top-1) and last accuracies, the per-epoch history, saved in checkpoints and JSON;
+* :func:`fingerprint`: a checksum of a frozen module, so a run can assert that it never changed (MoCo's
+  ``sanity_check``).
+"""
+import contextlib
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+import torchvision.transforms as T
+from torch import nn
+
+from . import dist
+from .augment import IMAGENET_MEAN
+from .data import sample_seed
+from .features import iter_features
+
+
+class LinearClassifier(nn.Module):
+    """``fc(x)`` or ``fc(normalize(x))``: the linear head of a linear probe.
+
+    Args:
+        in_dim: feature dimension D.
+        num_classes: C.
+        normalize: L2-normalise the features first (SSL-small ``main_transfer.py``: "features unit-normalised
+            before the classifier", the trick of MoCo v2's detection transfer).
+    ``forward``: (B, D) -> (B, C) logits. The parameters are named ``fc.weight`` / ``fc.bias`` as in torchvision
+    and MoCo's ``main_lincls.py``, so the head can be put back on a torchvision model.
+    """
+
+    def __init__(self, in_dim, num_classes, normalize=False):
+        super().__init__()
+        self.normalize = normalize
+        self.fc = nn.Linear(in_dim, num_classes)
+        nn.init.normal_(self.fc.weight, mean=0.0, std=0.01)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, x):
+        return self.fc(F.normalize(x, dim=1) if self.normalize else x)
+
+
+# ==== transforms ====
+def train_transform(crop_size=224, scale=(0.08, 1.0), std=(0.229, 0.224, 0.225), interpolation="bilinear"):
+    """RandomResizedCrop(crop_size, scale) -> RandomHorizontalFlip -> ToTensor -> Normalize(ImageNet mean, ``std``)."""
+    mode = T.InterpolationMode(interpolation)
+    return T.Compose([T.RandomResizedCrop(crop_size, scale=tuple(scale), interpolation=mode),
+                      T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(IMAGENET_MEAN, std)])
+
+
+def test_transform(resize=256, crop_size=224, std=(0.229, 0.224, 0.225), interpolation="bilinear"):
+    """Resize(resize) -> CenterCrop(crop_size) (skipped when ``crop_size`` is None) -> ToTensor -> Normalize."""
+    ops = [T.Resize(resize, interpolation=T.InterpolationMode(interpolation))]
+    if crop_size is not None:
+        ops.append(T.CenterCrop(crop_size))
+    return T.Compose(ops + [T.ToTensor(), T.Normalize(IMAGENET_MEAN, std)])
+
+
+# ==== evaluation ====
+def autocast(device, amp_dtype):
+    """``torch.autocast`` on ``device`` with ``amp_dtype``, or a no-op context when it is None."""
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=amp_dtype)
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """Indices ``rank, rank + world, rank + 2 world, ...`` of ``range(n)``: disjoint, no padding, in order.
+
+    Args:
+        n: dataset length. num_replicas: world size. rank: this process.
+    """
+
+    def __init__(self, n, num_replicas=1, rank=0):
+        self.indices = list(range(rank, n, num_replicas))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+@torch.no_grad()
+def evaluate(head, batches, device, features=None, amp_dtype=None):
+    """Cross-entropy, top-1 and top-5 of ``head`` over ``batches``, summed over all ranks.
+
+    Args:
+        head: (B, D) -> (B, C) module, already in eval mode.
+        batches: iterable of ``(x, labels)``: images when ``features`` is given, else features.
+        device: where the forward runs.
+        features: optional (B, 3, H, W) -> (B, D) module (the trunk, in eval mode), run under autocast.
+        amp_dtype: None or an autocast dtype for ``features``.
+    Returns:
+        dict with ``loss`` (mean), ``top1``, ``top5`` (percent), ``n`` (images over all ranks), ``seconds``.
+        Every rank gets the same numbers.
+    """
+    t0 = time.time()
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top-1 hits, top-5 hits, count
+    for x, y in batches:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if features is not None:
+            with autocast(device, amp_dtype):
+                x = features(x)
+        logits = head(x.float())
+        hits = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(y[:, None])  # (B, k)
+        sums += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(), hits[:, 0].sum().double(),
+                             hits.any(dim=1).sum().double(), torch.tensor(float(y.shape[0]), device=device)])
+    dist.all_reduce(sums)
+    loss, top1, top5, n = sums.tolist()
+    n_safe = max(n, 1.0)
+    return {"loss": loss / n_safe, "top1": 100.0 * top1 / n_safe, "top5": 100.0 * top5 / n_safe, "n": int(n),
+            "seconds": time.time() - t0}
+
+
+# ==== feature caches ====
+def extract_shard(trunk, dataset, batch_size, workers, device, amp_dtype=None, progress=None):
+    """Features of this rank's shard of ``dataset`` (:class:`ShardSampler`: rows ``rank::world``), in order.
+
+    Each rank keeps only its own shard, so a cache of ImageNet (1.28M x 2048 floats, 10 GB) costs 10 GB / world
+    per process instead of 10 GB each.
+
+    Args:
+        trunk: frozen (B, 3, H, W) -> (B, D) module on ``device`` (put in eval mode here).
+        dataset: map-style dataset of ``(image tensor, label)`` with a deterministic transform.
+        batch_size, workers: DataLoader settings per rank.
+        device: torch.device. amp_dtype: None or an autocast dtype.
+        progress: name for the periodic "n/N images, r img/s" lines (rank 0 only), or None.
+    Returns:
+        ``(feats (m, D) float32, labels (m,) long)`` on the CPU, m = this rank's share.
+    """
+    sampler = ShardSampler(len(dataset), dist.get_world_size(), dist.get_rank())
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                                         pin_memory=device.type == "cuda")
+    feats, labels = [], []
+    for f, y in iter_features(trunk, loader, device, amp_dtype, progress=progress if dist.get_rank() == 0 else None):
+        feats.append(f.cpu())
+        labels.append(y.cpu())
+    if not feats:  # more ranks than images
+        with torch.no_grad():
+            dim = trunk(dataset[0][0][None].to(device)).shape[1]
+        return torch.zeros(0, dim), torch.zeros(0, dtype=torch.long)
+    return torch.cat(feats), torch.cat(labels)
+
+
+class FeatureBatches:
+    """Shuffled mini-batches of this rank's cached features; iterate once per epoch.
+
+    Every rank yields the same number of batches (DDP needs it): each epoch a permutation of the local rows,
+    drawn from ``(seed, epoch, rank)``, is repeated as needed to ``samples_per_rank`` indices (= ceil(N / world),
+    as ``DistributedSampler`` pads), then cut into chunks of ``batch_size`` (the last one smaller).
+
+    Args:
+        feats: (m, D) CPU tensor; labels: (m,) long.
+        batch_size: rows per batch on this rank.
+        samples_per_rank: indices per rank and epoch.
+        seed: run seed. rank: this process (rows differ per rank, so do permutations).
+    """
+
+    def __init__(self, feats, labels, batch_size, samples_per_rank, seed=0, rank=0):
+        self.feats, self.labels, self.batch_size = feats, labels, batch_size
+        self.samples_per_rank, self.seed, self.rank = samples_per_rank, seed, rank
+        self.epoch, self.start_iter = 0, 0
+
+    def set_epoch(self, epoch, start_iter=0):
+        """Choose the epoch and how many of its batches to skip (resuming mid-epoch)."""
+        self.epoch, self.start_iter = epoch, start_iter
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, self.rank) % 2 ** 63)
+        perm = torch.randperm(self.feats.shape[0], generator=g)
+        idx = perm.repeat(math.ceil(self.samples_per_rank / max(len(perm), 1)))[:self.samples_per_rank]
+        for chunk in list(idx.split(self.batch_size))[self.start_iter:]:
+            yield self.feats[chunk], self.labels[chunk]
+
+    def __len__(self):
+        return math.ceil(self.samples_per_rank / self.batch_size) - self.start_iter
+
+
+# ==== bookkeeping ====
+class Results:
+    """Per-epoch test results, the best one (highest top-1; the earliest on ties) and the last one.
+
+    ``add(epoch, res)`` takes :func:`evaluate`'s dict and returns True when it is the new best.
+    ``state_dict()`` / ``load_state_dict()`` hold plain lists and dicts (checkpoint- and JSON-safe).
+    """
+
+    def __init__(self):
+        self.history = []
+
+    def add(self, epoch, res):
+        entry = {"epoch": int(epoch), **{k: float(res[k]) for k in ("top1", "top5", "loss")}}
+        is_best = self.best is None or entry["top1"] > self.best["top1"]
+        self.history.append(entry)
+        return is_best
+
+    @property
+    def best(self):
+        return max(self.history, key=lambda e: (e["top1"], -e["epoch"])) if self.history else None
+
+    @property
+    def last(self):
+        return self.history[-1] if self.history else None
+
+    def state_dict(self):
+        return {"history": [dict(e) for e in self.history]}
+
+    def load_state_dict(self, state):
+        self.history = [dict(e) for e in state["history"]]
+
+    def summary(self):
+        """dict with ``best`` and ``last`` (epoch, top1, top5, loss) and the ``history``."""
+        return {"best": self.best, "last": self.last, "history": self.history}
+
+    def final_line(self):
+        """``best Acc@1 .. Acc@5 .. (epoch e); last Acc@1 .. Acc@5 .. (epoch e)``."""
+        b, last = self.best, self.last
+        return (f"best Acc@1 {b['top1']:.3f} Acc@5 {b['top5']:.3f} (epoch {b['epoch']}); "
+                f"last Acc@1 {last['top1']:.3f} Acc@5 {last['top5']:.3f} (epoch {last['epoch']})")
+
+
+@torch.no_grad()
+def fingerprint(module):
+    """(T, 2) float64 tensor of (sum, sum of squares) of every parameter and buffer: changes if any of them does."""
+    return torch.stack([torch.stack([t.double().sum(), t.double().square().sum()]) for t in module.state_dict().values()
+                        if torch.is_tensor(t)]).cpu()
