@@ -2,6 +2,14 @@
 
     python -m bench.moco                                  # resnet18 at 64 px and resnet50 at 224 px, CPU-sized
     python -m bench.moco --arch resnet50 --batch-size 256 --crop-size 224 --amp bf16 --steps 20   # a GPU
+    python -m bench.moco --recipe small --arch resnet18 mobilenetv3_small --crop-size 64 64 \
+        --output bench/results/moco_small.json          # SSL-small: wide head, T 0.1
+    python -m bench.moco --recipe ours --arch resnet18 mobilenetv3_small --crop-size 64 64 \
+        --output bench/results/moco_ours.json           # 2 large + 4 small crops (160:96), kNN loss
+
+With ``--recipe ours`` the large crops are ``--crop-size`` and the 4 small ones ``crop * 96 / 160`` px;
+images/s counts images (one image = 6 crops), and the data row times the constrained 2x160 + 4x96
+pipeline with AutoAugment on crops 0, 2-5.
 
 The step timed is ``main_moco.train_one_epoch`` itself (momentum update, shuffled key forward, fp32
 loss, backward, SGD, enqueue), fed with pre-made batches so the loader does not count; the data
@@ -16,14 +24,33 @@ import main_moco
 from bench.common import machine, peak_memory_mb, report
 from src import dist
 from src.augment import MultiViewTransform, moco_transform
+from src.errors import UserError
 from src.logging import ProgressLogger
 from src.optim import moco_lr_schedule
 
 
-def bench_step(arch, batch_size, crop_size, steps, amp, device, queue=4096, bn_splits=8):
+def recipe_flags(recipe, crop_size):
+    """main_moco.py flags of a recipe: MoCo v2, SSL-small (wide head, T 0.1), or Revisiting's "ours"
+    (2 large + 4 constrained small crops at a 160:96 ratio, AutoAugment, nearest-neighbour loss)."""
+    if recipe == "v2":
+        return ["--mlp", "--moco-t", "0.2"]
+    if recipe == "small":
+        return ["--mlp", "wide", "--moco-t", "0.1"]
+    if recipe == "ours":
+        small = max(8, round(crop_size * 96 / 160))
+        return ["--mlp", "--moco-t", "0.2", "--moco-m", "0.995", "--num_crops", "2", "4", "--size_crops",
+                str(crop_size), str(small), "--min_scale_crops", "0.2", "0.05", "--max_scale_crops", "1.0", "0.14",
+                "--constrained-cropping", "--auto-augment", "0", "2", "3", "4", "5", "--aux-weight", "0.4",
+                "--aux-topk", "20"]
+    raise UserError(f"unknown recipe {recipe!r}: v2, small or ours")
+
+
+def bench_step(arch, batch_size, crop_size, steps, amp, device, queue=4096, bn_splits=8, recipe="v2"):
     args = main_moco.get_args_parser().parse_args(
-        ["x", "-a", arch, "-b", str(batch_size), "--crop-size", str(crop_size), "--moco-k", str(queue), "--mlp",
-         "--moco-t", "0.2", "--bn-splits", str(bn_splits), "--amp", amp, "--print-freq", str(10**9)])
+        ["x", "-a", arch, "-b", str(batch_size), "--crop-size", str(crop_size), "--moco-k", str(queue),
+         *recipe_flags(recipe, crop_size), "--bn-splits", str(bn_splits), "--amp", amp,
+         "--print-freq", str(10**9)])
+    main_moco.check_recipe_args(args)
     info = dist.DistInfo(rank=0, world_size=1, local_rank=0, device=device, distributed=False, backend=None,
                          launcher="none")
     if device.type == "cuda":
@@ -31,8 +58,8 @@ def bench_step(arch, batch_size, crop_size, steps, amp, device, queue=4096, bn_s
     model, encoder_q, _ = main_moco.build_model(args, info, batch_size)
     opt = torch.optim.SGD(encoder_q.parameters(), 0.03, momentum=0.9, weight_decay=1e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-    batch = ([torch.randn(batch_size, 3, crop_size, crop_size), torch.randn(batch_size, 3, crop_size, crop_size)],
-             torch.zeros(batch_size, dtype=torch.long))
+    sizes = [s for s, n in zip(args.size_crops, args.num_crops) for _ in range(n)] if args.num_crops else [crop_size] * 2
+    batch = ([torch.randn(batch_size, 3, s, s) for s in sizes], torch.zeros(batch_size, dtype=torch.long))
     warmup = 2
     loader = [batch] * (steps + warmup)
     sched = moco_lr_schedule(0.03, 1, steps + warmup)
@@ -46,23 +73,31 @@ def bench_step(arch, batch_size, crop_size, steps, amp, device, queue=4096, bn_s
         times.append(time.time() - t)
         t = time.time()
     timed = sum(times[warmup:])
-    return {"what": f"moco step {arch}", "batch": batch_size, "px": crop_size, "amp": amp,
+    what = f"moco step {arch}" if recipe == "v2" else f"moco {recipe} step {arch}"
+    px = crop_size if not args.num_crops else "+".join(f"{n}x{s}" for n, s in zip(args.num_crops, args.size_crops))
+    return {"what": what, "batch": batch_size, "px": px, "amp": amp,
             "images/s": batch_size * steps / timed, "ms/step": 1000 * timed / steps,
             "peak MiB": peak_memory_mb(device)}
 
 
-def bench_data(root, crop_size, n):
+def bench_data(root, crop_size, n, recipe="v2"):
     from src.data import build_dataset
 
-    view = moco_transform(crop_size, aug_plus=True)
-    ds = build_dataset(root, MultiViewTransform([view, view]), seed=0)
+    if recipe == "ours":  # the published geometry: 2x160 + 4x96, constrained, AutoAugment on crops 0, 2-5
+        args = main_moco.get_args_parser().parse_args(["x", *recipe_flags("ours", 160)])
+        main_moco.check_recipe_args(args)
+        ds = build_dataset(root, main_moco.build_transform(args), seed=0)
+    else:
+        view = moco_transform(crop_size, aug_plus=True)
+        ds = build_dataset(root, MultiViewTransform([view, view]), seed=0)
     n = min(n, len(ds))
     ds[0]
     t = time.time()
     for i in range(n):
         ds[i]
     dt = time.time() - t
-    return {"what": "data: 2-view MoCo v2, 1 worker", "batch": 1, "px": crop_size, "amp": "-",
+    what = "data: 2-view MoCo v2, 1 worker" if recipe != "ours" else "data: ours 2x160+4x96 constrained+AA, 1 worker"
+    return {"what": what, "batch": 1, "px": crop_size if recipe != "ours" else 160, "amp": "-",
             "images/s": n / dt, "ms/step": 1000 * dt / n, "peak MiB": 0.0}
 
 
@@ -73,6 +108,8 @@ def main():
     p.add_argument("--crop-size", type=int, nargs="*", default=[64, 224], help="one per arch")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--amp", default="none", choices=["none", "fp16", "bf16"])
+    p.add_argument("--recipe", default="v2", choices=["v2", "small", "ours"],
+                   help="v2: MoCo v2; small: SSL-small (wide head); ours: Revisiting multi-crop + kNN loss")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--data", default="./data/demo/train", help="images for the data-pipeline measurement")
     p.add_argument("--data-samples", type=int, default=300)
@@ -83,13 +120,16 @@ def main():
     rows = []
     for arch, size in zip(a.arch, sizes):
         batch = a.batch_size if size <= 96 or device.type == "cuda" else max(a.batch_size // 4, 8)
-        rows.append(bench_step(arch, batch, size, a.steps, a.amp, device))
+        rows.append(bench_step(arch, batch, size, a.steps, a.amp, device, recipe=a.recipe))
     from src.demo_data import make_demo_dataset
     import os
     if a.data == "./data/demo/train" and not os.path.isdir(a.data):
         make_demo_dataset("./data/demo")
-    rows.append(bench_data(a.data, 64, a.data_samples))
-    rows.append(bench_data(a.data, 224, a.data_samples // 3))
+    if a.recipe == "ours":
+        rows.append(bench_data(a.data, 160, a.data_samples // 3, recipe="ours"))
+    else:
+        rows.append(bench_data(a.data, 64, a.data_samples))
+        rows.append(bench_data(a.data, 224, a.data_samples // 3))
     report(f"MoCo bench on {machine(device)}", rows, a.output)
 
 
