@@ -387,7 +387,8 @@ def train_one_epoch(model, encoder_q, loader, optimizer, scaler, lr_schedule, ep
         labels = torch.zeros(logits.shape[0], dtype=torch.long, device=device)
         loss = F.cross_entropy(logits, labels)
         extra = {}
-        if model.queue_backbone is not None:  # nearest neighbours (backbone space) as extra positives (head space)
+        if model.queue_backbone is not None:  # nearest neighbours (backbone space) as extra positives (head space),
+            # chosen among the queued keys BEFORE this step's enqueue below (builder_ours_warmup's order)
             aux = knn_positive_loss(logits[:, 1:], h_q, model.queue_backbone.queue, args.aux_topk) if use_aux \
                 else torch.zeros((), device=device)
             extra = {"CE": loss.detach(), "Aux": aux.detach()}
