@@ -230,6 +230,9 @@ class Results:
 
 @torch.no_grad()
 def fingerprint(module):
-    """(T, 2) float64 tensor of (sum, sum of squares) of every parameter and buffer: changes if any of them does."""
-    return torch.stack([torch.stack([t.double().sum(), t.double().square().sum()]) for t in module.state_dict().values()
-                        if torch.is_tensor(t)]).cpu()
+    """(T, 2) tensor of (sum, L2 norm) of every parameter and buffer, in fp32: any update of them changes it.
+
+    Cheap enough to call every epoch (no copy of float tensors); compare with ``torch.equal``.
+    """
+    return torch.stack([torch.stack([t.float().sum(), torch.linalg.vector_norm(t.float())])
+                        for t in module.state_dict().values() if torch.is_tensor(t)]).cpu()
