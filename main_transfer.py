@@ -1,0 +1,350 @@
+#!/usr/bin/env python
+"""Transfer to CIFAR-10/100, Caltech-101 or any train/ + test/ image folders (SSL-small ``main_transfer.py``).
+
+Linear (default): the pretrained trunk is frozen and kept in eval mode; its features are L2-normalised and fed
+to ``fc = Linear(D, C)`` (init N(0, 0.01), bias 0), the only trained parameters. ``--finetune``: the whole
+network trains, in train mode (BatchNorm statistics update), switched to eval mode for each test and back to
+train mode after it (the reference never switches back, so from its second epoch it fine-tunes with frozen BN
+statistics). SGD, momentum 0.9, lr multiplied by 0.1 (linear) or 0.2 (fine-tune) at each --schedule epoch.
+
+Data (nothing is downloaded): CIFAR from the python-version folders ``DIR/cifar-10-batches-py`` or
+``DIR/cifar-100-python``; Caltech-101 and any other set as ``DIR/train`` and ``DIR/test`` class folders (Caltech-101
+has no official split: make one). Train: RandomResizedCrop(224, scale 0.6-1 linear / 0.2-1 fine-tune, bicubic) +
+flip; test: CIFAR Resize(224), folders Resize(256) + CenterCrop(224), bicubic; ImageNet normalisation.
+
+Defaults are the published runs' commands (SSL-small tools/transfer*.sh), not the script's argparse defaults
+(lr 30, 100 epochs, steps 60 80, MoCo's main_lincls values, which the runs override):
+    linear:    lr 1.5 (CIFAR) / 2 (Caltech-101 and folders), 60 epochs, step at 40, batch 256
+    fine-tune: lr 0.01, 100 epochs, steps at 40 and 70, batch 256
+Each test prints `` * Acc@1 xx.xxx Acc@5 xx.xxx`` (MoCo format); the end prints the best and last epochs and
+writes them to OUTPUT_DIR/transfer.json. Runs resume from OUTPUT_DIR/checkpoint.pth.tar.
+
+    # CPU smoke run on CIFAR-10 at its native 32 px with a main_moco.py checkpoint
+    python main_transfer.py /datasets --dataset cifar10 --pretrained runs/moco/checkpoint.pth.tar \
+        --crop-size 32 --epochs 2 -b 128 -j 2 --output-dir runs/transfer_c10
+    # one GPU, linear transfer of a MoCo v2 ResNet-50 to CIFAR-100
+    python main_transfer.py /datasets --dataset cifar100 -a resnet50 --pretrained moco_v2_800ep_pretrain.pth.tar
+    # fine-tuning on Caltech-101 (train/ and test/ folders), 4 GPUs
+    torchrun --nproc_per_node=4 main_transfer.py /datasets/caltech101 --dataset caltech101 \
+        --pretrained ckpt.pth.tar --finetune --output-dir runs/caltech_ft
+"""
+import argparse
+import json
+import math
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from src import dist
+from src.args import add_amp_args, add_arg, add_dist_args, amp_dtype
+from src.checkpoint import find_resume_checkpoint, load_checkpoint, load_state_strict, save_checkpoint
+from src.cifar import CifarPickleDataset
+from src.classifier import (LinearClassifier, Results, ShardSampler, autocast, evaluate, fingerprint, test_transform,
+                            train_transform)
+from src.data import ResumableSampler, SafeImageFolder, build_loader
+from src.errors import UserError, exit_on_user_error
+from src.logging import JsonLog, ProgressLogger, print_rank0
+from src.optim import moco_lr_schedule, set_lr
+from src.pair_eval import build_trunk
+from src.pretrained import add_pretrained_args
+from src.runtime import StopSignal
+
+DATASETS = ("cifar10", "cifar100", "caltech101", "folder")
+# the published commands (SSL-small tools/transfer.sh, transfer_cal101.sh, transfer_finetune.sh)
+RECIPES = {"linear": dict(epochs=60, schedule=[40], gamma=0.1, lr={"cifar10": 1.5, "cifar100": 1.5}, lr_other=2.0,
+                          min_scale=0.6),
+           "finetune": dict(epochs=100, schedule=[40, 70], gamma=0.2, lr={}, lr_other=0.01, min_scale=0.2)}
+
+
+def get_args_parser(add_help=False):
+    parser = argparse.ArgumentParser("Transfer evaluation", add_help=add_help)
+    parser.add_argument("data", metavar="DIR",
+                        help="CIFAR: the folder holding cifar-10-batches-py / cifar-100-python; otherwise the folder "
+                             "holding train/ and test/ (or val/) class folders")
+    g = parser.add_argument_group("data")
+    add_arg(g, "--dataset", default="cifar10", choices=DATASETS,
+            help="cifar10 | cifar100 (python pickles) | caltech101 | folder (train/ + test/ image folders)")
+    add_arg(g, "--crop-size", default=224, type=int,
+            help="train crop and test side in px (224; CIFAR's native 32 for quick CPU runs)")
+    add_arg(g, "--resize", default=256, type=int, help="image folders: test shorter side before the centre crop (256)")
+    add_arg(g, "-j", "--workers", default=32, type=int, help="data loading workers per node, split over processes (32)")
+    g = parser.add_argument_group("trunk")
+    add_pretrained_args(g)
+    add_arg(g, "--seed", default=0, type=int, help="seed of the head, sampling, augmentation and a random trunk (0)")
+    g = parser.add_argument_group("training (unset values: the published recipe of the mode)")
+    add_arg(g, "--finetune", action="store_true",
+            help="train the whole network in train mode (default: linear on frozen, L2-normalised features)")
+    add_arg(g, "--epochs", default=None, type=int, help="epochs (linear 60, fine-tune 100)")
+    add_arg(g, "-b", "--batch-size", default=256, type=int, help="TOTAL batch over all processes (256)")
+    add_arg(g, "--lr", "--learning-rate", default=None, type=float, dest="lr",
+            help="initial lr (linear: 1.5 CIFAR, 2 Caltech-101 / folders; fine-tune 0.01)")
+    add_arg(g, "--schedule", default=None, type=int, nargs="*",
+            help="epochs where the lr drops x0.1 (linear) / x0.2 (fine-tune) (linear 40; fine-tune 40 70)")
+    add_arg(g, "--momentum", default=0.9, type=float, help="SGD momentum (0.9)")
+    add_arg(g, "--wd", "--weight-decay", default=0.0, type=float, dest="weight_decay", help="weight decay (0)")
+    g = parser.add_argument_group("run")
+    add_arg(g, "--output-dir", default=".", help="checkpoint.pth.tar, model_best.pth.tar, transfer.json, log.txt (.)")
+    add_arg(g, "--resume", default="", help="checkpoint to resume (default: OUTPUT_DIR/checkpoint.pth.tar if any)")
+    add_arg(g, "-e", "--evaluate", action="store_true", help="only test the network of the resumed checkpoint")
+    add_arg(g, "-p", "--print-freq", default=10, type=int, help="progress line every N iterations (10)")
+    add_arg(g, "--max-iters", default=0, type=int,
+            help="stop with a checkpoint once this many iterations are done in total (smoke tests; 0: off)")
+    add_dist_args(parser)
+    add_amp_args(parser)
+    return parser
+
+
+# ==================================================================================================
+@exit_on_user_error
+def main(args):
+    fill_recipe(args)
+    if args.multiprocessing_distributed:
+        nprocs = args.nproc_per_node or max(torch.cuda.device_count(), 1)
+        dist.spawn_workers(worker, nprocs, max(args.rank, 0), max(args.world_size, 1), args.dist_url, (args,))
+    else:
+        return worker(None, None, None, None, args)
+
+
+def worker(local_rank, rank, world_size, dist_url, args):
+    """One process: join the process group (any launcher), transfer, leave."""
+    if rank is None:  # torchrun / launch / srun / a plain python
+        local_rank, rank, world_size = args.local_rank, args.rank, args.world_size
+        dist_url = args.dist_url if args.dist_url != "env://" else None
+    device = args.device or (f"cuda:{args.gpu}" if args.gpu is not None else None)
+    if device and device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA device is visible; use --device cpu")
+    info = dist.init_distributed(dist_url=dist_url, world_size=world_size, rank=rank, local_rank=local_rank,
+                                 backend=args.dist_backend or None, device=device)
+    try:
+        return exit_on_user_error(transfer)(args, info)
+    finally:
+        dist.cleanup()
+
+
+def fill_recipe(args):
+    """Unset --epochs / --lr / --schedule from the published recipe of the mode; check values (idempotent)."""
+    recipe = RECIPES["finetune" if args.finetune else "linear"]
+    args.epochs = recipe["epochs"] if args.epochs is None else args.epochs
+    args.schedule = list(recipe["schedule"]) if args.schedule is None else args.schedule
+    args.lr = recipe["lr"].get(args.dataset, recipe["lr_other"]) if args.lr is None else args.lr
+    args.gamma, args.min_scale = recipe["gamma"], recipe["min_scale"]
+    if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0 or args.crop_size < 1:
+        raise UserError(f"need --epochs, -b/--batch-size, --crop-size >= 1 and --lr > 0, got {args.epochs}, "
+                        f"{args.batch_size}, {args.crop_size}, {args.lr}")
+
+
+def transfer(args, info):
+    """Train and test; returns the :class:`Results` summary dict (None when stopped early)."""
+    device, rank = info.device, info.rank
+    if args.batch_size % info.world_size:
+        raise UserError(f"-b/--batch-size {args.batch_size} is the TOTAL batch: make it divisible by the "
+                        f"{info.world_size} processes")
+    per_rank_batch = args.batch_size // info.world_size
+    ckpt_path = find_resume_checkpoint(args.output_dir, args.resume)
+    if args.evaluate and ckpt_path is None:
+        raise UserError(f"-e/--evaluate needs a trained network: none in '{args.output_dir}' and no --resume given")
+    mode = "finetune" if args.finetune else "linear"
+    if rank == 0:
+        os.makedirs(args.output_dir, exist_ok=True)
+        print("args: " + json.dumps(vars(args), sort_keys=True), flush=True)
+        print(f"{mode} transfer to {args.dataset}: lr {args.lr:g} x{args.gamma:g} at epochs "
+              f"{' '.join(map(str, args.schedule)) or '-'}, {args.epochs} epochs, batch {args.batch_size} "
+              f"({per_rank_batch} x {info.world_size} processes), wd {args.weight_decay:g}", flush=True)
+
+    # ==== preparing data ====
+    train_set, test_set = build_datasets(args)
+    num_classes = len(train_set.classes)
+    print_rank0(f"data: {len(train_set)} train / {len(test_set)} test images, {num_classes} classes", rank=rank)
+    sampler = ResumableSampler(len(train_set), info.world_size, rank, shuffle=True, seed=args.seed)
+    workers = math.ceil(args.workers / max(int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size)), 1))
+    loader = build_loader(train_set, per_rank_batch, sampler, workers, drop_last=False)
+    test_loader = torch.utils.data.DataLoader(test_set, batch_size=per_rank_batch, num_workers=workers,
+                                              sampler=ShardSampler(len(test_set), info.world_size, rank),
+                                              pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    iters_per_epoch = math.ceil(sampler.num_samples / per_rank_batch)
+
+    # ==== building the network: trunk -> L2-normalise -> fc ====
+    trunk, head = build_model(args, device, num_classes, rank)
+    net = nn.Sequential(trunk, head)
+    trainable = list(net.parameters()) if args.finetune else list(head.parameters())
+    model = net if args.finetune else head  # what the gradients flow through
+    if info.distributed:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.SGD(trainable, args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(args) == torch.float16)
+    schedule = moco_lr_schedule(args.lr, args.epochs, iters_per_epoch, milestones=args.schedule, gamma=args.gamma)
+    trunk_fp = None if args.finetune else fingerprint(trunk)
+
+    # ==== resuming ====
+    results, start_epoch, start_iter = Results(), 0, 0
+    if ckpt_path is not None:
+        start_epoch, start_iter = resume(ckpt_path, args, net, optimizer, scaler, results, rank)
+    if args.evaluate:
+        return test(net, test_loader, args, info, results, None)
+
+    # ==== training ====
+    logger = ProgressLogger(iters_per_epoch, args.epochs, args.batch_size, args.print_freq,
+                            JsonLog(os.path.join(args.output_dir, "log.txt"), rank), rank,
+                            formats={"Loss": ".4e", "Acc@1": "6.2f", "Acc@5": "6.2f"})
+    stop, total = StopSignal(device), start_epoch * iters_per_epoch + start_iter
+
+    def save(epoch, it):
+        if rank == 0:
+            save_checkpoint(os.path.join(args.output_dir, "checkpoint.pth.tar"), {
+                "epoch": epoch, "iter": it, "arch": args.arch, "state_dict": net.state_dict(),
+                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "results": results.state_dict(),
+                "args": vars(args), "pretrained": args.pretrained, "dataset": args.dataset, "finetune": args.finetune})
+
+    for epoch in range(start_epoch, args.epochs):
+        sampler.set_epoch(epoch, start_index=start_iter * per_rank_batch)
+        train_set.set_epoch(epoch)
+        logger.start_epoch(epoch, start_iter)
+        stopping = False
+        for it in train_one_epoch(trunk, head, model, loader, optimizer, scaler, schedule, epoch, start_iter,
+                                  iters_per_epoch, args, device, logger):
+            total += 1
+            stopping = stop.requested(it, args.print_freq) or bool(args.max_iters and total >= args.max_iters)
+            if stopping and it + 1 < iters_per_epoch:
+                save(epoch, it + 1)
+                print_rank0(f"=> stopped at epoch {epoch}, iteration {it + 1}; checkpoint saved, run the same "
+                            "command to resume", rank=rank)
+                return None
+            if stopping:
+                break
+        start_iter = 0
+        logger.end_epoch()
+        if trunk_fp is not None and not torch.equal(fingerprint(trunk), trunk_fp):
+            raise RuntimeError("the frozen trunk changed during linear transfer (weights or BN statistics)")
+        is_best = test(net, test_loader, args, info, results, epoch)
+        save(epoch + 1, 0)
+        if is_best and rank == 0:
+            save_checkpoint(os.path.join(args.output_dir, "model_best.pth.tar"),
+                            {"arch": args.arch, "state_dict": net.state_dict(), **results.best})
+        if stopping:
+            print_rank0(f"=> stopped after epoch {epoch}; checkpoint saved, run the same command to resume", rank=rank)
+            return None
+    return report(args, results, rank)
+
+
+def train_one_epoch(trunk, head, model, loader, optimizer, scaler, schedule, epoch, start_iter, iters_per_epoch, args,
+                    device, logger):
+    """One epoch; a generator yielding the iteration index after each step.
+
+    ``model`` is what learns (possibly DDP-wrapped): the head (linear) or trunk + head (fine-tune). Linear: the
+    trunk runs frozen, in eval mode and under no_grad. Fine-tune: trunk and head are in train mode, set here at
+    every epoch since testing switched them to eval mode."""
+    trunk.train(args.finetune)
+    head.train()
+    amp = amp_dtype(args)
+    t_end = time.time()
+    for it, (images, target) in enumerate(loader, start=start_iter):
+        t_data = time.time() - t_end
+        lr = float(schedule[epoch * iters_per_epoch + it])
+        set_lr(optimizer, lr)
+        images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
+        with autocast(device, amp):
+            if args.finetune:
+                logits = model(images).float()  # (B, C) through trunk and head
+            else:
+                with torch.no_grad():
+                    feats = trunk(images)  # (B, D) frozen features
+                logits = model(feats.float()).float()
+        loss = F.cross_entropy(logits, target)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+        with torch.no_grad():
+            hits = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(target[:, None])
+        logger.update(data_time=t_data, step_time=time.time() - t_end, Loss=loss.detach(),
+                      **{"Acc@1": hits[:, 0].float().mean() * 100, "Acc@5": hits.any(dim=1).float().mean() * 100})
+        logger.maybe_print(it, lr)
+        if (it + 1) % args.print_freq == 0 and not math.isfinite(logger.last["Loss"]):
+            raise UserError(f"loss became {float(logger.last['Loss'])} at epoch {epoch}, iteration {it + 1}: lower --lr")
+        yield it
+        t_end = time.time()
+
+
+# ==================================================================================================
+def build_datasets(args):
+    """Train set (random crops, seeded per sample) and test set of ``--dataset``."""
+    train_tf = train_transform(args.crop_size, (args.min_scale, 1.0), interpolation="bicubic")
+    if args.dataset.startswith("cifar"):
+        test_tf = test_transform(args.crop_size, None, interpolation="bicubic")  # square 32 px images: no crop
+        return (CifarPickleDataset(args.data, args.dataset, train=True, transform=train_tf, seed=args.seed),
+                CifarPickleDataset(args.data, args.dataset, train=False, transform=test_tf))
+    test_dir = os.path.join(args.data, "test")
+    if not os.path.isdir(test_dir) and os.path.isdir(os.path.join(args.data, "val")):
+        test_dir = os.path.join(args.data, "val")
+    if not os.path.isdir(os.path.join(args.data, "train")) or not os.path.isdir(test_dir):
+        raise UserError(f"--dataset {args.dataset} reads '{args.data}/train' and '{args.data}/test' (one folder per "
+                        "class; Caltech-101 has no official split, so make one): at least one is missing")
+    train_set = SafeImageFolder(os.path.join(args.data, "train"), train_tf, seed=args.seed)
+    test_set = SafeImageFolder(test_dir, test_transform(args.resize, args.crop_size, interpolation="bicubic"))
+    if train_set.classes != test_set.classes:
+        raise UserError(f"train/ and {os.path.basename(test_dir)}/ of '{args.data}' have different class folders "
+                        f"({len(train_set.classes)} vs {len(test_set.classes)}): labels would not match")
+    return train_set, test_set
+
+
+def build_model(args, device, num_classes, rank):
+    """Pretrained trunk (arch / stem from the checkpoint unless given) and the normalised linear head, on device."""
+    trunk, args.arch, args.cifar_stem = build_trunk(
+        args.pretrained, args.arch, args.cifar_stem, args.trunk_pattern, args.trust_checkpoint, args.seed,
+        image_size=args.crop_size, log=lambda line: print_rank0(line, rank=rank))
+    trunk = trunk.to(device)
+    for p in trunk.parameters():
+        p.requires_grad_(args.finetune)
+    with torch.no_grad():
+        dim = trunk.eval()(torch.zeros(1, 3, args.crop_size, args.crop_size, device=device)).shape[1]
+    dist.seed_everything(args.seed, 0)  # the same head on every rank
+    return trunk, LinearClassifier(dim, num_classes, normalize=True).to(device)
+
+
+def resume(path, args, net, optimizer, scaler, results, rank):
+    """Restore network, optimizer, scaler and results; returns ``(epoch, iteration)`` to start from."""
+    ckpt = load_checkpoint(path)
+    for key, mine in (("pretrained", args.pretrained), ("dataset", args.dataset), ("finetune", args.finetune)):
+        if key in ckpt and ckpt[key] != mine:
+            raise UserError(f"'{path}' was made with --{key} {ckpt[key]!r}, this run has {mine!r}: pass another "
+                            "--output-dir, or the same flags")
+    load_state_strict(net, ckpt["state_dict"], "state_dict", path)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scaler.load_state_dict(ckpt["scaler"])
+    results.load_state_dict(ckpt["results"])
+    print_rank0(f"=> resumed from '{path}' at epoch {ckpt['epoch']}, iteration {ckpt['iter']}", rank=rank)
+    return ckpt["epoch"], ckpt["iter"]
+
+
+def test(net, loader, args, info, results, epoch):
+    """Test in eval mode and print `` * Acc@1 .. Acc@5 ..``; returns whether the epoch is the best so far
+    (``epoch`` None: only test, return the numbers)."""
+    net.eval()
+    res = evaluate(net[1], loader, info.device, features=net[0], amp_dtype=amp_dtype(args))
+    if info.rank == 0:
+        print(f"Test: {res['n']} images, loss {res['loss']:.4e}, {res['n'] / max(res['seconds'], 1e-9):.1f} img/s",
+              flush=True)
+        print(f" * Acc@1 {res['top1']:.3f} Acc@5 {res['top5']:.3f}", flush=True)
+        JsonLog(os.path.join(args.output_dir, "log.txt"), info.rank).write({"type": "test", "epoch": epoch, **res})
+    return res if epoch is None else results.add(epoch, res)
+
+
+def report(args, results, rank):
+    """Final lines and OUTPUT_DIR/transfer.json (rank 0); returns the summary dict."""
+    summary = {**results.summary(), "dataset": args.dataset, "mode": "finetune" if args.finetune else "linear",
+               "pretrained": args.pretrained, "arch": args.arch, "args": vars(args)}
+    if rank == 0 and results.best is not None:
+        out = os.path.join(args.output_dir, "transfer.json")
+        with open(out, "w") as f:
+            json.dump(summary, f, indent=2)
+        print(f"{summary['mode']} transfer to {args.dataset}: {results.final_line()}", flush=True)
+        print(f"results written to {out}", flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    main(argparse.ArgumentParser("Transfer evaluation", parents=[get_args_parser()]).parse_args())
