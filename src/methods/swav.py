@@ -238,8 +238,8 @@ class LossWatch:
         self._new_window()
         if bad and (not self.scaled or bad >= window):
             raise UserError(f"the loss became NaN/inf ({bad} of the last {window} steps, {where}); the last good "
-                            "checkpoint is kept. Check that embeddings are L2-normalised, lower --base_lr or "
-                            "--epsilon's sharpness (raise it), or turn AMP off")
+                            "checkpoint is kept. Lower --base_lr, raise --epsilon (Sinkhorn), or turn AMP off, then "
+                            "run the same command to resume from it")
 
     def end_epoch(self):
         """Returns: a warning string if the loss stayed at ln K all epoch (collapsed codes), else None."""
