@@ -151,8 +151,9 @@ def train(args, info):
     saved = load_rank_file(args.dump_path, "mb", info.rank, start_epoch, start_iter) if ckpt is not None else None
     if saved is None or not bank.load({k: v.to(device) for k, v in saved.items() if torch.is_tensor(v)}):
         if start_iter > 0:
-            raise UserError(f"resuming mid-epoch needs {os.path.join(args.dump_path, f'mb{info.rank}.pth')} of the same "
-                            "step (it is missing or stale): restore it, or resume from an epoch-end checkpoint")
+            mb_path = os.path.join(args.dump_path, f"mb{info.rank}.pth")
+            raise UserError(f"resuming mid-epoch needs {mb_path} of the same step (it is missing or stale): "
+                            "restore it, or resume from an epoch-end checkpoint")
         sampler.set_epoch(start_epoch)
         dataset.set_epoch(start_epoch)
         print_rank0("=> filling the memory banks (one pass over the data)", rank=info.rank)

@@ -330,25 +330,30 @@ def swav_color_distortion(strength=1.0):
     return T.Compose([T.RandomApply([jitter], p=0.8), T.RandomGrayscale(p=0.2)])
 
 
-def swav_crop_transform(size, scale, blur_p=0.5, blur_sigma=(0.1, 2.0)):
+def swav_crop_transform(size, scale, blur_p=0.5, blur_sigma=(0.1, 2.0), pil_blur=True, blur_kernel=23):
     """One SwAV crop: RandomResizedCrop(size, scale, ratio 3/4-4/3, bilinear) -> HFlip(0.5) -> colour
     distortion -> PIL Gaussian blur with radius ~ U[blur_sigma] and p ``blur_p`` -> ToTensor ->
     Normalize(ImageNet mean, std (0.228, 0.224, 0.225)). The blur applies to every crop, small ones too.
+    ``pil_blur=False`` is the blur of the code before April 2021 (which trained the released checkpoints): a
+    Gaussian with a fixed ``blur_kernel`` x ``blur_kernel`` kernel (23) and sigma ~ U[blur_sigma], same p.
 
     Args:
         size: output side in pixels (224 / 160 global, 96 local in the papers).
         scale: (min, max) area fraction, e.g. (0.14, 1.0) global and (0.05, 0.14) local.
         blur_p: blur probability (0.5).
         blur_sigma: (min, max) blur radius in pixels ((0.1, 2.0)).
+        pil_blur: PIL's blur (True, current reference) or the fixed-kernel Gaussian (False, older reference).
+        blur_kernel: kernel side of the fixed-kernel blur (odd; 23).
     Returns:
         a callable PIL image -> (3, size, size) float tensor.
     """
+    blur = GaussianBlur(tuple(blur_sigma)) if pil_blur else T.GaussianBlur(blur_kernel, sigma=tuple(blur_sigma))
     return T.Compose([T.RandomResizedCrop(size, scale=tuple(scale)), T.RandomHorizontalFlip(p=0.5),
-                      swav_color_distortion(1.0), T.RandomApply([GaussianBlur(tuple(blur_sigma))], p=blur_p),
+                      swav_color_distortion(1.0), T.RandomApply([blur], p=blur_p),
                       T.ToTensor(), T.Normalize(IMAGENET_MEAN, SWAV_STD)])
 
 
-def swav_multicrop_transform(size_crops, nmb_crops, min_scale_crops, max_scale_crops, blur_scale=1.0):
+def swav_multicrop_transform(size_crops, nmb_crops, min_scale_crops, max_scale_crops, blur_scale=1.0, pil_blur=True):
     """SwAV's multi-crop views of one image, crop-major by group: ``nmb_crops[0]`` crops of side
     ``size_crops[0]``, then ``nmb_crops[1]`` of side ``size_crops[1]``, ... (2x224 + 6x96 is
     ``[224] [96]``, ``[2] [6]``, scales ``(0.14, 1)`` and ``(0.05, 0.14)``).
@@ -356,12 +361,14 @@ def swav_multicrop_transform(size_crops, nmb_crops, min_scale_crops, max_scale_c
     Args:
         size_crops, nmb_crops, min_scale_crops, max_scale_crops: per-group lists of equal length.
         blur_scale: multiplies the blur radius range (0.1-2 px); 1 is the reference, ``size_crops[0] / 224``
-            keeps the blur's relative size on small images.
+            keeps the blur's relative size on small images (the fixed kernel, 23, shrinks with it).
+        pil_blur: see :func:`swav_crop_transform` (``--use_pil_blur``).
     Returns:
         :class:`MultiViewTransform` of ``sum(nmb_crops)`` crop pipelines.
     """
     sigma = (0.1 * blur_scale, 2.0 * blur_scale)
+    kernel = max(3, int(round(23 * blur_scale)) | 1)
     views = []
     for size, n, lo, hi in zip(size_crops, nmb_crops, min_scale_crops, max_scale_crops):
-        views += [swav_crop_transform(size, (lo, hi), blur_sigma=sigma)] * n
+        views += [swav_crop_transform(size, (lo, hi), blur_sigma=sigma, pil_blur=pil_blur, blur_kernel=kernel)] * n
     return MultiViewTransform(views)

@@ -152,7 +152,7 @@ def distributed_sinkhorn(scores, epsilon=0.05, n_iters=3):
 def swav_loss(scores, codes, crops_for_assign, temperature):
     """SwAV's swapped prediction (eq. 1-2): each assignment crop's code is predicted by every other crop.
 
-    ``L = 1/|A| * sum_{a in A} 1/(V - 1) * sum_{v != a} mean_b [ -sum_k codes_a[b, k] * log softmax(scores_v[b] / T)_k ]``
+    ``L = 1/|A| sum_{a in A} 1/(V-1) sum_{v != a} mean_b [ -sum_k codes_a[b, k] log softmax(scores_v[b] / T)_k ]``
 
     Args:
         scores: (V * B, K) prototype scores of all V crops, crop-major (crop 0's B rows first); the only input

@@ -11,7 +11,7 @@ import os
 import torch
 from torch import nn
 
-from ..args import add_arg
+from ..args import add_arg, bool_flag
 from ..augment import swav_multicrop_transform
 from ..checkpoint import save_checkpoint
 from ..data import ResumableSampler, build_dataset, build_loader, resolve_split
@@ -35,6 +35,9 @@ def add_multicrop_args(parser):
             help="RandomResizedCrop min area per group (0.14 0.05; 0.08 for the 2x224 recipe)")
     add_arg(g, "--max_scale_crops", default=[1.0], type=float, nargs="+",
             help="RandomResizedCrop max area per group (1 0.14)")
+    add_arg(g, "--use_pil_blur", default=True, type=bool_flag,
+            help="PIL Gaussian blur (true, the reference since April 2021); false: the older fixed 23x23-kernel blur "
+                 "that trained the released checkpoints (same sigma range 0.1-2 and p 0.5)")
     add_arg(g, "--workers", default=10, type=int, help="data loading workers per process (10 per GPU)")
     return g
 
@@ -47,7 +50,8 @@ def add_optim_args(parser, freeze_default, freeze_help):
             help="images per PROCESS (64 x 64 GPUs = 4096; 64 x 4 = 256 for the small-batch recipe)")
     add_arg(g, "--base_lr", default=4.8, type=float,
             help="peak lr, NOT rescaled by the batch (4.8 at 4096, 0.6 at 256)")
-    add_arg(g, "--final_lr", default=0.0, type=float, help="lr at the end of the cosine (0.0048 / 0.0006 in the recipes)")
+    add_arg(g, "--final_lr", default=0.0, type=float,
+            help="lr at the end of the cosine (0.0048 / 0.0006 in the recipes)")
     add_arg(g, "--freeze_prototypes_niters", default=freeze_default, type=int, help=freeze_help)
     add_arg(g, "--wd", default=1e-6, type=float, help="weight decay, on every parameter through LARC (1e-6)")
     add_arg(g, "--warmup_epochs", default=10, type=int, help="linear warmup epochs (10 at 4096, 0 at 256)")
@@ -118,7 +122,8 @@ def build_multicrop_data(args, info, seed, wrap=None):
     root = resolve_split(args.data_path, "train")
     # the blur radius (0.1-2 px) is defined for 224-px crops: scaled by size/224 for small images (1 at 224)
     transform = swav_multicrop_transform(args.size_crops, args.nmb_crops, args.min_scale_crops,
-                                         args.max_scale_crops, blur_scale=args.size_crops[0] / 224)
+                                         args.max_scale_crops, blur_scale=args.size_crops[0] / 224,
+                                         pil_blur=args.use_pil_blur)
     dataset = build_dataset(root, transform, seed=seed)
     if wrap is not None:
         dataset = wrap(dataset)

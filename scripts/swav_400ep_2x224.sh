@@ -1,0 +1,49 @@
+#!/bin/bash
+# SwAV, ResNet-50, 400 epochs, batch 4096, 2x224 only, no multi-crop (paper: 70.1 linear top-1).
+# Every hyperparameter of the published recipe (facebookresearch/swav scripts/) is written out;
+# only the launcher lines differ (srun reads SLURM_* in src/dist.py). Usage: sbatch scripts/swav_400ep_2x224.sh
+#SBATCH --job-name=swav_400ep_2x224
+#SBATCH --nodes=8
+#SBATCH --ntasks-per-node=8
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=10
+#SBATCH --mem=450G
+#SBATCH --time=25:00:00
+#SBATCH --signal=USR1@600
+#SBATCH --output=%x-%j.out
+set -euo pipefail
+DATASET_PATH=${DATASET_PATH:-/path/to/imagenet}
+EXPERIMENT_PATH=${EXPERIMENT_PATH:-./experiments/swav_400ep_2x224}
+mkdir -p "$EXPERIMENT_PATH"
+export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+export MASTER_PORT=${MASTER_PORT:-40000}
+
+srun --kill-on-bad-exit=1 python -u main_swav.py \
+  --data_path "$DATASET_PATH" \
+  --nmb_crops 2 \
+  --size_crops 224 \
+  --min_scale_crops 0.08 \
+  --max_scale_crops 1. \
+  --crops_for_assign 0 1 \
+  --temperature 0.1 \
+  --epsilon 0.05 \
+  --sinkhorn_iterations 3 \
+  --feat_dim 128 \
+  --nmb_prototypes 3000 \
+  --queue_length 0 \
+  --epoch_queue_starts 15 \
+  --epochs 400 \
+  --batch_size 64 \
+  --base_lr 4.8 \
+  --final_lr 0.0048 \
+  --freeze_prototypes_niters 313 \
+  --wd 0.000001 \
+  --warmup_epochs 10 \
+  --start_warmup 0.3 \
+  --arch resnet50 \
+  --hidden_mlp 2048 \
+  --use_fp16 true \
+  --sync_bn apex \
+  --syncbn_process_group_size 8 \
+  --workers 10 \
+  --dump_path "$EXPERIMENT_PATH"
