@@ -505,7 +505,8 @@ def check_recipe_args(args):
     """
     if args.num_crops is None and (args.auto_augment or args.constrained_cropping):
         args.num_crops, args.size_crops = [2], args.size_crops or [args.crop_size]
-        args.min_scale_crops, args.max_scale_crops = args.min_scale_crops or [args.min_scale], args.max_scale_crops or [1.0]
+        args.min_scale_crops = args.min_scale_crops or [args.min_scale]
+        args.max_scale_crops = args.max_scale_crops or [1.0]
     if args.num_crops:
         n = len(args.num_crops)
         args.size_crops = args.size_crops or [224, 96][:n]
@@ -560,9 +561,9 @@ def restart_from_weights(model, path, trust, rank):
     print_rank0(f"=> restarted from the weights of '{path}' at epoch 0: {len(report['loaded'])} tensors loaded, "
                 "encoder_k copied from encoder_q, new optimizer", rank=rank)
     if report["mismatched"]:
+        listed = ", ".join(f"{k} {tuple(a)} vs {tuple(b)}" for k, a, b in report["mismatched"])
         print_rank0(f"warning: --restart dropped {len(report['mismatched'])} checkpoint tensors whose shape differs "
-                    "from this model (checkpoint vs model): " + ", ".join(
-                        f"{k} {tuple(a)} vs {tuple(b)}" for k, a, b in report["mismatched"]), rank=rank, file=sys.stderr)
+                    f"from this model (checkpoint vs model): {listed}", rank=rank, file=sys.stderr)
     if report["missing"]:
         print_rank0(f"=> left at initialisation ({len(report['missing'])}): " + ", ".join(report["missing"][:8])
                     + (" ..." if len(report["missing"]) > 8 else ""), rank=rank)

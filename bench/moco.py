@@ -58,7 +58,9 @@ def bench_step(arch, batch_size, crop_size, steps, amp, device, queue=4096, bn_s
     model, encoder_q, _ = main_moco.build_model(args, info, batch_size)
     opt = torch.optim.SGD(encoder_q.parameters(), 0.03, momentum=0.9, weight_decay=1e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-    sizes = [s for s, n in zip(args.size_crops, args.num_crops) for _ in range(n)] if args.num_crops else [crop_size] * 2
+    sizes = [crop_size] * 2  # MoCo's two views, or every crop of the multi-crop recipe
+    if args.num_crops:
+        sizes = [s for s, n in zip(args.size_crops, args.num_crops) for _ in range(n)]
     batch = ([torch.randn(batch_size, 3, s, s) for s in sizes], torch.zeros(batch_size, dtype=torch.long))
     warmup = 2
     loader = [batch] * (steps + warmup)

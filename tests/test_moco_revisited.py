@@ -101,7 +101,8 @@ def test_multi_crop_transform_sizes_and_autoaugment_per_crop():
     for i in (0, 2):  # 50/50 between AutoAugment (a tensor) and the MoCo augmentation
         auto = sum(torch.is_tensor(d[i]) for d in draws)
         assert 110 < auto < 190, auto
-        assert all(d[i].shape == (3, 48 if i == 0 else 24, 48 if i == 0 else 24) for d in draws if torch.is_tensor(d[i]))
+        side = 48 if i == 0 else 24
+        assert all(d[i].shape == (3, side, side) for d in draws if torch.is_tensor(d[i]))
     from torchvision import transforms as T
     aa = [m for m in autoaugment_or(lambda x: x).transforms[0].transforms if isinstance(m, T.AutoAugment)][0]
     assert aa.policy == T.AutoAugmentPolicy.IMAGENET and aa.interpolation == T.InterpolationMode.NEAREST

@@ -136,7 +136,8 @@ def test_restarted_run_continues_from_its_own_checkpoint(tmp_path):
     same command (a requeued SLURM job) continues that run instead of restarting it again."""
     seed_file, out = tmp_path / "converted_ep200.pth.tar", tmp_path / "run"
     seed_file.write_bytes(b"x")
-    args = main_moco.get_args_parser().parse_args(["d", "--resume", str(seed_file), "--restart", "--ckpt-dir", str(out)])
+    args = main_moco.get_args_parser().parse_args(
+        ["d", "--resume", str(seed_file), "--restart", "--ckpt-dir", str(out)])
     assert main_moco.resume_source(args) == (str(seed_file), True)
     out.mkdir()
     (out / "checkpoint.pth.tar").write_bytes(b"x")
