@@ -46,6 +46,7 @@ from src.classifier import (FeatureBatches, LinearClassifier, Results, ShardSamp
                             extract_shard, fingerprint, test_transform, train_transform)
 from src.data import ResumableSampler, SafeImageFolder, build_loader
 from src.errors import UserError, exit_on_user_error
+from src.launch import launch
 from src.logging import JsonLog, ProgressLogger, print_rank0
 from src.optim import cosine_schedule, moco_lr_schedule, set_lr
 from src.pair_eval import build_trunk
@@ -126,27 +127,11 @@ def main(args):
     if not args.data:
         raise UserError("no dataset given: pass DIR (or --data_path DIR) holding train/ and val/")
     apply_protocol(args)
-    if args.multiprocessing_distributed:
-        nprocs = args.nproc_per_node or max(torch.cuda.device_count(), 1)
-        dist.spawn_workers(worker, nprocs, max(args.rank, 0), max(args.world_size, 1), args.dist_url, (args,))
-    else:
-        return worker(None, None, None, None, args)
-
-
-def worker(local_rank, rank, world_size, dist_url, args):
-    """One process: join the process group (any launcher), evaluate, leave."""
-    if rank is None:  # torchrun / launch / srun / a plain python
-        local_rank, rank, world_size = args.local_rank, args.rank, args.world_size
-        dist_url = args.dist_url if args.dist_url != "env://" else None
-    device = args.device or (f"cuda:{args.gpu}" if args.gpu is not None else None)
-    if device and device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: no CUDA device is visible; use --device cpu")
-    info = dist.init_distributed(dist_url=dist_url, world_size=world_size, rank=rank, local_rank=local_rank,
-                                 backend=args.dist_backend or None, device=device)
-    try:
-        return exit_on_user_error(linear_eval)(args, info)
-    finally:
-        dist.cleanup()
+    for split in ("train", "val"):  # before processes start, so a typo gives one error line, not one per process
+        if not os.path.isdir(os.path.join(args.data, split)):
+            raise UserError(f"data folder '{os.path.join(args.data, split)}' does not exist: pass the folder that "
+                            "holds train/ and val/, one subfolder per class")
+    return launch(linear_eval, args)
 
 
 def apply_protocol(args):

@@ -41,11 +41,12 @@ from torch import nn
 from src import dist
 from src.args import add_amp_args, add_arg, add_dist_args, amp_dtype
 from src.checkpoint import find_resume_checkpoint, load_checkpoint, load_state_strict, save_checkpoint
-from src.cifar import CifarPickleDataset
+from src.cifar import CifarPickleDataset, find_cifar_folder
 from src.classifier import (LinearClassifier, Results, ShardSampler, autocast, evaluate, fingerprint, test_transform,
                             train_transform)
 from src.data import ResumableSampler, SafeImageFolder, build_loader
 from src.errors import UserError, exit_on_user_error
+from src.launch import launch
 from src.logging import JsonLog, ProgressLogger, print_rank0
 from src.optim import moco_lr_schedule, set_lr
 from src.pair_eval import build_trunk
@@ -101,27 +102,8 @@ def get_args_parser(add_help=False):
 @exit_on_user_error
 def main(args):
     fill_recipe(args)
-    if args.multiprocessing_distributed:
-        nprocs = args.nproc_per_node or max(torch.cuda.device_count(), 1)
-        dist.spawn_workers(worker, nprocs, max(args.rank, 0), max(args.world_size, 1), args.dist_url, (args,))
-    else:
-        return worker(None, None, None, None, args)
-
-
-def worker(local_rank, rank, world_size, dist_url, args):
-    """One process: join the process group (any launcher), transfer, leave."""
-    if rank is None:  # torchrun / launch / srun / a plain python
-        local_rank, rank, world_size = args.local_rank, args.rank, args.world_size
-        dist_url = args.dist_url if args.dist_url != "env://" else None
-    device = args.device or (f"cuda:{args.gpu}" if args.gpu is not None else None)
-    if device and device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: no CUDA device is visible; use --device cpu")
-    info = dist.init_distributed(dist_url=dist_url, world_size=world_size, rank=rank, local_rank=local_rank,
-                                 backend=args.dist_backend or None, device=device)
-    try:
-        return exit_on_user_error(transfer)(args, info)
-    finally:
-        dist.cleanup()
+    find_test_split(args)  # before processes start, so a wrong path gives one error line, not one per process
+    return launch(transfer, args)
 
 
 def fill_recipe(args):
@@ -277,18 +259,30 @@ def build_datasets(args):
         test_tf = test_transform(args.crop_size, None, interpolation="bicubic")  # square 32 px images: no crop
         return (CifarPickleDataset(args.data, args.dataset, train=True, transform=train_tf, seed=args.seed),
                 CifarPickleDataset(args.data, args.dataset, train=False, transform=test_tf))
-    test_dir = os.path.join(args.data, "test")
-    if not os.path.isdir(test_dir) and os.path.isdir(os.path.join(args.data, "val")):
-        test_dir = os.path.join(args.data, "val")
-    if not os.path.isdir(os.path.join(args.data, "train")) or not os.path.isdir(test_dir):
-        raise UserError(f"--dataset {args.dataset} reads '{args.data}/train' and '{args.data}/test' (one folder per "
-                        "class; Caltech-101 has no official split, so make one): at least one is missing")
+    test_folder = find_test_split(args)
     train_set = SafeImageFolder(os.path.join(args.data, "train"), train_tf, seed=args.seed)
-    test_set = SafeImageFolder(test_dir, test_transform(args.resize, args.crop_size, interpolation="bicubic"))
+    test_set = SafeImageFolder(test_folder, test_transform(args.resize, args.crop_size, interpolation="bicubic"))
     if train_set.classes != test_set.classes:
-        raise UserError(f"train/ and {os.path.basename(test_dir)}/ of '{args.data}' have different class folders "
+        raise UserError(f"train/ and {os.path.basename(test_folder)}/ of '{args.data}' have different class folders "
                         f"({len(train_set.classes)} vs {len(test_set.classes)}): labels would not match")
     return train_set, test_set
+
+
+def find_test_split(args):
+    """The test folder of an image-folder dataset (``test/``, else ``val/``); for CIFAR, checks its files.
+
+    Raises:
+        UserError: naming the expected files or folders.
+    """
+    if args.dataset.startswith("cifar"):
+        return find_cifar_folder(args.data, args.dataset)
+    folder = os.path.join(args.data, "test")
+    if not os.path.isdir(folder) and os.path.isdir(os.path.join(args.data, "val")):
+        folder = os.path.join(args.data, "val")
+    if not os.path.isdir(os.path.join(args.data, "train")) or not os.path.isdir(folder):
+        raise UserError(f"--dataset {args.dataset} reads '{args.data}/train' and '{args.data}/test' (one folder per "
+                        "class; Caltech-101 has no official split, so make one): at least one is missing")
+    return folder
 
 
 def build_model(args, device, num_classes, rank):

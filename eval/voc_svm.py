@@ -22,7 +22,6 @@ Last line: ``Mean AP: XX.XX``; per-class APs and the settings also go to ``--out
     python -m eval.voc_svm --data /datasets/voc --pretrained-weights moco_v2_800ep_pretrain.pth.tar -a resnet50
 """
 import argparse
-import os
 import warnings
 
 import numpy as np
