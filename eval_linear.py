@@ -303,7 +303,7 @@ def build_batches(args, info, trunk, train_set, val_set, per_rank_batch):
     """
     samples_per_rank = math.ceil(len(train_set) / info.world_size)
     iters_per_epoch = math.ceil(samples_per_rank / per_rank_batch)
-    if not args.precompute_features:
+    if not args.precompute_features or args.evaluate:  # -e: the val images are all that is needed
         sampler = ResumableSampler(len(train_set), info.world_size, info.rank, shuffle=True, seed=args.seed)
         loader = build_loader(train_set, per_rank_batch, sampler, args.workers, drop_last=False)
         val = torch.utils.data.DataLoader(val_set, batch_size=per_rank_batch, num_workers=args.workers,
@@ -356,7 +356,7 @@ def resume(path, args, head, optimizer, results, rank):
     """Restore the head, optimizer and results of ``path``; returns ``(epoch, iteration)`` to start from."""
     ckpt = load_checkpoint(path)
     for key, mine in (("pretrained", args.pretrained), ("precompute_features", args.precompute_features)):
-        if key in ckpt and ckpt[key] != mine:
+        if key in ckpt and ckpt[key] != mine and not (args.evaluate and key == "precompute_features"):
             raise UserError(f"'{path}' was made with --{key} {ckpt[key]!r}, this run has {mine!r}: pass another "
                             "--dump_path, or the same flags")
     load_state_strict(head, ckpt["head"], "head", path)
