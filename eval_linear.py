@@ -6,10 +6,10 @@ The trunk stays in eval mode (BatchNorm running statistics frozen) and runs unde
 tested on Resize + CenterCrop. ``--protocol`` picks the published recipe of each method (flags given
 explicitly win over the preset):
 
-    protocol  lr              schedule                         epochs  total batch  wd     norm std
-    swav      0.3             cosine per epoch to 0            100     256 (32x8)   1e-6   0.228  (SwAV eval_linear.py)
-    moco      30              x0.1 at epochs 60 and 80         100     256          0      0.229  (MoCo main_lincls.py)
-    sce       0.1 x batch/256 cosine per iteration to 0        90      1024 (128x8) 0      0.229  (SCE/eztorch linear yaml)
+    protocol  lr              schedule                  epochs  total batch  wd    norm std  source
+    swav      0.3             cosine per epoch to 0     100     256 (32x8)   1e-6  0.228     SwAV eval_linear.py
+    moco      30              x0.1 at epochs 60, 80     100     256          0     0.229     MoCo main_lincls.py
+    sce       0.1 x batch/256 cosine per iteration to 0 90      1024 (128x8) 0     0.229     eztorch linear yaml
 
 All use momentum 0.9, no Nesterov, RandomResizedCrop(224, scale 0.08-1) + flip and Resize(256) + CenterCrop(224).
 Every epoch prints ``Test: ... Acc@1 ... Best Acc@1 so far ...`` (SwAV) and `` * Acc@1 x Acc@5 y`` (MoCo); the end
@@ -56,7 +56,8 @@ from src.runtime import StopSignal
 # Published recipes (spec evals.md A.14 / B.6, sce.md section 4). "lr" None: 0.1 x batch / 256 (SCE's scaler).
 PROTOCOLS = {
     "swav": dict(lr=0.3, batch_size=256, epochs=100, weight_decay=1e-6, momentum=0.9, nesterov=False,
-                 scheduler_type="cosine", decay_epochs=[60, 80], gamma=0.1, final_lr=0.0, norm_std=[0.228, 0.224, 0.225]),
+                 scheduler_type="cosine", decay_epochs=[60, 80], gamma=0.1, final_lr=0.0,
+                 norm_std=[0.228, 0.224, 0.225]),
     "moco": dict(lr=30.0, batch_size=256, epochs=100, weight_decay=0.0, momentum=0.9, nesterov=False,
                  scheduler_type="step", decay_epochs=[60, 80], gamma=0.1, final_lr=0.0, norm_std=[0.229, 0.224, 0.225]),
     "sce": dict(lr=None, batch_size=1024, epochs=90, weight_decay=0.0, momentum=0.9, nesterov=False,
@@ -72,7 +73,8 @@ def get_args_parser(add_help=False):
     g = parser.add_argument_group("data")
     add_arg(g, "--data_path", default=None, help="SwAV spelling of DIR")
     add_arg(g, "--resize", default=256, type=int, help="test images: shorter side before the centre crop (256)")
-    add_arg(g, "--crop_size", default=224, type=int, help="train crop and test centre crop side in px (224; 32-64 on CPU)")
+    add_arg(g, "--crop_size", default=224, type=int,
+            help="train crop and test centre crop side in px (224; 32-64 on CPU)")
     add_arg(g, "--min_scale", default=0.08, type=float, help="RandomResizedCrop lower area scale (0.08, torchvision's)")
     add_arg(g, "-j", "--workers", default=10, type=int, help="data loading workers per process (SwAV 10)")
     g = parser.add_argument_group("trunk")
@@ -89,7 +91,8 @@ def get_args_parser(add_help=False):
                  "--batch_size 32 on 8 GPUs is 256 here")
     add_arg(g, "--lr", "--learning_rate", default=None, type=float, dest="lr",
             help="learning rate actually used (swav 0.3, moco 30, sce 0.1 x batch/256: 0.4 at 1024)")
-    add_arg(g, "--wd", "--weight_decay", default=None, type=float, dest="weight_decay", help="weight decay (swav 1e-6, else 0)")
+    add_arg(g, "--wd", "--weight_decay", default=None, type=float, dest="weight_decay",
+            help="weight decay (swav 1e-6, else 0)")
     add_arg(g, "--momentum", default=None, type=float, help="SGD momentum (0.9)")
     add_arg(g, "--nesterov", default=None, type=bool_flag, help="Nesterov momentum, True/False (False)")
     add_arg(g, "--scheduler_type", default=None, choices=["cosine", "cosine_iter", "step"],
@@ -98,7 +101,8 @@ def get_args_parser(add_help=False):
     add_arg(g, "--decay_epochs", "--schedule", default=None, type=int, nargs="+", help="step epochs (60 80)")
     add_arg(g, "--gamma", default=None, type=float, help="step factor (0.1)")
     add_arg(g, "--final_lr", default=None, type=float, help="cosine end value (0)")
-    add_arg(g, "--norm_std", default=None, type=float, nargs=3, help="Normalize std (swav 0.228 0.224 0.225, else 0.229 ...)")
+    add_arg(g, "--norm_std", default=None, type=float, nargs=3,
+            help="Normalize std (swav 0.228 0.224 0.225, else 0.229 0.224 0.225)")
     g = parser.add_argument_group("fast mode")
     add_arg(g, "--precompute_features", action="store_true",
             help="run the frozen trunk ONCE over train and val with the TEST transform (Resize + CenterCrop), cache "
@@ -168,7 +172,8 @@ def linear_eval(args, info):
 
     # ==== preparing data ====
     train_set, val_set = build_datasets(args)
-    print_rank0(f"data: {len(train_set)} train / {len(val_set)} val images, {len(train_set.classes)} classes", rank=rank)
+    print_rank0(f"data: {len(train_set)} train / {len(val_set)} val images, {len(train_set.classes)} classes",
+                rank=rank)
 
     # ==== building the frozen trunk and the head ====
     trunk, dim = build_frozen_trunk(args, device, rank)

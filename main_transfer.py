@@ -246,7 +246,8 @@ def train_one_epoch(trunk, head, model, loader, optimizer, scaler, schedule, epo
                       **{"Acc@1": hits[:, 0].float().mean() * 100, "Acc@5": hits.any(dim=1).float().mean() * 100})
         logger.maybe_print(it, lr)
         if (it + 1) % args.print_freq == 0 and not math.isfinite(logger.last["Loss"]):
-            raise UserError(f"loss became {float(logger.last['Loss'])} at epoch {epoch}, iteration {it + 1}: lower --lr")
+            raise UserError(f"loss became {float(logger.last['Loss'])} at epoch {epoch}, iteration {it + 1}: "
+                            "lower --lr")
         yield it
         t_end = time.time()
 

@@ -33,7 +33,7 @@ def find_voc_dir(root, year="VOC2007"):
         UserError: none of them has both subfolders.
     """
     for folder in (os.path.join(root, "VOCdevkit", year), os.path.join(root, year), root):
-        if os.path.isdir(os.path.join(folder, "JPEGImages")) and os.path.isdir(os.path.join(folder, "ImageSets", "Main")):
+        if all(os.path.isdir(os.path.join(folder, *sub)) for sub in (["JPEGImages"], ["ImageSets", "Main"])):
             return folder
     raise UserError(f"no VOC-style folder at '{root}': expected {root}/VOCdevkit/{year}/ (or {root}/{year}/, or "
                     f"'{root}' itself) holding JPEGImages/<id>.jpg, ImageSets/Main/<split>.txt and either "

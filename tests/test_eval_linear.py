@@ -99,7 +99,8 @@ def test_separable_toy_problem_and_exact_resume_with_cached_features(tiny, tmp_p
     out = capsys.readouterr().out
     assert summary["best"]["top1"] == 100.0, out  # the frozen random features separate the colour classes
     assert "(prefix 'encoder_q.')" in out and "features train: 36/36 images" in out
-    assert re.search(r"^Test:\tTime \d+\.\d{3}\tLoss \d+\.\d{4}\tAcc@1 \d+\.\d{3}\tBest Acc@1 so far \d+\.\d", out, re.M)
+    assert re.search(r"^Test:\tTime \d+\.\d{3}\tLoss \d+\.\d{4}\tAcc@1 \d+\.\d{3}\tBest Acc@1 so far \d+\.\d", out,
+                     re.M)
     assert re.search(r"^ \* Acc@1 \d+\.\d{3} Acc@5 \d+\.\d{3}$", out, re.M)
     assert "Top-1 test accuracy: 100.0\n" in out
     assert re.search(r"^best Acc@1 100\.000 Acc@5 100\.000 \(epoch \d\); last Acc@1 \d+\.\d{3} Acc@5 \d+\.\d{3} "

@@ -64,7 +64,8 @@ def _layouts(src, other):
                  "hyper_parameters": {"queue": {"size": 65536}, "temp": 0.1, "temp_m": 0.07}}
     return {
         "moco_v2": ({"epoch": 200, "arch": "resnet18", "optimizer": {"state": {}, "param_groups": []},
-                     "state_dict": {**_pre("module.encoder_q.", {**s, **mlp}), **_pre("module.encoder_k.", {**o, **mlp}),
+                     "state_dict": {**_pre("module.encoder_q.", {**s, **mlp}),
+                                    **_pre("module.encoder_k.", {**o, **mlp}),
                                     "module.queue": torch.randn(128, 64),
                                     "module.queue_ptr": torch.zeros(1, dtype=torch.long)}}, None),
         "moco_v1": ({"epoch": 200, "arch": "resnet18",

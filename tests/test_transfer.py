@@ -119,7 +119,8 @@ COMMON = ["-a", "resnet18", "--cifar-stem", "--crop-size", "32", "-b", "8", "-j"
 def test_cifar_readers_match_the_written_arrays(data):
     c10 = CifarPickleDataset(data / "c10", "cifar10", train=True)
     raw = read_pickle(data / "c10" / "cifar-10-batches-py" / "data_batch_2")
-    assert set(raw) == {"batch_label", "labels", "data", "filenames"} and raw["filenames"][0] == "img_data_batch_2_0.png"
+    assert set(raw) == {"batch_label", "labels", "data", "filenames"}
+    assert raw["filenames"][0] == "img_data_batch_2_0.png"
     assert len(c10) == 20 and c10.classes == CIFAR10_NAMES and c10.data.shape == (20, 32, 32, 3)
     row = raw["data"][3].reshape(3, 32, 32).transpose(1, 2, 0)  # planes -> HWC
     img, label = c10[4 + 3]
