@@ -109,8 +109,8 @@ def get_args_parser(add_help=False):
                  "the features (in memory and DUMP_PATH/feature_cache_R-W.pth, N x D floats split over ranks) and "
                  "train the head for all epochs on that cache: about --epochs times faster. Protocol difference: "
                  "the training images are never randomly cropped or flipped, so the head sees one fixed view per "
-                 "image; accuracies differ from the published protocol (usually within a point or two, often "
-                 "lower on long schedules) and are not comparable with published tables")
+                 "image and overfits sooner; the accuracies are not those of the published protocol (by how much "
+                 "is not measured here) and do not belong next to published tables")
     g = parser.add_argument_group("run")
     add_arg(g, "--dump_path", "--output_dir", default=".", dest="dump_path",
             help="where checkpoint.pth.tar, model_best.pth.tar, eval_linear.json and log.txt go (.)")
