@@ -35,7 +35,7 @@ from src.logging import JsonLog, ProgressLogger, print_rank0
 from src.methods.deepcluster import (IGNORE, MemoryBank, WithIndex, cluster_memory, deepcluster_loss,
                                      fill_memory_bank)
 from src.methods.swav import LossWatch, SwAVModel, cancel_prototype_grads, normalize_prototypes, uniform_loss
-from src.methods.swav_setup import (add_multicrop_args, add_optim_args, add_run_args, autocast_dtype,
+from src.methods.swav_setup import (add_multicrop_args, add_optim_args, add_run_args, autocast_dtype, launch,
                                     build_multicrop_data, build_optimizer, check_multicrop_args, load_rank_file,
                                     log_model, numbered_epoch, save_rank_file, save_run_checkpoint, wrap_model)
 from src.optim import set_lr
@@ -61,8 +61,8 @@ def get_args_parser(add_help=True):
     add_arg(g, "--nmb_kmeans_iters", default=10, type=int, help="deepcluster: k-means iterations per epoch (10)")
     add_arg(g, "--epsilon", default=0.05, type=float, help="sela: Sinkhorn entropy regularisation (0.05)")
     add_arg(g, "--sinkhorn_iterations", default=10, type=int,
-            help="sela: Sinkhorn iterations over the whole bank (10: labels within a few %% of equal cluster sizes; "
-                 "SwAV's online 3 leave them less balanced)")
+            help="sela: Sinkhorn iterations over the whole bank (10: balanced labels even when the features crowd a "
+                 "few prototypes, where SwAV's online 3 still leave some clusters at twice the size of others)")
     add_optim_args(parser, None, "iterations during which the prototypes get no SGD update (default: 1e10 = never "
                                  "for deepcluster, whose prototypes are the k-means centroids; 313 for sela)")
     add_run_args(parser)
@@ -74,11 +74,7 @@ def get_args_parser(add_help=True):
 # ==================================================================================================
 def main(args):
     check_args(args)
-    if args.multiprocessing_distributed:
-        nprocs = args.nproc_per_node or max(torch.cuda.device_count(), 1)
-        dist.spawn_workers(worker, nprocs, max(args.rank, 0), max(args.world_size, 1), args.dist_url, (args,))
-    else:
-        worker(None, None, None, None, args)
+    launch(train, args)
 
 
 def check_args(args):
@@ -91,20 +87,6 @@ def check_args(args):
     if args.epsilon <= 0 or args.sinkhorn_iterations < 1:
         raise UserError(f"need --epsilon > 0 and --sinkhorn_iterations >= 1, got {args.epsilon}, "
                         f"{args.sinkhorn_iterations}")
-
-
-def worker(local_rank, rank, world_size, dist_url, args):
-    """One training process: set up the process group (any launcher), train, tear down."""
-    if rank is None:  # not spawned here: torchrun / launch / srun / plain python / manual ranks
-        local_rank, rank, world_size = args.local_rank, args.rank, args.world_size
-        dist_url = args.dist_url if args.dist_url != "env://" else None
-    device = args.device or (f"cuda:{args.gpu}" if args.gpu is not None else None)
-    info = dist.init_distributed(dist_url=dist_url, world_size=world_size, rank=rank, local_rank=local_rank,
-                                 backend=args.dist_backend or None, device=device)
-    try:
-        return train(args, info)
-    finally:
-        dist.cleanup()
 
 
 def train(args, info):

@@ -11,6 +11,7 @@ import os
 import torch
 from torch import nn
 
+from .. import dist
 from ..args import add_arg, bool_flag
 from ..augment import swav_multicrop_transform
 from ..checkpoint import save_checkpoint
@@ -107,6 +108,37 @@ def check_multicrop_args(args):
                         f"{args.batch_size}, {args.epochs}, {args.warmup_epochs}")
     if args.temperature <= 0:
         raise UserError(f"--temperature must be > 0 (0.1), got {args.temperature}")
+
+
+# ==== launching ====
+def launch(train_fn, args):
+    """The scripts' ``main`` after the flag checks: MoCo-style ``--multiprocessing-distributed`` spawns one process
+    per GPU (or ``--nproc_per_node`` CPU processes); otherwise this process trains (alone, or as one rank of
+    torchrun / torch.distributed.launch / srun, which ``src.dist`` detects).
+
+    Args: train_fn: module-level ``train(args, info)``; args: the script's flags.
+    Returns: what ``train_fn`` returns in this process (None when spawning).
+    """
+    if args.multiprocessing_distributed:
+        nprocs = args.nproc_per_node or max(torch.cuda.device_count(), 1)
+        dist.spawn_workers(_worker, nprocs, max(args.rank, 0), max(args.world_size, 1), args.dist_url,
+                           (train_fn, args))
+        return None
+    return _worker(None, None, None, None, train_fn, args)
+
+
+def _worker(local_rank, rank, world_size, dist_url, train_fn, args):
+    """One training process: process group (any launcher), ``train_fn(args, info)``, tear down."""
+    if rank is None:  # not spawned here: torchrun / launch / srun / plain python / manual ranks
+        local_rank, rank, world_size = args.local_rank, args.rank, args.world_size
+        dist_url = args.dist_url if args.dist_url != "env://" else None
+    device = args.device or (f"cuda:{args.gpu}" if args.gpu is not None else None)
+    info = dist.init_distributed(dist_url=dist_url, world_size=world_size, rank=rank, local_rank=local_rank,
+                                 backend=args.dist_backend or None, device=device)
+    try:
+        return train_fn(args, info)
+    finally:
+        dist.cleanup()
 
 
 # ==== data ====

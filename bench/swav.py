@@ -1,0 +1,116 @@
+"""SwAV training-step throughput and peak memory (2x224 + 6x96 multi-crop), and the multi-crop data pipeline.
+
+    python -m bench.swav                      # CPU-sized: resnet50 2x224+6x96 at batch 4, resnet18 2x32+6x16 at 32
+    python -m bench.swav --arch resnet50 --batch-size 64 --amp fp16 --steps 20          # one GPU, the paper's crops
+    python -m bench.swav --arch resnet50 --batch-size 32 --queue-length 3840 --amp fp16  # bs256 recipe, per GPU
+
+The step timed is ``main_swav.train_one_epoch`` itself (prototype normalisation, grouped forwards, Sinkhorn in
+fp32 over the batch and, with ``--queue-length``, the full queue, swapped loss, backward, LARC step), fed with
+pre-made batches so the loader does not count; images/s counts unique images (each has 8 crops). The data
+pipeline is timed separately, one worker, on the demo images (64 px PNGs: cheaper to decode than ImageNet JPEGs).
+"""
+import argparse
+import math
+import os
+import time
+
+import torch
+
+import main_swav
+from bench.common import machine, peak_memory_mb, report
+from src import dist
+from src.logging import ProgressLogger
+from src.methods.swav import LossWatch, SwAVModel, SwAVQueue
+from src.methods.swav_setup import autocast_dtype, build_optimizer, wrap_model
+
+
+def bench_step(arch, batch_size, size_crops, nmb_crops, steps, amp, device, nmb_prototypes=3000, queue_length=0):
+    """Time ``steps`` SwAV steps after 2 warm-up steps; returns one table row."""
+    args = main_swav.get_args_parser().parse_args(
+        ["--arch", arch, "--batch_size", str(batch_size), "--size_crops", *map(str, size_crops),
+         "--nmb_crops", *map(str, nmb_crops), "--min_scale_crops", *["0.1"] * len(nmb_crops),
+         "--max_scale_crops", *["1"] * len(nmb_crops), "--nmb_prototypes", str(nmb_prototypes),
+         "--amp", amp, "--use_fp16", "false", "--print_freq", str(10 ** 9), "--freeze_prototypes_niters", "1"])
+    info = dist.DistInfo(rank=0, world_size=1, local_rank=0, device=device, distributed=False, backend=None,
+                         launcher="none")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model, ddp_model = wrap_model(SwAVModel(arch, 128, args.hidden_mlp, nmb_prototypes), args, info)
+    warmup = 2
+    optimizer, schedule = build_optimizer(model, args, steps + warmup)
+    dtype = autocast_dtype(args, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    queue = None
+    if queue_length:
+        queue = SwAVQueue(len(args.crops_for_assign), queue_length, 128, device)
+        queue.queue.copy_(torch.nn.functional.normalize(torch.randn_like(queue.queue), dim=2))  # full from step 1
+        queue.filled = queue_length
+    crops = [torch.randn(batch_size, 3, s, s) for s, n in zip(size_crops, nmb_crops) for _ in range(n)]
+    loader = [(crops, torch.zeros(batch_size))] * (steps + warmup)
+    logger = ProgressLogger(steps + warmup, 1, batch_size, 10 ** 9, None, rank=1)
+    watch = LossWatch(math.log(nmb_prototypes), device)
+    times, t = [], time.time()
+    for _ in main_swav.train_one_epoch(model, ddp_model, queue, loader, optimizer, scaler, schedule, 0, 0,
+                                       steps + warmup, args, device, dtype, logger, watch):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.time() - t)
+        t = time.time()
+    timed = sum(times[warmup:])
+    crops_txt = "+".join(f"{n}x{s}" for s, n in zip(size_crops, nmb_crops))
+    return {"what": f"swav step {arch}" + (f" queue {queue_length}" if queue_length else ""), "batch": batch_size,
+            "crops": crops_txt, "amp": amp, "images/s": batch_size * steps / timed, "ms/step": 1000 * timed / steps,
+            "peak MiB": peak_memory_mb(device)}
+
+
+def bench_data(root, size_crops, nmb_crops, n):
+    """Per-sample multi-crop augmentation speed, one process (what one loader worker delivers)."""
+    from src.augment import swav_multicrop_transform
+    from src.data import build_dataset
+
+    transform = swav_multicrop_transform(size_crops, nmb_crops, [0.14, 0.05][:len(size_crops)],
+                                         [1.0, 0.14][:len(size_crops)], blur_scale=size_crops[0] / 224)
+    ds = build_dataset(root, transform, seed=0)
+    n = min(n, len(ds))
+    ds[0]
+    t = time.time()
+    for i in range(n):
+        ds[i]
+    dt = time.time() - t
+    crops_txt = "+".join(f"{c}x{s}" for s, c in zip(size_crops, nmb_crops))
+    return {"what": "data: SwAV multi-crop, 1 worker", "batch": 1, "crops": crops_txt, "amp": "-",
+            "images/s": n / dt, "ms/step": 1000 * dt / n, "peak MiB": 0.0}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", nargs="*", default=["resnet50", "resnet18"])
+    p.add_argument("--batch-size", type=int, nargs="*", default=[4, 32], help="one per arch (or one for all)")
+    p.add_argument("--size-crops", type=int, nargs="*", default=None,
+                   help="crop sides of the two groups for every arch (default: 224 96 for resnet50*, 32 16 otherwise)")
+    p.add_argument("--nmb-crops", type=int, nargs=2, default=[2, 6])
+    p.add_argument("--nmb-prototypes", type=int, default=3000)
+    p.add_argument("--queue-length", type=int, default=0, help="rows of a full queue in every Sinkhorn (0: none)")
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--amp", default="none", choices=["none", "fp16", "bf16"])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--data", default="./data/demo/train", help="images for the data-pipeline measurement")
+    p.add_argument("--data-samples", type=int, default=100)
+    p.add_argument("--output", default="bench/results/swav.json")
+    a = p.parse_args()
+    device = torch.device(a.device)
+    batches = a.batch_size if len(a.batch_size) == len(a.arch) else [a.batch_size[0]] * len(a.arch)
+    rows = []
+    for arch, batch in zip(a.arch, batches):
+        sizes = a.size_crops or ([224, 96] if arch.startswith("resnet50") else [32, 16])
+        rows.append(bench_step(arch, batch, sizes, a.nmb_crops, a.steps, a.amp, device, a.nmb_prototypes,
+                               a.queue_length))
+    from src.demo_data import make_demo_dataset
+    if a.data == "./data/demo/train" and not os.path.isdir(a.data):
+        make_demo_dataset("./data/demo")
+    rows.append(bench_data(a.data, [224, 96], [2, 6], a.data_samples))
+    report(f"SwAV bench on {machine(device)}", rows, a.output)
+
+
+if __name__ == "__main__":
+    main()
