@@ -223,6 +223,10 @@ def train(args, info):
         start_epoch, start_iter = ckpt["epoch"], ckpt["iter"]
         if len(ckpt.get("rng", [])) == info.world_size:
             set_rng_state(ckpt["rng"][info.rank], device)
+        elif start_iter:
+            print_rank0(f"warning: the checkpoint was written by {len(ckpt.get('rng', []))} processes, this run has "
+                        f"{info.world_size}: the rest of epoch {start_epoch} sees a different split of the data",
+                        rank=info.rank)
         print_rank0(f"=> resumed from '{resume_path}' at epoch {start_epoch}, iteration {start_iter}", rank=info.rank)
 
     # ==== training ====
@@ -423,7 +427,7 @@ def run_demo(args):
 
 # Demo recipe for 2 CPU cores (a few minutes): ResNet-18 with a CIFAR stem, 2 x 32-px crops, small heads,
 # a queue small next to the 3,000 training images. Not tuned yet: see README "Demo".
-DEMO = dict(arch="resnet18", cifar_stem=True, epochs=4, batch_size=128, base_lr=0.3, final_lr=0.0, warmup_epochs=1,
+DEMO = dict(arch="resnet18", cifar_stem=False, epochs=4, batch_size=128, base_lr=0.3, final_lr=0.0, warmup_epochs=1,
             wd=1e-5, feat_dim=128, proj_hidden_dim=512, pred_hidden_dim=512, queue_size=1024, temperature=0.1,
             temperature_m=0.07, coeff=0.5, momentum_start=0.99, size_crops=[32], nmb_crops=[2],
             min_scale_crops=[0.2], max_scale_crops=[1.0], workers=1, print_freq=10, checkpoint_freq=0, max_iters=0,

@@ -145,3 +145,27 @@ def test_fp16_overflow_skips_the_step_and_lowers_the_scale():
         if v.is_floating_point() and "running" not in k:
             assert torch.equal(v, before[k]), k  # the optimizer step was skipped
     assert int(model.queue.ptr) == 8  # keys of both views are still enqueued
+
+
+def test_sbatch_scripts_parse_and_match_the_released_configs():
+    import glob
+    import os
+    import shlex
+
+    from tests.helpers import ROOT
+
+    seen = {}
+    for path in sorted(glob.glob(os.path.join(ROOT, "scripts", "sce_*.sh"))):
+        text = open(path).read()
+        assert text.startswith("#!/bin/bash\n"), path
+        cmd = text.split("main_sce.py", 1)[1].replace("\\\n", " ")
+        argv = [a.replace("$DATASET_PATH", "/data").replace("$EXPERIMENT_PATH", "/out") for a in shlex.split(cmd)]
+        args = main_sce.get_args_parser().parse_args(argv)
+        main_sce.check_args(args)
+        seen[os.path.basename(path)] = args
+        assert (args.temperature, args.temperature_m, args.coeff, args.queue_size) == (0.1, 0.07, 0.5, 65536)
+    assert {"sce_100ep.sh", "sce_200ep.sh", "sce_300ep.sh", "sce_1000ep.sh", "sce_multicrop_200ep.sh",
+            "sce_1gpu.sh"} <= set(seen)
+    assert seen["sce_100ep.sh"].base_lr == 0.6 and seen["sce_1000ep.sh"].wd == 1.5e-6
+    multi = seen["sce_multicrop_200ep.sh"]
+    assert main_sce.crop_list(multi) == [224, 224, 192, 160, 128, 96] and multi.batch_size * 16 == 4096

@@ -1,0 +1,52 @@
+#!/bin/bash
+# SCE on ONE GPU (or a CPU node): no launcher needed. ResNet-50, 2x224, batch 256, so the lr is
+# base_lr 0.3 x 256 / 256 = 0.3 (linear scaling) and the queue of 65536 holds 128 steps of keys
+# (2 views x 256 per step). Expect a little below the 4096-batch recipe.
+#SBATCH --job-name=sce_1gpu
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=1
+#SBATCH --cpus-per-task=16
+#SBATCH --time=240:00:00
+#SBATCH --signal=USR1@600
+#SBATCH --output=%x-%j.out
+set -euo pipefail
+DATASET_PATH=${DATASET_PATH:-/path/to/imagenet}
+EXPERIMENT_PATH=${EXPERIMENT_PATH:-./experiments/sce_1gpu}
+mkdir -p "$EXPERIMENT_PATH"
+
+python -u main_sce.py \
+  --data_path "$DATASET_PATH" \
+  --dump_path "$EXPERIMENT_PATH" \
+  --arch resnet50 \
+  --feat_dim 256 \
+  --proj_hidden_dim 4096 \
+  --pred_hidden_dim 4096 \
+  --size_crops 224 \
+  --nmb_crops 2 \
+  --min_scale_crops 0.2 \
+  --max_scale_crops 1.0 \
+  --blur_prob 1.0 0.1 0.5 \
+  --solarize_prob 0.0 0.2 0.2 \
+  --mutual_pass false \
+  --temperature 0.1 \
+  --temperature_m 0.07 \
+  --coeff 0.5 \
+  --mask_positive false \
+  --queue_size 65536 \
+  --momentum_start 0.99 \
+  --epochs 200 \
+  --batch_size 256 \
+  --base_lr 0.3 \
+  --final_lr 0 \
+  --warmup_epochs 10 \
+  --start_warmup 0 \
+  --wd 1e-6 \
+  --lars_momentum 0.9 \
+  --trust_coefficient 0.001 \
+  --use_fp16 true \
+  --sync_bn false \
+  --seed 42 \
+  --workers 16 \
+  --checkpoint_freq 25 \
+  --print_freq 50
