@@ -44,6 +44,7 @@ _TEXTURE_ALPHA = (0.15, 0.5)  # strength of the background pattern over its grad
 _FILL_TEXTURE = 0.25          # probability that the shape's fill is itself faintly textured
 _MAX_DISTRACTORS = 2      # small ellipses drawn under the shape (0 to this many)
 _GREY = False             # draw in grey levels only (colour carries no instance identity)
+_ROTATION = 2 * math.pi     # shapes are rotated by an angle drawn in [0, this)
 _MIN_CONTRAST = 0.6           # RGB distance between the fill and the mean background under the shape
 
 
@@ -121,7 +122,7 @@ def _shape_mask(rng, name, size):
     parts = _unit_shape(name)
     area = rng.uniform(*_AREA_RANGE) * size * size
     aspect = math.exp(rng.uniform(*np.log(_ASPECT_RANGE)))
-    angle = rng.uniform(0, 2 * math.pi)
+    angle = rng.uniform(0, _ROTATION)
     c, s = math.cos(angle), math.sin(angle)
     matrix = math.sqrt(area) * np.array([[c, -s], [s, c]]) @ np.diag([math.sqrt(aspect), 1 / math.sqrt(aspect)])
     filled = np.concatenate([p for p, paint in parts if paint]) @ matrix.T

@@ -106,3 +106,20 @@ def test_moco_heads_and_mlp_flag():
     assert torch.allclose(out.mean(0), torch.zeros(8), atol=1e-5)
     assert torch.allclose(out.var(0, unbiased=False), torch.ones(8), atol=1e-3)
     assert [type(m).__name__ for m in build_moco_head("simple", 16, 8)] == ["Linear", "ReLU", "Linear"]
+
+
+def test_resnet_tiny_layout_and_size():
+    from src.models import build_backbone
+    from src.models.resnet import build_resnet
+    net, dim = build_backbone("resnet_tiny", cifar_stem=True)
+    assert dim == 128 and net(torch.randn(2, 3, 32, 32)).shape == (2, 128)
+    # ResNet-10 layout at 16-32-64-128 channels: stem 3x3 conv + BN, one basic block per stage, 1x1 shortcuts
+    # where the width changes (stages 2-4)
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 1 + 4 * 2 + 3
+    expected = 3 * 16 * 9 + 2 * (16 * 16 * 9) + 16 * 32 * 9 + 32 * 32 * 9 + 16 * 32 + 32 * 64 * 9 + 64 * 64 * 9 \
+        + 32 * 64 + 64 * 128 * 9 + 128 * 128 * 9 + 64 * 128
+    assert sum(c.weight.numel() for c in convs) == expected
+    # the standard resnets are unchanged by the base-width option
+    r18 = build_resnet("resnet18")
+    assert sum(p.numel() for p in r18.parameters()) == 11176512

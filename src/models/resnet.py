@@ -26,15 +26,17 @@ class ResNet(nn.Module):
         width_per_group: inner width of bottlenecks (torchvision's wide_resnet uses 128).
         cifar_stem: 3x3 stride-1 first conv without max-pool, for small images.
         zero_init_residual: zero the last BN of each block (Goyal et al.), off by default as in torchvision.
+        base: channels of the stem and the first stage (64 in every published ResNet; 16 in ``resnet_tiny``).
 
     ``forward(x)``: (B, 3, H, W) -> ``fc`` of the (B, out_dim) pooled feature; ``fc`` is ``nn.Identity``
     so the trunk returns the feature; methods replace ``fc`` by their projection head as MoCo does.
     """
 
-    def __init__(self, block, layers, widen=1, width_per_group=64, cifar_stem=False, zero_init_residual=False):
+    def __init__(self, block, layers, widen=1, width_per_group=64, cifar_stem=False, zero_init_residual=False,
+                 base=64):
         super().__init__()
         self.base_width = width_per_group
-        self.inplanes = 64 * widen
+        self.inplanes = base * widen
         if cifar_stem:
             self.conv1 = nn.Conv2d(3, self.inplanes, 3, stride=1, padding=1, bias=False)
         else:
@@ -42,13 +44,13 @@ class ResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(self.inplanes)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.Identity() if cifar_stem else nn.MaxPool2d(3, stride=2, padding=1)
-        self.layer1 = self._make_layer(block, 64 * widen, layers[0])
-        self.layer2 = self._make_layer(block, 128 * widen, layers[1], stride=2)
-        self.layer3 = self._make_layer(block, 256 * widen, layers[2], stride=2)
-        self.layer4 = self._make_layer(block, 512 * widen, layers[3], stride=2)
+        self.layer1 = self._make_layer(block, base * widen, layers[0])
+        self.layer2 = self._make_layer(block, 2 * base * widen, layers[1], stride=2)
+        self.layer3 = self._make_layer(block, 4 * base * widen, layers[2], stride=2)
+        self.layer4 = self._make_layer(block, 8 * base * widen, layers[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Identity()
-        self.out_dim = 512 * widen * block.expansion
+        self.out_dim = 8 * base * widen * block.expansion
 
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -85,8 +87,10 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(self.forward_features(x)), 1))
 
 
-# name -> (block, layers, widen, width_per_group)
+# name -> (block, layers, widen, width_per_group[, base]); resnet_tiny is this project's CPU-demo trunk:
+# the ResNet-10 layout (one basic block per stage) at 16-32-64-128 channels, 0.3M parameters, 128-d feature.
 RESNET_CONFIGS = {
+    "resnet_tiny": (BasicBlock, [1, 1, 1, 1], 1, 64, 16),
     "resnet18": (BasicBlock, [2, 2, 2, 2], 1, 64),
     "resnet34": (BasicBlock, [3, 4, 6, 3], 1, 64),
     "resnet50": (Bottleneck, [3, 4, 6, 3], 1, 64),
@@ -102,6 +106,6 @@ RESNET_CONFIGS = {
 
 def build_resnet(arch, cifar_stem=False, zero_init_residual=False):
     """Build one of ``RESNET_CONFIGS`` as a trunk; returns the module (``out_dim`` attribute set)."""
-    block, layers, widen, wpg = RESNET_CONFIGS[arch]
+    block, layers, widen, wpg, *base = RESNET_CONFIGS[arch]
     return ResNet(block, layers, widen=widen, width_per_group=wpg, cifar_stem=cifar_stem,
-                  zero_init_residual=zero_init_residual)
+                  zero_init_residual=zero_init_residual, base=base[0] if base else 64)
