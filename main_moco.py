@@ -589,7 +589,7 @@ def run_demo(args):
 
     t0 = time.time()
     root = make_demo_dataset(args.demo_dir)
-    demo = dict(data=str(root), arch="resnet18", epochs=DEMO["epochs"], batch_size=DEMO["batch_size"],
+    demo = dict(data=str(root), arch=DEMO["arch"], cifar_stem=DEMO["cifar_stem"], epochs=DEMO["epochs"], batch_size=DEMO["batch_size"],
                 lr=DEMO["lr"], moco_k=DEMO["moco_k"], moco_t=DEMO["moco_t"], moco_m=DEMO["moco_m"],
                 mlp=DEMO["mlp"], aug_plus=True, cos=True, crop_size=DEMO["crop_size"], workers=DEMO["workers"],
                 seed=args.seed if args.seed is not None else 0, print_freq=DEMO["print_freq"],
@@ -633,7 +633,7 @@ def run_demo(args):
 
 # Demo recipe for 2 CPU cores (about 3 minutes): MoCo v2 at 32 px with a queue small next to the dataset.
 # README "Demo" lists what was measured with other settings (none yet beats random init by 5 points).
-DEMO = dict(epochs=8, batch_size=128, lr=0.06, moco_k=1024, moco_t=0.2, moco_m=0.99, crop_size=32, eval_size=32,
+DEMO = dict(arch="resnet18", cifar_stem=False, epochs=8, batch_size=128, lr=0.06, moco_k=1024, moco_t=0.2, moco_m=0.99, crop_size=32, eval_size=32,
             workers=1, print_freq=10, weight_decay=1e-4, bn_splits=8, min_scale=0.2, mlp="simple")
 
 

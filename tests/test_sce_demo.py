@@ -1,0 +1,37 @@
+"""main_sce.py --demo: output contract (last two lines parsed by scripts), demo.json, a checkpoint eval.knn reads,
+and the random-init trunk really is the run's initial weights (a shortened recipe here)."""
+import json
+import re
+
+import torch
+
+import main_sce
+
+
+def test_demo_last_two_lines_checkpoint_and_initial_weights(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(main_sce.DEMO, "epochs", 1)
+    import src.demo_data
+
+    real = src.demo_data.make_demo_dataset
+    monkeypatch.setattr(src.demo_data, "make_demo_dataset",
+                        lambda root: real(root, train_per_class=30, val_per_class=10, workers=1))
+    args = main_sce.get_args_parser().parse_args(
+        ["--demo", "--demo_dir", str(tmp_path / "demo"), "--dump_path", str(tmp_path / "run")])
+    results = main_sce.run_demo(args)
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.strip()]
+    assert re.fullmatch(r"demo kNN top-1 pretrained: \d+\.\d\d%", lines[-2])
+    assert re.fullmatch(r"demo kNN top-1 random-init: \d+\.\d\d%", lines[-1])
+    assert float(lines[-2].split()[-1][:-1]) == round(results["pretrained"]["weighted_knn_top1"], 2)
+    assert float(lines[-1].split()[-1][:-1]) == round(results["random-init"]["weighted_knn_top1"], 2)
+    saved = json.loads((tmp_path / "run" / "demo.json").read_text())
+    assert set(saved) >= {"pretrained", "random-init", "seconds"}
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pth.tar", map_location="cpu", weights_only=True)
+    assert ckpt["args"]["arch"] == "resnet_tiny"
+    # the trunk was trained: its weights differ from the seeded initial weights the random-init line uses
+    main_sce.dist.seed_everything(args.seed, 0)
+    init = main_sce.SCE(args.arch, dim=args.feat_dim, proj_hidden_dim=args.proj_hidden_dim,
+                        pred_hidden_dim=args.pred_hidden_dim, queue_size=args.queue_size,
+                        cifar_stem=args.cifar_stem).trunk.state_dict()
+    trained = {k[len("trunk."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("trunk.")}
+    assert trained.keys() == init.keys()
+    assert any(not torch.equal(trained[k], init[k]) for k in init if init[k].is_floating_point())
