@@ -20,7 +20,8 @@ One GPU (queue a multiple of 2 x batch):
 CPU, two processes, 6 small crops:
     python -m torch.distributed.launch --nproc_per_node=2 main_sce.py --data_path data/demo --arch resnet18 \
         --cifar_stem --batch_size 32 --queue_size 1024 --size_crops 32 16 --nmb_crops 2 4 \
-        --min_scale_crops 0.2 0.05 --max_scale_crops 1 0.2 --epochs 1 --workers 1 --dump_path runs/sce-cpu
+        --min_scale_crops 0.2 0.05 --max_scale_crops 1 0.2 --epochs 1 --warmup_epochs 0 --workers 1 \
+        --dump_path runs/sce-cpu
 """
 import argparse
 import copy

@@ -159,3 +159,14 @@ def test_bad_values_raise_user_error(extra, needle, tmp_path):
     with pytest.raises(UserError) as exc:
         _train_in_process(["--data_path", "x", *TINY, "--dump_path", str(tmp_path), *extra])
     assert needle in str(exc.value)
+
+
+def test_docstring_commands_pass_flag_checks():
+    """Every full main_sce.py command of the module docstring passes check_args (the CPU one once said
+    --epochs 1 with the default 10 warmup epochs, which check_args refuses)."""
+    doc = main_sce.__doc__.replace("\\\n", " ")
+    commands = [line.split("main_sce.py", 1)[1].split() for line in doc.splitlines()
+                if "main_sce.py --" in line and "..." not in line]
+    assert len(commands) >= 3
+    for argv in commands:
+        main_sce.check_args(main_sce.get_args_parser().parse_args(argv))
