@@ -208,7 +208,10 @@ def train(args, info):
     check_recipe_args(args)
     resume_path, restart = resume_source(args)
     ckpt = load_checkpoint(resume_path) if resume_path and not restart else None
-    seed = ckpt["seed"] if ckpt is not None else (args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little") % 2**31)
+    seed = ckpt["seed"] if ckpt is not None else args.seed
+    if seed is None:  # MoCo's default: a fresh seed, drawn on rank 0 and shared, since the initial queue and the
+        # sampler's split of the data derive from it and must agree on every rank
+        seed = int(dist.broadcast(torch.tensor(int.from_bytes(os.urandom(4), "little") % 2**31, device=device)))
     dist.seed_everything(seed, 0)  # the same initial weights on every rank, as MoCo seeds
     if info.rank == 0:
         with open(os.path.join(args.output_dir, "args.json"), "w") as f:
