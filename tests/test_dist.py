@@ -122,6 +122,21 @@ def test_spawn_workers_needs_url_for_several_nodes():
         dist.spawn_workers(_spawned_worker, 1, 0, 2, "env://", ())
 
 
+def test_spawned_process_splits_the_cores_unless_omp_num_threads_is_set(monkeypatch):
+    """--multiprocessing-distributed on a CPU: each of N processes takes cores / N threads (torchrun sets
+    OMP_NUM_THREADS=1; without either, 2 processes on 2 cores ran 4x slower); an explicit setting wins."""
+    n = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setattr(os, "cpu_count", lambda: 8)
+        assert dist._spawned(0, lambda *a: torch.get_num_threads(), 4, 0, 1, "tcp://x:1", ()) == 2
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        torch.set_num_threads(3)
+        assert dist._spawned(0, lambda *a: torch.get_num_threads(), 4, 0, 1, "tcp://x:1", ()) == 3
+    finally:
+        torch.set_num_threads(n)
+
+
 # ==================================================================================================
 def _torchrun_worker(rank, port, path, as_launch):
     """Emulate torchrun (or torch.distributed.launch, which also passes ``--local-rank``)."""
