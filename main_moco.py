@@ -46,7 +46,7 @@ from torch import nn
 
 from src import dist
 from src.args import add_amp_args, add_arg, add_dist_args, amp_dtype
-from src.augment import (MultiCropTransform, MultiScaleCrops, MultiViewTransform, autoaugment_or, eval_transform,
+from src.augment import (MultiCropTransform, MultiScaleCrops, MultiViewTransform, autoaugment_or,
                          moco_color_transform, moco_transform, ssl_small_jitter)
 from src.checkpoint import (find_resume_checkpoint, load_checkpoint, load_state_strict, rng_state,
                             save_checkpoint, set_rng_state)
@@ -586,9 +586,8 @@ def moco_head(args):
 def run_demo(args):
     """Build the demo data, pretrain a ResNet-18 on the CPU for a few minutes, compare kNN top-1 of the
     pretrained trunk with the same trunk at its random initialisation."""
+    from src.demo import knn_vs_random_init
     from src.demo_data import make_demo_dataset
-    from src.features import extract_features
-    from src.metrics import best_nn, weighted_knn
 
     t0 = time.time()
     root = make_demo_dataset(args.demo_dir)
@@ -609,27 +608,13 @@ def run_demo(args):
     # the same trunk at random init: rebuilding with the run's seed reproduces the initial weights
     dist.seed_everything(args.seed, 0)
     init = MoCo(args.arch, dim=args.moco_dim, K=args.moco_k, head=moco_head(args)).encoder_q
-    results = {}
-    tf = eval_transform(resize=DEMO["eval_size"], crop_size=DEMO["eval_size"])
-    train_set = build_dataset(os.path.join(root, "train"), tf)
-    val_set = build_dataset(os.path.join(root, "val"), tf)
-    loaders = [torch.utils.data.DataLoader(s, batch_size=256, shuffle=False, num_workers=1) for s in (train_set, val_set)]
-    for name, enc in (("pretrained", model.encoder_q), ("random-init", init)):
-        trunk = copy.deepcopy(enc).to(info.device)
+    trunks = []
+    for enc in (model.encoder_q, init):
+        trunk = copy.deepcopy(enc)
         trunk.fc = nn.Identity()
-        (ftr, ltr), (fva, lva) = [extract_features(trunk, ld, info.device) for ld in loaders]
-        results[name] = {"weighted_knn_top1": weighted_knn(ftr, ltr, fva, lva, k=20, temperature=0.07),
-                         "best_nn": best_nn(ftr, ltr, fva, lva, max_k=5)[0]}
-        print(f"demo {name}: weighted kNN {results[name]['weighted_knn_top1']:.2f}%, "
-              f"best-NN {results[name]['best_nn']:.2f}%", flush=True)
-    results["seconds"] = time.time() - t0
-    with open(os.path.join(args.output_dir, "demo.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"demo finished in {results['seconds']:.0f} s; evaluate the checkpoint again with: python -m eval.knn "
-          f"{root} --pretrained {os.path.join(args.output_dir, 'checkpoint.pth.tar')} --resize {DEMO['eval_size']} "
-          f"--crop-size {DEMO['eval_size']}", flush=True)
-    print(f"demo kNN top-1 pretrained: {results['pretrained']['weighted_knn_top1']:.2f}%", flush=True)
-    print(f"demo kNN top-1 random-init: {results['random-init']['weighted_knn_top1']:.2f}%", flush=True)
+        trunks.append(trunk)
+    results = knn_vs_random_init(*trunks, root, DEMO["eval_size"], info.device, args.output_dir,
+                                 os.path.join(args.output_dir, "checkpoint.pth.tar"), t0)
     dist.cleanup()
     return results
 

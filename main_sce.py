@@ -24,7 +24,6 @@ CPU, two processes, 6 small crops:
         --dump_path runs/sce-cpu
 """
 import argparse
-import copy
 import json
 import math
 import os
@@ -36,7 +35,7 @@ from torch import nn
 
 from src import dist
 from src.args import add_amp_args, add_arg, add_dist_args, amp_dtype, bool_flag
-from src.augment import eval_transform, sce_multicrop_transform
+from src.augment import sce_multicrop_transform
 from src.checkpoint import (find_resume_checkpoint, load_checkpoint, load_state_strict, save_checkpoint,
                             set_rng_state)
 from src.data import ResumableSampler, build_dataset, build_loader, resolve_split
@@ -382,9 +381,8 @@ def train_one_epoch(model, online, target, loader, optimizer, scaler, lr_schedul
 def run_demo(args):
     """Build the demo data, pretrain resnet_tiny with SCE on the CPU for about 2 minutes, compare kNN top-1 of
     the pretrained trunk with the same trunk at its random initialisation."""
+    from src.demo import knn_vs_random_init
     from src.demo_data import make_demo_dataset
-    from src.features import extract_features
-    from src.metrics import best_nn, weighted_knn
 
     t0 = time.time()
     root = make_demo_dataset(args.demo_dir)
@@ -403,25 +401,8 @@ def run_demo(args):
     dist.seed_everything(args.seed, 0)
     init = SCE(args.arch, dim=args.feat_dim, proj_hidden_dim=args.proj_hidden_dim,
                pred_hidden_dim=args.pred_hidden_dim, queue_size=args.queue_size, cifar_stem=args.cifar_stem).trunk
-    tf = eval_transform(resize=DEMO["eval_size"], crop_size=DEMO["eval_size"])
-    sets = [build_dataset(os.path.join(root, split), tf) for split in ("train", "val")]
-    loaders = [torch.utils.data.DataLoader(s, batch_size=256, shuffle=False, num_workers=1) for s in sets]
-    results = {}
-    for name, trunk in (("pretrained", model.trunk), ("random-init", init)):
-        trunk = copy.deepcopy(trunk).to(info.device)
-        (ftr, ltr), (fva, lva) = [extract_features(trunk, ld, info.device) for ld in loaders]
-        results[name] = {"weighted_knn_top1": weighted_knn(ftr, ltr, fva, lva, k=20, temperature=0.07),
-                         "best_nn": best_nn(ftr, ltr, fva, lva, max_k=5)[0]}
-        print(f"demo {name}: weighted kNN {results[name]['weighted_knn_top1']:.2f}%, "
-              f"best-NN {results[name]['best_nn']:.2f}%", flush=True)
-    results["seconds"] = time.time() - t0
-    with open(os.path.join(args.dump_path, "demo.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"demo finished in {results['seconds']:.0f} s; evaluate the checkpoint again with: python -m eval.knn "
-          f"{root} --pretrained {os.path.join(args.dump_path, 'checkpoint.pth.tar')} --resize {DEMO['eval_size']} "
-          f"--crop-size {DEMO['eval_size']}", flush=True)
-    print(f"demo kNN top-1 pretrained: {results['pretrained']['weighted_knn_top1']:.2f}%", flush=True)
-    print(f"demo kNN top-1 random-init: {results['random-init']['weighted_knn_top1']:.2f}%", flush=True)
+    results = knn_vs_random_init(model.trunk, init, root, DEMO["eval_size"], info.device, args.dump_path,
+                                 os.path.join(args.dump_path, "checkpoint.pth.tar"), t0)
     dist.cleanup()
     return results
 

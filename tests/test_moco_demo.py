@@ -18,7 +18,7 @@ def test_demo_last_two_lines_and_checkpoint(tmp_path, monkeypatch, capsys):
     lines = [l for l in capsys.readouterr().out.splitlines() if l.strip()]
     assert re.fullmatch(r"demo kNN top-1 pretrained: \d+\.\d\d%", lines[-2])
     assert re.fullmatch(r"demo kNN top-1 random-init: \d+\.\d\d%", lines[-1])
-    assert float(lines[-2].split()[-1][:-1]) == round(results["pretrained"]["weighted_knn_top1"], 2)
+    assert float(lines[-2].split()[-1][:-1]) == round(results["pretrained"]["best_nn"], 2)
     assert (tmp_path / "run" / "checkpoint.pth.tar").exists()
     saved = json.loads((tmp_path / "run" / "demo.json").read_text())
     assert set(saved) >= {"pretrained", "random-init", "seconds"}
