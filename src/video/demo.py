@@ -148,3 +148,23 @@ def make_video_demo(root, num_classes=4, train_per_class=12, val_per_class=4, he
     with open(marker, "w") as f:
         json.dump(settings, f)
     return str(root)
+
+
+def main(argv=None):
+    """``python -m src.video.demo ROOT [--num_classes N --train_per_class N --val_per_class N --seed S]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser("Write the moving-shapes demo video dataset")
+    parser.add_argument("root", help="output folder (train/, val/, ucf/videos, ucf/splits)")
+    parser.add_argument("--num_classes", default=4, type=int, help="shapes, 2-6 (4)")
+    parser.add_argument("--train_per_class", default=12, type=int, help="training videos per class (12)")
+    parser.add_argument("--val_per_class", default=4, type=int, help="validation videos per class (4)")
+    parser.add_argument("--seed", default=0, type=int, help="seed of every draw (0)")
+    args = parser.parse_args(argv)
+    root = make_video_demo(args.root, args.num_classes, args.train_per_class, args.val_per_class, seed=args.seed)
+    print(f"demo videos in {root}: {args.num_classes} classes x ({args.train_per_class} train + "
+          f"{args.val_per_class} val), UCF101-style copy and split files in {os.path.join(root, 'ucf')}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
