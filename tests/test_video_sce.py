@@ -86,5 +86,5 @@ def test_two_gloo_processes_train_r3d18(videos, tmp_path):
 
 def test_bad_video_folder_is_one_error_line(tmp_path):
     p = run(py("main_sce.py", "--data_path", str(tmp_path / "none"), "--arch", "r3d18", "--batch_size", "2",
-               "--queue_size", "16", *SMALL))
+               "--queue_size", "16", "--dump_path", str(tmp_path / "out"), *SMALL))
     assert "does not exist" in one_error_line(p)
