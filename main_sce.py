@@ -24,9 +24,11 @@ CPU, two processes, 6 small crops:
         --dump_path runs/sce-cpu
 Video SCE (MVAP 2023; spec 5): --modality video, R3D trunks, 2 clips of 2.56 s per video, spec 5.3 defaults:
     sbatch scripts/video_sce_r3d50_k400_8f.sh       # and video_sce_r3d18_k200.sh / video_sce_r3d50_k400_16f.sh
+CPU, the generated moving-shapes videos (README "Video SCE" has the evaluations that follow):
     python -m src.video.demo data/video_demo && python main_sce.py --modality video --data_path data/video_demo \
-        --arch r3d_tiny --num_frames 4 --size_crops 32 --batch_size 8 --queue_size 256 --epochs 2 \
-        --warmup_epochs 0 --workers 1 --dump_path runs/video-sce-cpu   # CPU, see README "Video SCE"
+        --arch r3d18 --num_frames 4 --size_crops 32 --batch_size 8 --queue_size 128 --feat_dim 128 \
+        --proj_hidden_dim 512 --pred_hidden_dim 512 --base_lr 0.6 --epochs 3 --warmup_epochs 1 --workers 1 \
+        --print_freq 6 --dump_path runs/video-sce-cpu
 """
 import argparse
 import copy
