@@ -195,8 +195,9 @@ def linear_eval(args, info):
 
     # ==== preparing data ====
     train_set, val_set = build_datasets(args)
-    print_rank0(f"data: {len(train_set)} train / {len(val_set)} val {'videos' if args.modality == 'video' else 'images'}"
-                f", {len(train_set.classes)} classes", rank=rank)
+    unit = "videos" if args.modality == "video" else "images"
+    print_rank0(f"data: {len(train_set)} train / {len(val_set)} val {unit}, {len(train_set.classes)} classes",
+                rank=rank)
 
     # ==== building the frozen trunk and the head ====
     trunk, dim = build_frozen_trunk(args, device, rank)

@@ -357,8 +357,9 @@ def test(net, loader, args, info, results, epoch):
     net.eval()
     res = evaluate(net[1], loader, info.device, features=net[0], amp_dtype=amp_dtype(args))
     if info.rank == 0:
-        print(f"Test: {res['n']} {'videos' if args.modality == 'video' else 'images'}, loss {res['loss']:.4e}, {res['n'] / max(res['seconds'], 1e-9):.1f} img/s",
-              flush=True)
+        unit = ("videos", "videos/s") if args.modality == "video" else ("images", "img/s")
+        rate = res['n'] / max(res['seconds'], 1e-9)
+        print(f"Test: {res['n']} {unit[0]}, loss {res['loss']:.4e}, {rate:.1f} {unit[1]}", flush=True)
         print(f" * Acc@1 {res['top1']:.3f} Acc@5 {res['top5']:.3f}", flush=True)
         JsonLog(os.path.join(args.output_dir, "log.txt"), info.rank).write({"type": "test", "epoch": epoch, **res})
     return res if epoch is None else results.add(epoch, res)

@@ -90,8 +90,8 @@ def extract_bank(args):
 
 def load_bank(folder):
     """Step 1's files of ``folder``."""
-    return {split: tuple(load_checkpoint(os.path.join(folder, f"{split}_{what}.pth")) for what in ("features", "labels"))
-            for split in ("train", "val")}
+    return {split: tuple(load_checkpoint(os.path.join(folder, f"{split}_{what}.pth"))
+                         for what in ("features", "labels")) for split in ("train", "val")}
 
 
 @exit_on_user_error

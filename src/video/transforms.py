@@ -165,7 +165,8 @@ class ClipTestTransform:
 
     def __init__(self, short_side=256, crop=256, num_crops=3):
         if num_crops not in (1, 3) or crop > short_side:
-            raise ValueError(f"need 1 or 3 crops no larger than the short side, got {num_crops} x {crop} at {short_side}")
+            raise ValueError(f"need 1 or 3 crops no larger than the short side, got {num_crops} x {crop} at "
+                             f"{short_side}")
         self.short_side, self.crop, self.num_crops = short_side, crop, num_crops
 
     def box(self, height, width, view_id):
