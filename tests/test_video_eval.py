@@ -194,3 +194,15 @@ def test_video_eval_errors_are_one_line(videos, tmp_path):
     assert "does not exist" in one_error_line(p)
     p = run(py("eval_linear.py", root, "--modality", "video", "--precompute_features"))
     assert "--precompute_features" in one_error_line(p)
+
+
+def test_retrieval_cli_on_image_folders(tmp_path):
+    from tests.helpers import tiny_dataset
+
+    data = tiny_dataset(str(tmp_path / "img"), num_classes=3, train_per_class=4, val_per_class=2, size=32)
+    p = run(py("-m", "eval.retrieval", data, "--modality", "image", "-a", "resnet_tiny", "--resize", "32",
+               "--crop_size", "32", "-b", "8", "-j", "0", "--ks", "1", "5", "--output_dir", str(tmp_path / "r")))
+    assert_ok(p)
+    assert "bank: 12 train, queries: 6 test, 128-d features" in p.stdout
+    saved = json.load(open(tmp_path / "r" / "retrieval.json"))
+    assert set(saved["recall"]) == {"1", "5"}
