@@ -28,6 +28,11 @@ and writes the same numbers to DUMP_PATH/eval_linear.json. Runs resume from DUMP
     # SCE's protocol on an eztorch (Lightning) checkpoint: trunk.* keys, batch 1024 -> lr 0.4
     torchrun --nproc_per_node=8 eval_linear.py /datasets/imagenet --pretrained sce.ckpt --trunk_pattern '^(trunk\\.)' \
         --protocol sce --trust_checkpoint
+    # video (spec sce.md 5.4): an R3D from main_sce.py --modality video on Kinetics train/ and val/ video folders,
+    # protocol "video" (lr 2.0 x batch/256, 8 warmup epochs then cosine per iteration, 60 epochs, batch 512), 1
+    # random clip to train, 10 clips x 3 crops of 256 px averaged to test; see scripts/video_linear_*.sh
+    torchrun --nproc_per_node=8 eval_linear.py /datasets/kinetics400 --modality video --num_frames 8 \
+        --pretrained runs/video_sce_r3d50/checkpoint.pth.tar --dump_path runs/video_linear
 """
 import argparse
 import json
@@ -52,6 +57,7 @@ from src.optim import cosine_schedule, moco_lr_schedule, set_lr
 from src.pair_eval import build_trunk
 from src.pretrained import add_pretrained_args
 from src.runtime import StopSignal
+from src.video.build import add_video_eval_args, eval_samples, eval_sets
 
 # Published recipes (spec evals.md A.14 / B.6, sce.md section 4). "lr" None: 0.1 x batch / 256 (SCE's scaler).
 PROTOCOLS = {
@@ -63,6 +69,10 @@ PROTOCOLS = {
     "sce": dict(lr=None, batch_size=1024, epochs=90, weight_decay=0.0, momentum=0.9, nesterov=False,
                 scheduler_type="cosine_iter", decay_epochs=[60, 80], gamma=0.1, final_lr=0.0,
                 norm_std=[0.229, 0.224, 0.225]),
+    # video (sce.md 5.4): lr 2.0 x batch / 256, 8 warmup epochs, cosine per iteration; clips normalised 0.45 / 0.225
+    "video": dict(lr=None, batch_size=512, epochs=60, weight_decay=0.0, momentum=0.9, nesterov=False,
+                  scheduler_type="cosine_iter", decay_epochs=[60, 80], gamma=0.1, final_lr=0.0,
+                  norm_std=[0.229, 0.224, 0.225], warmup_epochs=8),
 }
 
 
@@ -81,10 +91,11 @@ def get_args_parser(add_help=False):
     add_pretrained_args(g, snake=True)
     add_arg(g, "--seed", default=31, type=int, help="seed of the head init, sampling, augmentation, random trunk (31)")
     g = parser.add_argument_group("protocol (each default comes from --protocol)")
-    add_arg(g, "--protocol", default="swav", choices=sorted(PROTOCOLS),
+    add_arg(g, "--protocol", default=None, choices=sorted(PROTOCOLS),
             help="published recipe filling every flag of this group left unset: swav (lr 0.3, cosine, 100 ep, "
                  "wd 1e-6), moco (lr 30, x0.1 at 60/80, 100 ep, wd 0), sce (lr 0.1 x batch/256, cosine per "
-                 "iteration, 90 ep, batch 1024, wd 0); default swav")
+                 "iteration, 90 ep, batch 1024, wd 0), video (lr 2.0 x batch/256, 8 warmup epochs then cosine per "
+                 "iteration, 60 ep, batch 512, wd 0); default swav, video with --modality video")
     add_arg(g, "--epochs", default=None, type=int, help="training epochs (swav/moco 100, sce 90)")
     add_arg(g, "-b", "--batch_size", default=None, type=int,
             help="TOTAL batch over all processes (swav/moco 256, sce 1024). SwAV's script takes it per GPU: its "
@@ -101,6 +112,8 @@ def get_args_parser(add_help=False):
     add_arg(g, "--decay_epochs", "--schedule", default=None, type=int, nargs="+", help="step epochs (60 80)")
     add_arg(g, "--gamma", default=None, type=float, help="step factor (0.1)")
     add_arg(g, "--final_lr", default=None, type=float, help="cosine end value (0)")
+    add_arg(g, "--warmup_epochs", default=None, type=float,
+            help="linear warmup from 0 before the per-iteration cosine (video 8, else 0)")
     add_arg(g, "--norm_std", default=None, type=float, nargs=3,
             help="Normalize std (swav 0.228 0.224 0.225, else 0.229 0.224 0.225)")
     g = parser.add_argument_group("fast mode")
@@ -119,6 +132,7 @@ def get_args_parser(add_help=False):
     add_arg(g, "-p", "--print_freq", default=10, type=int, help="progress line every N iterations (10)")
     add_arg(g, "--max_iters", default=0, type=int,
             help="stop with a checkpoint once this many iterations are done in total (smoke tests; 0: off)")
+    add_video_eval_args(parser)
     add_dist_args(parser)
     add_amp_args(parser)
     return parser
@@ -131,6 +145,9 @@ def main(args):
     if not args.data:
         raise UserError("no dataset given: pass DIR (or --data_path DIR) holding train/ and val/")
     apply_protocol(args)
+    if args.modality == "video":  # before processes start, so a typo gives one error line, not one per process
+        eval_samples(args, args.data)
+        return launch(linear_eval, args)
     for split in ("train", "val"):  # before processes start, so a typo gives one error line, not one per process
         if not os.path.isdir(os.path.join(args.data, split)):
             raise UserError(f"data folder '{os.path.join(args.data, split)}' does not exist: pass the folder that "
@@ -140,11 +157,16 @@ def main(args):
 
 def apply_protocol(args):
     """Fill every unset protocol flag from ``PROTOCOLS[args.protocol]`` and check the values (idempotent)."""
-    for key, value in PROTOCOLS[args.protocol].items():
+    args.protocol = args.protocol or ("video" if args.modality == "video" else "swav")
+    for key, value in {"warmup_epochs": 0.0, **PROTOCOLS[args.protocol]}.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.lr is None:  # SCE: lr = 0.1 x batch / 256
-        args.lr = 0.1 * args.batch_size / 256
+    if args.lr is None:  # SCE: lr = 0.1 x batch / 256; video: 2.0 x batch / 256
+        args.lr = (2.0 if args.protocol == "video" else 0.1) * args.batch_size / 256
+    if args.modality == "video" and args.precompute_features:
+        raise UserError("--precompute_features is for images: a video's training clip is drawn anew every epoch")
+    if not 0 <= args.warmup_epochs <= args.epochs:
+        raise UserError(f"--warmup_epochs must be in [0, --epochs], got {args.warmup_epochs}")
     if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0 or args.crop_size < 1 or args.resize < 1:
         raise UserError(f"need --epochs, -b/--batch_size, --crop_size, --resize >= 1 and --lr > 0, got {args.epochs}, "
                         f"{args.batch_size}, {args.crop_size}, {args.resize}, {args.lr}")
@@ -167,12 +189,14 @@ def linear_eval(args, info):
         print("args: " + json.dumps(vars(args), sort_keys=True), flush=True)
         print(f"protocol {args.protocol}: lr {args.lr:g}, {args.scheduler_type} schedule, {args.epochs} epochs, batch "
               f"{args.batch_size} ({per_rank_batch} x {info.world_size} processes), wd {args.weight_decay:g}, momentum "
-              f"{args.momentum:g}" + (", features precomputed (no train augmentation)" if args.precompute_features
+              f"{args.momentum:g}" + (f", warmup {args.warmup_epochs:g} epochs" if args.warmup_epochs else "")
+              + (", features precomputed (no train augmentation)" if args.precompute_features
                                       else ""), flush=True)
 
     # ==== preparing data ====
     train_set, val_set = build_datasets(args)
-    print_rank0(f"data: {len(train_set)} train / {len(val_set)} val images, {len(train_set.classes)} classes",
+    unit = "videos" if args.modality == "video" else "images"
+    print_rank0(f"data: {len(train_set)} train / {len(val_set)} val {unit}, {len(train_set.classes)} classes",
                 rank=rank)
 
     # ==== building the frozen trunk and the head ====
@@ -254,7 +278,7 @@ def train_one_epoch(head, trunk, batches, optimizer, schedule, epoch, start_iter
         lr = float(schedule[epoch * iters_per_epoch + it])
         set_lr(optimizer, lr)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if x.ndim == 4:  # images: frozen features (B, D)
+        if x.ndim >= 4:  # images (B, 3, H, W) or clips (B, 3, T, H, W): frozen features (B, D)
             with torch.no_grad(), autocast(device, amp):
                 x = trunk(x)
         logits = head(x.float())  # (B, C)
@@ -275,6 +299,8 @@ def train_one_epoch(head, trunk, batches, optimizer, schedule, epoch, start_iter
 # ==================================================================================================
 def build_datasets(args):
     """``DIR/train`` with the train transform (seeded per sample) and ``DIR/val`` with the test transform."""
+    if args.modality == "video":  # 1 random clip / 10 clips x 3 crops of every video (src.video.build)
+        return eval_sets(args, args.data, args.resize, args.crop_size, args.seed)
     tf_train = train_transform(args.crop_size, (args.min_scale, 1.0), args.norm_std)
     tf_test = test_transform(args.resize, args.crop_size, args.norm_std)
     # --precompute_features: the training images go through the test transform, once
@@ -295,8 +321,9 @@ def build_frozen_trunk(args, device, rank):
     trunk = trunk.to(device).eval()
     for p in trunk.parameters():
         p.requires_grad_(False)
+    frames = (args.num_frames,) if args.modality == "video" else ()  # a clip is (B, 3, T, H, W)
     with torch.no_grad():
-        dim = trunk(torch.zeros(1, 3, args.crop_size, args.crop_size, device=device)).shape[1]
+        dim = trunk(torch.zeros(1, 3, *frames, args.crop_size, args.crop_size, device=device)).shape[1]
     return trunk, dim
 
 
@@ -311,7 +338,8 @@ def build_batches(args, info, trunk, train_set, val_set, per_rank_batch):
     if not args.precompute_features or args.evaluate:  # -e: the val images are all that is needed
         sampler = ResumableSampler(len(train_set), info.world_size, info.rank, shuffle=True, seed=args.seed)
         loader = build_loader(train_set, per_rank_batch, sampler, args.workers, drop_last=False)
-        val = torch.utils.data.DataLoader(val_set, batch_size=per_rank_batch, num_workers=args.workers,
+        val_batch = args.test_videos_per_batch if args.modality == "video" else per_rank_batch
+        val = torch.utils.data.DataLoader(val_set, batch_size=val_batch, num_workers=args.workers,
                                           sampler=ShardSampler(len(val_set), info.world_size, info.rank),
                                           pin_memory=info.device.type == "cuda", persistent_workers=args.workers > 0)
 
@@ -353,7 +381,7 @@ def lr_schedule(args, iters_per_epoch):
     if args.scheduler_type == "cosine":  # CosineAnnealingLR(T_max=epochs, eta_min=final_lr), stepped per epoch
         return args.final_lr + moco_lr_schedule(args.lr - args.final_lr, args.epochs, iters_per_epoch, cos=True)
     if args.scheduler_type == "cosine_iter":
-        return cosine_schedule(args.lr, args.final_lr, args.epochs, iters_per_epoch)
+        return cosine_schedule(args.lr, args.final_lr, args.epochs, iters_per_epoch, warmup_epochs=args.warmup_epochs)
     return moco_lr_schedule(args.lr, args.epochs, iters_per_epoch, milestones=args.decay_epochs, gamma=args.gamma)
 
 
@@ -384,7 +412,8 @@ def test_and_report(head, val_batches, features, args, info, results, epoch, fin
     if info.rank == 0:
         n_batches = max(len(val_batches), 1)
         print(f"Test:\tTime {res['seconds'] / n_batches:.3f}\tLoss {res['loss']:.4f}\tAcc@1 {res['top1']:.3f}\t"
-              f"Best Acc@1 so far {best:.1f}\t({res['n']} images, {res['n'] / max(res['seconds'], 1e-9):.1f} img/s)",
+              f"Best Acc@1 so far {best:.1f}\t({res['n']} {'videos' if args.modality == 'video' else 'images'}, "
+              f"{res['n'] / max(res['seconds'], 1e-9):.1f} {'videos' if args.modality == 'video' else 'img'}/s)",
               flush=True)
         print(f" * Acc@1 {res['top1']:.3f} Acc@5 {res['top5']:.3f}", flush=True)
         JsonLog(os.path.join(args.dump_path, "log.txt"), info.rank).write({"type": "test", "epoch": epoch, **res})

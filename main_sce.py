@@ -22,11 +22,19 @@ CPU, two processes, 6 small crops:
         --cifar_stem --batch_size 32 --queue_size 1024 --size_crops 32 16 --nmb_crops 2 4 \
         --min_scale_crops 0.2 0.05 --max_scale_crops 1 0.2 --epochs 1 --warmup_epochs 0 --workers 1 \
         --dump_path runs/sce-cpu
+Video SCE (MVAP 2023; spec 5): --modality video, R3D trunks, 2 clips of 2.56 s per video, spec 5.3 defaults:
+    sbatch scripts/video_sce_r3d50_k400_8f.sh       # and video_sce_r3d18_k200.sh / video_sce_r3d50_k400_16f.sh
+CPU, the generated moving-shapes videos (README "Video SCE" has the evaluations that follow):
+    python -m src.video.demo data/video_demo && python main_sce.py --modality video --data_path data/video_demo \
+        --arch r3d18 --num_frames 4 --size_crops 32 --batch_size 8 --queue_size 128 --feat_dim 128 \
+        --proj_hidden_dim 512 --pred_hidden_dim 512 --base_lr 0.6 --epochs 3 --warmup_epochs 1 --workers 1 \
+        --print_freq 6 --dump_path runs/video-sce-cpu
 """
 import argparse
 import json
 import math
 import os
+import sys
 import time
 from contextlib import nullcontext
 
@@ -43,7 +51,7 @@ from src.errors import UserError, exit_on_user_error
 from src.logging import JsonLog, ProgressLogger, print_rank0
 from src.methods.common import check_queue_size
 from src.methods.sce import SCE, momentum_schedule, multicrop_sce_loss
-from src.models import KNOWN_ARCHS
+from src.models import KNOWN_ARCHS, VIDEO_ARCHS
 from src.optim import LARS, cosine_schedule, set_lr
 from src.runtime import StopSignal, check_ranks_in_sync, gather_rng_states
 
@@ -126,7 +134,57 @@ def get_args_parser(add_help=True):
     g = parser.add_argument_group("demo")
     add_arg(g, "--demo", action="store_true", help="build the demo dataset, pretrain on CPU, report kNN vs random init")
     add_arg(g, "--demo_dir", default="./data/demo", type=str, help="where the demo dataset is written")
+    g = parser.add_argument_group("video (MVAP 2023; spec sce.md section 5)")
+    add_arg(g, "--modality", default="image", choices=["image", "video"],
+            help="image, or video: --data_path holds videos (files decoded with PyAV, or folders of frames) in "
+                 "class folders, the trunk is an R3D (--arch r3d18 / r3d50 / r3d_tiny), each video gives 2 random "
+                 "clips as the 2 views, and every flag left unset takes the video recipe's value (VIDEO_DEFAULTS: "
+                 "r3d50, batch 64 per process, base_lr 2.4, warmup 35, tau_m 0.05, crop scale 0.2-0.766, queue "
+                 "32768 for r3d18, heads 1024 wide for r3d18)")
+    add_arg(g, "--num_frames", default=8, type=int,
+            help="frames per clip, uniformly spaced over the clip (8 or 16 in the paper; 4 on a CPU)")
+    add_arg(g, "--clip_duration", default=2.56, type=float, help="clip length in seconds (2.56)")
+    add_arg(g, "--temporal_diff_prob", default=0.2, type=float,
+            help="probability per clip of the temporal-difference augmentation (0.2)")
+    add_arg(g, "--frames_fps", default=30.0, type=float,
+            help="frame rate of videos given as folders of frames (30 for Kinetics frames; ignored for files)")
     return parser
+
+
+# spec 5.3 (both configs) and 5.2: the values a --modality video run takes for the flags it was not given
+VIDEO_DEFAULTS = dict(arch="r3d50", batch_size=64, base_lr=2.4, warmup_epochs=35, epochs=200, temperature_m=0.05,
+                      size_crops=[224], nmb_crops=[2], min_scale_crops=[0.2], max_scale_crops=[0.766], wd=1e-6)
+VIDEO_ARCH_DEFAULTS = {"r3d18": dict(queue_size=32768, proj_hidden_dim=1024, pred_hidden_dim=1024),
+                       "r3d50": dict(queue_size=65536, proj_hidden_dim=4096, pred_hidden_dim=4096),
+                       "r3d_tiny": dict(queue_size=1024, proj_hidden_dim=512, pred_hidden_dim=512)}
+
+
+def parse_args(argv=None):
+    """Parse the command line; with --modality video, every flag not given takes its VIDEO_DEFAULTS value."""
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if args.modality == "video":
+        apply_video_defaults(args, given_dests(parser, sys.argv[1:] if argv is None else argv))
+    return args
+
+
+def given_dests(parser, argv):
+    """The ``dest`` of every flag present in ``argv`` (parsed again with every default suppressed)."""
+    probe = copy.deepcopy(parser)
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(probe.parse_args(argv)))
+
+
+def apply_video_defaults(args, given):
+    """Set the video recipe's value of every flag whose dest is not in ``given`` (idempotent)."""
+    for key, value in VIDEO_DEFAULTS.items():
+        if key not in given:
+            setattr(args, key, copy.copy(value))
+    for key, value in VIDEO_ARCH_DEFAULTS.get(args.arch, {}).items():
+        if key not in given:
+            setattr(args, key, value)
+    return args
 
 
 # ==================================================================================================
@@ -167,6 +225,16 @@ def check_args(args):
                         f"{args.batch_size}, {args.epochs}, {args.warmup_epochs}")
     if not all(0 <= p <= 1 for p in args.blur_prob + args.solarize_prob):
         raise UserError("--blur_prob and --solarize_prob are probabilities in [0, 1]")
+    if (args.modality == "video") != (args.arch in VIDEO_ARCHS):
+        raise UserError(f"--arch {args.arch} with --modality {args.modality}: video needs a video trunk "
+                        f"({', '.join(VIDEO_ARCHS)}), images an image trunk")
+    if args.modality == "video" and (args.nmb_crops != [2] or len(args.size_crops) != 1):
+        raise UserError(f"--modality video takes 2 clips per video (--nmb_crops 2, one --size_crops value), got "
+                        f"--nmb_crops {' '.join(map(str, args.nmb_crops))}")
+    if args.modality == "video" and (args.num_frames < 1 or args.clip_duration <= 0 or
+                                     not 0 <= args.temporal_diff_prob <= 1):
+        raise UserError(f"need --num_frames >= 1, --clip_duration > 0 and --temporal_diff_prob in [0, 1], got "
+                        f"{args.num_frames}, {args.clip_duration}, {args.temporal_diff_prob}")
 
 
 def worker(local_rank, rank, world_size, dist_url, args):
@@ -210,9 +278,10 @@ def train(args, info):
     lr_schedule = cosine_schedule(lr, args.final_lr * global_batch / 256, args.epochs, iters_per_epoch,
                                   warmup_epochs=args.warmup_epochs, start_warmup_value=args.start_warmup)
     m_schedule = momentum_schedule(args.momentum_start, args.epochs, iters_per_epoch)
-    print_rank0(f"=> {args.arch}: {len(dataset)} images, {iters_per_epoch} iterations/epoch, batch "
-                f"{args.batch_size} x {info.world_size} processes, crops {crop_list(args)}, queue {args.queue_size}, "
-                f"lr {lr:g}", rank=info.rank)
+    print_rank0(f"=> {args.arch}: {len(dataset)} {'videos' if args.modality == 'video' else 'images'}, "
+                f"{iters_per_epoch} iterations/epoch, batch {args.batch_size} x {info.world_size} processes, crops "
+                f"{crop_list(args)}" + (f" x {args.num_frames} frames" if args.modality == "video" else "") +
+                f", queue {args.queue_size}, lr {lr:g}", rank=info.rank)
 
     # ==== resuming ====
     start_epoch, start_iter = 0, 0
@@ -282,6 +351,14 @@ def crop_list(args):
 
 def build_data(args, info, seed):
     """Every crop of SCE's asymmetric multi-crop augmentation per image; a resumable, per-rank sampler."""
+    if args.modality == "video":
+        from src.video.build import pretrain_set
+        root = args.data_path
+        dataset = pretrain_set(root, args.size_crops[0], args.num_frames, args.clip_duration, args.temporal_diff_prob,
+                               (args.min_scale_crops[0], args.max_scale_crops[0]), args.blur_prob[:2],
+                               args.solarize_prob[:2], blur_scale=args.size_crops[0] / 224, seed=seed,
+                               frames_fps=args.frames_fps)
+        return _loader(args, info, seed, root, dataset, "videos")
     root = resolve_split(args.data_path, "train")
     # blur kernel 23 and sigma 0.1-2 px are defined for 224-px global crops: scaled by size/224, which is the
     # reference at 224 and keeps small (CPU) crops from being erased
@@ -289,9 +366,13 @@ def build_data(args, info, seed):
                                         blur_probs=args.blur_prob, solarize_probs=args.solarize_prob,
                                         blur_scale=args.size_crops[0] / 224)
     dataset = build_dataset(root, transform, seed=seed)
+    return _loader(args, info, seed, root, dataset, "images")
+
+
+def _loader(args, info, seed, root, dataset, unit):
     iters_per_epoch = math.ceil(len(dataset) / info.world_size) // args.batch_size  # drop_last
     if iters_per_epoch == 0:
-        raise UserError(f"{len(dataset)} images in '{root}' is fewer than one batch of {args.batch_size} x "
+        raise UserError(f"{len(dataset)} {unit} in '{root}' is fewer than one batch of {args.batch_size} x "
                         f"{info.world_size} processes: lower --batch_size")
     sampler = ResumableSampler(len(dataset), num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed)
     loader = build_loader(dataset, args.batch_size, sampler, args.workers, drop_last=True)
@@ -345,6 +426,7 @@ def train_one_epoch(model, online, target, loader, optimizer, scaler, lr_schedul
         step = epoch * iters_per_epoch + it
         set_lr(optimizer, float(lr_schedule[step]))
         crops = [c.to(device, non_blocking=True) for c in crops]  # [g1, g2, l1, ..., lL], each (B, 3, s, s)
+        # (video: the 2 clips, each (B, 3, T, s, s))
 
         # one queue snapshot for every pair of this step; queries for every crop, keys for the 2 global crops
         queue = model.queue.queue.clone()  # (K, D)
@@ -418,4 +500,4 @@ DEMO = dict(arch="resnet_tiny", cifar_stem=False, epochs=6, batch_size=128, base
 
 
 if __name__ == "__main__":
-    exit_on_user_error(main)(get_args_parser().parse_args())
+    exit_on_user_error(main)(parse_args())

@@ -27,6 +27,13 @@ writes them to OUTPUT_DIR/transfer.json. Runs resume from OUTPUT_DIR/checkpoint.
     # fine-tuning on Caltech-101 (train/ and test/ folders), 4 GPUs
     torchrun --nproc_per_node=4 main_transfer.py /datasets/caltech101 --dataset caltech101 \
         --pretrained ckpt.pth.tar --finetune --output-dir runs/caltech_ft
+
+Video (spec sce.md 5.5): ``--modality video --finetune`` fine-tunes an R3D from ``main_sce.py --modality video`` on
+UCF101 or HMDB51 with their official split files: head Dropout(0.8) -> Linear, SGD lr 0.1 x batch/256 (0.025 at 64),
+wd 0, cosine per iteration without warmup, 200 epochs, 1 random clip (short side 256-320, crop 224, colour jitter,
+grey, flip) to train, 10 clips x 3 crops of 256 px with averaged softmax to test (scripts/video_finetune_*.sh):
+    torchrun --nproc_per_node=8 main_transfer.py /datasets/UCF-101 --modality video --dataset ucf101 --finetune \
+        --splits_dir /datasets/ucfTrainTestlist --split_id 1 --pretrained runs/video_sce_r3d50/checkpoint.pth.tar
 """
 import argparse
 import json
@@ -48,16 +55,19 @@ from src.data import ResumableSampler, SafeImageFolder, build_loader
 from src.errors import UserError, exit_on_user_error
 from src.launch import launch
 from src.logging import JsonLog, ProgressLogger, print_rank0
-from src.optim import moco_lr_schedule, set_lr
+from src.optim import cosine_schedule, moco_lr_schedule, set_lr
 from src.pair_eval import build_trunk
 from src.pretrained import add_pretrained_args
 from src.runtime import StopSignal
+from src.video.build import add_video_eval_args, eval_samples, eval_sets
 
-DATASETS = ("cifar10", "cifar100", "caltech101", "folder")
+DATASETS = ("cifar10", "cifar100", "caltech101", "folder", "ucf101", "hmdb51")  # the last two: --modality video
 # the published commands (SSL-small tools/transfer.sh, transfer_cal101.sh, transfer_finetune.sh)
 RECIPES = {"linear": dict(epochs=60, schedule=[40], gamma=0.1, lr={"cifar10": 1.5, "cifar100": 1.5}, lr_other=2.0,
                           min_scale=0.6),
-           "finetune": dict(epochs=100, schedule=[40, 70], gamma=0.2, lr={}, lr_other=0.01, min_scale=0.2)}
+           "finetune": dict(epochs=100, schedule=[40, 70], gamma=0.2, lr={}, lr_other=0.01, min_scale=0.2),
+           # sce.md 5.5 (eztorch run/finetuning/resnet3d*): lr 0.1 x batch / 256, cosine per iteration, batch 64
+           "video_finetune": dict(epochs=200, schedule=[], gamma=1.0, lr={}, lr_other=None, min_scale=0.2)}
 
 
 def get_args_parser(add_help=False):
@@ -79,7 +89,8 @@ def get_args_parser(add_help=False):
     add_arg(g, "--finetune", action="store_true",
             help="train the whole network in train mode (default: linear on frozen, L2-normalised features)")
     add_arg(g, "--epochs", default=None, type=int, help="epochs (linear 60, fine-tune 100)")
-    add_arg(g, "-b", "--batch-size", default=256, type=int, help="TOTAL batch over all processes (256)")
+    add_arg(g, "-b", "--batch-size", default=None, type=int,
+            help="TOTAL batch over all processes (256; video fine-tuning 64)")
     add_arg(g, "--lr", "--learning-rate", default=None, type=float, dest="lr",
             help="initial lr (linear: 1.5 CIFAR, 2 Caltech-101 / folders; fine-tune 0.01)")
     add_arg(g, "--schedule", default=None, type=int, nargs="*",
@@ -93,6 +104,7 @@ def get_args_parser(add_help=False):
     add_arg(g, "-p", "--print-freq", default=10, type=int, help="progress line every N iterations (10)")
     add_arg(g, "--max-iters", default=0, type=int,
             help="stop with a checkpoint once this many iterations are done in total (smoke tests; 0: off)")
+    add_video_eval_args(parser)
     add_dist_args(parser)
     add_amp_args(parser)
     return parser
@@ -102,13 +114,26 @@ def get_args_parser(add_help=False):
 @exit_on_user_error
 def main(args):
     fill_recipe(args)
+    if args.modality == "video":  # before processes start, so a wrong path gives one error line, not one per process
+        eval_samples(args, args.data)
+        return launch(transfer, args)
     find_test_split(args)  # before processes start, so a wrong path gives one error line, not one per process
     return launch(transfer, args)
 
 
 def fill_recipe(args):
     """Unset --epochs / --lr / --schedule from the published recipe of the mode; check values (idempotent)."""
-    recipe = RECIPES["finetune" if args.finetune else "linear"]
+    video = args.modality == "video"
+    if video and not args.finetune:
+        raise UserError("--modality video is the fine-tuning protocol (add --finetune); for a linear evaluation on "
+                        "frozen video features run eval_linear.py --modality video")
+    if (args.dataset in ("ucf101", "hmdb51")) != video and not (video and args.dataset == "folder"):
+        raise UserError(f"--dataset {args.dataset} with --modality {args.modality}: video datasets are ucf101, hmdb51 "
+                        "or folder (train/ and test/ class folders of videos), with --modality video")
+    recipe = RECIPES["video_finetune" if video else "finetune" if args.finetune else "linear"]
+    args.batch_size = (64 if video else 256) if args.batch_size is None else args.batch_size
+    if video and args.lr is None:
+        args.lr = 0.1 * args.batch_size / 256
     args.epochs = recipe["epochs"] if args.epochs is None else args.epochs
     args.schedule = list(recipe["schedule"]) if args.schedule is None else args.schedule
     args.lr = recipe["lr"].get(args.dataset, recipe["lr_other"]) if args.lr is None else args.lr
@@ -132,18 +157,21 @@ def transfer(args, info):
     if rank == 0:
         os.makedirs(args.output_dir, exist_ok=True)
         print("args: " + json.dumps(vars(args), sort_keys=True), flush=True)
-        print(f"{mode} transfer to {args.dataset}: lr {args.lr:g} x{args.gamma:g} at epochs "
-              f"{' '.join(map(str, args.schedule)) or '-'}, {args.epochs} epochs, batch {args.batch_size} "
+        lr_words = (f"lr {args.lr:g} cosine per iteration" if args.modality == "video" else
+                    f"lr {args.lr:g} x{args.gamma:g} at epochs {' '.join(map(str, args.schedule)) or '-'}")
+        print(f"{mode} transfer to {args.dataset}: {lr_words}, {args.epochs} epochs, batch {args.batch_size} "
               f"({per_rank_batch} x {info.world_size} processes), wd {args.weight_decay:g}", flush=True)
 
     # ==== preparing data ====
     train_set, test_set = build_datasets(args)
     num_classes = len(train_set.classes)
-    print_rank0(f"data: {len(train_set)} train / {len(test_set)} test images, {num_classes} classes", rank=rank)
+    unit = "videos" if args.modality == "video" else "images"
+    print_rank0(f"data: {len(train_set)} train / {len(test_set)} test {unit}, {num_classes} classes", rank=rank)
     sampler = ResumableSampler(len(train_set), info.world_size, rank, shuffle=True, seed=args.seed)
     workers = math.ceil(args.workers / max(int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size)), 1))
     loader = build_loader(train_set, per_rank_batch, sampler, workers, drop_last=False)
-    test_loader = torch.utils.data.DataLoader(test_set, batch_size=per_rank_batch, num_workers=workers,
+    test_batch = args.test_videos_per_batch if args.modality == "video" else per_rank_batch
+    test_loader = torch.utils.data.DataLoader(test_set, batch_size=test_batch, num_workers=workers,
                                               sampler=ShardSampler(len(test_set), info.world_size, rank),
                                               pin_memory=device.type == "cuda", persistent_workers=workers > 0)
     iters_per_epoch = math.ceil(sampler.num_samples / per_rank_batch)
@@ -157,7 +185,10 @@ def transfer(args, info):
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.SGD(trainable, args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(args) == torch.float16)
-    schedule = moco_lr_schedule(args.lr, args.epochs, iters_per_epoch, milestones=args.schedule, gamma=args.gamma)
+    if args.modality == "video":  # cosine per iteration to 0, no warmup (spec 5.5)
+        schedule = cosine_schedule(args.lr, 0.0, args.epochs, iters_per_epoch)
+    else:
+        schedule = moco_lr_schedule(args.lr, args.epochs, iters_per_epoch, milestones=args.schedule, gamma=args.gamma)
     trunk_fp = None if args.finetune else fingerprint(trunk)
 
     # ==== resuming ====
@@ -255,6 +286,8 @@ def train_one_epoch(trunk, head, model, loader, optimizer, scaler, schedule, epo
 # ==================================================================================================
 def build_datasets(args):
     """Train set (random crops, seeded per sample) and test set of ``--dataset``."""
+    if args.modality == "video":  # 1 random clip with colour / 10 clips x 3 crops of every video (src.video.build)
+        return eval_sets(args, args.data, args.resize, args.crop_size, args.seed, finetune=True)
     train_tf = train_transform(args.crop_size, (args.min_scale, 1.0), interpolation="bicubic")
     if args.dataset.startswith("cifar"):
         test_tf = test_transform(args.crop_size, None, interpolation="bicubic")  # square 32 px images: no crop
@@ -294,9 +327,12 @@ def build_model(args, device, num_classes, rank):
     trunk = trunk.to(device)
     for p in trunk.parameters():
         p.requires_grad_(args.finetune)
+    frames = (args.num_frames,) if args.modality == "video" else ()  # a clip is (B, 3, T, H, W)
     with torch.no_grad():
-        dim = trunk.eval()(torch.zeros(1, 3, args.crop_size, args.crop_size, device=device)).shape[1]
+        dim = trunk.eval()(torch.zeros(1, 3, *frames, args.crop_size, args.crop_size, device=device)).shape[1]
     dist.seed_everything(args.seed, 0)  # the same head on every rank
+    if args.modality == "video":  # pool -> Dropout(0.8) -> Linear, features not normalised (spec 5.5)
+        return trunk, LinearClassifier(dim, num_classes, dropout=0.8).to(device)
     return trunk, LinearClassifier(dim, num_classes, normalize=True).to(device)
 
 
@@ -321,8 +357,9 @@ def test(net, loader, args, info, results, epoch):
     net.eval()
     res = evaluate(net[1], loader, info.device, features=net[0], amp_dtype=amp_dtype(args))
     if info.rank == 0:
-        print(f"Test: {res['n']} images, loss {res['loss']:.4e}, {res['n'] / max(res['seconds'], 1e-9):.1f} img/s",
-              flush=True)
+        unit = ("videos", "videos/s") if args.modality == "video" else ("images", "img/s")
+        rate = res['n'] / max(res['seconds'], 1e-9)
+        print(f"Test: {res['n']} {unit[0]}, loss {res['loss']:.4e}, {rate:.1f} {unit[1]}", flush=True)
         print(f" * Acc@1 {res['top1']:.3f} Acc@5 {res['top5']:.3f}", flush=True)
         JsonLog(os.path.join(args.output_dir, "log.txt"), info.rank).write({"type": "test", "epoch": epoch, **res})
     return res if epoch is None else results.add(epoch, res)

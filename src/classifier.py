@@ -34,19 +34,21 @@ class LinearClassifier(nn.Module):
         num_classes: C.
         normalize: L2-normalise the features first (SSL-small ``main_transfer.py``: "features unit-normalised
             before the classifier", the trick of MoCo v2's detection transfer).
+        dropout: dropout probability before ``fc`` (0; 0.8 in the video fine-tuning head, spec sce.md 5.5).
     ``forward``: (B, D) -> (B, C) logits. The parameters are named ``fc.weight`` / ``fc.bias`` as in torchvision
     and MoCo's ``main_lincls.py``, so the head can be put back on a torchvision model.
     """
 
-    def __init__(self, in_dim, num_classes, normalize=False):
+    def __init__(self, in_dim, num_classes, normalize=False, dropout=0.0):
         super().__init__()
         self.normalize = normalize
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()  # no parameters: same state dict
         self.fc = nn.Linear(in_dim, num_classes)
         nn.init.normal_(self.fc.weight, mean=0.0, std=0.01)
         nn.init.zeros_(self.fc.bias)
 
     def forward(self, x):
-        return self.fc(F.normalize(x, dim=1) if self.normalize else x)
+        return self.fc(self.dropout(F.normalize(x, dim=1) if self.normalize else x))
 
 
 # ==== transforms ====
@@ -96,7 +98,9 @@ def evaluate(head, batches, device, features=None, amp_dtype=None):
 
     Args:
         head: (B, D) -> (B, C) module, already in eval mode.
-        batches: iterable of ``(x, labels)``: images when ``features`` is given, else features.
+        batches: iterable of ``(x, labels)``: images when ``features`` is given, else features. Video tests give
+            (B, V, 3, T, H, W): the V views of each video (10 clips x 3 crops) are scored and their softmax
+            probabilities averaged (spec sce.md 5.4); loss and accuracies are those of the averaged probabilities.
         device: where the forward runs.
         features: optional (B, 3, H, W) -> (B, D) module (the trunk, in eval mode), run under autocast.
         amp_dtype: None or an autocast dtype for ``features``.
@@ -108,10 +112,15 @@ def evaluate(head, batches, device, features=None, amp_dtype=None):
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top-1 hits, top-5 hits, count
     for x, y in batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        views = x.shape[1] if x.ndim == 6 else 0
+        if views:
+            x = x.flatten(0, 1)  # (B * V, 3, T, H, W), the views of a video contiguous
         if features is not None:
             with autocast(device, amp_dtype):
                 x = features(x)
         logits = head(x.float())
+        if views:  # log of the view-averaged probabilities: its cross-entropy and top-k are theirs
+            logits = logits.softmax(dim=1).view(-1, views, logits.shape[1]).mean(dim=1).clamp_min(1e-12).log()
         hits = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(y[:, None])  # (B, k)
         sums += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(), hits[:, 0].sum().double(),
                              hits.any(dim=1).sum().double(), torch.tensor(float(y.shape[0]), device=device)])

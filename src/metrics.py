@@ -12,6 +12,8 @@ Every function is pure and follows the device of its inputs (CPU or GPU); nothin
   Discrimination", and Caron et al. 2021, DINO ``eval_knn.py``): cosine similarity, the k most similar
   training features vote with weight ``exp(sim / T)``; k=20, T=0.07 is the usual setting.
 * :func:`accuracy`: top-k classification accuracy of logits, in percent.
+* **Retrieval at k** (video SCE, spec ``sce.md`` 5.6, eztorch ``run/retrieval_from_bank.py``): each set centred
+  by its own mean, cosine similarity, a query is a hit when any of its k nearest bank items shares its label.
 """
 import torch
 import torch.nn.functional as F
@@ -321,3 +323,39 @@ def instdisc_topk(queries, positives, topk=5, chunk_size=1024):
         ks = torch.arange(1, topk + 1, device=q.device)
         hits += (rank.unsqueeze(1) < ks).sum(dim=0).cpu()
     return [100.0 * h / n for h in hits.tolist()]
+
+
+# ==== retrieval from a bank (video SCE) ====
+RETRIEVAL_KS = (1, 5, 10, 15, 20, 25)
+
+
+def retrieval_at_k(query, query_labels, bank, bank_labels, ks=RETRIEVAL_KS, chunk_size=1024):
+    """Top-k retrieval accuracy of a query set against a bank (spec sce.md 5.6).
+
+    Each set is centred by **its own** mean (query minus the query mean, bank minus the bank mean), rows are
+    L2-normalised, similarity is the cosine; for each k, a query is a hit when **any** of its k most similar bank
+    items has its label. "Retrieval 1" of the tables is k = 1.
+
+    Args:
+        query: (Q, D) features (the test split); query_labels: (Q,) ints.
+        bank: (N, D) features (the train split); bank_labels: (N,) ints.
+        ks: the k values (1, 5, 10, 15, 20, 25); each at most N.
+        chunk_size: query rows per similarity block (memory O(chunk_size * N)).
+    Returns:
+        dict {k: accuracy in percent}.
+    """
+    if query.dim() != 2 or bank.dim() != 2 or query.shape[1] != bank.shape[1] or not len(query) or not len(bank):
+        raise UserError(f"retrieval_at_k needs (Q, D) queries and (N, D) bank features, got {tuple(query.shape)} "
+                        f"and {tuple(bank.shape)}")
+    if max(ks) > bank.shape[0] or min(ks) < 1:
+        raise UserError(f"retrieval at k = {max(ks)} needs at least that many bank items, the bank has "
+                        f"{bank.shape[0]}")
+    q = F.normalize(query.float() - query.float().mean(dim=0), dim=1)
+    b = F.normalize(bank.float() - bank.float().mean(dim=0), dim=1)
+    bank_labels = bank_labels.to(b.device)
+    hits = torch.zeros(len(ks), dtype=torch.long)
+    for start in range(0, q.shape[0], chunk_size):
+        idx = (q[start:start + chunk_size] @ b.T).topk(max(ks), dim=1).indices  # (c, kmax), most similar first
+        match = bank_labels[idx] == query_labels[start:start + chunk_size].to(b.device)[:, None]
+        hits += torch.stack([match[:, :k].any(dim=1).sum() for k in ks]).cpu()
+    return {k: 100.0 * h / q.shape[0] for k, h in zip(ks, hits.tolist())}

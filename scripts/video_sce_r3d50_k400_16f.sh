@@ -1,0 +1,60 @@
+#!/bin/bash
+# Video SCE, R3D-50 slow-only, Kinetics-400, 200 epochs, 16 frames, 2 nodes x 8 GPUs x 32 = 512 (paper: 69.6 linear).
+# Every hyperparameter of the released eztorch config is written out (spec sce.md 5.1-5.3; K400 videos resized to short side 256, PyAV).
+# Usage: sbatch scripts/video_sce_r3d50_k400_16f.sh   (DATASET_PATH=... EXPERIMENT_PATH=... to override)
+# Pre-emption: SIGUSR1 (600 s before the limit) or SIGTERM saves a checkpoint; resubmitting resumes it.
+#SBATCH --job-name=video_sce_r3d50_k400_16f
+#SBATCH --nodes=2
+#SBATCH --ntasks-per-node=8
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=10
+#SBATCH --time=120:00:00
+#SBATCH --signal=USR1@600
+#SBATCH --output=%x-%j.out
+set -euo pipefail
+DATASET_PATH=${DATASET_PATH:-/path/to/kinetics400}
+EXPERIMENT_PATH=${EXPERIMENT_PATH:-./experiments/video_sce_r3d50_k400_16f}
+mkdir -p "$EXPERIMENT_PATH"
+export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+export MASTER_PORT=${MASTER_PORT:-29500}
+
+srun --kill-on-bad-exit=1 python -u main_sce.py \
+  --modality video \
+  --data_path "$DATASET_PATH" \
+  --dump_path "$EXPERIMENT_PATH" \
+  --arch r3d50 \
+  --num_frames 16 \
+  --clip_duration 2.56 \
+  --temporal_diff_prob 0.2 \
+  --frames_fps 30 \
+  --feat_dim 256 \
+  --proj_hidden_dim 4096 \
+  --pred_hidden_dim 4096 \
+  --size_crops 224 \
+  --nmb_crops 2 \
+  --min_scale_crops 0.2 \
+  --max_scale_crops 0.766 \
+  --blur_prob 1.0 0.1 0.5 \
+  --solarize_prob 0.0 0.2 0.2 \
+  --mutual_pass false \
+  --temperature 0.1 \
+  --temperature_m 0.05 \
+  --coeff 0.5 \
+  --mask_positive false \
+  --queue_size 65536 \
+  --momentum_start 0.99 \
+  --epochs 200 \
+  --batch_size 32 \
+  --base_lr 2.4 \
+  --final_lr 0 \
+  --warmup_epochs 35 \
+  --start_warmup 0 \
+  --wd 1e-6 \
+  --lars_momentum 0.9 \
+  --trust_coefficient 0.001 \
+  --use_fp16 true \
+  --sync_bn true \
+  --seed 42 \
+  --workers 10 \
+  --checkpoint_freq 25 \
+  --print_freq 50

@@ -1,0 +1,153 @@
+"""The video datasets of each script, assembled from ``src.video``'s parts (what ``main_sce.py``, ``eval_linear.py``,
+``main_transfer.py`` and ``eval/retrieval.py`` would otherwise each write out):
+
+* :func:`pretrain_set`: 2 random 2.56 s clips per video, SCE's two time-consistent views, temporal difference;
+* :func:`train_set`: 1 random clip, random short side + crop + flip (+ colour for fine-tuning);
+* :func:`test_set`: 10 clips x 3 crops of the short-side-resized video, stacked as (30, 3, T, S, S);
+* :func:`video_samples`: a split, from ``ROOT/<split>/<class>/`` folders or from official split files;
+* :func:`add_video_eval_args` / :func:`eval_sets`: the flags and datasets of the evaluation scripts run with
+  ``--modality video`` (``eval_linear.py``, ``main_transfer.py``, ``eval/retrieval.py``).
+"""
+import os
+
+from torch import nn
+
+from ..args import add_arg
+from ..errors import UserError
+from .clips import ConstantClipsSampler, RandomMultiClipSampler
+from .dataset import VideoDataset, video_folder_samples
+from .splits import split_samples
+from .transforms import ClipTestTransform, eval_train_transform, sce_clip_views
+
+
+def video_samples(root, split, splits_dir="", split_id=1):
+    """``(samples, classes)`` of one split.
+
+    Args:
+        root: ``ROOT`` holding ``train/`` and ``val/`` (or ``test/``) class folders, or, with ``splits_dir``, the
+            folder of class folders the split files refer to (UCF101's ``UCF-101/``, HMDB51's videos).
+        split: ``"train"`` or ``"val"`` (``val`` falls back on ``test/``; with split files: the test list).
+        splits_dir: folder of official split files, or empty.
+        split_id: 1, 2 or 3.
+    """
+    if splits_dir:
+        return split_samples(root, splits_dir, split_id, train=split == "train")
+    if not os.path.isdir(root):
+        raise UserError(f"video folder '{root}' does not exist: pass the folder that holds train/ and val/")
+    for name in ([split] if split == "train" else [split, "test"]):
+        if os.path.isdir(os.path.join(root, name)):
+            return video_folder_samples(os.path.join(root, name))
+    if split == "train" and not any(os.path.isdir(os.path.join(root, s)) for s in ("val", "test")):
+        return video_folder_samples(root)  # ROOT itself holds the class folders
+    raise UserError(f"video folder '{root}' has no '{split}/' subfolder: add it, or pass --splits_dir with the "
+                    "official split files")
+
+
+def pretrain_set(root, size=224, num_frames=8, clip_duration=2.56, temporal_diff_p=0.2, scale=(0.2, 0.766),
+                 blur_probs=(1.0, 0.1), solarize_probs=(0.0, 0.2), blur_scale=1.0, seed=None, frames_fps=30.0):
+    """SCE pretraining: items ``([clip_1, clip_2], label)``, each (3, num_frames, size, size) (spec 5.2)."""
+    samples, classes = video_samples(root, "train")
+    return VideoDataset(samples, classes, RandomMultiClipSampler(2, clip_duration),
+                        sce_clip_views(size, blur_probs, solarize_probs, scale, blur_scale), num_frames=num_frames,
+                        temporal_diff_p=temporal_diff_p, output="list", seed=seed, frames_fps=frames_fps, root=root)
+
+
+def train_set(samples, classes, size=224, short_side=(256, 320), finetune=False, num_frames=8, clip_duration=2.56,
+              seed=None, frames_fps=30.0):
+    """Classifier training: items ``(clip (3, T, size, size), label)``, 1 random clip (spec 5.4, 5.5)."""
+    return VideoDataset(samples, classes, RandomMultiClipSampler(1, clip_duration),
+                        eval_train_transform(size, short_side, finetune), num_frames=num_frames, output="single",
+                        seed=seed, frames_fps=frames_fps)
+
+
+def test_set(samples, classes, short_side=256, crop=256, num_clips=10, num_crops=3, num_frames=8, clip_duration=2.56,
+             frames_fps=30.0):
+    """The test protocol: items ``(views (num_clips * num_crops, 3, T, crop, crop), label)``, clip-major."""
+    return VideoDataset(samples, classes, ConstantClipsSampler(num_clips, clip_duration, num_crops),
+                        ClipTestTransform(short_side, crop, num_crops), num_frames=num_frames, output="stack",
+                        frames_fps=frames_fps)
+
+
+def add_video_eval_args(parser):
+    """The ``video`` flag group of the evaluation scripts (spec 5.4-5.6); with ``--modality image`` (the default)
+    none of them is read. ``--resize`` / ``--crop_size`` of the script give the short side (train: random in
+    [resize, 1.25 resize]; test: resize) and the training crop; the test crops are resize x resize."""
+    g = parser.add_argument_group("video (spec sce.md 5.4-5.6)")
+    add_arg(g, "--modality", default="image", choices=["image", "video"],
+            help="video: DIR holds videos (files decoded with PyAV, or folders of frames) in class folders under "
+                 "train/ and val/ (or test/), or the class folders of UCF101 / HMDB51 with --splits_dir; the trunk "
+                 "is an R3D; tests average the softmax of --test_clips x --test_crops views per video")
+    add_arg(g, "--num_frames", default=8, type=int, help="frames per clip, uniformly spaced (8 or 16; 4 on a CPU)")
+    add_arg(g, "--clip_duration", default=2.56, type=float, help="clip length in seconds (2.56)")
+    add_arg(g, "--frames_fps", default=None, type=float,
+            help="frame rate of videos given as folders of frames (30; 25 for UCF101's frames)")
+    add_arg(g, "--splits_dir", default="", type=str,
+            help="folder of official split files (UCF101 ucfTrainTestlist/ or HMDB51 testTrainMulti_7030_splits/); "
+                 "DIR then holds the class folders (default: DIR/train and DIR/val)")
+    add_arg(g, "--split_id", default=1, type=int, help="official split 1, 2 or 3 (1)")
+    add_arg(g, "--test_clips", default=10, type=int, help="clips per test video, evenly spaced (10)")
+    add_arg(g, "--test_crops", default=3, type=int, choices=[1, 3], help="spatial crops per test clip (3)")
+    add_arg(g, "--test_videos_per_batch", default=4, type=int,
+            help="test videos per batch and process; each brings test_clips x test_crops clips (4)")
+    return g
+
+
+def frames_fps(args):
+    """--frames_fps, else 25 for UCF101 (its frames are extracted at 25 fps in the reference), else 30."""
+    if args.frames_fps is not None:
+        return args.frames_fps
+    return 25.0 if getattr(args, "dataset", "") == "ucf101" else 30.0
+
+
+def eval_samples(args, data):
+    """``(train samples, test samples, classes)`` of an evaluation run; UserError when the splits disagree."""
+    train, classes = video_samples(data, "train", args.splits_dir, args.split_id)
+    test, test_classes = video_samples(data, "val", args.splits_dir, args.split_id)
+    if classes != test_classes:
+        raise UserError(f"the train and test splits of '{data}' have different classes ({len(classes)} vs "
+                        f"{len(test_classes)}): labels would not match")
+    return train, test, classes
+
+
+def eval_sets(args, data, resize, crop_size, seed, finetune=False):
+    """``(train set, test set)`` of an evaluation: 1 random clip (short side in [resize, 1.25 resize], random
+    ``crop_size`` crop, flip; colour too when fine-tuning) and the ``test_clips`` x ``test_crops`` views at
+    ``resize``."""
+    if args.num_frames < 1 or args.clip_duration <= 0 or args.test_clips < 1 or args.test_videos_per_batch < 1:
+        raise UserError("need --num_frames, --test_clips, --test_videos_per_batch >= 1 and --clip_duration > 0")
+    if crop_size > resize:
+        raise UserError(f"--crop_size {crop_size} is larger than --resize {resize} (the short side)")
+    train, test, classes = eval_samples(args, data)
+    fps = frames_fps(args)
+    return (train_set(train, classes, crop_size, (resize, int(round(1.25 * resize))), finetune, args.num_frames,
+                      args.clip_duration, seed=seed, frames_fps=fps),
+            test_set(test, classes, resize, resize, args.test_clips, args.test_crops, args.num_frames,
+                     args.clip_duration, frames_fps=fps))
+
+
+class ViewAverage(nn.Module):
+    """``trunk`` applied to every view of a video and averaged: (B, V, 3, T, H, W) -> (B, D) (raw features, no
+    normalisation before the mean, spec 5.6); a plain (B, 3, T, H, W) batch goes through unchanged."""
+
+    def __init__(self, trunk):
+        super().__init__()
+        self.trunk = trunk
+
+    def forward(self, x):
+        if x.ndim != 6:
+            return self.trunk(x)
+        feats = self.trunk(x.flatten(0, 1))  # (B * V, D), the views of a video contiguous
+        return feats.view(x.shape[0], x.shape[1], -1).mean(dim=1)
+
+
+def num_views(args):
+    """Views per test video: --test_clips x --test_crops."""
+    return args.test_clips * args.test_crops
+
+
+def bank_sets(args, data, resize):
+    """``(train set, test set)`` both through the test protocol (the bank and the queries of retrieval)."""
+    train, test, classes = eval_samples(args, data)
+    fps = frames_fps(args)
+    return tuple(test_set(s, classes, resize, resize, args.test_clips, args.test_crops, args.num_frames,
+                          args.clip_duration, frames_fps=fps) for s in (train, test))
