@@ -31,6 +31,7 @@ CPU, the generated moving-shapes videos (README "Video SCE" has the evaluations 
         --print_freq 6 --dump_path runs/video-sce-cpu
 """
 import argparse
+import copy
 import json
 import math
 import os
