@@ -584,7 +584,7 @@ def moco_head(args):
 
 # ==================================================================================================
 def run_demo(args):
-    """Build the demo data, pretrain a ResNet-18 on the CPU for a few minutes, compare kNN top-1 of the
+    """Build the demo data, pretrain resnet_tiny on the CPU for a few minutes, compare kNN top-1 of the
     pretrained trunk with the same trunk at its random initialisation."""
     from src.demo import knn_vs_random_init
     from src.demo_data import make_demo_dataset
@@ -619,10 +619,12 @@ def run_demo(args):
     return results
 
 
-# Demo recipe for 2 CPU cores (about 3 minutes): MoCo v2 at 32 px with a queue small next to the dataset.
-# README "Demo" lists what was measured with other settings (none yet beats random init by 5 points).
-DEMO = dict(arch="resnet18", cifar_stem=False, epochs=8, batch_size=128, lr=0.06, moco_k=1024, moco_t=0.2, moco_m=0.99, crop_size=32, eval_size=32,
-            workers=1, print_freq=10, weight_decay=1e-4, bn_splits=8, min_scale=0.2, mlp="simple")
+# Demo recipe for 2 CPU cores: MoCo v2 (MLP head, T 0.2, blur, cosine lr) with resnet_tiny (0.3M parameters) on
+# 2 x 64-px crops of at least half the image, a queue of 1024 small next to the 3,000 training images, 6 epochs.
+# Measured (Best-NN, pretrained vs random init): 31.90% vs 20.80% (seed 0), 32.20% vs 23.20% (seed 1).
+DEMO = dict(arch="resnet_tiny", cifar_stem=False, epochs=6, batch_size=128, lr=0.06, moco_k=1024, moco_t=0.2,
+            moco_m=0.99, crop_size=64, eval_size=64, workers=1, print_freq=10, weight_decay=1e-4, bn_splits=8,
+            min_scale=0.5, mlp="simple")
 
 
 if __name__ == "__main__":

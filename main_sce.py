@@ -490,13 +490,14 @@ def run_demo(args):
     return results
 
 
-# Demo recipe for 2 CPU cores (about 2 minutes): resnet_tiny (0.3M parameters) on 2 x 64-px crops of the demo
-# shapes, a queue small next to the 3,000 training images, the momentum schedule starting at 0.9 and softer
-# temperatures so that a few hundred steps move the trunk. README "Demo" lists what else was measured.
+# Demo recipe for 2 CPU cores (about 2 minutes): resnet_tiny (0.3M parameters) on 2 x 64-px crops of at least half
+# of the demo shapes, a queue small next to the 3,000 training images, the momentum schedule starting at 0.9 and
+# softer temperatures so that a few hundred steps move the trunk. Measured (Best-NN, pretrained vs random init):
+# 32.80% vs 19.80% (seed 42), 31.70% vs 23.20% (seed 1). README "Demo" lists what else was measured.
 DEMO = dict(arch="resnet_tiny", cifar_stem=False, epochs=6, batch_size=128, base_lr=4.8, final_lr=0.0,
             warmup_epochs=1, wd=1e-5, feat_dim=128, proj_hidden_dim=512, pred_hidden_dim=512, queue_size=1024,
             temperature=0.2, temperature_m=0.1, coeff=0.5, momentum_start=0.9, size_crops=[64], nmb_crops=[2],
-            min_scale_crops=[0.2], max_scale_crops=[1.0], workers=1, print_freq=10, checkpoint_freq=0, max_iters=0,
+            min_scale_crops=[0.5], max_scale_crops=[1.0], workers=1, print_freq=10, checkpoint_freq=0, max_iters=0,
             eval_size=64)
 
 
