@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src import dist
-from src.args import add_amp_args, add_arg, add_dist_args, amp_dtype
+from src.args import add_amp_args, add_arg, add_dist_args, add_speed_args, amp_dtype
 from src.augment import (MultiCropTransform, MultiScaleCrops, MultiViewTransform, autoaugment_or, eval_transform,
                          moco_color_transform, moco_transform, ssl_small_jitter)
 from src.checkpoint import (find_resume_checkpoint, load_checkpoint, load_state_strict, rng_state,
@@ -60,6 +60,7 @@ from src.models import KNOWN_ARCHS
 from src.models.heads import MOCO_HEADS
 from src.optim import moco_lr_schedule, set_lr
 from src.pretrained import read_checkpoint
+from src.split_data import device_loader, moco_split_transform
 
 
 def get_args_parser(add_help=True):
@@ -154,6 +155,7 @@ def get_args_parser(add_help=True):
             help="stop (with a checkpoint) after this many iterations in total; for smoke tests (0: off)")
     add_dist_args(parser)
     add_amp_args(parser)
+    add_speed_args(parser)
     g = parser.add_argument_group("demo")
     add_arg(g, "--demo", action="store_true", help="build the demo dataset, pretrain on CPU, report kNN vs random init")
     add_arg(g, "--demo-dir", default="./data/demo", type=str, help="where the demo dataset is written")
@@ -312,6 +314,7 @@ def build_data(args, info, seed):
     # the loader draws its workers' base seed from this generator, not from the global RNG, so that
     # starting an epoch (or resuming) does not shift the RNG stream that shuffle-BN uses
     loader.generator = torch.Generator().manual_seed(seed)
+    loader = device_loader(loader, dataset.transform, info.device, seed=seed, rank=info.rank)  # --device-aug
     return loader, sampler, dataset, per_rank_batch, iters_per_epoch
 
 
@@ -321,12 +324,20 @@ def build_transform(args):
     AutoAugment for the ``--auto-augment`` crop indices)."""
     jitter = ssl_small_jitter(args.cj) if args.cj is not None else (0.4, 0.4, 0.4, 0.1)
     blur_p = 0.5 if args.gaussian_blur is None else args.gaussian_blur
+    # SSL-small's flags always mean its v2-style pipeline (its script has no --aug-plus)
+    aug_plus = args.aug_plus or args.cj is not None or args.gaussian_blur is not None
+    if args.device_aug:  # split pipeline: the CPU crops (same geometry), the device does the rest
+        if args.num_crops:
+            crops = MultiScaleCrops(args.size_crops, args.num_crops, args.min_scale_crops, args.max_scale_crops,
+                                    constrained=args.constrained_cropping, min_overlap=args.min_overlap)
+            return moco_split_transform(crops, sum(args.num_crops), True, jitter, args.grey_scale, blur_p)
+        sigma = (0.1 * args.crop_size / 224, 2.0 * args.crop_size / 224)
+        crops = MultiScaleCrops([args.crop_size], [2], [args.min_scale], [1.0])
+        return moco_split_transform(crops, 2, aug_plus, jitter, args.grey_scale, blur_p, sigma)
     if not args.num_crops:
         # blur sigma is defined for 224-px crops (0.1-2.0 px): scale it with the crop so small crops are not
         # wiped out (identical to MoCo v2 at --crop-size 224)
         sigma = (0.1 * args.crop_size / 224, 2.0 * args.crop_size / 224)
-        # SSL-small's flags always mean its v2-style pipeline (its script has no --aug-plus)
-        aug_plus = args.aug_plus or args.cj is not None or args.gaussian_blur is not None
         view = moco_transform(args.crop_size, aug_plus=aug_plus, min_scale=args.min_scale, grey_p=args.grey_scale,
                               blur_p=blur_p, blur_sigma=sigma, jitter=jitter)
         return MultiViewTransform([view, view])
@@ -535,6 +546,8 @@ def check_recipe_args(args):
             raise UserError("deit_tiny has a fixed position embedding: give every group the same --size_crops")
     if args.aux_weight > 0 and not 0 < args.aux_topk <= args.moco_k:
         raise UserError(f"--aux-topk {args.aux_topk} must be between 1 and the queue size --moco-k {args.moco_k}")
+    if args.device_aug and args.auto_augment:
+        raise UserError("--auto-augment runs per sample on the CPU: drop --device-aug (or --auto-augment)")
     if args.restart and not args.resume:
         raise UserError("--restart starts from the weights of --resume CKPT: pass that checkpoint too")
 

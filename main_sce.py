@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from src import dist
-from src.args import add_amp_args, add_arg, add_dist_args, amp_dtype, bool_flag
+from src.args import add_amp_args, add_arg, add_dist_args, add_speed_args, amp_dtype, bool_flag
 from src.augment import eval_transform, sce_multicrop_transform
 from src.checkpoint import (find_resume_checkpoint, load_checkpoint, load_state_strict, save_checkpoint,
                             set_rng_state)
@@ -47,6 +47,7 @@ from src.methods.sce import SCE, momentum_schedule, multicrop_sce_loss
 from src.models import KNOWN_ARCHS
 from src.optim import LARS, cosine_schedule, set_lr
 from src.runtime import StopSignal, check_ranks_in_sync, gather_rng_states
+from src.split_data import device_loader, sce_split_transform
 
 
 def get_args_parser(add_help=True):
@@ -124,6 +125,7 @@ def get_args_parser(add_help=True):
     add_arg(g, "--print_freq", default=10, type=int, help="print / log every N iterations")
     add_dist_args(parser)
     add_amp_args(parser)
+    add_speed_args(parser)
     g = parser.add_argument_group("demo")
     add_arg(g, "--demo", action="store_true", help="build the demo dataset, pretrain on CPU, report kNN vs random init")
     add_arg(g, "--demo_dir", default="./data/demo", type=str, help="where the demo dataset is written")
@@ -286,7 +288,8 @@ def build_data(args, info, seed):
     root = resolve_split(args.data_path, "train")
     # blur kernel 23 and sigma 0.1-2 px are defined for 224-px global crops: scaled by size/224, which is the
     # reference at 224 and keeps small (CPU) crops from being erased
-    transform = sce_multicrop_transform(args.size_crops, args.nmb_crops, args.min_scale_crops, args.max_scale_crops,
+    make = sce_split_transform if args.device_aug else sce_multicrop_transform  # --device-aug: CPU crops only
+    transform = make(args.size_crops, args.nmb_crops, args.min_scale_crops, args.max_scale_crops,
                                         blur_probs=args.blur_prob, solarize_probs=args.solarize_prob,
                                         blur_scale=args.size_crops[0] / 224)
     dataset = build_dataset(root, transform, seed=seed)
@@ -297,6 +300,7 @@ def build_data(args, info, seed):
     sampler = ResumableSampler(len(dataset), num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed)
     loader = build_loader(dataset, args.batch_size, sampler, args.workers, drop_last=True)
     loader.generator = torch.Generator().manual_seed(seed)  # worker seeds do not touch the global RNG
+    loader = device_loader(loader, transform, info.device, seed=seed, rank=info.rank)  # --device-aug: on the device
     return loader, sampler, dataset, iters_per_epoch
 
 

@@ -55,6 +55,17 @@ def add_amp_args(parser):
     return g
 
 
+def add_speed_args(parser):
+    """Input-pipeline and compute options: ``--device-aug``, ``--channels-last``, ``--compile`` (README "Speed
+    options"). All off by default: the per-sample path and eager fp32 stay the reference."""
+    g = parser.add_argument_group("speed")
+    add_arg(g, "--device-aug", action="store_true",
+            help="split pipeline: loader workers only decode (reduced-size JPEG decoding when the crops allow), crop "
+                 "and resize to uint8; colour jitter, grayscale, blur, solarize, flip and normalisation run batched "
+                 "on the training device with per-sample parameters (default off: per-sample PIL augmentation)")
+    return g
+
+
 def amp_dtype(args):
     """Resolve the AMP flags to a torch dtype or None."""
     import torch

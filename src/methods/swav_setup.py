@@ -20,6 +20,7 @@ from ..errors import UserError
 from ..logging import print_rank0
 from ..models import KNOWN_ARCHS
 from ..optim import LARC, cosine_schedule
+from ..split_data import device_loader, swav_split_transform
 from .swav import convert_sync_bn
 
 
@@ -153,9 +154,9 @@ def build_multicrop_data(args, info, seed, wrap=None):
     """
     root = resolve_split(args.data_path, "train")
     # the blur radius (0.1-2 px) is defined for 224-px crops: scaled by size/224 for small images (1 at 224)
-    transform = swav_multicrop_transform(args.size_crops, args.nmb_crops, args.min_scale_crops,
-                                         args.max_scale_crops, blur_scale=args.size_crops[0] / 224,
-                                         pil_blur=args.use_pil_blur)
+    make = swav_split_transform if args.device_aug else swav_multicrop_transform  # split: colour etc. on the device
+    transform = make(args.size_crops, args.nmb_crops, args.min_scale_crops, args.max_scale_crops,
+                     blur_scale=args.size_crops[0] / 224, pil_blur=args.use_pil_blur)
     dataset = build_dataset(root, transform, seed=seed)
     if wrap is not None:
         dataset = wrap(dataset)
@@ -166,6 +167,7 @@ def build_multicrop_data(args, info, seed, wrap=None):
     sampler = ResumableSampler(len(dataset), num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed)
     loader = build_loader(dataset, args.batch_size, sampler, args.workers, drop_last=True)
     loader.generator = torch.Generator().manual_seed(seed)  # worker seeds do not touch the global RNG
+    loader = device_loader(loader, transform, info.device, seed=seed, rank=info.rank)
     return loader, sampler, dataset, iters_per_epoch
 
 
