@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src import dist
-from src.args import add_amp_args, add_arg, add_dist_args, add_speed_args, amp_dtype
+from src.args import add_amp_args, add_arg, add_dist_args, add_speed_args, amp_dtype, autocast_dtype
 from src.augment import (MultiCropTransform, MultiScaleCrops, MultiViewTransform, autoaugment_or, eval_transform,
                          moco_color_transform, moco_transform, ssl_small_jitter)
 from src.checkpoint import (find_resume_checkpoint, load_checkpoint, load_state_strict, rng_state,
@@ -60,6 +60,7 @@ from src.models import KNOWN_ARCHS
 from src.models.heads import MOCO_HEADS
 from src.optim import moco_lr_schedule, set_lr
 from src.pretrained import read_checkpoint
+from src.speed import fused_kwargs, maybe_compile, to_channels_last
 from src.split_data import device_loader, moco_split_transform
 
 
@@ -227,7 +228,8 @@ def train(args, info):
     model, encoder_q, bn_splits = build_model(args, info, per_rank_batch)
     dist.seed_everything(seed, info.rank)  # then one RNG stream per rank
     optimizer = torch.optim.SGD(encoder_q.parameters(), args.lr, momentum=args.momentum,
-                                weight_decay=args.weight_decay)
+                                weight_decay=args.weight_decay, **fused_kwargs(device))
+    autocast_dtype(args, device, info.rank)  # fp16 without CUDA: fp32 and one warning line (args updated)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(args) == torch.float16)
     lr_schedule = moco_lr_schedule(args.lr, args.epochs, iters_per_epoch, cos=args.cos, milestones=args.schedule)
     print_rank0(f"=> {args.arch}: {len(dataset)} images, {iters_per_epoch} iterations/epoch, batch "
@@ -314,7 +316,8 @@ def build_data(args, info, seed):
     # the loader draws its workers' base seed from this generator, not from the global RNG, so that
     # starting an epoch (or resuming) does not shift the RNG stream that shuffle-BN uses
     loader.generator = torch.Generator().manual_seed(seed)
-    loader = device_loader(loader, dataset.transform, info.device, seed=seed, rank=info.rank)  # --device-aug
+    loader = device_loader(loader, dataset.transform, info.device, seed=seed, rank=info.rank,
+                           channels_last=args.channels_last)  # --device-aug, --channels-last
     return loader, sampler, dataset, per_rank_batch, iters_per_epoch
 
 
@@ -359,12 +362,13 @@ def build_model(args, info, per_rank_batch):
     model = MoCo(args.arch, dim=args.moco_dim, K=args.moco_k, head=moco_head(args), bn_splits=bn_splits,
                  cifar_stem=args.cifar_stem, image_size=image_size,
                  feature_queue=args.aux_weight > 0).to(info.device)
+    model = to_channels_last(model, args.channels_last)
     encoder_q = model.encoder_q
     if info.distributed:
         device_ids = [info.device.index] if info.device.type == "cuda" else None
         encoder_q = nn.parallel.DistributedDataParallel(encoder_q, device_ids=device_ids)
         copy_params(model.encoder_q, model.encoder_k)  # DDP broadcast rank 0's weights: keys start from them too
-    return model, encoder_q, bn_splits
+    return model, maybe_compile(encoder_q, args.compile, info.rank), bn_splits
 
 
 def train_one_epoch(model, encoder_q, loader, optimizer, scaler, lr_schedule, epoch, start_iter, iters_per_epoch,

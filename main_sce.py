@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from src import dist
-from src.args import add_amp_args, add_arg, add_dist_args, add_speed_args, amp_dtype, bool_flag
+from src.args import add_amp_args, add_arg, add_dist_args, add_speed_args, amp_dtype, autocast_dtype, bool_flag
 from src.augment import eval_transform, sce_multicrop_transform
 from src.checkpoint import (find_resume_checkpoint, load_checkpoint, load_state_strict, save_checkpoint,
                             set_rng_state)
@@ -47,6 +47,7 @@ from src.methods.sce import SCE, momentum_schedule, multicrop_sce_loss
 from src.models import KNOWN_ARCHS
 from src.optim import LARS, cosine_schedule, set_lr
 from src.runtime import StopSignal, check_ranks_in_sync, gather_rng_states
+from src.speed import maybe_compile, to_channels_last
 from src.split_data import device_loader, sce_split_transform
 
 
@@ -209,6 +210,7 @@ def train(args, info):
     lr = args.base_lr * global_batch / 256
     optimizer = LARS(model.online_params(), lr=lr, weight_decay=args.wd, momentum=args.lars_momentum,
                      trust_coefficient=args.trust_coefficient)
+    autocast_dtype(args, device, info.rank)  # fp16 without CUDA: fp32 and one warning line (args updated)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(args) == torch.float16)
     lr_schedule = cosine_schedule(lr, args.final_lr * global_batch / 256, args.epochs, iters_per_epoch,
                                   warmup_epochs=args.warmup_epochs, start_warmup_value=args.start_warmup)
@@ -300,7 +302,7 @@ def build_data(args, info, seed):
     sampler = ResumableSampler(len(dataset), num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed)
     loader = build_loader(dataset, args.batch_size, sampler, args.workers, drop_last=True)
     loader.generator = torch.Generator().manual_seed(seed)  # worker seeds do not touch the global RNG
-    loader = device_loader(loader, transform, info.device, seed=seed, rank=info.rank)  # --device-aug: on the device
+    loader = device_loader(loader, transform, info.device, seed=seed, rank=info.rank, channels_last=args.channels_last)
     return loader, sampler, dataset, iters_per_epoch
 
 
@@ -322,13 +324,13 @@ def build_model(args, info):
         else:
             print_rank0("warning: --sync_bn needs CUDA (gloo cannot sync BN on a CPU): disabled, each process "
                         "normalises its own batch", rank=info.rank)
-    model = model.to(info.device)
+    model = to_channels_last(model.to(info.device), args.channels_last)
     online = model.online_branch(args.mutual_pass)
     if info.distributed:
         device_ids = [info.device.index] if info.device.type == "cuda" else None
         online = nn.parallel.DistributedDataParallel(online, device_ids=device_ids)
         model.sync_target()  # DDP broadcast rank 0's weights: the target starts from them too
-    return model, online, model.target_branch(args.mutual_pass)
+    return model, maybe_compile(online, args.compile, info.rank), model.target_branch(args.mutual_pass)
 
 
 def replicated_state(model):
