@@ -280,7 +280,10 @@ def time_cell(cell):
     device = torch.device(cell["device"])
     if cell.get("threads"):
         torch.set_num_threads(cell["threads"])
-    import main_deepclusterv2, main_moco, main_sce, main_swav  # noqa: F401,E401 (imported before the baseline)
+    import main_deepclusterv2  # noqa: F401 (the scripts are imported before the memory baseline)
+    import main_moco  # noqa: F401
+    import main_sce  # noqa: F401
+    import main_swav  # noqa: F401
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

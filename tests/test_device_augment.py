@@ -164,6 +164,8 @@ def test_param_ranges_and_probabilities():
     assert 0.1 <= p["sigma"].min() and p["sigma"].max() <= 2.0 and abs(p["sigma"].mean() - 1.05) < 0.01
     for key, prob in (("jitter", 0.8), ("grey", 0.2), ("blur", 0.5), ("flip", 0.5), ("solarize", 0.0)):
         assert abs(p[key].float().mean() - prob) < 0.006, key
+    sce2 = draw_params(sce_views([2])[1], n, torch.Generator().manual_seed(1), "cpu")  # SCE view 2: blur .1, sol .2
+    assert abs(sce2["blur"].float().mean() - 0.1) < 0.004 and abs(sce2["solarize"].float().mean() - 0.2) < 0.005
     # op orders: uniform over the 24 permutations, as torch.randperm(4)
     order = p["order"]
     assert torch.equal(order.sort(dim=1).values, torch.arange(4).expand(n, 4))
