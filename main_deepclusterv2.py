@@ -28,7 +28,7 @@ from contextlib import nullcontext
 import torch
 
 from src import dist
-from src.args import add_amp_args, add_arg, add_dist_args
+from src.args import add_amp_args, add_arg, add_dist_args, add_speed_args
 from src.checkpoint import find_resume_checkpoint, load_checkpoint, load_state_strict, set_rng_state
 from src.errors import UserError, exit_on_user_error
 from src.logging import JsonLog, ProgressLogger, print_rank0
@@ -68,6 +68,7 @@ def get_args_parser(add_help=True):
     add_run_args(parser)
     add_dist_args(parser)
     add_amp_args(parser)  # off by default: the reference trains DeepCluster-v2 in fp32
+    add_speed_args(parser)
     return parser
 
 

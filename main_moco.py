@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src import dist
-from src.args import add_amp_args, add_arg, add_dist_args, amp_dtype
+from src.args import add_amp_args, add_arg, add_dist_args, add_speed_args, amp_dtype, autocast_dtype
 from src.augment import (MultiCropTransform, MultiScaleCrops, MultiViewTransform, autoaugment_or,
                          moco_color_transform, moco_transform, ssl_small_jitter)
 from src.checkpoint import (find_resume_checkpoint, load_checkpoint, load_state_strict, rng_state,
@@ -60,6 +60,8 @@ from src.models import KNOWN_ARCHS
 from src.models.heads import MOCO_HEADS
 from src.optim import moco_lr_schedule, set_lr
 from src.pretrained import read_checkpoint
+from src.speed import fused_kwargs, maybe_compile, to_channels_last
+from src.split_data import device_loader, moco_split_transform
 
 
 def get_args_parser(add_help=True):
@@ -154,6 +156,7 @@ def get_args_parser(add_help=True):
             help="stop (with a checkpoint) after this many iterations in total; for smoke tests (0: off)")
     add_dist_args(parser)
     add_amp_args(parser)
+    add_speed_args(parser)
     g = parser.add_argument_group("demo")
     add_arg(g, "--demo", action="store_true", help="build the demo dataset, pretrain on CPU, report kNN vs random init")
     add_arg(g, "--demo-dir", default="./data/demo", type=str, help="where the demo dataset is written")
@@ -225,7 +228,8 @@ def train(args, info):
     model, encoder_q, bn_splits = build_model(args, info, per_rank_batch)
     dist.seed_everything(seed, info.rank)  # then one RNG stream per rank
     optimizer = torch.optim.SGD(encoder_q.parameters(), args.lr, momentum=args.momentum,
-                                weight_decay=args.weight_decay)
+                                weight_decay=args.weight_decay, **fused_kwargs(device))
+    autocast_dtype(args, device, info.rank)  # fp16 without CUDA: fp32 and one warning line (args updated)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(args) == torch.float16)
     lr_schedule = moco_lr_schedule(args.lr, args.epochs, iters_per_epoch, cos=args.cos, milestones=args.schedule)
     print_rank0(f"=> {args.arch}: {len(dataset)} images, {iters_per_epoch} iterations/epoch, batch "
@@ -312,6 +316,8 @@ def build_data(args, info, seed):
     # the loader draws its workers' base seed from this generator, not from the global RNG, so that
     # starting an epoch (or resuming) does not shift the RNG stream that shuffle-BN uses
     loader.generator = torch.Generator().manual_seed(seed)
+    loader = device_loader(loader, dataset.transform, info.device, seed=seed, rank=info.rank,
+                           channels_last=args.channels_last)  # --device-aug, --channels-last
     return loader, sampler, dataset, per_rank_batch, iters_per_epoch
 
 
@@ -321,12 +327,20 @@ def build_transform(args):
     AutoAugment for the ``--auto-augment`` crop indices)."""
     jitter = ssl_small_jitter(args.cj) if args.cj is not None else (0.4, 0.4, 0.4, 0.1)
     blur_p = 0.5 if args.gaussian_blur is None else args.gaussian_blur
+    # SSL-small's flags always mean its v2-style pipeline (its script has no --aug-plus)
+    aug_plus = args.aug_plus or args.cj is not None or args.gaussian_blur is not None
+    if args.device_aug:  # split pipeline: the CPU crops (same geometry), the device does the rest
+        if args.num_crops:
+            crops = MultiScaleCrops(args.size_crops, args.num_crops, args.min_scale_crops, args.max_scale_crops,
+                                    constrained=args.constrained_cropping, min_overlap=args.min_overlap)
+            return moco_split_transform(crops, sum(args.num_crops), True, jitter, args.grey_scale, blur_p)
+        sigma = (0.1 * args.crop_size / 224, 2.0 * args.crop_size / 224)
+        crops = MultiScaleCrops([args.crop_size], [2], [args.min_scale], [1.0])
+        return moco_split_transform(crops, 2, aug_plus, jitter, args.grey_scale, blur_p, sigma)
     if not args.num_crops:
         # blur sigma is defined for 224-px crops (0.1-2.0 px): scale it with the crop so small crops are not
         # wiped out (identical to MoCo v2 at --crop-size 224)
         sigma = (0.1 * args.crop_size / 224, 2.0 * args.crop_size / 224)
-        # SSL-small's flags always mean its v2-style pipeline (its script has no --aug-plus)
-        aug_plus = args.aug_plus or args.cj is not None or args.gaussian_blur is not None
         view = moco_transform(args.crop_size, aug_plus=aug_plus, min_scale=args.min_scale, grey_p=args.grey_scale,
                               blur_p=blur_p, blur_sigma=sigma, jitter=jitter)
         return MultiViewTransform([view, view])
@@ -348,12 +362,13 @@ def build_model(args, info, per_rank_batch):
     model = MoCo(args.arch, dim=args.moco_dim, K=args.moco_k, head=moco_head(args), bn_splits=bn_splits,
                  cifar_stem=args.cifar_stem, image_size=image_size,
                  feature_queue=args.aux_weight > 0).to(info.device)
+    model = to_channels_last(model, args.channels_last)
     encoder_q = model.encoder_q
     if info.distributed:
         device_ids = [info.device.index] if info.device.type == "cuda" else None
         encoder_q = nn.parallel.DistributedDataParallel(encoder_q, device_ids=device_ids)
         copy_params(model.encoder_q, model.encoder_k)  # DDP broadcast rank 0's weights: keys start from them too
-    return model, encoder_q, bn_splits
+    return model, maybe_compile(encoder_q, args.compile, info.rank), bn_splits
 
 
 def train_one_epoch(model, encoder_q, loader, optimizer, scaler, lr_schedule, epoch, start_iter, iters_per_epoch,
@@ -535,6 +550,8 @@ def check_recipe_args(args):
             raise UserError("deit_tiny has a fixed position embedding: give every group the same --size_crops")
     if args.aux_weight > 0 and not 0 < args.aux_topk <= args.moco_k:
         raise UserError(f"--aux-topk {args.aux_topk} must be between 1 and the queue size --moco-k {args.moco_k}")
+    if args.device_aug and args.auto_augment:
+        raise UserError("--auto-augment runs per sample on the CPU: drop --device-aug (or --auto-augment)")
     if args.restart and not args.resume:
         raise UserError("--restart starts from the weights of --resume CKPT: pass that checkpoint too")
 

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from src import dist
-from src.args import add_amp_args, add_arg, add_dist_args, amp_dtype, bool_flag
+from src.args import add_amp_args, add_arg, add_dist_args, add_speed_args, amp_dtype, autocast_dtype, bool_flag
 from src.augment import sce_multicrop_transform
 from src.checkpoint import (find_resume_checkpoint, load_checkpoint, load_state_strict, save_checkpoint,
                             set_rng_state)
@@ -55,6 +55,8 @@ from src.methods.sce import SCE, momentum_schedule, multicrop_sce_loss
 from src.models import KNOWN_ARCHS, VIDEO_ARCHS
 from src.optim import LARS, cosine_schedule, set_lr
 from src.runtime import StopSignal, check_ranks_in_sync, gather_rng_states
+from src.speed import maybe_compile, to_channels_last
+from src.split_data import device_loader, sce_split_transform
 
 
 def get_args_parser(add_help=True):
@@ -132,6 +134,7 @@ def get_args_parser(add_help=True):
     add_arg(g, "--print_freq", default=10, type=int, help="print / log every N iterations")
     add_dist_args(parser)
     add_amp_args(parser)
+    add_speed_args(parser)
     g = parser.add_argument_group("demo")
     add_arg(g, "--demo", action="store_true", help="build the demo dataset, pretrain on CPU, report kNN vs random init")
     add_arg(g, "--demo_dir", default="./data/demo", type=str, help="where the demo dataset is written")
@@ -229,6 +232,9 @@ def check_args(args):
     if (args.modality == "video") != (args.arch in VIDEO_ARCHS):
         raise UserError(f"--arch {args.arch} with --modality {args.modality}: video needs a video trunk "
                         f"({', '.join(VIDEO_ARCHS)}), images an image trunk")
+    if args.modality == "video" and (args.device_aug or args.channels_last):
+        raise UserError("--device-aug and --channels-last apply to images; video clips are augmented per clip on "
+                        "the CPU workers: drop those flags with --modality video")
     if args.modality == "video" and (args.nmb_crops != [2] or len(args.size_crops) != 1):
         raise UserError(f"--modality video takes 2 clips per video (--nmb_crops 2, one --size_crops value), got "
                         f"--nmb_crops {' '.join(map(str, args.nmb_crops))}")
@@ -275,6 +281,7 @@ def train(args, info):
     lr = args.base_lr * global_batch / 256
     optimizer = LARS(model.online_params(), lr=lr, weight_decay=args.wd, momentum=args.lars_momentum,
                      trust_coefficient=args.trust_coefficient)
+    autocast_dtype(args, device, info.rank)  # fp16 without CUDA: fp32 and one warning line (args updated)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(args) == torch.float16)
     lr_schedule = cosine_schedule(lr, args.final_lr * global_batch / 256, args.epochs, iters_per_epoch,
                                   warmup_epochs=args.warmup_epochs, start_warmup_value=args.start_warmup)
@@ -359,18 +366,18 @@ def build_data(args, info, seed):
                                (args.min_scale_crops[0], args.max_scale_crops[0]), args.blur_prob[:2],
                                args.solarize_prob[:2], blur_scale=args.size_crops[0] / 224, seed=seed,
                                frames_fps=args.frames_fps)
-        return _loader(args, info, seed, root, dataset, "videos")
+        return _loader(args, info, seed, root, dataset, "videos", transform=None)
     root = resolve_split(args.data_path, "train")
     # blur kernel 23 and sigma 0.1-2 px are defined for 224-px global crops: scaled by size/224, which is the
     # reference at 224 and keeps small (CPU) crops from being erased
-    transform = sce_multicrop_transform(args.size_crops, args.nmb_crops, args.min_scale_crops, args.max_scale_crops,
-                                        blur_probs=args.blur_prob, solarize_probs=args.solarize_prob,
-                                        blur_scale=args.size_crops[0] / 224)
+    make = sce_split_transform if args.device_aug else sce_multicrop_transform  # --device-aug: CPU crops only
+    transform = make(args.size_crops, args.nmb_crops, args.min_scale_crops, args.max_scale_crops,
+                     blur_probs=args.blur_prob, solarize_probs=args.solarize_prob, blur_scale=args.size_crops[0] / 224)
     dataset = build_dataset(root, transform, seed=seed)
-    return _loader(args, info, seed, root, dataset, "images")
+    return _loader(args, info, seed, root, dataset, "images", transform=transform)
 
 
-def _loader(args, info, seed, root, dataset, unit):
+def _loader(args, info, seed, root, dataset, unit, transform):
     iters_per_epoch = math.ceil(len(dataset) / info.world_size) // args.batch_size  # drop_last
     if iters_per_epoch == 0:
         raise UserError(f"{len(dataset)} {unit} in '{root}' is fewer than one batch of {args.batch_size} x "
@@ -378,6 +385,9 @@ def _loader(args, info, seed, root, dataset, unit):
     sampler = ResumableSampler(len(dataset), num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed)
     loader = build_loader(dataset, args.batch_size, sampler, args.workers, drop_last=True)
     loader.generator = torch.Generator().manual_seed(seed)  # worker seeds do not touch the global RNG
+    if transform is not None:  # images: --device-aug / --channels-last wrap the loader; video clips stay per-sample
+        loader = device_loader(loader, transform, info.device, seed=seed, rank=info.rank,
+                               channels_last=args.channels_last)
     return loader, sampler, dataset, iters_per_epoch
 
 
@@ -399,13 +409,13 @@ def build_model(args, info):
         else:
             print_rank0("warning: --sync_bn needs CUDA (gloo cannot sync BN on a CPU): disabled, each process "
                         "normalises its own batch", rank=info.rank)
-    model = model.to(info.device)
+    model = to_channels_last(model.to(info.device), args.channels_last)
     online = model.online_branch(args.mutual_pass)
     if info.distributed:
         device_ids = [info.device.index] if info.device.type == "cuda" else None
         online = nn.parallel.DistributedDataParallel(online, device_ids=device_ids)
         model.sync_target()  # DDP broadcast rank 0's weights: the target starts from them too
-    return model, online, model.target_branch(args.mutual_pass)
+    return model, maybe_compile(online, args.compile, info.rank), model.target_branch(args.mutual_pass)
 
 
 def replicated_state(model):

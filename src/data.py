@@ -139,7 +139,7 @@ class _ImageListDataset(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.samples)
 
-    def load(self, index):
+    def load(self, index, decode=None):
         """Decode sample ``index`` as an RGB PIL image, skipping unreadable files.
 
         An unreadable file is replaced by the next index (wrapping around), one warning line per
@@ -147,8 +147,10 @@ class _ImageListDataset(torch.utils.data.Dataset):
 
         Args:
             index: sample index.
+            decode: None, or a callable given the opened, not yet decoded, PIL image (the split pipeline
+                chooses its crops first, then decodes at a reduced size where they allow it).
         Returns:
-            (PIL.Image in RGB, target int).
+            (PIL.Image in RGB, or what ``decode`` returns; target int).
         Raises:
             UserError: more than ``MAX_CONSECUTIVE_FAILURES`` files in a row cannot be read.
         """
@@ -156,7 +158,8 @@ class _ImageListDataset(torch.utils.data.Dataset):
             path, target = self.samples[(index + step) % len(self.samples)]
             try:
                 with open(path, "rb") as f:
-                    return Image.open(f).convert("RGB"), target
+                    img = Image.open(f)
+                    return (img.convert("RGB") if decode is None else decode(img)), target
             except Exception as exc:  # any decoder failure: truncated, not an image, bomb, I/O error
                 self.n_skipped += 1
                 if path not in self._warned:
@@ -169,6 +172,11 @@ class _ImageListDataset(torch.utils.data.Dataset):
     def __getitem__(self, index):
         """Args: index: int. Returns: (transformed image, target)."""
         index = index % len(self.samples)
+        if getattr(self.transform, "decodes_itself", False):  # split pipeline: crops first, then decode
+            if self.seed is None:
+                return self.load(index, decode=self.transform)
+            with fork_rng(sample_seed(self.seed, int(self._epoch[0]), index)):
+                return self.load(index, decode=self.transform)
         img, target = self.load(index)
         if self.transform is None:
             return img, target

@@ -67,22 +67,29 @@ class LARS(torch.optim.Optimizer):
     def step(self, closure=None):
         loss = closure() if closure is not None else None
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
-                if p.ndim > 1:
-                    g = g.add(p, alpha=group["weight_decay"])
-                    p_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
-                    ratio = torch.where((p_norm > 0) & (g_norm > 0),
-                                        group["trust_coefficient"] * p_norm / g_norm, torch.ones_like(p_norm))
-                    g = g.mul(ratio)
-                state = self.state[p]
-                if "mu" not in state:
-                    state["mu"] = torch.zeros_like(p)
-                mu = state["mu"]
-                mu.mul_(group["momentum"]).add_(g)
-                p.add_(mu, alpha=-group["lr"])
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            # one multi-tensor kernel per op over the group (torch._foreach_*), not one launch per parameter
+            adapt = [p for p in params if p.ndim > 1]
+            if adapt:
+                g = torch._foreach_add([p.grad for p in adapt], adapt, alpha=group["weight_decay"])
+                p_norm = torch.stack(torch._foreach_norm(adapt))
+                g_norm = torch.stack(torch._foreach_norm(g))
+                ratio = torch.where((p_norm > 0) & (g_norm > 0), group["trust_coefficient"] * p_norm / g_norm,
+                                    torch.ones_like(p_norm))
+                torch._foreach_mul_(g, list(ratio.unbind()))
+                updates = dict(zip(map(id, adapt), g))
+            else:
+                updates = {}
+            grads = [updates.get(id(p), p.grad) for p in params]
+            for p in params:
+                if "mu" not in self.state[p]:
+                    self.state[p]["mu"] = torch.zeros_like(p)
+            mus = [self.state[p]["mu"] for p in params]
+            torch._foreach_mul_(mus, group["momentum"])
+            torch._foreach_add_(mus, grads)
+            torch._foreach_add_(params, mus, alpha=-group["lr"])
         return loss
 
 
@@ -123,15 +130,19 @@ class LARC:
             wd = group.get("weight_decay", 0.0)
             saved_wd.append(wd)
             group["weight_decay"] = 0.0
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                p_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(p.grad)
-                local = self.trust_coefficient * p_norm / (g_norm + wd * p_norm + self.eps)
-                if self.clip:
-                    local = torch.clamp(local / group["lr"], max=1.0)
-                local = torch.where((p_norm > 0) & (g_norm > 0), local, torch.ones_like(local))
-                p.grad.add_(p, alpha=wd).mul_(local)
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            # multi-tensor kernels over the group (torch._foreach_*), not one launch per parameter
+            p_norm = torch.stack(torch._foreach_norm(params))
+            g_norm = torch.stack(torch._foreach_norm(grads))
+            local = self.trust_coefficient * p_norm / (g_norm + wd * p_norm + self.eps)
+            if self.clip:
+                local = torch.clamp(local / group["lr"], max=1.0)
+            local = torch.where((p_norm > 0) & (g_norm > 0), local, torch.ones_like(local))
+            torch._foreach_add_(grads, params, alpha=wd)
+            torch._foreach_mul_(grads, list(local.unbind()))
         try:
             return self.optim.step(closure)
         finally:

@@ -18,15 +18,23 @@ class KeyQueue(nn.Module):
         super().__init__()
         self.register_buffer("queue", F.normalize(torch.randn(size, dim), dim=1))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        self._host_ptr = None  # host copy of ptr: reading the buffer every step would wait for the device
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._host_ptr = None  # ptr may have changed: read it again at the next enqueue
 
     @torch.no_grad()
     def enqueue(self, keys):
         """keys: (G, D) from every rank (already gathered), written at rows [ptr, ptr + G)."""
         n, size = keys.shape[0], self.queue.shape[0]
-        ptr = int(self.ptr)
+        if self._host_ptr is None:
+            self._host_ptr = int(self.ptr)  # one device read, then the host copy is kept up to date
+        ptr = self._host_ptr
         assert size % n == 0, f"queue size {size} is not a multiple of the {n} keys enqueued per step"
         self.queue[ptr:ptr + n] = keys.to(self.queue.dtype)
-        self.ptr.fill_((ptr + n) % size)
+        self._host_ptr = (ptr + n) % size
+        self.ptr.fill_(self._host_ptr)
 
 
 def check_queue_size(queue_size, global_keys_per_step):

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .. import dist
-from ..args import add_arg, bool_flag
+from ..args import add_arg, autocast_dtype, bool_flag  # noqa: F401 (autocast_dtype: the scripts import it here)
 from ..augment import swav_multicrop_transform
 from ..checkpoint import save_checkpoint
 from ..data import ResumableSampler, build_dataset, build_loader, resolve_split
@@ -20,6 +20,8 @@ from ..errors import UserError
 from ..logging import print_rank0
 from ..models import KNOWN_ARCHS
 from ..optim import LARC, cosine_schedule
+from ..speed import fused_kwargs, maybe_compile, to_channels_last
+from ..split_data import device_loader, swav_split_transform
 from .swav import convert_sync_bn
 
 
@@ -153,9 +155,9 @@ def build_multicrop_data(args, info, seed, wrap=None):
     """
     root = resolve_split(args.data_path, "train")
     # the blur radius (0.1-2 px) is defined for 224-px crops: scaled by size/224 for small images (1 at 224)
-    transform = swav_multicrop_transform(args.size_crops, args.nmb_crops, args.min_scale_crops,
-                                         args.max_scale_crops, blur_scale=args.size_crops[0] / 224,
-                                         pil_blur=args.use_pil_blur)
+    make = swav_split_transform if args.device_aug else swav_multicrop_transform  # split: colour etc. on the device
+    transform = make(args.size_crops, args.nmb_crops, args.min_scale_crops, args.max_scale_crops,
+                     blur_scale=args.size_crops[0] / 224, pil_blur=args.use_pil_blur)
     dataset = build_dataset(root, transform, seed=seed)
     if wrap is not None:
         dataset = wrap(dataset)
@@ -166,21 +168,25 @@ def build_multicrop_data(args, info, seed, wrap=None):
     sampler = ResumableSampler(len(dataset), num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed)
     loader = build_loader(dataset, args.batch_size, sampler, args.workers, drop_last=True)
     loader.generator = torch.Generator().manual_seed(seed)  # worker seeds do not touch the global RNG
+    loader = device_loader(loader, transform, info.device, seed=seed, rank=info.rank, channels_last=args.channels_last)
     return loader, sampler, dataset, iters_per_epoch
 
 
 # ==== model and optimizer ====
 def wrap_model(model, args, info):
-    """SyncBN (CUDA, ``--sync_bn``), move to the device, DDP when distributed.
+    """SyncBN (CUDA, ``--sync_bn``), move to the device (channels-last with ``--channels-last``), DDP when
+    distributed, ``torch.compile`` with ``--compile``.
 
     Returns: (model, ddp_model): the module whose state is saved, and what the step calls (the same module
-    without a process group).
+    without a process group or compilation).
     """
     model = convert_sync_bn(model, args.sync_bn, args.syncbn_process_group_size, info).to(info.device)
-    if not info.distributed:
-        return model, model
-    device_ids = [info.device.index] if info.device.type == "cuda" else None
-    return model, nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    model = to_channels_last(model, args.channels_last)
+    step_model = model
+    if info.distributed:
+        device_ids = [info.device.index] if info.device.type == "cuda" else None
+        step_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    return model, maybe_compile(step_model, args.compile, info.rank)
 
 
 def build_optimizer(model, args, iters_per_epoch):
@@ -189,7 +195,8 @@ def build_optimizer(model, args, iters_per_epoch):
 
     Returns: (optimizer, lr_schedule array of length epochs * iters_per_epoch).
     """
-    sgd = torch.optim.SGD(model.parameters(), lr=args.base_lr, momentum=0.9, weight_decay=args.wd)
+    sgd = torch.optim.SGD(model.parameters(), lr=args.base_lr, momentum=0.9, weight_decay=args.wd,
+                          **fused_kwargs(next(model.parameters()).device))
     optimizer = LARC(sgd, trust_coefficient=0.001, clip=False, eps=1e-8)
     schedule = cosine_schedule(args.base_lr, args.final_lr, args.epochs, iters_per_epoch,
                                warmup_epochs=args.warmup_epochs, start_warmup_value=args.start_warmup)
@@ -237,18 +244,3 @@ def log_model(model, args, info, n_images, iters_per_epoch, extra=""):
     crops = " + ".join(f"{n}x{s}" for n, s in zip(args.nmb_crops, args.size_crops))
     print_rank0(f"=> {args.arch} ({n_params:.1f}M parameters): {n_images} images, {iters_per_epoch} iterations/epoch, "
                 f"batch {args.batch_size} x {info.world_size} processes, crops {crops}{extra}", rank=info.rank)
-
-
-def autocast_dtype(args, device, rank=0):
-    """The autocast dtype for this device: an explicit ``--amp fp16|bf16`` wins, else ``--use_fp16 true`` means
-    fp16 (with a grad scaler), else None (fp32). fp16 on a CPU falls back to fp32 with one line: CPU autocast
-    is emulated there (bf16 was about 25x slower than fp32 for a ResNet-18 on this project's 2-core machine), and
-    the reference's fp16 is a GPU feature; this is what lets the published commands run unchanged on a CPU.
-    """
-    name = args.amp if args.amp != "none" else ("fp16" if getattr(args, "use_fp16", False) else "none")
-    dtype = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
-    if dtype == torch.float16 and device.type != "cuda":
-        print_rank0("note: --use_fp16 / --amp fp16 needs CUDA; this CPU run computes in fp32 (pass --use_fp16 false "
-                    "to silence this, or --amp bf16 to force bf16 autocast)", rank=rank)
-        return None
-    return dtype

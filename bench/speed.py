@@ -1,0 +1,451 @@
+"""Speed, side by side in one run (issue "Speed"): input pipeline, training steps with each option, backbone ceiling.
+
+    python -m bench.speed                                  # CPU-sized: resnet18, batch 16, 2x64 + 6x32 crops
+    python -m bench.speed --arch resnet50 --batch-size 64 --sizes 224 96 --steps 20   # one GPU, the paper's crops
+    python -m bench.speed --configs base compile all+compile                          # include torch.compile
+
+(a) CPU time per sample, one thread, on generated 500x375 JPEGs (ImageNet's typical size): a re-creation of the
+official SwAV per-sample PIL pipeline (facebookresearch/swav ``src/multicropdataset.py``: RandomResizedCrop ->
+HFlip -> ColorJitter(0.8, 0.8, 0.8, 0.2) p 0.8 -> RandomGrayscale 0.2 -> PIL GaussianBlur p 0.5 -> ToTensor ->
+Normalize, 2x224 + 6x96) and of the MoCo v2 pipeline (facebookresearch/moco ``main_moco.py --aug-plus``, two
+224 views), against the CPU half of our split pipeline (decode, crop, resize to uint8) for the same crops; plus,
+for reference, what the device half costs when the "device" is this CPU.
+(b) Training-step images/s and peak memory of each method (``main_<method>.train_one_epoch`` itself, fed with
+pre-made batches) under each configuration: ``base`` (fp32, per-sample path: the step receives augmented float
+crops), ``device_aug`` (uint8 crops, augmented in the step), ``channels_last``, ``bf16``, ``fp16``, ``compile``, and
+``a+b`` combinations. Each cell runs in its own process, so its peak memory is its own (CUDA: max allocated;
+CPU: peak resident set minus the process's after importing torch and the scripts). (c) The bare backbone forward+backward on the same crops and batch (the ceiling).
+Prints a table with ratios and writes JSON (``--output``).
+"""
+import argparse
+import contextlib
+import itertools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from bench.common import machine, peak_memory_mb
+
+METHODS = ("swav", "deepclusterv2", "sce", "moco")
+OPTIONS = {"device_aug", "channels_last", "bf16", "fp16", "compile"}
+
+
+# ==== (a) input pipelines ====
+def official_swav_transform(size_crops=(224, 96), nmb_crops=(2, 6), min_scale=(0.14, 0.05), max_scale=(1.0, 0.14)):
+    """The official SwAV multi-crop transform, re-created with torchvision (v1) and PIL as its repository uses."""
+    import random
+
+    from PIL import ImageFilter
+    from torchvision import transforms as T
+
+    def pil_blur(img):  # PILRandomGaussianBlur(p=0.5, radius 0.1-2)
+        if np.random.rand() > 0.5:
+            return img
+        return img.filter(ImageFilter.GaussianBlur(radius=random.uniform(0.1, 2.0)))
+
+    color = T.Compose([T.RandomApply([T.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8), T.RandomGrayscale(p=0.2)])
+    crops = []
+    for size, n, lo, hi in zip(size_crops, nmb_crops, min_scale, max_scale):
+        t = T.Compose([T.RandomResizedCrop(size, scale=(lo, hi)), T.RandomHorizontalFlip(p=0.5), color, pil_blur,
+                       T.ToTensor(), T.Normalize([0.485, 0.456, 0.406], [0.228, 0.224, 0.225])])
+        crops += [t] * n
+    return lambda img: [t(img) for t in crops]
+
+
+def official_moco_v2_transform():
+    """MoCo v2's ``augmentation`` (``--aug-plus``) applied twice (TwoCropsTransform)."""
+    from src.augment import GaussianBlur
+    from torchvision import transforms as T
+
+    t = T.Compose([T.RandomResizedCrop(224, scale=(0.2, 1.0)),
+                   T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), T.RandomGrayscale(p=0.2),
+                   T.RandomApply([GaussianBlur([0.1, 2.0])], p=0.5), T.RandomHorizontalFlip(), T.ToTensor(),
+                   T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    return lambda img: [t(img), t(img)]
+
+
+def make_jpegs(folder, n, size=(500, 375), seed=0):
+    """``n`` photo-like JPEGs (smooth colour fields, edges and grain; quality 90)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        small = Image.fromarray((rng.random((size[1] // 25, size[0] // 25, 3)) * 255).astype(np.uint8))
+        a = np.asarray(small.resize(size, Image.BICUBIC), dtype=np.int16)
+        a = a + rng.normal(0, 12, a.shape).astype(np.int16)
+        y, x = rng.integers(0, size[1] // 2), rng.integers(0, size[0] // 2)
+        a[y:y + size[1] // 3, x:x + size[0] // 3] = rng.integers(0, 256, 3)
+        paths.append(os.path.join(folder, f"{i:04d}.jpg"))
+        Image.fromarray(a.clip(0, 255).astype(np.uint8)).save(paths[-1], quality=90)
+    return paths
+
+
+def cpu_ms_per_sample(fn, paths, passes):
+    """Process CPU time per call of ``fn(path)``, after one warm-up pass."""
+    for p in paths[:4]:
+        fn(p)
+    t = time.process_time()
+    for _ in range(passes):
+        for p in paths:
+            fn(p)
+    return 1000 * (time.process_time() - t) / (passes * len(paths))
+
+
+def bench_data(n_images, passes, device_batch=32):
+    """Rows of part (a)."""
+    from PIL import Image
+
+    from src.device_augment import MultiCropAugment, swav_views
+    from src.split_data import moco_split_transform, swav_split_transform
+    from src.augment import MultiScaleCrops
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        paths = make_jpegs(folder, n_images)
+
+        def pil_rgb(p):
+            with open(p, "rb") as f:
+                return Image.open(f).convert("RGB")
+
+        swav_off, moco_off = official_swav_transform(), official_moco_v2_transform()
+        swav_split = swav_split_transform([224, 96], [2, 6], [0.14, 0.05], [1.0, 0.14])
+        moco_split = moco_split_transform(MultiScaleCrops([224], [2], [0.2], [1.0]), 2)
+        cells = [("SwAV 2x224+6x96", "official per-sample PIL", lambda p: swav_off(pil_rgb(p))),
+                 ("SwAV 2x224+6x96", "ours, split: CPU half", lambda p: swav_split(Image.open(p))),
+                 ("MoCo v2 2x224", "official per-sample PIL", lambda p: moco_off(pil_rgb(p))),
+                 ("MoCo v2 2x224", "ours, split: CPU half", lambda p: moco_split(Image.open(p)))]
+        for what, how, fn in cells:
+            rows.append({"part": "a", "pipeline": what, "path": how, "cpu_ms_per_sample": cpu_ms_per_sample(fn, paths,
+                                                                                                           passes)})
+        rows.append({"part": "a", "pipeline": "SwAV 2x224+6x96", "path": "split: JPEGs decoded at reduced size",
+                     "cpu_ms_per_sample": None, "drafted": f"{swav_split.n_drafted}/{swav_split.n_images}"})
+    # the device half, run on this CPU (batched, 1 thread): only meaningful as a reference without a GPU
+    augment = MultiCropAugment(swav_views([224, 96], [2, 6]))
+    crops = [torch.randint(0, 256, (device_batch, 3, s, s), dtype=torch.uint8) for s in [224] * 2 + [96] * 6]
+    g = torch.Generator().manual_seed(0)
+    augment(crops, g)
+    t = time.process_time()
+    augment(crops, g)
+    rows.append({"part": "a", "pipeline": "SwAV 2x224+6x96", "path": "ours, split: device half run on this CPU",
+                 "cpu_ms_per_sample": 1000 * (time.process_time() - t) / device_batch})
+    return rows
+
+
+# ==== (b) training steps, (c) backbone ====
+def _crops(sizes, nmb, batch_size, uint8, device):
+    shapes = [s for s, n in zip(sizes, nmb) for _ in range(n)]
+    make = (lambda s: torch.randint(0, 256, (batch_size, 3, s, s), dtype=torch.uint8)) if uint8 else \
+        (lambda s: torch.randn(batch_size, 3, s, s))
+    crops = [make(s) for s in shapes]
+    return [c.pin_memory() for c in crops] if device.type == "cuda" else crops
+
+
+def _flags(sizes, nmb, amp, channels_last, compile):
+    scales = [("0.14", "1"), ("0.05", "0.14")] + [("0.05", "0.14")] * (len(sizes) - 2)
+    return ["--size_crops", *map(str, sizes), "--nmb_crops", *map(str, nmb),
+            "--min_scale_crops", *[lo for lo, _ in scales[:len(sizes)]],
+            "--max_scale_crops", *[hi for _, hi in scales[:len(sizes)]], "--amp", amp,
+            *(["--channels_last"] if channels_last else []), *(["--compile"] if compile else [])]
+
+
+def make_step(method, arch, batch_size, sizes, nmb, device, device_aug, amp, channels_last, compile, max_steps=50):
+    """One callable = one training step of ``main_<method>.train_one_epoch`` (a generator resumed once per call),
+    on a batch made once: uint8 crops augmented in the step (``device_aug``), else augmented float crops."""
+    from src import dist
+    from src.args import autocast_dtype
+    from src.device_augment import MultiCropAugment, moco_views, sce_views, swav_views
+    from src.logging import ProgressLogger
+    from src.split_data import DeviceLoader
+
+    info = dist.DistInfo(rank=0, world_size=1, local_rank=0, device=device, distributed=False, backend=None,
+                         launcher="none")
+    logger = ProgressLogger(max_steps, 1, batch_size, 10 ** 9, None, rank=1)
+    if method == "moco":
+        sizes, nmb = [sizes[0]], [2]  # MoCo v2: two views of one size
+    crops = _crops(sizes, nmb, batch_size, device_aug, device)
+    common = _flags(sizes, nmb, amp, channels_last, compile)
+    if method in ("swav", "deepclusterv2"):
+        import main_deepclusterv2
+        import main_swav
+        from src.methods.deepcluster import MemoryBank
+        from src.methods.swav import LossWatch, SwAVModel, uniform_loss
+        from src.methods.swav_setup import build_optimizer, wrap_model
+
+        script = main_swav if method == "swav" else main_deepclusterv2
+        args = script.get_args_parser().parse_args(["--arch", arch, "--batch_size", str(batch_size), "--print_freq",
+                                                    str(10 ** 9), *common, "--freeze_prototypes_niters", "0",
+                                                    *(["--use_fp16", "false"] if method == "swav" else [])])
+        if method == "deepclusterv2":
+            main_deepclusterv2.check_args(args)
+        heads = args.nmb_prototypes if method == "swav" else list(args.nmb_prototypes)
+        model, step_model = wrap_model(SwAVModel(arch, args.feat_dim, args.hidden_mlp, heads), args, info)
+        optimizer, schedule = build_optimizer(model, args, max_steps)
+        dtype = autocast_dtype(args, device)
+        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        watch = LossWatch(uniform_loss(args.nmb_prototypes), device, scaled=scaler.is_enabled())
+        augment = MultiCropAugment(swav_views(sizes, nmb, blur_scale=sizes[0] / 224))
+        if method == "swav":
+            batch = (crops, torch.zeros(batch_size, dtype=torch.long))
+            run = lambda loader: script.train_one_epoch(model, step_model, None, loader, optimizer, scaler,  # noqa
+                                                        schedule, 0, 0, max_steps, args, device, dtype, logger, watch)
+        else:
+            batch = (torch.arange(batch_size), crops)
+            bank = MemoryBank(len(args.crops_for_assign), max_steps * batch_size, args.feat_dim, device)
+            labels = torch.randint(0, min(heads), (len(heads), batch_size), device=device)
+            autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+            run = lambda loader: script.train_one_epoch(model, step_model, bank, labels, loader, optimizer,  # noqa
+                                                        scaler, schedule, 0, 0, max_steps, args, device, autocast,
+                                                        logger, watch)
+    elif method == "sce":
+        import main_sce
+        from src.optim import LARS
+
+        args = main_sce.get_args_parser().parse_args(["--arch", arch, "--batch_size", str(batch_size), "--queue_size",
+                                                      str(32 * batch_size), "--print_freq", str(10 ** 9), *common])
+        model, online, target = main_sce.build_model(args, info)
+        optimizer = LARS(model.online_params(), lr=0.3, weight_decay=1e-6, momentum=0.9)
+        dtype = autocast_dtype(args, device)
+        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        augment = MultiCropAugment(sce_views(nmb, blur_scale=sizes[0] / 224))
+        batch = (crops, torch.zeros(batch_size, dtype=torch.long))
+        run = lambda loader: main_sce.train_one_epoch(model, online, target, loader, optimizer, scaler,  # noqa
+                                                      np.full(max_steps, 0.3), np.full(max_steps, 0.99), 0, 0,
+                                                      max_steps, args, device, logger)
+    elif method == "moco":
+        import main_moco
+        from src.optim import moco_lr_schedule
+        from src.speed import fused_kwargs
+
+        bn = "8" if batch_size % 8 == 0 else "1"
+        args = main_moco.get_args_parser().parse_args(
+            ["x", "-a", arch, "-b", str(batch_size), "--crop-size", str(sizes[0]), "--moco-k", str(64 * batch_size),
+             "--mlp", "--moco-t", "0.2", "--aug-plus", "--cos", "--bn-splits", bn, "--print-freq", str(10 ** 9),
+             "--amp", amp, *(["--channels-last"] if channels_last else []), *(["--compile"] if compile else [])])
+        main_moco.check_recipe_args(args)
+        model, encoder_q, _ = main_moco.build_model(args, info, batch_size)
+        optimizer = torch.optim.SGD(encoder_q.parameters(), 0.03, momentum=0.9, weight_decay=1e-4,
+                                    **fused_kwargs(device))
+        dtype = autocast_dtype(args, device)
+        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        augment = MultiCropAugment(moco_views(2, blur_sigma=(0.1 * sizes[0] / 224, 2.0 * sizes[0] / 224)))
+        batch = (crops, torch.zeros(batch_size, dtype=torch.long))
+        sched = moco_lr_schedule(0.03, 1, max_steps, cos=True)
+        run = lambda loader: main_moco.train_one_epoch(model, encoder_q, loader, optimizer, scaler, sched,  # noqa
+                                                       0, 0, max_steps, args, device, logger)
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    loader = itertools.repeat(batch)
+    if device_aug or channels_last or device.type == "cuda":
+        loader = DeviceLoader(loader, device, augment=augment if device_aug else None, memory_format=fmt)
+    steps = run(loader)
+    return lambda: next(steps)
+
+
+def make_backbone_step(arch, batch_size, sizes, nmb, device, amp, channels_last, compile):
+    """The ceiling: the trunk's forward + backward on the same crops (one pass per resolution), no head, no loss."""
+    from src.models import build_backbone
+    from src.speed import maybe_compile, to_channels_last
+
+    trunk = to_channels_last(build_backbone(arch)[0].to(device), channels_last)
+    step_trunk = maybe_compile(trunk, compile)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    groups = [torch.randn(batch_size * n, 3, s, s, device=device).contiguous(memory_format=fmt)
+              for s, n in zip(sizes, nmb)]
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    if dtype == torch.float16 and device.type != "cuda":
+        dtype = None
+    trunk.train()
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
+            loss = sum(step_trunk(x).float().mean() for x in groups)
+        trunk.zero_grad(set_to_none=True)
+        loss.backward()
+    return step
+
+
+def time_cell(cell):
+    """Run one cell (a dict) in this process: warm-up steps, then timed steps. Returns its result row."""
+    device = torch.device(cell["device"])
+    if cell.get("threads"):
+        torch.set_num_threads(cell["threads"])
+    import main_deepclusterv2  # noqa: F401 (the scripts are imported before the memory baseline)
+    import main_moco  # noqa: F401
+    import main_sce  # noqa: F401
+    import main_swav  # noqa: F401
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    rss0 = reset_peak_rss() if device.type != "cuda" else 0.0  # torch and the scripts, before any model
+    torch.manual_seed(0)
+    opts = set(cell["config"].split("+")) - {"base"}
+    amp = "bf16" if "bf16" in opts else "fp16" if "fp16" in opts else "none"
+    args = (cell["arch"], cell["batch_size"], cell["sizes"], cell["nmb"], device)
+    if cell["method"] == "backbone":
+        step = make_backbone_step(*args, amp, "channels_last" in opts, "compile" in opts)
+    else:
+        step = make_step(cell["method"], *args, "device_aug" in opts, amp, "channels_last" in opts,
+                         "compile" in opts, max_steps=cell["warmup"] + cell["steps"] + 1)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    t0 = time.time()
+    for _ in range(cell["warmup"]):
+        step()
+    sync()
+    t1, c1 = time.time(), time.process_time()
+    for _ in range(cell["steps"]):
+        step()
+    sync()
+    dt, cpu = time.time() - t1, time.process_time() - c1
+    peak = peak_memory_mb(device) if device.type == "cuda" else peak_rss_mb()
+    return {**cell, "images_per_s": cell["batch_size"] * cell["steps"] / dt, "ms_per_step": 1000 * dt / cell["steps"],
+            "images_per_cpu_s": cell["batch_size"] * cell["steps"] / cpu, "warmup_s": t1 - t0,
+            "peak_mib": peak - rss0, "baseline_mib": rss0}
+
+
+def _proc_status_mb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise OSError(field)
+
+
+def reset_peak_rss():
+    """Linux: reset this process's peak resident set to its current size (``/proc/self/clear_refs``) and return
+    that size in MiB; elsewhere the peak so far (then a cell's peak is only what exceeds it)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _proc_status_mb("VmRSS")
+    except OSError:
+        return peak_memory_mb(torch.device("cpu"))
+
+
+def peak_rss_mb():
+    try:
+        return _proc_status_mb("VmHWM")
+    except OSError:
+        return peak_memory_mb(torch.device("cpu"))
+
+
+def run_cell(cell, timeout):
+    """``time_cell`` in a fresh process (its own peak memory); returns the row, or an error row."""
+    cmd = [sys.executable, "-m", "bench.speed", "--cell", json.dumps(cell)]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {**cell, "error": f"timed out after {timeout} s"}
+    lines = [l for l in p.stdout.splitlines() if l.startswith("{")]
+    if p.returncode != 0 or not lines:
+        return {**cell, "error": (p.stderr.strip().splitlines() or ["?"])[-1][:200]}
+    return json.loads(lines[-1])
+
+
+# ==== report ====
+def print_tables(data_rows, step_rows, rate="images_per_s"):
+    off = {r["pipeline"]: r["cpu_ms_per_sample"] for r in data_rows if r["path"].startswith("official")}
+    print("(a) CPU time per sample, one thread, 500x375 JPEGs")
+    for r in data_rows:
+        ms = r["cpu_ms_per_sample"]
+        ratio = f"  {ms / off[r['pipeline']]:.2f}x official" if ms is not None and not r["path"].startswith(
+            "official") else ""
+        print(f"  {r['pipeline']:<16} {r['path']:<42} " + (f"{ms:7.2f} ms{ratio}" if ms is not None
+                                                              else r.get("drafted", "")))
+    print(f"(b) training step / (c) backbone forward+backward (ratios of {rate}: x vs base, % of the backbone ceiling)")
+    ceiling = {(crops_label(r), r["config"]): r[rate] for r in step_rows
+               if r["method"] == "backbone" and "error" not in r}
+    base = {(r["method"], crops_label(r)): r[rate] for r in step_rows
+            if r["config"] == "base" and "error" not in r}
+    for r in step_rows:
+        name = f"{r['method']} {crops_label(r)}"
+        if "error" in r:
+            print(f"  {name:<24} {r['config']:<30} error: {r['error']}")
+            continue
+        b = base.get((r["method"], crops_label(r)))
+        ceil = ceiling.get((crops_label(r), ceiling_key(r["config"])))
+        extra = f"  {r[rate] / b:.2f}x" if b else ""
+        extra += f"  {100 * r[rate] / ceil:5.1f}% of backbone" if ceil and r["method"] != "backbone" else ""
+        r.update(vs_base=r[rate] / b if b else None,
+                 pct_of_backbone=100 * r[rate] / ceil if ceil and r["method"] != "backbone" else None)
+        print(f"  {name:<24} {r['config']:<30} {r['images_per_s']:7.1f} img/s {r['images_per_cpu_s']:7.1f} img/cpu-s "
+              f"{r['ms_per_step']:7.0f} ms/step {r['peak_mib']:6.0f} MiB{extra}")
+
+
+def crops_label(row):
+    return "+".join(f"{n}x{s}" for s, n in zip(row["sizes"], row["nmb"]))
+
+
+def ceiling_key(config):
+    """The backbone configuration a step configuration is compared with: the same compute options (the device
+    augmentation has no backbone counterpart)."""
+    return "+".join(sorted(set(config.split("+")) - {"device_aug", "base"})) or "base"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cell", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--configs", nargs="*", default=["base", "device_aug", "channels_last", "bf16",
+                                                    "device_aug+channels_last+bf16"],
+                   help="option sets, '+'-joined: base, device_aug, channels_last, bf16, fp16, compile")
+    p.add_argument("--arch", default="resnet18")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--sizes", type=int, nargs=2, default=[64, 32], help="global and local crop sides (224 96 on GPUs)")
+    p.add_argument("--nmb", type=int, nargs=2, default=[2, 6], help="global and local crops (SwAV, DC-v2, SCE)")
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=0, help="torch threads per step cell (0: torch's default)")
+    p.add_argument("--data-images", type=int, default=32)
+    p.add_argument("--data-passes", type=int, default=2)
+    p.add_argument("--skip-data", action="store_true")
+    p.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--output", default="bench/results/speed.json")
+    a = p.parse_args()
+    if a.cell:
+        print(json.dumps(time_cell(json.loads(a.cell))), flush=True)
+        return
+    for c in a.configs:
+        bad = set(c.split("+")) - OPTIONS - {"base"}
+        if bad:
+            p.error(f"unknown option(s) {', '.join(sorted(bad))} in --configs {c}")
+    device = torch.device(a.device)
+    data_rows = [] if a.skip_data else bench_data(a.data_images, a.data_passes)
+    step_rows = []
+    common = {"arch": a.arch, "batch_size": a.batch_size, "device": a.device, "threads": a.threads,
+              "steps": a.steps, "warmup": a.warmup}
+    backbone_configs = sorted({ceiling_key(c) for c in a.configs})
+    multi, two = (list(a.sizes), list(a.nmb)), ([a.sizes[0]], [2])  # MoCo v2 trains on two views of one size
+    plan = [(m, *(two if m == "moco" else multi), a.configs) for m in a.methods]
+    plan += [("backbone", *crops, backbone_configs) for crops in dict.fromkeys(
+        [tuple(map(tuple, two if m == "moco" else multi)) for m in a.methods])]
+    for method, sizes, nmb, configs in plan:
+        for config in configs:
+            cell = {**common, "method": method, "config": config, "sizes": list(sizes), "nmb": list(nmb)}
+            row = run_cell(cell, a.timeout)
+            step_rows.append(row)
+            print(f"  done {method} {config}: " + (f"{row['images_per_s']:.1f} img/s" if "error" not in row
+                                                   else row["error"]), flush=True)
+    # on a CPU shared with other jobs, wall-clock rates swing with their load: compare CPU-time rates there
+    print_tables(data_rows, step_rows, rate="images_per_s" if device.type == "cuda" else "images_per_cpu_s")
+    result = {"machine": machine(device), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+              "command": " ".join(["python -m bench.speed", *sys.argv[1:]]), "data": data_rows, "steps": step_rows}
+    os.makedirs(os.path.dirname(os.path.abspath(a.output)), exist_ok=True)
+    with open(a.output, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"written {a.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""The split input pipeline (``--device-aug``): CPU workers decode, crop and resize to uint8; the training device
+does the rest (colour, blur, solarize, flip, normalise) in batches, ``src.device_augment``.
+
+CPU side, per image: the crop boxes are drawn first (torchvision's RandomResizedCrop sampling, or MoCo's
+constrained multi-crop), from the size in the file header; when every crop is at least 2x larger than its output
+side, the JPEG is decoded at 1/2, 1/4 or 1/8 of its size (PIL ``draft``: the decoder skips the DCT
+coefficients it would throw away) and the boxes are scaled to it; then each box is resized (bilinear,
+antialiased, as torchvision on PIL images) and returned as a (3, s, s) uint8 tensor. Training side,
+:class:`DeviceLoader` copies each batch to the device (non-blocking, from pinned memory with CUDA) and augments
+it with one random generator per step, seeded from (seed, epoch, step, rank), so a resumed run draws the same
+augmentations.
+
+    transform = swav_split_transform([224, 96], [2, 6], [0.14, 0.05], [1, 0.14])  # same arguments as the
+    dataset = build_dataset(root, transform, seed=seed)                              # per-sample transform
+    loader = device_loader(build_loader(dataset, ...), transform, device, seed=seed, rank=rank)
+    for crops, _ in loader:  # list of (B, 3, s, s) float on the device, augmented and normalised
+"""
+import math
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms.functional import pil_to_tensor
+
+from .augment import MultiScaleCrops
+from .device_augment import MultiCropAugment, moco_views, sce_views, swav_views
+
+
+def draft_scale(boxes, width, height):
+    """The size to ask the JPEG decoder for: each side divided by the smallest ratio box side / output side over
+    all crops, when that ratio is at least 2 (else None: decode at full size).
+
+    Args:
+        boxes: list of ``((top, left, h, w), size)``. width, height: full image size.
+    Returns:
+        (w, h) or None.
+    """
+    ratio = min(min(h, w) / size for (_, _, h, w), size in boxes)
+    if ratio < 2:
+        return None
+    return math.ceil(width / ratio), math.ceil(height / ratio)
+
+
+class CropsToUint8:
+    """CPU half of the split pipeline: an opened (not decoded) PIL image -> list of uint8 crops.
+
+    Args:
+        crops: callable ``(width, height) -> [((top, left, h, w), size), ...]``, e.g. ``MultiScaleCrops.boxes``.
+        augment: the device half (:class:`~src.device_augment.MultiCropAugment`), kept here so the two stay
+            together (:func:`device_loader` reads it).
+        draft: decode JPEGs at a reduced size when the crops allow it.
+    Returns (when called):
+        list of (3, s, s) uint8 tensors, one per crop.
+    """
+
+    decodes_itself = True  # src.data hands it the image before decoding
+
+    def __init__(self, crops, augment, draft=True):
+        self.crops, self.device_augment, self.draft = crops, augment, draft
+        self.n_images = self.n_drafted = 0  # this process's counts (diagnostics, bench)
+
+    def __call__(self, img):
+        width, height = img.size
+        boxes = self.crops(width, height)
+        self.n_images += 1
+        request = draft_scale(boxes, width, height) if self.draft else None
+        if request is not None and img.format == "JPEG":
+            img.draft("RGB" if img.mode == "RGB" else img.mode, request)
+            self.n_drafted += img.size != (width, height)
+        sx, sy = img.size[0] / width, img.size[1] / height
+        img = img.convert("RGB")
+        out = []
+        for (top, left, h, w), size in boxes:
+            box = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
+            out.append(pil_to_tensor(img.resize((size, size), Image.BILINEAR, box=box)))
+        return out
+
+    def __repr__(self):
+        return f"CropsToUint8({self.crops}, draft={self.draft}) -> {self.device_augment}"
+
+
+# ==== the split versions of the per-sample transforms (same arguments as in src.augment) ====
+def swav_split_transform(size_crops, nmb_crops, min_scale_crops, max_scale_crops, blur_scale=1.0, pil_blur=True):
+    """Split form of :func:`src.augment.swav_multicrop_transform`."""
+    crops = MultiScaleCrops(size_crops, nmb_crops, min_scale_crops, max_scale_crops)
+    return CropsToUint8(crops.boxes, MultiCropAugment(swav_views(size_crops, nmb_crops, blur_scale, pil_blur)))
+
+
+def sce_split_transform(size_crops, nmb_crops, min_scale_crops, max_scale_crops, blur_probs=(1.0, 0.1, 0.5),
+                        solarize_probs=(0.0, 0.2, 0.2), blur_scale=1.0):
+    """Split form of :func:`src.augment.sce_multicrop_transform`."""
+    crops = MultiScaleCrops(size_crops, nmb_crops, min_scale_crops, max_scale_crops)
+    return CropsToUint8(crops.boxes, MultiCropAugment(sce_views(nmb_crops, blur_probs, solarize_probs, blur_scale)))
+
+
+def moco_split_transform(crops, n_crops, aug_plus=True, jitter=(0.4, 0.4, 0.4, 0.1), grey_p=0.2, blur_p=0.5,
+                         blur_sigma=(0.1, 2.0)):
+    """Split form of MoCo's views: ``crops`` (a :class:`~src.augment.MultiScaleCrops`: two crops of one size for
+    MoCo v1/v2, or the multi-crop geometry) then :func:`~src.device_augment.moco_views` on every crop."""
+    return CropsToUint8(crops.boxes, MultiCropAugment(moco_views(n_crops, aug_plus, jitter, grey_p, blur_p,
+                                                                 blur_sigma)))
+
+
+# ==== training side ====
+def step_seed(seed, epoch, step, rank):
+    """A 64-bit seed for the augmentations of one step of one rank (numpy ``SeedSequence``)."""
+    words = np.random.SeedSequence([seed % 2 ** 64, epoch, step, rank, 0x5A5A]).generate_state(2, np.uint32)
+    return int(words[0]) | int(words[1]) << 32
+
+
+class DeviceLoader:
+    """A DataLoader whose batches arrive on the device: tensors copied non-blocking; lists of image tensors
+    (the crops) augmented in batches when ``augment`` is given (uint8 crops), and put in ``memory_format``.
+
+    The step index (for the augmentation seed) continues from the sampler's ``start_index`` when resuming
+    (:class:`src.data.ResumableSampler`). Other attributes are the DataLoader's.
+
+    Args:
+        loader: a DataLoader (or any iterable of batches). device: the training device.
+        augment: a :class:`~src.device_augment.MultiCropAugment`, or None.
+        memory_format: of the image tensors (``torch.channels_last`` for channels-last models).
+        seed, rank: seed the per-step generator.
+    """
+
+    def __init__(self, loader, device, augment=None, memory_format=torch.contiguous_format, seed=0, rank=0):
+        self.loader, self.device, self.augment, self.memory_format = loader, torch.device(device), augment, memory_format
+        self.seed, self.rank = int(seed or 0), rank
+        self.generator = torch.Generator(device=self.device)
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __getattr__(self, name):  # sampler, dataset, batch_size, ...
+        if "loader" not in self.__dict__:
+            raise AttributeError(name)
+        return getattr(self.__dict__["loader"], name)
+
+    def __iter__(self):
+        sampler = getattr(self.loader, "sampler", None)
+        epoch = getattr(sampler, "epoch", 0)
+        batch_size = getattr(self.loader, "batch_size", None) or 1
+        first = getattr(sampler, "start_index", 0) // batch_size
+        for i, batch in enumerate(self.loader):
+            self.generator.manual_seed(step_seed(self.seed, epoch, first + i, self.rank))
+            yield self.move(batch)
+
+    def move(self, obj):
+        """Copy ``obj`` (tensor, or list / tuple of them, nested) to the device; augment the crop lists."""
+        if torch.is_tensor(obj):
+            return obj.to(self.device, non_blocking=True)
+        if isinstance(obj, (list, tuple)) and obj and all(torch.is_tensor(t) and t.dim() == 4 for t in obj):
+            crops = [t.to(self.device, non_blocking=True) for t in obj]
+            if self.augment is not None and crops[0].dtype == torch.uint8:
+                return self.augment(crops, self.generator, memory_format=self.memory_format)
+            return [t.contiguous(memory_format=self.memory_format) for t in crops]
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(self.move(t) for t in obj)
+        return obj
+
+
+def device_loader(loader, transform, device, seed=0, rank=0, channels_last=False):
+    """Wrap ``loader`` in a :class:`DeviceLoader` when ``transform`` is a split pipeline or channels-last is on;
+    else return it unchanged (the per-sample path).
+
+    Args:
+        loader: the DataLoader. transform: the dataset's transform (its ``device_augment`` is used if present).
+        device: training device. seed, rank: for the per-step augmentation seed. channels_last: image layout.
+    """
+    augment = getattr(transform, "device_augment", None)
+    if augment is None and not channels_last:
+        return loader
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return DeviceLoader(loader, device, augment=augment, memory_format=fmt, seed=seed, rank=rank)

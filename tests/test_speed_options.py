@@ -1,0 +1,135 @@
+"""Speed options: flag parsing in every method script, the AMP resolution (fp16 without CUDA -> fp32, one warning
+line), torch.compile's eager fallback, channels-last, fused-optimizer arguments, no host-device synchronisation
+inside a training step, and a 2-iteration CPU run of every script with --channels-last --amp bf16."""
+import collections
+import types
+
+import pytest
+import torch
+from torch import nn
+
+import main_deepclusterv2
+import main_moco
+import main_sce
+import main_swav
+from src.args import amp_dtype, autocast_dtype
+from src.methods.common import KeyQueue
+from src.speed import CompiledOrEager, fused_kwargs, maybe_compile, to_channels_last
+
+from tests.helpers import assert_ok, run
+from tests.test_split_data import SCRIPTS, data, script_cmd  # noqa: F401 (data: the module's dataset fixture)
+
+PARSERS = {"swav": (main_swav, []), "deepclusterv2": (main_deepclusterv2, []), "sce": (main_sce, []),
+           "moco": (main_moco, ["x"])}
+
+
+@pytest.mark.parametrize("name", list(PARSERS))
+def test_speed_flags_parse_in_both_spellings(name):
+    module, positional = PARSERS[name]
+    parser = module.get_args_parser()
+    default = parser.parse_args(positional)
+    assert (default.device_aug, default.channels_last, default.compile) == (False, False, False)
+    for spelling in (["--device-aug", "--channels-last"], ["--device_aug", "--channels_last"]):
+        a = parser.parse_args(positional + spelling + ["--compile", "--amp", "bf16"])
+        assert a.device_aug and a.channels_last and a.compile and a.amp == "bf16"
+    assert parser.parse_args(positional + ["--use_fp16", "true"]).use_fp16 is True
+    with pytest.raises(SystemExit):
+        parser.parse_args(positional + ["--amp", "fp8"])
+
+
+def test_autocast_dtype_falls_back_on_cpu_once(capsys):
+    args = types.SimpleNamespace(amp="none", use_fp16=True)
+    assert autocast_dtype(args, torch.device("cpu")) is None
+    out = capsys.readouterr().out
+    assert out.count("warning:") == 1 and "fp32" in out and "--amp bf16" in out
+    assert amp_dtype(args) is None  # written back: later amp_dtype calls (scaler, autocast) agree
+    args = types.SimpleNamespace(amp="fp16", use_fp16=False)
+    assert autocast_dtype(args, "cpu", rank=1) is None and capsys.readouterr().out == ""  # rank 0 prints only
+    for amp, fp16, want in (("bf16", False, torch.bfloat16), ("bf16", True, torch.bfloat16), ("none", False, None)):
+        args = types.SimpleNamespace(amp=amp, use_fp16=fp16)
+        assert autocast_dtype(args, "cpu") is want and amp_dtype(args) is want  # explicit --amp wins
+    assert capsys.readouterr().out == ""
+    args = types.SimpleNamespace(amp="none", use_fp16=True)
+    assert autocast_dtype(args, torch.device("cuda")) is torch.float16 and amp_dtype(args) is torch.float16
+
+
+def test_compile_falls_back_to_eager_with_one_warning(monkeypatch, capsys):
+    def broken_compile(module):
+        def call(*args, **kwargs):
+            raise RuntimeError("inductor is not available here\nmore detail")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    lin = nn.Linear(3, 2)
+    wrapped = maybe_compile(lin, True)
+    assert isinstance(wrapped, CompiledOrEager)
+    x = torch.randn(4, 3)
+    assert torch.equal(wrapped(x), lin(x)) and torch.equal(wrapped(x), lin(x))
+    out = capsys.readouterr().out
+    assert out.count("warning: --compile failed (RuntimeError: inductor is not available here)") == 1
+    assert list(wrapped.parameters()) == list(lin.parameters()) and wrapped.weight is lin.weight
+    assert maybe_compile(lin, False) is lin
+
+    def refuses(module):
+        raise RuntimeError("dynamo does not support this Python")
+
+    monkeypatch.setattr(torch, "compile", refuses)
+    wrapped = maybe_compile(lin, True)
+    assert torch.equal(wrapped(x), lin(x)) and "running eagerly" in capsys.readouterr().out
+
+
+def test_channels_last_and_fused_kwargs():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8))
+    assert to_channels_last(model, False)[0].weight.is_contiguous()
+    assert to_channels_last(model, True)[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert fused_kwargs("cpu") == {} and fused_kwargs(torch.device("cuda", 0)) == {"fused": True}
+
+
+def test_queue_pointer_read_once_and_after_loading():
+    q = KeyQueue(8, 4)
+    q.enqueue(torch.ones(2, 4))
+    state = {k: v.clone() for k, v in q.state_dict().items()}  # ptr 2
+    q.enqueue(torch.full((2, 4), 2.0))
+    assert int(q.ptr) == 4 and q._host_ptr == 4
+    q.load_state_dict(state)  # back to ptr 2: the host copy is dropped and read again
+    q.enqueue(torch.full((2, 4), 3.0))
+    assert int(q.ptr) == 4 and q.queue[2:4].eq(3).all() and q.queue[:2].eq(1).all()
+
+
+def _count_host_reads(monkeypatch):
+    """Count Python-level tensor -> host conversions (item, int, float, bool, tolist) from now on."""
+    counts = collections.Counter()
+    for name in ("item", "__int__", "__float__", "__bool__", "tolist"):
+        original = getattr(torch.Tensor, name)
+
+        def counting(self, *a, _name=name, _original=original, **k):
+            counts[_name] += 1
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    return counts
+
+
+@pytest.mark.parametrize("method", ["swav", "moco", "sce", "deepclusterv2"])
+@pytest.mark.parametrize("device_aug", [False, True])
+def test_no_host_sync_inside_training_steps(monkeypatch, method, device_aug):
+    """Outside the log interval, a step reads nothing back from the device (the queue pointer once, at the first
+    enqueue). Python-level conversions are counted; a CUDA run can also use torch.cuda.set_sync_debug_mode."""
+    from bench.speed import make_step
+
+    torch.manual_seed(0)
+    step = make_step(method, "resnet18", batch_size=4, sizes=[32, 16], nmb=[2, 2], device=torch.device("cpu"),
+                     device_aug=device_aug, amp="none", channels_last=False, compile=False)
+    step()  # first step: the queue pointer is read once
+    counts = _count_host_reads(monkeypatch)
+    step()
+    step()
+    assert sum(counts.values()) == 0, dict(counts)
+
+
+@pytest.mark.parametrize("name", list(SCRIPTS))
+def test_script_runs_with_channels_last_and_bf16(data, tmp_path, name):  # noqa: F811
+    extra = ["--channels-last", "--amp", "bf16"] + (["--device-aug"] if name in ("swav", "moco") else [])
+    p = run(script_cmd(name, data, tmp_path / name, *extra))
+    assert_ok(p)
+    assert "iteration 2; checkpoint saved" in p.stdout
