@@ -8,6 +8,7 @@ resume, and a once-per-epoch check that the replicated state is identical on eve
             save(..., rng=gather_rng_states(device)); break
     check_ranks_in_sync({"trunk.conv1.weight": ..., "queue.queue": ...}, device)
 """
+import os
 import signal
 
 import torch
@@ -27,7 +28,7 @@ class StopSignal:
     """
 
     def __init__(self, device):
-        self.flag, self.device = False, device
+        self.flag, self.device, self.pid = False, device, os.getpid()
         for sig in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
             if sig is not None:
                 try:
@@ -36,6 +37,12 @@ class StopSignal:
                     pass
 
     def _handler(self, signum, frame):
+        if os.getpid() != self.pid:
+            # a forked child (DataLoader or Pool worker) inherited this handler: it must still die of the signal,
+            # or SLURM's SIGTERM leaves it running and Pool.terminate() waits for it forever
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         self.flag = True
 
     def requested(self, it, every):
