@@ -35,7 +35,6 @@ import copy
 import json
 import math
 import os
-import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -53,6 +52,7 @@ from src.checkpoint import (find_resume_checkpoint, load_checkpoint, load_state_
 from src.data import ResumableSampler, build_dataset, build_loader, resolve_split
 from src.errors import UserError, exit_on_user_error
 from src.logging import JsonLog, ProgressLogger, print_rank0
+from src.runtime import StopSignal
 from src.losses import infonce_logits, knn_positive_loss
 from src.methods.common import check_queue_size, copy_params, momentum_update
 from src.methods.moco import MoCo, load_for_restart
@@ -463,29 +463,6 @@ def encode_queries(encoder_q, crops, tap=None):
 
 
 # ==================================================================================================
-class StopSignal:
-    """SIGTERM / SIGUSR1 (SLURM pre-emption) ask for a checkpoint and a clean exit at the next log step."""
-
-    def __init__(self, device):
-        self.flag, self.device = False, device
-        for sig in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
-            if sig is not None:
-                try:
-                    signal.signal(sig, self._handler)
-                except ValueError:  # not the main thread
-                    pass
-
-    def _handler(self, signum, frame):
-        self.flag = True
-
-    def requested(self, it, every):
-        """All ranks agree (one all-reduce every ``every`` iterations) so they stop at the same step."""
-        if (it + 1) % max(every, 1) != 0:
-            return False
-        flag = torch.tensor([float(self.flag)], device=self.device)
-        return bool(dist.all_reduce(flag, op="sum").item() > 0)
-
-
 def check_ranks_in_sync(model, info):
     """Runtime sanity check (one small all-gather per epoch): the parameters of both encoders and the
     queue must be identical on every rank; BN running statistics legitimately differ (per-rank batches)."""

@@ -17,13 +17,7 @@ from src.optim import LARS
 from tests.helpers import free_port
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads contend and run 10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread per module
 
 
 B, STEPS, CROPS = 4, 2, 3  # per-rank batch, optimizer steps, crops (2 global + 1 local, all 32 px for DeiT)

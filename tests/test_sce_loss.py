@@ -10,13 +10,7 @@ from src.losses import infonce_loss, sce_loss, sce_target
 from src.methods.sce import momentum_schedule, multicrop_sce_loss, num_loss_pairs
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads contend and run 10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread per module
 
 
 def _unit(*shape, seed=0, dtype=torch.float64):

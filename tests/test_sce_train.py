@@ -22,13 +22,7 @@ SIX_CROPS = ["--size_crops", "32", "16", "--nmb_crops", "2", "4", "--min_scale_c
 TWO_CROPS = ["--size_crops", "32"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread for the in-process runs: two threads on a shared 2-core machine contend."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread per module
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,7 @@ FPS, SECONDS, H, W = 25, 4.0, 64, 96
 N = int(FPS * SECONDS)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread per module
 
 
 def numbered_frames(n=N):

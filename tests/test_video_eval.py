@@ -19,12 +19,7 @@ from src.video.demo import make_video_demo
 from tests.helpers import assert_ok, one_error_line, py, run
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread per module
 
 
 # ==== retrieval ====

@@ -8,12 +8,7 @@ from src.models import KNOWN_ARCHS, VIDEO_ARCHS, build_backbone
 from src.models.r3d import BasicBlock3d, Bottleneck3d
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread per module
 
 
 def conv(cin, cout, t, h, w):
