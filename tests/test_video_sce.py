@@ -48,6 +48,8 @@ def test_video_defaults_fill_only_unset_flags():
     (["--arch", "r3d18"], "video needs a video trunk"),
     (["--modality", "video", "--arch", "r3d18", "--nmb_crops", "2", "4", "--size_crops", "32", "16",
       "--min_scale_crops", "0.2", "0.05", "--max_scale_crops", "1", "0.2"], "2 clips per video"),
+    (["--modality", "video", "--arch", "r3d18", "--device-aug"], "apply to images"),
+    (["--modality", "video", "--arch", "r3d18", "--channels-last"], "apply to images"),
 ])
 def test_flag_checks(flags, words):
     with pytest.raises(UserError, match=words):
