@@ -86,19 +86,23 @@ def autocast_dtype(args, device, rank=0):
     """
     import torch
 
-    name = "fp16" if getattr(args, "use_fp16", False) and args.amp == "none" else args.amp
+    name = _amp_name(args)
     if name == "fp16" and torch.device(device).type != "cuda":
         if rank == 0:
             print("warning: --amp fp16 / --use_fp16 needs CUDA (CPU fp16 autocast is about 21x slower): this run "
                   "computes in fp32; --amp bf16 forces bf16 autocast", flush=True)
         name = "none"
     args.amp, args.use_fp16 = name, name == "fp16"
-    return {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+    return amp_dtype(args)
+
+
+def _amp_name(args):
+    """"none", "fp16" or "bf16": an explicit ``--amp`` wins, else ``--use_fp16 true`` means fp16."""
+    return "fp16" if getattr(args, "use_fp16", False) and args.amp == "none" else args.amp
 
 
 def amp_dtype(args):
-    """Resolve the AMP flags to a torch dtype or None."""
+    """Resolve the AMP flags to a torch dtype or None (no device check: see :func:`autocast_dtype`)."""
     import torch
 
-    name = "fp16" if getattr(args, "use_fp16", False) and args.amp == "none" else args.amp
-    return {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+    return {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[_amp_name(args)]
