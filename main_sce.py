@@ -232,9 +232,6 @@ def check_args(args):
     if (args.modality == "video") != (args.arch in VIDEO_ARCHS):
         raise UserError(f"--arch {args.arch} with --modality {args.modality}: video needs a video trunk "
                         f"({', '.join(VIDEO_ARCHS)}), images an image trunk")
-    if args.modality == "video" and (args.device_aug or args.channels_last):
-        raise UserError("--device-aug and --channels-last apply to images; video clips are augmented per clip on "
-                        "the CPU workers: drop those flags with --modality video")
     if args.modality == "video" and (args.nmb_crops != [2] or len(args.size_crops) != 1):
         raise UserError(f"--modality video takes 2 clips per video (--nmb_crops 2, one --size_crops value), got "
                         f"--nmb_crops {' '.join(map(str, args.nmb_crops))}")
@@ -365,8 +362,8 @@ def build_data(args, info, seed):
         dataset = pretrain_set(root, args.size_crops[0], args.num_frames, args.clip_duration, args.temporal_diff_prob,
                                (args.min_scale_crops[0], args.max_scale_crops[0]), args.blur_prob[:2],
                                args.solarize_prob[:2], blur_scale=args.size_crops[0] / 224, seed=seed,
-                               frames_fps=args.frames_fps)
-        return _loader(args, info, seed, root, dataset, "videos", transform=None)
+                               frames_fps=args.frames_fps, split=args.device_aug)
+        return _loader(args, info, seed, root, dataset, "videos", transform=dataset.transform)
     root = resolve_split(args.data_path, "train")
     # blur kernel 23 and sigma 0.1-2 px are defined for 224-px global crops: scaled by size/224, which is the
     # reference at 224 and keeps small (CPU) crops from being erased
@@ -385,9 +382,8 @@ def _loader(args, info, seed, root, dataset, unit, transform):
     sampler = ResumableSampler(len(dataset), num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed)
     loader = build_loader(dataset, args.batch_size, sampler, args.workers, drop_last=True)
     loader.generator = torch.Generator().manual_seed(seed)  # worker seeds do not touch the global RNG
-    if transform is not None:  # images: --device-aug / --channels-last wrap the loader; video clips stay per-sample
-        loader = device_loader(loader, transform, info.device, seed=seed, rank=info.rank,
-                               channels_last=args.channels_last)
+    # --device-aug / --channels-last wrap the loader (images and clips); else it is returned as it is
+    loader = device_loader(loader, transform, info.device, seed=seed, rank=info.rank, channels_last=args.channels_last)
     return loader, sampler, dataset, iters_per_epoch
 
 

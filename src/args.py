@@ -62,10 +62,11 @@ def add_speed_args(parser):
     add_arg(g, "--device-aug", action="store_true",
             help="split pipeline: loader workers only decode (reduced-size JPEG decoding when the crops allow), crop "
                  "and resize to uint8; colour jitter, grayscale, blur, solarize, flip and normalisation run batched "
-                 "on the training device with per-sample parameters (default off: per-sample PIL augmentation)")
+                 "on the training device with per-sample parameters (video clips: one draw per clip, shared by "
+                 "its frames; default off: per-sample augmentation in the loader workers)")
     add_arg(g, "--channels-last", action="store_true",
-            help="model weights and input images in channels-last (NHWC) memory layout: faster convolutions on "
-                 "tensor-core GPUs, usually with --amp (default off)")
+            help="model weights and input images in channels-last memory layout (NHWC; NDHWC for video trunks): "
+                 "faster convolutions on tensor-core GPUs, usually with --amp (default off)")
     add_arg(g, "--compile", action="store_true",
             help="torch.compile the module the training step calls (slow first steps; falls back to eager with a "
                  "warning line if compilation fails; default off)")

@@ -246,11 +246,19 @@ def apply_view(view, x, params):
     return (x - mean) / std
 
 
+def layout(memory_format, ndim):
+    """``memory_format`` for a tensor of ``ndim`` dimensions: channels-last becomes ``torch.channels_last_3d`` for
+    5-D clips (B, C, T, H, W); other formats pass through."""
+    if ndim == 5 and memory_format == torch.channels_last:
+        return torch.channels_last_3d
+    return memory_format
+
+
 class MultiCropAugment:
     """The device half of a multi-crop pipeline: one :class:`ViewAug` per crop index.
 
     Consecutive crops with the same view and the same size are augmented as one batch (SwAV's 6 small crops:
-    one call on 6B images).
+    one call on 6B images). Clips (5-D crops) are augmented frame by frame with one draw per clip.
 
     Args:
         views: list of :class:`ViewAug`, ``views[i]`` for crop i.
@@ -261,10 +269,13 @@ class MultiCropAugment:
 
     def __call__(self, crops, generator, memory_format=torch.contiguous_format):
         """Args:
-            crops: list of V tensors (B, 3, s_v, s_v), uint8, on the device. generator: on the same device.
-            memory_format: of the returned tensors (``torch.channels_last`` for channels-last models).
+            crops: list of V tensors, uint8, on the device: images (B, 3, s_v, s_v), or clips (B, 3, T, s_v, s_v)
+                whose T frames share one parameter draw per clip (video).
+            generator: on the same device.
+            memory_format: of the returned tensors (``torch.channels_last`` for channels-last models; clips get
+                its 3-D form).
         Returns:
-            list of V float tensors (B, 3, s_v, s_v), augmented and normalised.
+            list of V float tensors of the input shapes, augmented and normalised.
         """
         assert len(crops) == len(self.views), f"{len(crops)} crops for {len(self.views)} views"
         out, start = [], 0
@@ -275,7 +286,14 @@ class MultiCropAugment:
                 end += 1
             x = crops[start] if end - start == 1 else torch.cat(crops[start:end])
             params = draw_params(self.views[start], x.shape[0], generator, x.device)
-            y = apply_view(self.views[start], x, params).contiguous(memory_format=memory_format)
+            if x.dim() == 5:  # clips (n, 3, T, s, s): augment the n*T frames, each clip's draw repeated T times
+                n, c, t, h, w = x.shape
+                frames = x.transpose(1, 2).reshape(n * t, c, h, w)
+                params = {k: v.repeat_interleave(t, dim=0) for k, v in params.items()}
+                y = apply_view(self.views[start], frames, params).reshape(n, t, c, h, w).transpose(1, 2)
+            else:
+                y = apply_view(self.views[start], x, params)
+            y = y.contiguous(memory_format=layout(memory_format, y.dim()))
             out += list(y.chunk(end - start)) if end - start > 1 else [y]
             start = end
         return out

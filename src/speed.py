@@ -12,14 +12,18 @@ from .logging import print_rank0
 
 
 def to_channels_last(model, enabled):
-    """Put every 4-D weight of ``model`` in channels-last (NHWC) layout, in place; a no-op when not ``enabled``.
+    """Put every conv weight of ``model`` in channels-last layout, in place: NHWC for a 2-D model, NDHWC
+    (``torch.channels_last_3d``) for a video model with 5-D weights (R3D); a no-op when not ``enabled``.
 
     Call it before DistributedDataParallel wraps the model (DDP's gradient buckets follow the layout it sees).
 
     Returns:
         model.
     """
-    return model.to(memory_format=torch.channels_last) if enabled else model
+    if not enabled:
+        return model
+    video = any(p.dim() == 5 for p in model.parameters())
+    return model.to(memory_format=torch.channels_last_3d if video else torch.channels_last)
 
 
 def fused_kwargs(device):

@@ -23,7 +23,7 @@ from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
 from .augment import MultiScaleCrops
-from .device_augment import MultiCropAugment, moco_views, sce_views, swav_views
+from .device_augment import MultiCropAugment, layout, moco_views, sce_views, swav_views
 
 
 def draft_scale(boxes, width, height):
@@ -110,7 +110,8 @@ def step_seed(seed, epoch, step, rank):
 
 class DeviceLoader:
     """A DataLoader whose batches arrive on the device: tensors copied non-blocking; lists of image tensors
-    (the crops) augmented in batches when ``augment`` is given (uint8 crops), and put in ``memory_format``.
+    (the crops) or of clip tensors (B, 3, T, s, s) augmented in batches when ``augment`` is given (uint8 crops),
+    and put in ``memory_format`` (its 3-D form for clips).
 
     The step index (for the augmentation seed) continues from the sampler's ``start_index`` when resuming
     (:class:`src.data.ResumableSampler`). Other attributes are the DataLoader's.
@@ -148,11 +149,12 @@ class DeviceLoader:
         """Copy ``obj`` (tensor, or list / tuple of them, nested) to the device; augment the crop lists."""
         if torch.is_tensor(obj):
             return obj.to(self.device, non_blocking=True)
-        if isinstance(obj, (list, tuple)) and obj and all(torch.is_tensor(t) and t.dim() == 4 for t in obj):
+        if isinstance(obj, (list, tuple)) and obj and all(torch.is_tensor(t) and t.dim() in (4, 5) for t in obj):
+            # images (B, 3, s, s) or clips (B, 3, T, s, s)
             crops = [t.to(self.device, non_blocking=True) for t in obj]
             if self.augment is not None and crops[0].dtype == torch.uint8:
                 return self.augment(crops, self.generator, memory_format=self.memory_format)
-            return [t.contiguous(memory_format=self.memory_format) for t in crops]
+            return [t.contiguous(memory_format=layout(self.memory_format, t.dim())) for t in crops]
         if isinstance(obj, (list, tuple)):
             return type(obj)(self.move(t) for t in obj)
         return obj

@@ -17,7 +17,7 @@ from ..errors import UserError
 from .clips import ConstantClipsSampler, RandomMultiClipSampler
 from .dataset import VideoDataset, video_folder_samples
 from .splits import split_samples
-from .transforms import ClipTestTransform, eval_train_transform, sce_clip_views
+from .transforms import ClipTestTransform, eval_train_transform, sce_clip_split_views, sce_clip_views
 
 
 def video_samples(root, split, splits_dir="", split_id=1):
@@ -44,11 +44,14 @@ def video_samples(root, split, splits_dir="", split_id=1):
 
 
 def pretrain_set(root, size=224, num_frames=8, clip_duration=2.56, temporal_diff_p=0.2, scale=(0.2, 0.766),
-                 blur_probs=(1.0, 0.1), solarize_probs=(0.0, 0.2), blur_scale=1.0, seed=None, frames_fps=30.0):
-    """SCE pretraining: items ``([clip_1, clip_2], label)``, each (3, num_frames, size, size) (spec 5.2)."""
+                 blur_probs=(1.0, 0.1), solarize_probs=(0.0, 0.2), blur_scale=1.0, seed=None, frames_fps=30.0,
+                 split=False):
+    """SCE pretraining: items ``([clip_1, clip_2], label)``, each (3, num_frames, size, size) (spec 5.2): float
+    and fully augmented, or with ``split`` (``--device-aug``) uint8 crops whose transform's ``device_augment``
+    finishes them on the training device (``src.video.transforms.ClipCropToUint8``)."""
     samples, classes = video_samples(root, "train")
-    return VideoDataset(samples, classes, RandomMultiClipSampler(2, clip_duration),
-                        sce_clip_views(size, blur_probs, solarize_probs, scale, blur_scale), num_frames=num_frames,
+    views = (sce_clip_split_views if split else sce_clip_views)(size, blur_probs, solarize_probs, scale, blur_scale)
+    return VideoDataset(samples, classes, RandomMultiClipSampler(2, clip_duration), views, num_frames=num_frames,
                         temporal_diff_p=temporal_diff_p, output="list", seed=seed, frames_fps=frames_fps, root=root)
 
 

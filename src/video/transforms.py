@@ -14,7 +14,11 @@ the reference).
 * :class:`ClipTestTransform`: short side 256, then crop ``view_id`` of 3 (left / centre / right, or top /
   centre / bottom of a portrait video) of 256 x 256: the 3 crops of the 30-view test;
 * :func:`sce_clip_views`: the two asymmetric SCE views (clip 1 blur 1.0, no solarize; clip 2 blur 0.1,
-  solarize 0.2).
+  solarize 0.2);
+* :class:`ClipCropToUint8` / :func:`sce_clip_split_views`: the split form (``--device-aug``): the loader workers
+  only crop and resize each clip to uint8, and ``src.device_augment`` applies the rest to the whole batch of clips
+  on the training device, one parameter draw per clip shared by its frames (the reference's own arrangement: its
+  colour augmentations ran batched on the GPU).
 """
 import math
 
@@ -23,8 +27,10 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from ..augment import rrc_box
+from ..device_augment import MultiCropAugment, ViewAug
 
 VIDEO_MEAN, VIDEO_STD = 0.45, 0.225
+SOLARIZE_THRESHOLD = 0.5  # on [0, 1] values: x >= 0.5 becomes 1 - x (spec 5.2)
 SCE_VIDEO_JITTER = (0.8, 0.8, 0.4, 0.2)  # brightness, contrast, saturation, hue (kinetics_sce_color_strength_1)
 FINETUNE_JITTER = (0.4, 0.4, 0.4, 0.1)  # kinetics_contrastive_gpu
 
@@ -70,8 +76,9 @@ class ClipAugment:
         self.jitter, self.jitter_p, self.grey_p, self.flip_p = jitter, jitter_p, grey_p, flip_p
         self.blur_p, self.blur_kernel, self.blur_sigma, self.solarize_p = blur_p, blur_kernel, blur_sigma, solarize_p
 
-    def sample_params(self, height, width):
-        """Every random choice of one view of a (height x width) clip."""
+    def sample_box(self, height, width):
+        """The geometric choices of one view of a (height x width) clip: ``{"resize": (h, w) or None, "box": (top,
+        left, h, w)}`` (the first draws of :meth:`sample_params`, so both see the same box for one RNG state)."""
         p = {"resize": None}
         if self.crop == "rrc":
             p["box"] = rrc_box(width, height, self.scale, self.ratio)
@@ -82,6 +89,11 @@ class ClipAugment:
             top = int(torch.randint(0, max(h - self.size, 0) + 1, (1,)).item())
             left = int(torch.randint(0, max(w - self.size, 0) + 1, (1,)).item())
             p["box"] = (top, left, self.size, self.size)
+        return p
+
+    def sample_params(self, height, width):
+        """Every random choice of one view of a (height x width) clip."""
+        p = self.sample_box(height, width)
         p["jitter"] = None
         if self.jitter is not None and torch.rand(1).item() < self.jitter_p:
             b, c, s, hue = self.jitter
@@ -94,16 +106,27 @@ class ClipAugment:
         p["flip"] = torch.rand(1).item() < self.flip_p
         return p
 
-    def apply(self, clip, p):
-        """(T, 3, H, W) in [0, 255] -> (3, T, size, size) normalised, with the parameters ``p``."""
+    def resize_crop(self, clip, p):
+        """(T, 3, H, W) -> (T, 3, size, size), the box of ``p`` (resized with antialiasing), values unchanged."""
         top, left, h, w = p["box"]
         if p["resize"] is not None:  # short side scale, then a crop of exactly size x size
             clip = TF.resize(clip, list(p["resize"]), InterpolationMode.BILINEAR, antialias=True)
-            clip = clip[..., top:top + h, left:left + w]
-        else:
-            clip = TF.resized_crop(clip, top, left, h, w, [self.size, self.size], InterpolationMode.BILINEAR,
-                                   antialias=True)
-        clip = (clip / 255.0).clamp_(0.0, 1.0)
+            return clip[..., top:top + h, left:left + w]
+        return TF.resized_crop(clip, top, left, h, w, [self.size, self.size], InterpolationMode.BILINEAR,
+                               antialias=True)
+
+    def device_view(self):
+        """The colour / blur / solarize / flip / normalise settings of this view as a
+        :class:`~src.device_augment.ViewAug`, for the split pipeline (``--device-aug``)."""
+        return ViewAug(jitter=tuple(self.jitter) if self.jitter is not None else (0.0, 0.0, 0.0, 0.0),
+                       jitter_p=self.jitter_p if self.jitter is not None else 0.0, grey_p=self.grey_p,
+                       blur_p=self.blur_p, blur_sigma=tuple(self.blur_sigma), blur_kernel=self.blur_kernel,
+                       solarize_p=self.solarize_p, solarize_threshold=SOLARIZE_THRESHOLD, flip_p=self.flip_p,
+                       mean=(VIDEO_MEAN,) * 3, std=(VIDEO_STD,) * 3)
+
+    def apply(self, clip, p):
+        """(T, 3, H, W) in [0, 255] -> (3, T, size, size) normalised, with the parameters ``p``."""
+        clip = (self.resize_crop(clip, p) / 255.0).clamp_(0.0, 1.0)
         if p["jitter"] is not None:
             j = p["jitter"]
             ops = (lambda x: TF.adjust_brightness(x, j["brightness"]), lambda x: TF.adjust_contrast(x, j["contrast"]),
@@ -115,13 +138,40 @@ class ClipAugment:
         if p["blur_sigma"] is not None:
             clip = TF.gaussian_blur(clip, [self.blur_kernel] * 2, [p["blur_sigma"]] * 2)
         if p["solarize"]:
-            clip = TF.solarize(clip, 0.5)
+            clip = TF.solarize(clip, SOLARIZE_THRESHOLD)
         if p["flip"]:
             clip = clip.flip(-1)
         return normalize(clip)
 
     def __call__(self, clip, view_id=0):
         return self.apply(clip, self.sample_params(clip.shape[-2], clip.shape[-1]))
+
+
+class ClipCropToUint8:
+    """CPU half of the split clip pipeline (``--device-aug``): ``(clip, view_id) -> (3, T, size, size) uint8``.
+
+    The box is drawn as the per-clip path draws it (:meth:`ClipAugment.sample_box`, the same for every frame), the
+    frames are resized to it and rounded to 8 bits; everything else (colour, grey, blur, solarize, flip,
+    normalisation) runs batched on the training device with one parameter draw per clip shared by its frames
+    (``device_augment``, a :class:`~src.device_augment.MultiCropAugment` with one view per clip rank), which is
+    what the reference does with ``same_on_frames=True`` (spec 5.2).
+
+    Args:
+        views: list of :class:`ClipAugment`, one per ``view_id`` (their geometry is used here, the rest on the
+            device).
+    """
+
+    def __init__(self, views):
+        self.views = list(views)
+        self.device_augment = MultiCropAugment([v.device_view() for v in self.views])
+
+    def __call__(self, clip, view_id=0):
+        aug = self.views[view_id]
+        clip = aug.resize_crop(clip, aug.sample_box(clip.shape[-2], clip.shape[-1]))
+        return clip.round().clamp_(0, 255).to(torch.uint8).permute(1, 0, 2, 3).contiguous()
+
+    def __repr__(self):
+        return f"ClipCropToUint8({len(self.views)} views) -> {self.device_augment}"
 
 
 class ViewTransforms:
@@ -146,6 +196,13 @@ def sce_clip_views(size, blur_probs=(1.0, 0.1), solarize_probs=(0.0, 0.2), scale
     sigma = (0.1 * blur_scale, 2.0 * blur_scale)
     return ViewTransforms([ClipAugment(size, "rrc", scale=scale, blur_p=bp, solarize_p=sp, blur_kernel=kernel,
                                        blur_sigma=sigma) for bp, sp in zip(blur_probs, solarize_probs)])
+
+
+def sce_clip_split_views(size, blur_probs=(1.0, 0.1), solarize_probs=(0.0, 0.2), scale=(0.2, 0.766),
+                         blur_scale=1.0):
+    """Split form of :func:`sce_clip_views` (``--device-aug``): the CPU crops, then the same two views on the
+    device; same arguments."""
+    return ClipCropToUint8(sce_clip_views(size, blur_probs, solarize_probs, scale, blur_scale).transforms)
 
 
 def eval_train_transform(size=224, short_side=(256, 320), finetune=False):
