@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src import dist
-from src.args import add_amp_args, add_arg, add_dist_args, amp_dtype, bool_flag
+from src.args import add_amp_args, add_arg, add_dist_args, amp_dtype, autocast_dtype, bool_flag
 from src.checkpoint import find_resume_checkpoint, load_checkpoint, load_state_strict, save_checkpoint
 from src.classifier import (FeatureBatches, LinearClassifier, Results, ShardSampler, autocast, evaluate,
                             extract_shard, fingerprint, test_transform, train_transform)
@@ -177,6 +177,7 @@ def apply_protocol(args):
 def linear_eval(args, info):
     """Train and test the linear head; returns the :class:`Results` summary dict."""
     device, rank = info.device, info.rank
+    autocast_dtype(args, device, rank)  # fp16 without CUDA: fp32 with one warning line; later amp_dtype() agrees
     if args.batch_size % info.world_size:
         raise UserError(f"-b/--batch_size {args.batch_size} is the TOTAL batch: make it divisible by the "
                         f"{info.world_size} processes")

@@ -52,7 +52,7 @@ from src.checkpoint import (find_resume_checkpoint, load_checkpoint, load_state_
 from src.data import ResumableSampler, build_dataset, build_loader, resolve_split
 from src.errors import UserError, exit_on_user_error
 from src.logging import JsonLog, ProgressLogger, print_rank0
-from src.runtime import StopSignal
+from src.runtime import StopSignal, check_ranks_in_sync
 from src.losses import infonce_logits, knn_positive_loss
 from src.methods.common import check_queue_size, copy_params, momentum_update
 from src.methods.moco import MoCo, load_for_restart
@@ -290,7 +290,7 @@ def train(args, info):
             if args.save_every_iters and (it + 1) % args.save_every_iters == 0 and it + 1 < iters_per_epoch:
                 save(epoch, it + 1)
         logger.end_epoch({"lr": float(lr_schedule[(epoch + 1) * iters_per_epoch - 1])})
-        check_ranks_in_sync(model, info)
+        check_ranks_in_sync(replicated_state(model), info.device)
         save(epoch + 1, 0, numbered=bool(args.save_freq) and (epoch + 1) % args.save_freq == 0)
         start_iter = 0
     return model
@@ -463,21 +463,11 @@ def encode_queries(encoder_q, crops, tap=None):
 
 
 # ==================================================================================================
-def check_ranks_in_sync(model, info):
-    """Runtime sanity check (one small all-gather per epoch): the parameters of both encoders and the
-    queue must be identical on every rank; BN running statistics legitimately differ (per-rank batches)."""
-    if info.world_size == 1:
-        return
-    with torch.no_grad():
-        queues = [(n, b) for n, b in model.named_buffers() if n.startswith("queue")]  # queue (+ queue_backbone)
-        tensors = [p for p in model.parameters()] + [b for _, b in queues]
-        fp = torch.stack([torch.stack([t.double().sum(), t.double().square().sum()]).sum() for t in tensors])
-        all_fp = dist.concat_all_gather(fp[None].to(info.device))
-    if not bool((all_fp == all_fp[0]).all()):
-        names = [n for n, _ in model.named_parameters()] + [n for n, _ in queues]
-        bad = [names[i] for i in range(len(names)) if not bool((all_fp[:, i] == all_fp[0, i]).all())]
-        raise RuntimeError(f"ranks diverged: {', '.join(bad[:5])} differ between processes")
-    print_rank0(f"ranks in sync: encoder weights and queue identical on {info.world_size} processes", rank=info.rank)
+def replicated_state(model):
+    """What must be identical on every rank (checked once per epoch): the parameters of both encoders and the
+    queue buffers (queue, and queue_backbone with nearest-neighbour positives); BN running statistics
+    legitimately differ (per-rank batches)."""
+    return {**dict(model.named_parameters()), **{n: b for n, b in model.named_buffers() if n.startswith("queue")}}
 
 
 def gather_rng_states(device):

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src import dist
-from src.args import add_amp_args, add_arg, add_dist_args, amp_dtype
+from src.args import add_amp_args, add_arg, add_dist_args, amp_dtype, autocast_dtype
 from src.checkpoint import find_resume_checkpoint, load_checkpoint, load_state_strict, save_checkpoint
 from src.cifar import CifarPickleDataset, find_cifar_folder
 from src.classifier import (LinearClassifier, Results, ShardSampler, autocast, evaluate, fingerprint, test_transform,
@@ -146,6 +146,7 @@ def fill_recipe(args):
 def transfer(args, info):
     """Train and test; returns the :class:`Results` summary dict (None when stopped early)."""
     device, rank = info.device, info.rank
+    autocast_dtype(args, device, rank)  # fp16 without CUDA: fp32 with one warning line; later amp_dtype() agrees
     if args.batch_size % info.world_size:
         raise UserError(f"-b/--batch-size {args.batch_size} is the TOTAL batch: make it divisible by the "
                         f"{info.world_size} processes")

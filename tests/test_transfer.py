@@ -184,9 +184,11 @@ def test_linear_and_finetune_on_cifar10(data, tmp_path, capsys, monkeypatch):
     assert "1.fc.weight" in sd and "0.conv1.weight" in sd
 
     modes.clear()
-    run_inprocess([str(data / "c10"), *COMMON, "--epochs", "2", "--finetune", "--output-dir", str(tmp_path / "ft")])
+    run_inprocess([str(data / "c10"), *COMMON, "--epochs", "2", "--finetune", "--output-dir", str(tmp_path / "ft"),
+                   "--amp", "fp16"])
     out = capsys.readouterr().out
     assert "finetune transfer to cifar10: lr 0.01 x0.2 at epochs 40 70" in out
+    assert out.count("--amp fp16 / --use_fp16 needs CUDA") == 1  # a CPU run falls back to fp32, once
     # epoch 0: 3 train steps (20 images, batch 8) in train mode, the test (6 images, one batch) in eval mode,
     # then epoch 1 in train mode AGAIN (the reference stays in eval mode from here on), then its test
     assert modes == [True] * 3 + [False] + [True] * 3 + [False], modes
