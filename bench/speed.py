@@ -32,7 +32,7 @@ import torch
 
 from bench.common import machine, peak_memory_mb
 
-METHODS = ("swav", "deepclusterv2", "sce", "moco")
+METHODS = ("swav", "deepclusterv2", "sce", "moco", "sce_video")
 OPTIONS = {"device_aug", "channels_last", "bf16", "fp16", "compile"}
 
 
@@ -129,6 +129,7 @@ def bench_data(n_images, passes, device_batch=32):
                                                                                                            passes)})
         rows.append({"part": "a", "pipeline": "SwAV 2x224+6x96", "path": "split: JPEGs decoded at reduced size",
                      "cpu_ms_per_sample": None, "drafted": f"{swav_split.n_drafted}/{swav_split.n_images}"})
+    rows += bench_video_data()
     # the device half, run on this CPU (batched, 1 thread): only meaningful as a reference without a GPU
     augment = MultiCropAugment(swav_views([224, 96], [2, 6]))
     crops = [torch.randint(0, 256, (device_batch, 3, s, s), dtype=torch.uint8) for s in [224] * 2 + [96] * 6]
@@ -141,11 +142,31 @@ def bench_data(n_images, passes, device_batch=32):
     return rows
 
 
+def bench_video_data(n_clips=4, passes=2, frames=8, size=224, height=256, width=340):
+    """Rows of part (a) for SCE's video clips: the 2 views of a decoded clip (``frames`` frames at the K400
+    short side 256) through the per-clip path (crop + every colour op on the CPU worker) and through the CPU half
+    of the split path (crop + round to uint8); decoding, the same for both, is left out."""
+    from src.video.transforms import sce_clip_split_views, sce_clip_views
+
+    g = torch.Generator().manual_seed(0)
+    clips = [torch.rand(frames, 3, height, width, generator=g) * 255 for _ in range(n_clips)]
+    per_clip, split = sce_clip_views(size), sce_clip_split_views(size)
+    what = f"SCE video 2x{frames}x{size}"
+    rows = []
+    for how, fn in (("ours, per-clip path (all on CPU)", lambda c: [per_clip(c, 0), per_clip(c, 1)]),
+                    ("ours, split: CPU half", lambda c: [split(c, 0), split(c, 1)])):
+        rows.append({"part": "a", "pipeline": what, "path": how, "cpu_ms_per_sample": cpu_ms_per_sample(fn, clips,
+                                                                                                       passes)})
+    return rows
+
+
 # ==== (b) training steps, (c) backbone ====
-def _crops(sizes, nmb, batch_size, uint8, device):
+def _crops(sizes, nmb, batch_size, uint8, device, frames=0):
+    """The crops of one batch: (B, 3, s, s) images, or (B, 3, frames, s, s) clips when ``frames``."""
     shapes = [s for s, n in zip(sizes, nmb) for _ in range(n)]
-    make = (lambda s: torch.randint(0, 256, (batch_size, 3, s, s), dtype=torch.uint8)) if uint8 else \
-        (lambda s: torch.randn(batch_size, 3, s, s))
+    lead = (batch_size, 3, frames) if frames else (batch_size, 3)
+    make = (lambda s: torch.randint(0, 256, (*lead, s, s), dtype=torch.uint8)) if uint8 else \
+        (lambda s: torch.randn(*lead, s, s))
     crops = [make(s) for s in shapes]
     return [c.pin_memory() for c in crops] if device.type == "cuda" else crops
 
@@ -158,9 +179,11 @@ def _flags(sizes, nmb, amp, channels_last, compile):
             *(["--channels_last"] if channels_last else []), *(["--compile"] if compile else [])]
 
 
-def make_step(method, arch, batch_size, sizes, nmb, device, device_aug, amp, channels_last, compile, max_steps=50):
+def make_step(method, arch, batch_size, sizes, nmb, device, device_aug, amp, channels_last, compile, max_steps=50,
+              frames=0):
     """One callable = one training step of ``main_<method>.train_one_epoch`` (a generator resumed once per call),
-    on a batch made once: uint8 crops augmented in the step (``device_aug``), else augmented float crops."""
+    on a batch made once: uint8 crops augmented in the step (``device_aug``), else augmented float crops.
+    ``sce_video``: ``main_sce.py --modality video`` on 2 clips of ``frames`` frames at ``sizes[0]``."""
     from src import dist
     from src.args import autocast_dtype
     from src.device_augment import MultiCropAugment, moco_views, sce_views, swav_views
@@ -170,9 +193,9 @@ def make_step(method, arch, batch_size, sizes, nmb, device, device_aug, amp, cha
     info = dist.DistInfo(rank=0, world_size=1, local_rank=0, device=device, distributed=False, backend=None,
                          launcher="none")
     logger = ProgressLogger(max_steps, 1, batch_size, 10 ** 9, None, rank=1)
-    if method == "moco":
-        sizes, nmb = [sizes[0]], [2]  # MoCo v2: two views of one size
-    crops = _crops(sizes, nmb, batch_size, device_aug, device)
+    if method in ("moco", "sce_video"):
+        sizes, nmb = [sizes[0]], [2]  # MoCo v2: two views of one size; video SCE: two clips
+    crops = _crops(sizes, nmb, batch_size, device_aug, device, frames if method == "sce_video" else 0)
     common = _flags(sizes, nmb, amp, channels_last, compile)
     if method in ("swav", "deepclusterv2"):
         import main_deepclusterv2
@@ -221,6 +244,26 @@ def make_step(method, arch, batch_size, sizes, nmb, device, device_aug, amp, cha
         run = lambda loader: main_sce.train_one_epoch(model, online, target, loader, optimizer, scaler,  # noqa
                                                       np.full(max_steps, 0.3), np.full(max_steps, 0.99), 0, 0,
                                                       max_steps, args, device, logger)
+    elif method == "sce_video":
+        import main_sce
+        from src.optim import LARS
+        from src.video.transforms import sce_clip_split_views
+
+        args = main_sce.parse_args(["--modality", "video", "--data_path", "x", "--arch", arch, "--batch_size",
+                                    str(batch_size), "--queue_size", str(32 * batch_size), "--num_frames", str(frames),
+                                    "--size_crops", str(sizes[0]), "--print_freq", str(10 ** 9), "--amp", amp,
+                                    *(["--channels_last"] if channels_last else []),
+                                    *(["--compile"] if compile else [])])
+        main_sce.check_args(args)
+        model, online, target = main_sce.build_model(args, info)
+        optimizer = LARS(model.online_params(), lr=0.3, weight_decay=1e-6, momentum=0.9)
+        dtype = autocast_dtype(args, device)
+        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        augment = sce_clip_split_views(sizes[0], blur_scale=sizes[0] / 224).device_augment
+        batch = (crops, torch.zeros(batch_size, dtype=torch.long))
+        run = lambda loader: main_sce.train_one_epoch(model, online, target, loader, optimizer, scaler,  # noqa
+                                                      np.full(max_steps, 0.3), np.full(max_steps, 0.99), 0, 0,
+                                                      max_steps, args, device, logger)
     elif method == "moco":
         import main_moco
         from src.optim import moco_lr_schedule
@@ -252,15 +295,18 @@ def make_step(method, arch, batch_size, sizes, nmb, device, device_aug, amp, cha
     return lambda: next(steps)
 
 
-def make_backbone_step(arch, batch_size, sizes, nmb, device, amp, channels_last, compile):
-    """The ceiling: the trunk's forward + backward on the same crops (one pass per resolution), no head, no loss."""
+def make_backbone_step(arch, batch_size, sizes, nmb, device, amp, channels_last, compile, frames=0):
+    """The ceiling: the trunk's forward + backward on the same crops (one pass per resolution), no head, no loss;
+    clips of ``frames`` frames for a video trunk."""
+    from src.device_augment import layout
     from src.models import build_backbone
     from src.speed import maybe_compile, to_channels_last
 
     trunk = to_channels_last(build_backbone(arch)[0].to(device), channels_last)
     step_trunk = maybe_compile(trunk, compile)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    groups = [torch.randn(batch_size * n, 3, s, s, device=device).contiguous(memory_format=fmt)
+    fmt = layout(torch.channels_last if channels_last else torch.contiguous_format, 5 if frames else 4)
+    lead = (3, frames) if frames else (3,)
+    groups = [torch.randn(batch_size * n, *lead, s, s, device=device).contiguous(memory_format=fmt)
               for s, n in zip(sizes, nmb)]
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     if dtype == torch.float16 and device.type != "cuda":
@@ -284,6 +330,7 @@ def time_cell(cell):
     import main_moco  # noqa: F401
     import main_sce  # noqa: F401
     import main_swav  # noqa: F401
+    import src.video.transforms  # noqa: F401
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -292,11 +339,12 @@ def time_cell(cell):
     opts = set(cell["config"].split("+")) - {"base"}
     amp = "bf16" if "bf16" in opts else "fp16" if "fp16" in opts else "none"
     args = (cell["arch"], cell["batch_size"], cell["sizes"], cell["nmb"], device)
+    frames = cell.get("frames", 0)
     if cell["method"] == "backbone":
-        step = make_backbone_step(*args, amp, "channels_last" in opts, "compile" in opts)
+        step = make_backbone_step(*args, amp, "channels_last" in opts, "compile" in opts, frames=frames)
     else:
         step = make_step(cell["method"], *args, "device_aug" in opts, amp, "channels_last" in opts,
-                         "compile" in opts, max_steps=cell["warmup"] + cell["steps"] + 1)
+                         "compile" in opts, max_steps=cell["warmup"] + cell["steps"] + 1, frames=frames)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     t0 = time.time()
     for _ in range(cell["warmup"]):
@@ -368,7 +416,7 @@ def print_tables(data_rows, step_rows, rate="images_per_s"):
     base = {(r["method"], crops_label(r)): r[rate] for r in step_rows
             if r["config"] == "base" and "error" not in r}
     for r in step_rows:
-        name = f"{r['method']} {crops_label(r)}"
+        name = f"{r['method']} {crops_label(r)}" + (f" {r['arch']}" if r["method"] == "backbone" else "")
         if "error" in r:
             print(f"  {name:<24} {r['config']:<30} error: {r['error']}")
             continue
@@ -383,7 +431,9 @@ def print_tables(data_rows, step_rows, rate="images_per_s"):
 
 
 def crops_label(row):
-    return "+".join(f"{n}x{s}" for s, n in zip(row["sizes"], row["nmb"]))
+    """``2x64+6x32`` (images), ``2x8x32`` (2 clips of 8 frames at 32 px)."""
+    frames = f"{row['frames']}x" if row.get("frames") else ""
+    return "+".join(f"{n}x{frames}{s}" for s, n in zip(row["sizes"], row["nmb"]))
 
 
 def ceiling_key(config):
@@ -403,6 +453,9 @@ def main():
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--sizes", type=int, nargs=2, default=[64, 32], help="global and local crop sides (224 96 on GPUs)")
     p.add_argument("--nmb", type=int, nargs=2, default=[2, 6], help="global and local crops (SwAV, DC-v2, SCE)")
+    p.add_argument("--video-arch", default="r3d18", help="trunk of the sce_video rows (r3d_tiny, r3d18, r3d50)")
+    p.add_argument("--frames", type=int, default=8, help="frames per clip of the sce_video rows (8; the clip side is "
+                                                         "the global crop side, --sizes' first value)")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch threads per step cell (0: torch's default)")
@@ -427,12 +480,18 @@ def main():
               "steps": a.steps, "warmup": a.warmup}
     backbone_configs = sorted({ceiling_key(c) for c in a.configs})
     multi, two = (list(a.sizes), list(a.nmb)), ([a.sizes[0]], [2])  # MoCo v2 trains on two views of one size
-    plan = [(m, *(two if m == "moco" else multi), a.configs) for m in a.methods]
-    plan += [("backbone", *crops, backbone_configs) for crops in dict.fromkeys(
-        [tuple(map(tuple, two if m == "moco" else multi)) for m in a.methods])]
-    for method, sizes, nmb, configs in plan:
+
+    def shape(m):  # (arch, sizes, nmb, frames) of a method's batch
+        if m == "sce_video":  # two clips
+            return a.video_arch, (a.sizes[0],), (2,), a.frames
+        return (a.arch, *map(tuple, two if m == "moco" else multi), 0)
+
+    plan = [(m, *shape(m), a.configs) for m in a.methods]
+    plan += [("backbone", *batch, backbone_configs) for batch in dict.fromkeys(shape(m) for m in a.methods)]
+    for method, arch, sizes, nmb, frames, configs in plan:
         for config in configs:
-            cell = {**common, "method": method, "config": config, "sizes": list(sizes), "nmb": list(nmb)}
+            cell = {**common, "method": method, "config": config, "arch": arch, "sizes": list(sizes),
+                    "nmb": list(nmb), "frames": frames}
             row = run_cell(cell, a.timeout)
             step_rows.append(row)
             print(f"  done {method} {config}: " + (f"{row['images_per_s']:.1f} img/s" if "error" not in row

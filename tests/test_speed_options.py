@@ -2,6 +2,7 @@
 line), torch.compile's eager fallback, channels-last, fused-optimizer arguments, no host-device synchronisation
 inside a training step, and a 2-iteration CPU run of every script with --channels-last --amp bf16."""
 import collections
+import sys
 import types
 
 import pytest
@@ -110,7 +111,7 @@ def _count_host_reads(monkeypatch):
     return counts
 
 
-@pytest.mark.parametrize("method", ["swav", "moco", "sce", "deepclusterv2"])
+@pytest.mark.parametrize("method", ["swav", "moco", "sce", "deepclusterv2", "sce_video"])
 @pytest.mark.parametrize("device_aug", [False, True])
 def test_no_host_sync_inside_training_steps(monkeypatch, method, device_aug):
     """Outside the log interval, a step reads nothing back from the device (the queue pointer once, at the first
@@ -118,8 +119,10 @@ def test_no_host_sync_inside_training_steps(monkeypatch, method, device_aug):
     from bench.speed import make_step
 
     torch.manual_seed(0)
-    step = make_step(method, "resnet18", batch_size=4, sizes=[32, 16], nmb=[2, 2], device=torch.device("cpu"),
-                     device_aug=device_aug, amp="none", channels_last=False, compile=False)
+    video = method == "sce_video"  # 2 clips of 2 frames through an r3d_tiny
+    step = make_step(method, "r3d_tiny" if video else "resnet18", batch_size=4, sizes=[32, 16], nmb=[2, 2],
+                     device=torch.device("cpu"), device_aug=device_aug, amp="none", channels_last=False,
+                     compile=False, frames=2 if video else 0)
     step()  # first step: the queue pointer is read once
     counts = _count_host_reads(monkeypatch)
     step()
@@ -133,3 +136,25 @@ def test_script_runs_with_channels_last_and_bf16(data, tmp_path, name):  # noqa:
     p = run(script_cmd(name, data, tmp_path / name, *extra))
     assert_ok(p)
     assert "iteration 2; checkpoint saved" in p.stdout
+
+
+def test_bench_command_writes_rows_ratios_and_json(tmp_path):
+    """``python -m bench.speed`` end to end, tiny: an image and a video method, each with and without the device
+    augmentation, their backbone ceilings (the video one an R3D on clips), ratios in the table and the JSON."""
+    import json
+
+    out = tmp_path / "speed.json"
+    p = run([sys.executable, "-m", "bench.speed", "--methods", "moco", "sce_video", "--configs", "base",
+             "device_aug+channels_last", "--arch", "resnet_tiny", "--video-arch", "r3d_tiny", "--sizes", "16", "8",
+             "--frames", "2", "--batch-size", "4", "--steps", "1", "--warmup", "1", "--threads", "1", "--skip-data",
+             "--output", str(out)], timeout=600)
+    assert_ok(p)
+    rows = json.load(open(out))["steps"]
+    assert not [r for r in rows if "error" in r], rows
+    cells = {(r["method"], r["config"], r["arch"], r["frames"]) for r in rows}
+    assert cells == {("moco", "base", "resnet_tiny", 0), ("moco", "device_aug+channels_last", "resnet_tiny", 0),
+                     ("sce_video", "base", "r3d_tiny", 2), ("sce_video", "device_aug+channels_last", "r3d_tiny", 2),
+                     ("backbone", "base", "resnet_tiny", 0), ("backbone", "channels_last", "resnet_tiny", 0),
+                     ("backbone", "base", "r3d_tiny", 2), ("backbone", "channels_last", "r3d_tiny", 2)}
+    assert all(r["images_per_s"] > 0 and r["peak_mib"] is not None for r in rows)
+    assert "sce_video 2x2x16" in p.stdout and "% of backbone" in p.stdout and "x  " in p.stdout
