@@ -139,15 +139,16 @@ def test_script_runs_with_channels_last_and_bf16(data, tmp_path, name):  # noqa:
 
 
 def test_bench_command_writes_rows_ratios_and_json(tmp_path):
-    """``python -m bench.speed`` end to end, tiny: an image and a video method, each with and without the device
-    augmentation, their backbone ceilings (the video one an R3D on clips), ratios in the table and the JSON."""
+    """``python -m bench.speed`` end to end, tiny: the input pipelines (a), an image and a video method, each with
+    and without the device augmentation, their backbone ceilings (the video one an R3D on clips), ratios in the
+    table and the JSON."""
     import json
 
     out = tmp_path / "speed.json"
     p = run([sys.executable, "-m", "bench.speed", "--methods", "moco", "sce_video", "--configs", "base",
              "device_aug+channels_last", "--arch", "resnet_tiny", "--video-arch", "r3d_tiny", "--sizes", "16", "8",
-             "--frames", "2", "--batch-size", "4", "--steps", "1", "--warmup", "1", "--threads", "1", "--skip-data",
-             "--output", str(out)], timeout=600)
+             "--frames", "2", "--batch-size", "4", "--steps", "1", "--warmup", "1", "--threads", "1",
+             "--data-images", "2", "--data-passes", "1", "--output", str(out)], timeout=600)
     assert_ok(p)
     rows = json.load(open(out))["steps"]
     assert not [r for r in rows if "error" in r], rows
@@ -158,3 +159,7 @@ def test_bench_command_writes_rows_ratios_and_json(tmp_path):
                      ("backbone", "base", "r3d_tiny", 2), ("backbone", "channels_last", "r3d_tiny", 2)}
     assert all(r["images_per_s"] > 0 and r["peak_mib"] is not None for r in rows)
     assert "sce_video 2x2x16" in p.stdout and "% of backbone" in p.stdout and "x  " in p.stdout
+    data = {(r["pipeline"], r["path"]): r for r in json.load(open(out))["data"]}
+    assert data[("SCE video 2x8x224", "ours, split: CPU half")]["vs_reference"] > 0  # against the per-clip path
+    assert data[("SwAV 2x224+6x96", "ours, split: CPU half")]["vs_reference"] > 0  # against the official pipeline
+    assert "x per-clip" in p.stdout and "x official" in p.stdout
