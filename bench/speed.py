@@ -8,13 +8,17 @@
 official SwAV per-sample PIL pipeline (facebookresearch/swav ``src/multicropdataset.py``: RandomResizedCrop ->
 HFlip -> ColorJitter(0.8, 0.8, 0.8, 0.2) p 0.8 -> RandomGrayscale 0.2 -> PIL GaussianBlur p 0.5 -> ToTensor ->
 Normalize, 2x224 + 6x96) and of the MoCo v2 pipeline (facebookresearch/moco ``main_moco.py --aug-plus``, two
-224 views), against the CPU half of our split pipeline (decode, crop, resize to uint8) for the same crops; plus,
-for reference, what the device half costs when the "device" is this CPU.
+224 views), against the CPU half of our split pipeline (decode, crop, resize to uint8) for the same crops; for SCE's
+video clips (2 clips x 8 frames at 224 from decoded 256x340 frames), our per-clip path (every op on the CPU worker)
+against the split path's CPU half (crop to uint8); plus, for reference, what the device half costs when the "device"
+is this CPU.
 (b) Training-step images/s and peak memory of each method (``main_<method>.train_one_epoch`` itself, fed with
 pre-made batches) under each configuration: ``base`` (fp32, per-sample path: the step receives augmented float
 crops), ``device_aug`` (uint8 crops, augmented in the step), ``channels_last``, ``bf16``, ``fp16``, ``compile``, and
-``a+b`` combinations. Each cell runs in its own process, so its peak memory is its own (CUDA: max allocated;
-CPU: peak resident set minus the process's after importing torch and the scripts). (c) The bare backbone forward+backward on the same crops and batch (the ceiling).
+``a+b`` combinations; ``sce_video`` is ``main_sce.py --modality video`` (``--video-arch`` on 2 clips of ``--frames``
+frames at the global crop side). Each cell runs in its own process, so its peak memory is its own (CUDA: max allocated;
+CPU: peak resident set minus the process's after importing torch and the scripts). (c) The bare backbone
+forward+backward on the same crops and batch (the ceiling).
 Prints a table with ratios and writes JSON (``--output``).
 """
 import argparse
