@@ -246,7 +246,7 @@ def train_one_epoch(model, ddp_model, queue, loader, optimizer, scaler, lr_sched
 
 # ==================================================================================================
 def run_demo(args):
-    """Build the demo data, pretrain a ResNet-18 with SwAV on the CPU for a few minutes, compare kNN top-1 of the
+    """Build the demo data, pretrain resnet_tiny with SwAV on the CPU for a few minutes, compare kNN top-1 of the
     pretrained trunk with the same trunk at its random initialisation (src.demo)."""
     from src.demo import knn_vs_random_init
     from src.demo_data import make_demo_dataset
@@ -271,13 +271,15 @@ def run_demo(args):
     return results
 
 
-# Demo recipe for 2 CPU cores (about 8 minutes): ResNet-18 (ImageNet stem) on 2x32 + 4x16 crops of the 64-px demo
-# images, 50 prototypes, a queue of 6 batches from epoch 1. README "SwAV" lists what it measured.
-DEMO = dict(arch="resnet18", cifar_stem=False, hidden_mlp=512, feat_dim=128, nmb_prototypes=50, epochs=5,
-            batch_size=64, base_lr=0.15, final_lr=0.00015, warmup_epochs=0, start_warmup=0.0,
-            freeze_prototypes_niters=47, size_crops=[32, 16], nmb_crops=[2, 4], min_scale_crops=[0.14, 0.05],
-            max_scale_crops=[1.0, 0.14], queue_length=384, epoch_queue_starts=1, epsilon=0.05, use_fp16=False,
-            workers=1, print_freq=10, checkpoint_freq=0, max_iters=0, eval_size=32)
+# Demo recipe for 2 CPU cores (about 6 minutes): resnet_tiny (0.4M parameters with the head, standard stem) on
+# 2x64 + 4x32 crops of the 64-px demo images (scales 0.5-1 and 0.14-0.5), 30 prototypes, epsilon 0.03, prototypes
+# frozen for 2 epochs, a queue of 8 batches from epoch 3, LARC base lr 0.6, 15 epochs. The 2026-11-22 recipe
+# (resnet18, 2x32 + 4x16, epsilon 0.05, 5 epochs) collapsed to uniform codes on this data. README "Demo" has both.
+DEMO = dict(arch="resnet_tiny", cifar_stem=False, hidden_mlp=512, feat_dim=128, nmb_prototypes=30, epochs=15,
+            batch_size=128, base_lr=0.6, final_lr=0.0006, warmup_epochs=0, start_warmup=0.0,
+            freeze_prototypes_niters=46, size_crops=[64, 32], nmb_crops=[2, 4], min_scale_crops=[0.5, 0.14],
+            max_scale_crops=[1.0, 0.5], queue_length=1024, epoch_queue_starts=3, epsilon=0.03, use_fp16=False,
+            workers=1, print_freq=23, checkpoint_freq=0, max_iters=0, eval_size=64)
 
 
 if __name__ == "__main__":
