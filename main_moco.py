@@ -327,28 +327,25 @@ def build_transform(args):
     AutoAugment for the ``--auto-augment`` crop indices)."""
     jitter = ssl_small_jitter(args.cj) if args.cj is not None else (0.4, 0.4, 0.4, 0.1)
     blur_p = 0.5 if args.gaussian_blur is None else args.gaussian_blur
+    if args.num_crops:
+        crops = MultiScaleCrops(args.size_crops, args.num_crops, args.min_scale_crops, args.max_scale_crops,
+                                constrained=args.constrained_cropping, min_overlap=args.min_overlap)
+        if args.device_aug:  # split pipeline: the CPU crops (same geometry), the device does the rest
+            return moco_split_transform(crops, sum(args.num_crops), True, jitter, args.grey_scale, blur_p)
+        color = moco_color_transform(jitter, grey_p=args.grey_scale, blur_p=blur_p, blur_sigma=(0.1, 2.0))
+        return MultiCropTransform(crops, [autoaugment_or(color) if i in args.auto_augment else color
+                                          for i in range(sum(args.num_crops))])
     # SSL-small's flags always mean its v2-style pipeline (its script has no --aug-plus)
     aug_plus = args.aug_plus or args.cj is not None or args.gaussian_blur is not None
-    if args.device_aug:  # split pipeline: the CPU crops (same geometry), the device does the rest
-        if args.num_crops:
-            crops = MultiScaleCrops(args.size_crops, args.num_crops, args.min_scale_crops, args.max_scale_crops,
-                                    constrained=args.constrained_cropping, min_overlap=args.min_overlap)
-            return moco_split_transform(crops, sum(args.num_crops), True, jitter, args.grey_scale, blur_p)
-        sigma = (0.1 * args.crop_size / 224, 2.0 * args.crop_size / 224)
+    # blur sigma is defined for 224-px crops (0.1-2.0 px): scale it with the crop so small crops are not
+    # wiped out (identical to MoCo v2 at --crop-size 224)
+    sigma = (0.1 * args.crop_size / 224, 2.0 * args.crop_size / 224)
+    if args.device_aug:
         crops = MultiScaleCrops([args.crop_size], [2], [args.min_scale], [1.0])
         return moco_split_transform(crops, 2, aug_plus, jitter, args.grey_scale, blur_p, sigma)
-    if not args.num_crops:
-        # blur sigma is defined for 224-px crops (0.1-2.0 px): scale it with the crop so small crops are not
-        # wiped out (identical to MoCo v2 at --crop-size 224)
-        sigma = (0.1 * args.crop_size / 224, 2.0 * args.crop_size / 224)
-        view = moco_transform(args.crop_size, aug_plus=aug_plus, min_scale=args.min_scale, grey_p=args.grey_scale,
-                              blur_p=blur_p, blur_sigma=sigma, jitter=jitter)
-        return MultiViewTransform([view, view])
-    crops = MultiScaleCrops(args.size_crops, args.num_crops, args.min_scale_crops, args.max_scale_crops,
-                            constrained=args.constrained_cropping, min_overlap=args.min_overlap)
-    color = moco_color_transform(jitter, grey_p=args.grey_scale, blur_p=blur_p, blur_sigma=(0.1, 2.0))
-    return MultiCropTransform(crops, [autoaugment_or(color) if i in args.auto_augment else color
-                                      for i in range(sum(args.num_crops))])
+    view = moco_transform(args.crop_size, aug_plus=aug_plus, min_scale=args.min_scale, grey_p=args.grey_scale,
+                          blur_p=blur_p, blur_sigma=sigma, jitter=jitter)
+    return MultiViewTransform([view, view])
 
 
 def build_model(args, info, per_rank_batch):

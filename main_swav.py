@@ -32,14 +32,14 @@ from contextlib import nullcontext
 import torch
 
 from src import dist
-from src.args import add_amp_args, add_arg, add_dist_args, add_speed_args
+from src.args import add_amp_args, add_arg, add_dist_args, add_speed_args, autocast_dtype
 from src.checkpoint import find_resume_checkpoint, load_checkpoint, load_state_strict, set_rng_state
 from src.errors import UserError, exit_on_user_error
 from src.logging import JsonLog, ProgressLogger, print_rank0
 from src.losses import distributed_sinkhorn, swav_loss
 from src.methods.swav import (LossWatch, SwAVModel, SwAVQueue, cancel_prototype_grads, code_entropies,
                               normalize_prototypes, uniform_loss)
-from src.methods.swav_setup import (add_multicrop_args, add_optim_args, add_run_args, autocast_dtype, launch,
+from src.methods.swav_setup import (add_multicrop_args, add_optim_args, add_run_args, launch,
                                     build_multicrop_data, build_optimizer, check_multicrop_args, load_rank_file,
                                     log_model, numbered_epoch, save_rank_file, save_run_checkpoint, wrap_model)
 from src.optim import set_lr

@@ -175,12 +175,16 @@ def _crops(sizes, nmb, batch_size, uint8, device, frames=0):
     return [c.pin_memory() for c in crops] if device.type == "cuda" else crops
 
 
+def _option_flags(amp, channels_last, compile):
+    """The speed options of a cell as script flags (every method script spells them the same)."""
+    return ["--amp", amp, *(["--channels-last"] if channels_last else []), *(["--compile"] if compile else [])]
+
+
 def _flags(sizes, nmb, amp, channels_last, compile):
     scales = [("0.14", "1"), ("0.05", "0.14")] + [("0.05", "0.14")] * (len(sizes) - 2)
     return ["--size_crops", *map(str, sizes), "--nmb_crops", *map(str, nmb),
             "--min_scale_crops", *[lo for lo, _ in scales[:len(sizes)]],
-            "--max_scale_crops", *[hi for _, hi in scales[:len(sizes)]], "--amp", amp,
-            *(["--channels_last"] if channels_last else []), *(["--compile"] if compile else [])]
+            "--max_scale_crops", *[hi for _, hi in scales[:len(sizes)]], *_option_flags(amp, channels_last, compile)]
 
 
 def make_step(method, arch, batch_size, sizes, nmb, device, device_aug, amp, channels_last, compile, max_steps=50,
@@ -255,9 +259,8 @@ def make_step(method, arch, batch_size, sizes, nmb, device, device_aug, amp, cha
 
         args = main_sce.parse_args(["--modality", "video", "--data_path", "x", "--arch", arch, "--batch_size",
                                     str(batch_size), "--queue_size", str(32 * batch_size), "--num_frames", str(frames),
-                                    "--size_crops", str(sizes[0]), "--print_freq", str(10 ** 9), "--amp", amp,
-                                    *(["--channels_last"] if channels_last else []),
-                                    *(["--compile"] if compile else [])])
+                                    "--size_crops", str(sizes[0]), "--print_freq", str(10 ** 9),
+                                    *_option_flags(amp, channels_last, compile)])
         main_sce.check_args(args)
         model, online, target = main_sce.build_model(args, info)
         optimizer = LARS(model.online_params(), lr=0.3, weight_decay=1e-6, momentum=0.9)
@@ -277,7 +280,7 @@ def make_step(method, arch, batch_size, sizes, nmb, device, device_aug, amp, cha
         args = main_moco.get_args_parser().parse_args(
             ["x", "-a", arch, "-b", str(batch_size), "--crop-size", str(sizes[0]), "--moco-k", str(64 * batch_size),
              "--mlp", "--moco-t", "0.2", "--aug-plus", "--cos", "--bn-splits", bn, "--print-freq", str(10 ** 9),
-             "--amp", amp, *(["--channels-last"] if channels_last else []), *(["--compile"] if compile else [])])
+             *_option_flags(amp, channels_last, compile)])
         main_moco.check_recipe_args(args)
         model, encoder_q, _ = main_moco.build_model(args, info, batch_size)
         optimizer = torch.optim.SGD(encoder_q.parameters(), 0.03, momentum=0.9, weight_decay=1e-4,
@@ -302,6 +305,7 @@ def make_step(method, arch, batch_size, sizes, nmb, device, device_aug, amp, cha
 def make_backbone_step(arch, batch_size, sizes, nmb, device, amp, channels_last, compile, frames=0):
     """The ceiling: the trunk's forward + backward on the same crops (one pass per resolution), no head, no loss;
     clips of ``frames`` frames for a video trunk."""
+    from src.args import autocast_dtype
     from src.device_augment import layout
     from src.models import build_backbone
     from src.speed import maybe_compile, to_channels_last
@@ -312,9 +316,7 @@ def make_backbone_step(arch, batch_size, sizes, nmb, device, amp, channels_last,
     lead = (3, frames) if frames else (3,)
     groups = [torch.randn(batch_size * n, *lead, s, s, device=device).contiguous(memory_format=fmt)
               for s, n in zip(sizes, nmb)]
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    if dtype == torch.float16 and device.type != "cuda":
-        dtype = None
+    dtype = autocast_dtype(argparse.Namespace(amp=amp), device)  # as the scripts: fp16 without CUDA -> fp32
     trunk.train()
 
     def step():

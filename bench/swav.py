@@ -19,9 +19,10 @@ import torch
 import main_swav
 from bench.common import machine, peak_memory_mb, report
 from src import dist
+from src.args import autocast_dtype
 from src.logging import ProgressLogger
 from src.methods.swav import LossWatch, SwAVModel, SwAVQueue
-from src.methods.swav_setup import autocast_dtype, build_optimizer, wrap_model
+from src.methods.swav_setup import build_optimizer, wrap_model
 
 
 def bench_step(arch, batch_size, size_crops, nmb_crops, steps, amp, device, nmb_prototypes=3000, queue_length=0):

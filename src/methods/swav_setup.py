@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .. import dist
-from ..args import add_arg, autocast_dtype, bool_flag  # noqa: F401 (autocast_dtype: the scripts import it here)
+from ..args import add_arg, bool_flag
 from ..augment import swav_multicrop_transform
 from ..checkpoint import save_checkpoint
 from ..data import ResumableSampler, build_dataset, build_loader, resolve_split
