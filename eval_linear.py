@@ -34,7 +34,6 @@ and writes the same numbers to DUMP_PATH/eval_linear.json. Runs resume from DUMP
     torchrun --nproc_per_node=8 eval_linear.py /datasets/kinetics400 --modality video --num_frames 8 \
         --pretrained runs/video_sce_r3d50/checkpoint.pth.tar --dump_path runs/video_linear
 """
-import argparse
 import json
 import math
 import os
@@ -45,18 +44,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from src import dist
-from src.args import add_amp_args, add_arg, add_dist_args, amp_dtype, autocast_dtype, bool_flag
-from src.checkpoint import find_resume_checkpoint, load_checkpoint, load_state_strict, save_checkpoint
-from src.classifier import (FeatureBatches, LinearClassifier, Results, ShardSampler, autocast, evaluate,
+from src.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg, add_dist_args,
+                      amp_dtype, autocast_dtype, bool_flag)
+from src.classifier import (FeatureBatches, LinearClassifier, Results, ShardSampler, autocast, content_hash, evaluate,
                             extract_shard, fingerprint, test_transform, train_transform)
 from src.data import ResumableSampler, SafeImageFolder, build_loader
 from src.errors import UserError, exit_on_user_error
-from src.launch import launch
-from src.logging import JsonLog, ProgressLogger, print_rank0
+from src.logging import print_rank0
 from src.optim import cosine_schedule, moco_lr_schedule, set_lr
 from src.pair_eval import build_trunk
 from src.pretrained import add_pretrained_args
-from src.runtime import StopSignal
+from src.run.checkpoint import find_resume_checkpoint, load_checkpoint, save_checkpoint
+from src.run.launch import launch
+from src.run.loop import Run
 from src.video.build import add_video_eval_args, eval_samples, eval_sets
 
 # Published recipes (spec evals.md A.14 / B.6, sce.md section 4). "lr" None: 0.1 x batch / 256 (SCE's scaler).
@@ -77,16 +77,16 @@ PROTOCOLS = {
 
 
 def get_args_parser(add_help=False):
-    parser = argparse.ArgumentParser("Linear evaluation", add_help=add_help)
+    parser = ArgumentParser("Linear evaluation", add_help=add_help)
     parser.add_argument("data", nargs="?", default=None, metavar="DIR",
                         help="dataset root with train/ and val/, one folder per class (or --data_path)")
     g = parser.add_argument_group("data")
     add_arg(g, "--data_path", default=None, help="SwAV spelling of DIR")
-    add_arg(g, "--resize", default=256, type=int, help="test images: shorter side before the centre crop (256)")
-    add_arg(g, "--crop_size", default=224, type=int,
+    add_arg(g, "--resize", default=256, type=POSITIVE_INT, help="test images: shorter side before the centre crop (256)")
+    add_arg(g, "--crop_size", default=224, type=POSITIVE_INT,
             help="train crop and test centre crop side in px (224; 32-64 on CPU)")
     add_arg(g, "--min_scale", default=0.08, type=float, help="RandomResizedCrop lower area scale (0.08, torchvision's)")
-    add_arg(g, "-j", "--workers", default=10, type=int, help="data loading workers per process (SwAV 10)")
+    add_arg(g, "-j", "--workers", default=10, type=NONNEG_INT, help="data loading workers per process (SwAV 10)")
     g = parser.add_argument_group("trunk")
     add_pretrained_args(g, snake=True)
     add_arg(g, "--seed", default=31, type=int, help="seed of the head init, sampling, augmentation, random trunk (31)")
@@ -96,22 +96,22 @@ def get_args_parser(add_help=False):
                  "wd 1e-6), moco (lr 30, x0.1 at 60/80, 100 ep, wd 0), sce (lr 0.1 x batch/256, cosine per "
                  "iteration, 90 ep, batch 1024, wd 0), video (lr 2.0 x batch/256, 8 warmup epochs then cosine per "
                  "iteration, 60 ep, batch 512, wd 0); default swav, video with --modality video")
-    add_arg(g, "--epochs", default=None, type=int, help="training epochs (swav/moco 100, sce 90)")
-    add_arg(g, "-b", "--batch_size", default=None, type=int,
+    add_arg(g, "--epochs", default=None, type=POSITIVE_INT, help="training epochs (swav/moco 100, sce 90)")
+    add_arg(g, "-b", "--batch_size", default=None, type=POSITIVE_INT,
             help="TOTAL batch over all processes (swav/moco 256, sce 1024). SwAV's script takes it per GPU: its "
                  "--batch_size 32 on 8 GPUs is 256 here")
     add_arg(g, "--lr", "--learning_rate", default=None, type=float, dest="lr",
             help="learning rate actually used (swav 0.3, moco 30, sce 0.1 x batch/256: 0.4 at 1024)")
-    add_arg(g, "--wd", "--weight_decay", default=None, type=float, dest="weight_decay",
+    add_arg(g, "--wd", "--weight_decay", default=None, type=NONNEG, dest="weight_decay",
             help="weight decay (swav 1e-6, else 0)")
-    add_arg(g, "--momentum", default=None, type=float, help="SGD momentum (0.9)")
+    add_arg(g, "--momentum", default=None, type=MOMENTUM, help="SGD momentum (0.9)")
     add_arg(g, "--nesterov", default=None, type=bool_flag, help="Nesterov momentum, True/False (False)")
     add_arg(g, "--scheduler_type", default=None, choices=["cosine", "cosine_iter", "step"],
             help="cosine: per epoch to --final_lr (swav); cosine_iter: per iteration (sce); step: x --gamma at "
                  "--decay_epochs (moco)")
     add_arg(g, "--decay_epochs", "--schedule", default=None, type=int, nargs="+", help="step epochs (60 80)")
     add_arg(g, "--gamma", default=None, type=float, help="step factor (0.1)")
-    add_arg(g, "--final_lr", default=None, type=float, help="cosine end value (0)")
+    add_arg(g, "--final_lr", default=None, type=NONNEG, help="cosine end value (0)")
     add_arg(g, "--warmup_epochs", default=None, type=float,
             help="linear warmup from 0 before the per-iteration cosine (video 8, else 0)")
     add_arg(g, "--norm_std", default=None, type=float, nargs=3,
@@ -129,8 +129,8 @@ def get_args_parser(add_help=False):
             help="where checkpoint.pth.tar, model_best.pth.tar, eval_linear.json and log.txt go (.)")
     add_arg(g, "--resume", default="", help="checkpoint to resume from (default: DUMP_PATH/checkpoint.pth.tar if any)")
     add_arg(g, "-e", "--evaluate", action="store_true", help="only test the head of the resumed checkpoint")
-    add_arg(g, "-p", "--print_freq", default=10, type=int, help="progress line every N iterations (10)")
-    add_arg(g, "--max_iters", default=0, type=int,
+    add_arg(g, "-p", "--print_freq", default=10, type=POSITIVE_INT, help="progress line every N iterations (10)")
+    add_arg(g, "--max_iters", default=0, type=NONNEG_INT,
             help="stop with a checkpoint once this many iterations are done in total (smoke tests; 0: off)")
     add_video_eval_args(parser)
     add_dist_args(parser)
@@ -175,24 +175,22 @@ def apply_protocol(args):
 
 
 def linear_eval(args, info):
-    """Train and test the linear head; returns the :class:`Results` summary dict."""
+    """Train and test the linear head; returns the :class:`Results` summary dict (None when stopped early)."""
     device, rank = info.device, info.rank
     autocast_dtype(args, device, rank)  # fp16 without CUDA: fp32 with one warning line; later amp_dtype() agrees
     if args.batch_size % info.world_size:
         raise UserError(f"-b/--batch_size {args.batch_size} is the TOTAL batch: make it divisible by the "
-                        f"{info.world_size} processes")
+                        f"{info.world_size} processes", collective=True)
     per_rank_batch = args.batch_size // info.world_size
-    ckpt_path = find_resume_checkpoint(args.dump_path, args.resume)
-    if args.evaluate and ckpt_path is None:
-        raise UserError(f"-e/--evaluate needs a trained head: none in '{args.dump_path}' and no --resume given")
-    if rank == 0:
-        os.makedirs(args.dump_path, exist_ok=True)
-        print("args: " + json.dumps(vars(args), sort_keys=True), flush=True)
-        print(f"protocol {args.protocol}: lr {args.lr:g}, {args.scheduler_type} schedule, {args.epochs} epochs, batch "
-              f"{args.batch_size} ({per_rank_batch} x {info.world_size} processes), wd {args.weight_decay:g}, momentum "
-              f"{args.momentum:g}" + (f", warmup {args.warmup_epochs:g} epochs" if args.warmup_epochs else "")
-              + (", features precomputed (no train augmentation)" if args.precompute_features
-                                      else ""), flush=True)
+    if args.evaluate and find_resume_checkpoint(args.dump_path, args.resume) is None:
+        raise UserError(f"-e/--evaluate needs a trained head: none in '{args.dump_path}' and no --resume given",
+                        collective=True)
+    run = Run(info, output_dir=args.dump_path, script="eval_linear.py", config=vars(args), resume=args.resume,
+              seed=args.seed, lr_flag="--lr")
+    print_rank0(f"protocol {args.protocol}: lr {args.lr:g}, {args.scheduler_type} schedule, {args.epochs} epochs, "
+                f"batch {args.batch_size} ({per_rank_batch} x {info.world_size} processes), wd {args.weight_decay:g}, "
+                f"momentum {args.momentum:g}" + (f", warmup {args.warmup_epochs:g} epochs" if args.warmup_epochs else "")
+                + (", features precomputed (no train augmentation)" if args.precompute_features else ""), rank=rank)
 
     # ==== preparing data ====
     train_set, val_set = build_datasets(args)
@@ -202,7 +200,8 @@ def linear_eval(args, info):
 
     # ==== building the frozen trunk and the head ====
     trunk, dim = build_frozen_trunk(args, device, rank)
-    dist.seed_everything(args.seed, 0)  # the same head on every rank
+    trunk_hash = content_hash(trunk)
+    dist.seed_everything(run.seed, 0)  # the same head on every rank
     head = LinearClassifier(dim, len(train_set.classes)).to(device)
     head_ddp = nn.parallel.DistributedDataParallel(
         head, device_ids=[device.index] if device.type == "cuda" else None) if info.distributed else head
@@ -210,64 +209,44 @@ def linear_eval(args, info):
                                 weight_decay=args.weight_decay, nesterov=args.nesterov)
     trunk_fp = fingerprint(trunk)
 
-    # ==== resuming ====
-    results, start_epoch, start_iter = Results(), 0, 0
-    if ckpt_path is not None:
-        start_epoch, start_iter = resume(ckpt_path, args, head, optimizer, results, rank)
+    # ==== resuming and saving: a head is resumed only on the trunk it was trained on ====
+    results = Results()
+    run.require("trunk_sha256", trunk_hash, "--pretrained (its weights)")
+    if not args.evaluate:
+        run.require("precompute_features", args.precompute_features, "--precompute_features")
+    run.track(head=head, optimizer=optimizer, results=results)
 
     # ==== batches: images through the trunk, or cached features ====
     train_batches, val_batches, features, set_epoch, iters_per_epoch = build_batches(
-        args, info, trunk, train_set, val_set, per_rank_batch)
+        args, info, trunk, trunk_hash, train_set, val_set, per_rank_batch)
     schedule = lr_schedule(args, iters_per_epoch)
     if args.evaluate:
-        return test_and_report(head, val_batches, features, args, info, results, None, final=True)
+        return test_and_report(head, val_batches, features, args, info, results, None, run.write_log, final=True)
 
     # ==== training ====
-    logger = ProgressLogger(iters_per_epoch, args.epochs, args.batch_size, args.print_freq,
-                            JsonLog(os.path.join(args.dump_path, "log.txt"), rank), rank,
-                            formats={"Acc@1": "6.2f", "Acc@5": "6.2f"})
-    stop, total = StopSignal(device), start_epoch * iters_per_epoch + start_iter
-
-    def save(epoch, it):
-        if rank == 0:
-            save_checkpoint(os.path.join(args.dump_path, "checkpoint.pth.tar"), {
-                "epoch": epoch, "iter": it, "head": head.state_dict(), "optimizer": optimizer.state_dict(),
-                "results": results.state_dict(), "args": vars(args), "arch": args.arch, "pretrained": args.pretrained,
-                "precompute_features": args.precompute_features, "world_size": info.world_size})
-
-    for epoch in range(start_epoch, args.epochs):
-        set_epoch(epoch, start_iter)
-        logger.start_epoch(epoch, start_iter)
-        stopping = False
-        for it in train_one_epoch(head_ddp, trunk, train_batches, optimizer, schedule, epoch, start_iter,
-                                  iters_per_epoch, device, amp_dtype(args), logger):
-            total += 1
-            stopping = stop.requested(it, args.print_freq) or bool(args.max_iters and total >= args.max_iters)
-            if stopping and it + 1 < iters_per_epoch:
-                save(epoch, it + 1)
-                print_rank0(f"=> stopped at epoch {epoch}, iteration {it + 1}; checkpoint saved, run the same "
-                            "command to resume", rank=rank)
-                return None
-            if stopping:
-                break
-        start_iter = 0
+    logger = run.progress(iters_per_epoch, args.epochs, args.batch_size, args.print_freq, max_iters=args.max_iters,
+                          formats={"Acc@1": "6.2f", "Acc@5": "6.2f"})
+    for epoch in run.epochs():
+        set_epoch(epoch, run.start_iter)
+        logger.start_epoch(epoch, run.start_iter)
+        if not run.steps(train_one_epoch(head_ddp, trunk, train_batches, optimizer, schedule, epoch, run.start_iter,
+                                         iters_per_epoch, device, amp_dtype(args), logger)):
+            return None  # stopped (signal, --max_iters): checkpoint saved
         logger.end_epoch()
         if not torch.equal(fingerprint(trunk), trunk_fp):  # MoCo's sanity_check: the trunk must stay as loaded
             raise RuntimeError("the frozen trunk changed during linear evaluation (weights or BN statistics)")
-        is_best = test_and_report(head, val_batches, features, args, info, results, epoch)
-        save(epoch + 1, 0)
+        run.check()  # a NaN head is an error line, not a test score
+        is_best = test_and_report(head, val_batches, features, args, info, results, epoch, run.write_log)
+        run.end_epoch()
         if is_best and rank == 0:
             save_checkpoint(os.path.join(args.dump_path, "model_best.pth.tar"),
                             {"epoch": epoch, "head": head.state_dict(), **results.best, "arch": args.arch})
-        if stopping:
-            print_rank0(f"=> stopped after epoch {epoch}; checkpoint saved, run the same command to resume", rank=rank)
-            return None
-    return report(args, results, rank)
+    return report(args, results, rank) if run.finished else None
 
 
 def train_one_epoch(head, trunk, batches, optimizer, schedule, epoch, start_iter, iters_per_epoch, device, amp,
                     logger):
-    """One epoch of SGD on the head; a generator yielding the iteration index after each step.
+    """One epoch of SGD on the head; a generator yielding ``(iteration, loss)`` after each step.
 
     ``batches`` holds images (then ``trunk`` embeds them, frozen, under no_grad) or cached features (``trunk`` is
     then unused). The trunk stays in eval mode: BatchNorm uses its running statistics and never updates them."""
@@ -293,7 +272,7 @@ def train_one_epoch(head, trunk, batches, optimizer, schedule, epoch, start_iter
         logger.update(data_time=t_data, step_time=time.time() - t_end, Loss=loss.detach(),
                       **{"Acc@1": hits[:, 0].float().mean() * 100, "Acc@5": hits.any(dim=1).float().mean() * 100})
         logger.maybe_print(it, lr)
-        yield it
+        yield it, loss.detach()
         t_end = time.time()
 
 
@@ -306,8 +285,8 @@ def build_datasets(args):
     tf_test = test_transform(args.resize, args.crop_size, args.norm_std)
     # --precompute_features: the training images go through the test transform, once
     train_set = SafeImageFolder(os.path.join(args.data, "train"), tf_test if args.precompute_features else tf_train,
-                                seed=args.seed)
-    val_set = SafeImageFolder(os.path.join(args.data, "val"), tf_test)
+                                seed=args.seed, skip_unreadable=args.precompute_features)
+    val_set = SafeImageFolder(os.path.join(args.data, "val"), tf_test, skip_unreadable=True)
     if train_set.classes != val_set.classes:
         raise UserError(f"train/ and val/ of '{args.data}' have different class folders ({len(train_set.classes)} "
                         f"vs {len(val_set.classes)}): labels would not match")
@@ -328,7 +307,7 @@ def build_frozen_trunk(args, device, rank):
     return trunk, dim
 
 
-def build_batches(args, info, trunk, train_set, val_set, per_rank_batch):
+def build_batches(args, info, trunk, trunk_hash, train_set, val_set, per_rank_batch):
     """Training and test batches of images (``features`` = the trunk) or of cached features (``features`` None).
 
     Returns:
@@ -348,20 +327,20 @@ def build_batches(args, info, trunk, train_set, val_set, per_rank_batch):
             sampler.set_epoch(epoch, start_index=start_iter * per_rank_batch)
             train_set.set_epoch(epoch)
         return loader, val, trunk, set_epoch, iters_per_epoch
-    (tr_f, tr_y), (va_f, va_y) = cached_features(args, info, trunk, train_set, val_set, per_rank_batch)
+    (tr_f, tr_y), (va_f, va_y) = cached_features(args, info, trunk, trunk_hash, train_set, val_set, per_rank_batch)
     batches = FeatureBatches(tr_f, tr_y, per_rank_batch, samples_per_rank, seed=args.seed, rank=info.rank)
     val = list(zip(va_f.split(per_rank_batch), va_y.split(per_rank_batch)))
     return batches, val, None, batches.set_epoch, iters_per_epoch
 
 
-def cached_features(args, info, trunk, train_set, val_set, per_rank_batch):
-    """This rank's train and val features: read from its cache file when that was made by the same trunk and
-    transform (and every rank has its file), else computed once and written."""
+def cached_features(args, info, trunk, trunk_hash, train_set, val_set, per_rank_batch):
+    """This rank's train and val features: read from its cache file when that was made from the same trunk
+    weights (a content hash, not the file's path) and transform (and every rank has its file), else computed once
+    and written."""
     path = os.path.join(args.dump_path, f"feature_cache_{info.rank}-{info.world_size}.pth")
-    meta = {"pretrained": os.path.abspath(args.pretrained) if args.pretrained else "",
-            "pretrained_size": os.path.getsize(args.pretrained) if args.pretrained else 0,
-            "arch": args.arch, "cifar_stem": bool(args.cifar_stem), "resize": args.resize, "crop_size": args.crop_size,
-            "norm_std": list(args.norm_std), "n_train": len(train_set), "n_val": len(val_set), "seed": args.seed}
+    meta = {"trunk_sha256": trunk_hash, "arch": args.arch, "cifar_stem": bool(args.cifar_stem),
+            "resize": args.resize, "crop_size": args.crop_size, "norm_std": list(args.norm_std),
+            "n_train": len(train_set), "n_val": len(val_set), "seed": args.seed}
     try:
         cache = load_checkpoint(path) if os.path.isfile(path) else None
     except UserError:  # a truncated cache file: compute it again
@@ -386,23 +365,9 @@ def lr_schedule(args, iters_per_epoch):
     return moco_lr_schedule(args.lr, args.epochs, iters_per_epoch, milestones=args.decay_epochs, gamma=args.gamma)
 
 
-def resume(path, args, head, optimizer, results, rank):
-    """Restore the head, optimizer and results of ``path``; returns ``(epoch, iteration)`` to start from."""
-    ckpt = load_checkpoint(path)
-    for key, mine in (("pretrained", args.pretrained), ("precompute_features", args.precompute_features)):
-        if key in ckpt and ckpt[key] != mine and not (args.evaluate and key == "precompute_features"):
-            raise UserError(f"'{path}' was made with --{key} {ckpt[key]!r}, this run has {mine!r}: pass another "
-                            "--dump_path, or the same flags")
-    load_state_strict(head, ckpt["head"], "head", path)
-    optimizer.load_state_dict(ckpt["optimizer"])
-    results.load_state_dict(ckpt["results"])
-    print_rank0(f"=> resumed from '{path}' at epoch {ckpt['epoch']}, iteration {ckpt['iter']}", rank=rank)
-    return ckpt["epoch"], ckpt["iter"]
-
-
-def test_and_report(head, val_batches, features, args, info, results, epoch, final=False):
-    """Test the head; print SwAV's and MoCo's lines. Returns whether this epoch is the best so far (or, with
-    ``final``, the summary after printing it)."""
+def test_and_report(head, val_batches, features, args, info, results, epoch, log, final=False):
+    """Test the head; print SwAV's and MoCo's lines and ``log`` the numbers. Returns whether this epoch is the best
+    so far (or, with ``final``, the summary after printing it)."""
     head.eval()
     res = evaluate(head, val_batches, info.device, features=features, amp_dtype=amp_dtype(args))
     if epoch is not None:
@@ -417,7 +382,10 @@ def test_and_report(head, val_batches, features, args, info, results, epoch, fin
               f"{res['n'] / max(res['seconds'], 1e-9):.1f} {'videos' if args.modality == 'video' else 'img'}/s)",
               flush=True)
         print(f" * Acc@1 {res['top1']:.3f} Acc@5 {res['top5']:.3f}", flush=True)
-        JsonLog(os.path.join(args.dump_path, "log.txt"), info.rank).write({"type": "test", "epoch": epoch, **res})
+        if res["skipped"]:
+            print(f"skipped {res['skipped']} unreadable test {'videos' if args.modality == 'video' else 'images'} "
+                  "(warnings above): the accuracies are over the rest", flush=True)
+    log({"type": "test", "epoch": epoch, **res})
     return res if final else is_best
 
 
@@ -437,4 +405,4 @@ def report(args, results, rank):
 
 
 if __name__ == "__main__":
-    main(argparse.ArgumentParser("Linear evaluation", parents=[get_args_parser()]).parse_args())
+    main(ArgumentParser("Linear evaluation", parents=[get_args_parser()]).parse_args())

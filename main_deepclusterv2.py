@@ -20,32 +20,29 @@ One GPU or a CPU, no launcher needed; two processes with any launcher:
         --warmup_epochs 0 --epochs 2 --workers 1 --dump_path runs/selav2-cpu
 """
 import argparse
-import json
-import os
 import time
 from contextlib import nullcontext
 
 import torch
 
 from src import dist
-from src.args import add_amp_args, add_arg, add_dist_args, add_speed_args, autocast_dtype
-from src.checkpoint import find_resume_checkpoint, load_checkpoint, load_state_strict, set_rng_state
-from src.errors import UserError, exit_on_user_error
-from src.logging import JsonLog, ProgressLogger, print_rank0
+from src.args import ArgumentParser, add_amp_args, add_arg, add_dist_args, add_speed_args, autocast_dtype
+from src.errors import UserError
+from src.logging import print_rank0
 from src.methods.deepcluster import (IGNORE, MemoryBank, WithIndex, cluster_memory, deepcluster_loss,
                                      fill_memory_bank)
 from src.methods.swav import LossWatch, SwAVModel, cancel_prototype_grads, normalize_prototypes, uniform_loss
-from src.methods.swav_setup import (add_multicrop_args, add_optim_args, add_run_args, launch,
-                                    build_multicrop_data, build_optimizer, check_multicrop_args, load_rank_file,
-                                    log_model, numbered_epoch, save_rank_file, save_run_checkpoint, wrap_model)
+from src.methods.swav_setup import (add_multicrop_args, add_optim_args, add_run_args, build_multicrop_data,
+                                    build_optimizer, check_multicrop_args, log_model, numbered_copy, wrap_model)
 from src.optim import set_lr
-from src.runtime import StopSignal, check_ranks_in_sync, gather_rng_states
+from src.run.launch import cli, launch
+from src.run.loop import Run
 
 FREEZE_DEFAULT = {"deepcluster": 10 ** 10, "sela": 313}
 
 
 def get_args_parser(add_help=True):
-    parser = argparse.ArgumentParser("DeepCluster-v2 / SeLa-v2 pretraining", add_help=add_help,
+    parser = ArgumentParser("DeepCluster-v2 / SeLa-v2 pretraining", add_help=add_help,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_multicrop_args(parser)
     g = parser.add_argument_group("deepcluster-v2 / sela-v2")
@@ -75,7 +72,7 @@ def get_args_parser(add_help=True):
 # ==================================================================================================
 def main(args):
     check_args(args)
-    launch(train, args)
+    return launch(train, args)
 
 
 def check_args(args):
@@ -93,23 +90,16 @@ def check_args(args):
 def train(args, info):
     """Pretrain; returns the model (unwrapped)."""
     device = info.device
-    os.makedirs(args.dump_path, exist_ok=True)
-    resume_path = find_resume_checkpoint(args.dump_path, args.resume)
-    ckpt = load_checkpoint(resume_path) if resume_path else None
-    seed = ckpt["seed"] if ckpt is not None else args.seed
-    dist.seed_everything(seed, 0)  # the same initial weights on every rank
-    if info.rank == 0:
-        with open(os.path.join(args.dump_path, "args.json"), "w") as f:
-            json.dump({**vars(args), "seed_used": seed, "world_size_used": info.world_size}, f, indent=2)
-        print("args: " + json.dumps(vars(args), sort_keys=True), flush=True)
+    run = Run(info, output_dir=args.dump_path, script="main_deepclusterv2.py", config=vars(args),
+              resume=args.resume, seed=args.seed, lr_flag="--base_lr")
 
     # ==== preparing data ====
-    loader, sampler, dataset, iters_per_epoch = build_multicrop_data(args, info, seed, wrap=WithIndex)
+    loader, sampler, dataset, iters_per_epoch = build_multicrop_data(args, info, run.seed, wrap=WithIndex)
 
     # ==== building model ====
     model, ddp_model = wrap_model(SwAVModel(args.arch, args.feat_dim, args.hidden_mlp, list(args.nmb_prototypes),
                                             cifar_stem=args.cifar_stem), args, info)
-    dist.seed_everything(seed, info.rank)  # then one RNG stream per rank
+    dist.seed_everything(run.seed, info.rank)  # then one RNG stream per rank
     optimizer, lr_schedule = build_optimizer(model, args, iters_per_epoch)
     dtype = autocast_dtype(args, device, info.rank)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
@@ -117,81 +107,62 @@ def train(args, info):
     log_model(model, args, info, len(dataset), iters_per_epoch,
               f", {args.mode}: {len(args.nmb_prototypes)} heads of {' '.join(map(str, args.nmb_prototypes))}")
 
-    # ==== resuming ====
-    start_epoch, start_iter, assignments = 0, 0, None
-    if ckpt is not None:
-        load_state_strict(model, ckpt["state_dict"], "state_dict", resume_path)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, start_iter = ckpt["epoch"], ckpt["iter"]
-        assignments = ckpt["assignments"].to(device) if start_iter > 0 else None  # mid-epoch: this epoch's labels
-        if len(ckpt.get("rng", [])) == info.world_size:
-            set_rng_state(ckpt["rng"][info.rank], device)
-        print_rank0(f"=> resumed from '{resume_path}' at epoch {start_epoch}, iteration {start_iter}", rank=info.rank)
+    # ==== resuming and saving: what a checkpoint holds ====
+    labels = Labels()  # this epoch's cluster labels (a mid-epoch resume must reuse them)
+    run.track(state_dict=model, optimizer=optimizer, scaler=scaler, assignments=labels)
+    run.export("trunk.pth", lambda: model.backbone.state_dict())  # torchvision names, no head
+    bank = MemoryBank(len(args.crops_for_assign), iters_per_epoch * args.batch_size, args.feat_dim, device)
+    saved = run.track_rank_state("mb", bank.state)  # every rank: mb{rank}.pth, as the reference
+    logger = run.progress(iters_per_epoch, args.epochs, args.batch_size * info.world_size, args.print_freq,
+                          max_iters=args.max_iters, save_every=args.save_every_iters, scaled=scaler.is_enabled(),
+                          formats={"Loss": ".4f", "labelled%": "6.2f"})
 
     # ==== memory bank: this rank's file if it belongs to the checkpoint, else one pass over the data ====
-    bank = MemoryBank(len(args.crops_for_assign), iters_per_epoch * args.batch_size, args.feat_dim, device)
-    saved = load_rank_file(args.dump_path, "mb", info.rank, start_epoch, start_iter) if ckpt is not None else None
     if saved is None or not bank.load({k: v.to(device) for k, v in saved.items() if torch.is_tensor(v)}):
-        if start_iter > 0:
-            mb_path = os.path.join(args.dump_path, f"mb{info.rank}.pth")
-            raise UserError(f"resuming mid-epoch needs {mb_path} of the same step (it is missing or stale): "
-                            "restore it, or resume from an epoch-end checkpoint")
-        sampler.set_epoch(start_epoch)
-        dataset.set_epoch(start_epoch)
+        if run.start_iter > 0:
+            raise UserError(f"resuming mid-epoch needs mb{info.rank}.pth of the same step in '{args.dump_path}' "
+                            "(it is missing or stale): restore it, or resume from an epoch-end checkpoint")
+        sampler.set_epoch(run.start_epoch)
+        dataset.set_epoch(run.start_epoch)
         print_rank0("=> filling the memory banks (one pass over the data)", rank=info.rank)
         fill_memory_bank(ddp_model, loader, bank, args.crops_for_assign, iters_per_epoch, device, autocast)
 
     # ==== training ====
-    logger = ProgressLogger(iters_per_epoch, args.epochs, args.batch_size * info.world_size, args.print_freq,
-                            JsonLog(os.path.join(args.dump_path, "log.txt"), info.rank), info.rank,
-                            formats={"Loss": ".4f", "labelled%": "6.2f"})
-    watch = LossWatch(uniform_loss(args.nmb_prototypes), device, scaled=scaler.is_enabled())
-    stop = StopSignal(device)
-
-    def save(epoch, it, numbered=False):
-        watch.check_finite(f"before the checkpoint of epoch {epoch}, iteration {it}")  # never save a NaN model
-        save_rank_file(args.dump_path, "mb", info.rank, bank.state(), epoch, it)  # every rank: mb{rank}.pth
-        rngs = gather_rng_states(device)  # collective: every rank takes part (and has written its bank)
-        if info.rank == 0:
-            state = {"arch": args.arch, "epoch": epoch, "iter": it, "args": vars(args), "seed": seed,
-                     "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scaler": scaler.state_dict(), "rng": rngs, "world_size": info.world_size,
-                     "assignments": assignments.cpu()}
-            save_run_checkpoint(args.dump_path, state, epoch - 1, numbered)
-
-    total_done = start_epoch * iters_per_epoch + start_iter
-    for epoch in range(start_epoch, args.epochs):
-        if start_iter == 0:  # labels from the bank filled during the previous epoch
+    watch = LossWatch(uniform_loss(args.nmb_prototypes), device)
+    for epoch in run.epochs():
+        if run.start_iter == 0:  # labels from the bank filled during the previous epoch
             normalize_prototypes(model)
-            assignments, stats = cluster_memory(model, bank, len(dataset), args.mode, epoch, seed,
-                                                args.nmb_kmeans_iters, args.epsilon, args.sinkhorn_iterations)
+            labels.value, stats = cluster_memory(model, bank, len(dataset), args.mode, epoch, run.seed,
+                                                 args.nmb_kmeans_iters, args.epsilon, args.sinkhorn_iterations)
             log_clusters(stats, args, epoch, info.rank)
-        sampler.set_epoch(epoch, start_index=start_iter * args.batch_size)
+        sampler.set_epoch(epoch, start_index=run.start_iter * args.batch_size)
         dataset.set_epoch(epoch)
-        logger.start_epoch(epoch, start_iter)
+        logger.start_epoch(epoch, run.start_iter)
         watch.start_epoch()
-        steps = train_one_epoch(model, ddp_model, bank, assignments, loader, optimizer, scaler, lr_schedule, epoch,
-                                start_iter, iters_per_epoch, args, device, autocast, logger, watch)
-        for it in steps:  # generator: yields after every step so checkpoints / stops happen here
-            total_done += 1
-            interrupted = stop.requested(it, args.print_freq)
-            if interrupted or (args.max_iters and total_done >= args.max_iters):
-                save(*((epoch, it + 1) if it + 1 < iters_per_epoch else (epoch + 1, 0)))
-                why = "signal" if interrupted else f"--max_iters {args.max_iters}"
-                print_rank0(f"=> stopped by {why} at epoch {epoch}, iteration {it + 1}; checkpoint saved, "
-                            "run the same command to resume", rank=info.rank)
-                return model
-            if args.save_every_iters and (it + 1) % args.save_every_iters == 0 and it + 1 < iters_per_epoch:
-                save(epoch, it + 1)
+        if not run.steps(train_one_epoch(model, ddp_model, bank, labels.value.to(device), loader, optimizer, scaler,
+                                         lr_schedule, epoch, run.start_iter, iters_per_epoch, args, device, autocast,
+                                         logger, watch)):
+            break  # stopped (signal, --max_iters): checkpoint saved
         logger.end_epoch({"lr": float(lr_schedule[(epoch + 1) * iters_per_epoch - 1])})
         warning = watch.end_epoch()
         if warning:
             print_rank0(warning, rank=info.rank)
-        check_ranks_in_sync(dict(model.named_parameters()), device, what="weights and prototypes")
-        save(epoch + 1, 0, numbered=numbered_epoch(epoch, args.epochs, args.checkpoint_freq))
-        start_iter = 0
+        run.end_epoch(dict(model.named_parameters()), what="weights and prototypes",
+                      numbered=numbered_copy(epoch, args.epochs, args.checkpoint_freq))
     return model
+
+
+class Labels:
+    """The epoch's cluster labels, (heads, N) long, saved with the checkpoint as ``assignments``."""
+
+    def __init__(self):
+        self.value = torch.zeros(0, dtype=torch.long)
+
+    def state_dict(self):
+        return self.value.cpu()
+
+    def load_state_dict(self, value):
+        self.value = value
 
 
 def log_clusters(stats, args, epoch, rank):
@@ -207,7 +178,7 @@ def log_clusters(stats, args, epoch, rank):
 
 def train_one_epoch(model, ddp_model, bank, assignments, loader, optimizer, scaler, lr_schedule, epoch, start_iter,
                     iters_per_epoch, args, device, autocast, logger, watch):
-    """One epoch of DeepCluster-v2 / SeLa-v2; a generator yielding the iteration index after each step."""
+    """One epoch of DeepCluster-v2 / SeLa-v2; a generator yielding ``(iteration, loss)`` after each step."""
     model.train()
     bs, n_crops = args.batch_size, sum(args.nmb_crops)
     t_end = time.time()
@@ -246,11 +217,9 @@ def train_one_epoch(model, ddp_model, bank, assignments, loader, optimizer, scal
         known = (targets[0][:bs] != IGNORE).float().mean() * 100
         logger.update(data_time=t_data, step_time=time.time() - t_end, Loss=loss.detach(), **{"labelled%": known})
         logger.maybe_print(it, lr)
-        if (it + 1) % args.print_freq == 0:
-            watch.check_finite(f"epoch {epoch}, iteration {it + 1}")
-        yield it
+        yield it, loss.detach()
         t_end = time.time()
 
 
 if __name__ == "__main__":
-    exit_on_user_error(main)(get_args_parser().parse_args())
+    cli(main, get_args_parser().parse_args)

@@ -32,7 +32,6 @@ SEED-distilled checkpoint converted with `python -m experiments.convert-seed` (s
 """
 import argparse
 import copy
-import json
 import math
 import os
 import sys
@@ -44,43 +43,42 @@ import torch.nn.functional as F
 from torch import nn
 
 from src import dist
-from src.args import add_amp_args, add_arg, add_dist_args, add_speed_args, amp_dtype, autocast_dtype
+from src.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg,
+                      add_dist_args, add_speed_args, amp_dtype, autocast_dtype)
 from src.augment import (MultiCropTransform, MultiScaleCrops, MultiViewTransform, autoaugment_or,
                          moco_color_transform, moco_transform, ssl_small_jitter)
-from src.checkpoint import (find_resume_checkpoint, load_checkpoint, load_state_strict, rng_state,
-                            save_checkpoint, set_rng_state)
 from src.data import ResumableSampler, build_dataset, build_loader, resolve_split
-from src.errors import UserError, exit_on_user_error
-from src.logging import JsonLog, ProgressLogger, print_rank0
-from src.runtime import StopSignal, check_ranks_in_sync
+from src.errors import UserError
+from src.logging import print_rank0
 from src.losses import infonce_logits, knn_positive_loss
 from src.methods.common import check_queue_size, copy_params, momentum_update
 from src.methods.moco import MoCo, load_for_restart
 from src.models import KNOWN_ARCHS
 from src.models.heads import MOCO_HEADS
 from src.optim import moco_lr_schedule, set_lr
-from src.pretrained import read_checkpoint
+from src.pretrained import TRUST_HELP, read_checkpoint
+from src.run.launch import cli, launch
+from src.run.loop import Run
 from src.speed import fused_kwargs, maybe_compile, to_channels_last
 from src.split_data import device_loader, moco_split_transform
 
-
 def get_args_parser(add_help=True):
-    parser = argparse.ArgumentParser("MoCo v1/v2 pretraining", add_help=add_help,
+    parser = ArgumentParser("MoCo v1/v2 pretraining", add_help=add_help,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("data", nargs="?", default=None, metavar="DIR",
                         help="dataset root: DIR/train (or DIR itself) with one folder per class, or a flat folder")
     g = parser.add_argument_group("training (MoCo's flags and defaults)")
     add_arg(g, "-a", "--arch", default="resnet50", help=f"backbone: {', '.join(KNOWN_ARCHS)}")
-    add_arg(g, "-j", "--workers", default=32, type=int, help="data loading workers per node (split over processes)")
-    add_arg(g, "--epochs", default=200, type=int, help="total epochs (200 / 800 in the papers)")
-    add_arg(g, "--start-epoch", default=0, type=int, help="manual epoch number (useful on restarts)")
-    add_arg(g, "-b", "--batch-size", default=256, type=int,
+    add_arg(g, "-j", "--workers", default=32, type=NONNEG_INT, help="data loading workers per node (split over processes)")
+    add_arg(g, "--epochs", default=200, type=POSITIVE_INT, help="total epochs (200 / 800 in the papers)")
+    add_arg(g, "--start-epoch", default=0, type=NONNEG_INT, help="manual epoch number (useful on restarts)")
+    add_arg(g, "-b", "--batch-size", default=256, type=POSITIVE_INT,
             help="TOTAL batch over all processes (256 in the papers; scale --lr linearly: 0.03 per 256)")
-    add_arg(g, "--lr", "--learning-rate", default=0.03, type=float, dest="lr", help="initial lr (0.03 for batch 256)")
+    add_arg(g, "--lr", "--learning-rate", default=0.03, type=POSITIVE, dest="lr", help="initial lr (0.03 for batch 256)")
     add_arg(g, "--schedule", default=[120, 160], nargs="*", type=int, help="epochs where lr drops x0.1 (without --cos)")
-    add_arg(g, "--momentum", default=0.9, type=float, help="SGD momentum")
-    add_arg(g, "--wd", "--weight-decay", default=1e-4, type=float, dest="weight_decay", help="weight decay (1e-4)")
-    add_arg(g, "-p", "--print-freq", default=10, type=int, help="print / log every N iterations")
+    add_arg(g, "--momentum", default=0.9, type=MOMENTUM, help="SGD momentum")
+    add_arg(g, "--wd", "--weight-decay", default=1e-4, type=NONNEG, dest="weight_decay", help="weight decay (1e-4)")
+    add_arg(g, "-p", "--print-freq", default=10, type=POSITIVE_INT, help="print / log every N iterations")
     add_arg(g, "--resume", default="", type=str,
             help="checkpoint to resume from (default: OUTPUT_DIR/checkpoint.pth.tar if it exists)")
     add_arg(g, "--restart", action="store_true",
@@ -89,14 +87,14 @@ def get_args_parser(add_help=True):
                  "afresh (epoch --start-epoch, 0); once OUTPUT_DIR/checkpoint.pth.tar exists the run resumes "
                  "from it instead (pre-emption)")
     add_arg(g, "--trust-checkpoint", action="store_true",
-            help="let --resume --restart unpickle Python objects in a third-party file (runs code from it)")
+            help=TRUST_HELP)
     add_arg(g, "--seed", default=None, type=int, help="seed for init, sampling and augmentation (default: random)")
 
     g = parser.add_argument_group("moco")
-    add_arg(g, "--moco-dim", default=128, type=int, help="feature dimension")
-    add_arg(g, "--moco-k", default=65536, type=int, help="queue size; a multiple of the total batch")
-    add_arg(g, "--moco-m", default=0.999, type=float, help="momentum of the key encoder (0.99-0.9999)")
-    add_arg(g, "--moco-t", default=0.07, type=float, help="softmax temperature (0.07 v1, 0.2 v2)")
+    add_arg(g, "--moco-dim", default=128, type=POSITIVE_INT, help="feature dimension")
+    add_arg(g, "--moco-k", default=65536, type=POSITIVE_INT, help="queue size; a multiple of the total batch")
+    add_arg(g, "--moco-m", default=0.999, type=MOMENTUM, help="momentum of the key encoder (0.99-0.9999)")
+    add_arg(g, "--moco-t", default=0.07, type=POSITIVE, help="softmax temperature (0.07 v1, 0.2 v2)")
     add_arg(g, "--mlp", nargs="?", const="simple", default=None, metavar="KIND",
             help="projection head: --mlp alone is MoCo v2's 2-layer MLP (simple); SSL-small's deep | dropout | "
                  "wide; bn adds BatchNorm (hidden and output, MoCo v3 style); without the flag: MoCo v1's Linear")
@@ -110,17 +108,17 @@ def get_args_parser(add_help=True):
             help="probability of the v2 Gaussian blur, sigma U[0.1, 2] (default 0.5; SSL-small recipe 0.5; "
                  "implies the v2 pipeline)")
     add_arg(g, "--cos", action="store_true", help="MoCo v2: cosine lr schedule (per epoch)")
-    add_arg(g, "--bn-splits", default=0, type=int,
+    add_arg(g, "--bn-splits", default=0, type=NONNEG_INT,
             help="split-BN sub-batches on a single process (0 = auto: 8 with one process, off under DDP)")
-    add_arg(g, "--crop-size", default=224, type=int, help="side of the random resized crops (224; 32-96 on CPU)")
+    add_arg(g, "--crop-size", default=224, type=POSITIVE_INT, help="side of the random resized crops (224; 32-96 on CPU)")
     add_arg(g, "--min-scale", default=0.2, type=float, help="RandomResizedCrop lower area scale (0.2)")
     add_arg(g, "--cifar-stem", action="store_true", help="ResNet 3x3 stride-1 stem without max-pool (small images)")
 
     g = parser.add_argument_group("multi-crop, AutoAugment, nearest-neighbour positives (Van Gansbeke et al. 2021)")
-    add_arg(g, "--num_crops", default=None, type=int, nargs="+",
+    add_arg(g, "--num_crops", default=None, type=POSITIVE_INT, nargs="+",
             help="crops per group, large group first: 2 4 = query + key crop, then 4 small query crops; every "
                  "query crop is contrasted with the one key (default: MoCo's two views at --crop-size)")
-    add_arg(g, "--size_crops", default=None, type=int, nargs="+",
+    add_arg(g, "--size_crops", default=None, type=POSITIVE_INT, nargs="+",
             help="side of each group's crops in px (paper 160 96; default 224 96). Multi-crop blurs with sigma "
                  "0.1-2.0 px at every size, as the reference (the two-view path scales it by --crop-size/224)")
     add_arg(g, "--min_scale_crops", default=None, type=float, nargs="+",
@@ -149,10 +147,10 @@ def get_args_parser(add_help=True):
     add_arg(g, "--output-dir", "--dump-path", "--ckpt-dir", default=".", type=str, dest="output_dir",
             help="where checkpoints, args.json and the JSON log go (MoCo writes to the working directory; "
                  "--ckpt-dir is SSL-small's name)")
-    add_arg(g, "--save-freq", default=1, type=int, help="keep a numbered checkpoint_EEEE.pth.tar every N epochs (0: never)")
-    add_arg(g, "--save-every-iters", default=0, type=int,
+    add_arg(g, "--save-freq", default=1, type=NONNEG_INT, help="keep a numbered checkpoint_EEEE.pth.tar every N epochs (0: never)")
+    add_arg(g, "--save-every-iters", default=0, type=NONNEG_INT,
             help="also refresh checkpoint.pth.tar every N iterations inside an epoch (0: epoch ends only)")
-    add_arg(g, "--max-iters", default=0, type=int,
+    add_arg(g, "--max-iters", default=0, type=NONNEG_INT,
             help="stop (with a checkpoint) after this many iterations in total; for smoke tests (0: off)")
     add_dist_args(parser)
     add_amp_args(parser)
@@ -175,58 +173,24 @@ def main(args):
     if not args.data:
         raise UserError("no dataset given: pass DIR (with train/ and one folder per class) or use --demo")
     check_recipe_args(args)
-    if args.multiprocessing_distributed:
-        nprocs = args.nproc_per_node or max(torch.cuda.device_count(), 1)
-        nodes = max(args.world_size, 1)
-        dist.spawn_workers(worker, nprocs, max(args.rank, 0), nodes, args.dist_url, (args,))
-    else:
-        worker(None, None, None, None, args)
-
-
-def worker(local_rank, rank, world_size, dist_url, args):
-    """One training process: set up the process group (any launcher), train, tear down."""
-    if rank is None:  # not spawned here: torchrun / launch / srun / plain python / MoCo-style manual ranks
-        local_rank, rank, world_size = args.local_rank, args.rank, args.world_size
-        dist_url = args.dist_url if args.dist_url != "env://" else None
-    info = dist.init_distributed(dist_url=dist_url, world_size=world_size, rank=rank, local_rank=local_rank,
-                                 backend=args.dist_backend or None, device=device_arg(args))
-    try:
-        return train(args, info)
-    finally:
-        dist.cleanup()
-
-
-def device_arg(args):
-    if args.device:
-        return args.device
-    if args.gpu is not None:
-        return f"cuda:{args.gpu}"
-    return None
+    return launch(train, args)
 
 
 def train(args, info):
     """Pretrain; returns the MoCo model (unwrapped)."""
     device = info.device
-    os.makedirs(args.output_dir, exist_ok=True)
     check_recipe_args(args)
-    resume_path, restart = resume_source(args)
-    ckpt = load_checkpoint(resume_path) if resume_path and not restart else None
-    seed = ckpt["seed"] if ckpt is not None else args.seed
-    if seed is None:  # MoCo's default: a fresh seed, drawn on rank 0 and shared, since the initial queue and the
-        # sampler's split of the data derive from it and must agree on every rank
-        seed = int(dist.broadcast(torch.tensor(int.from_bytes(os.urandom(4), "little") % 2**31, device=device)))
-    dist.seed_everything(seed, 0)  # the same initial weights on every rank, as MoCo seeds
-    if info.rank == 0:
-        with open(os.path.join(args.output_dir, "args.json"), "w") as f:
-            json.dump({**vars(args), "seed_used": seed, "world_size_used": info.world_size}, f, indent=2)
-        print("args: " + json.dumps({**vars(args), "seed_used": seed}, sort_keys=True), flush=True)
+    # --resume CKPT --restart seeds the weights only; a pre-empted restarted run continues from its own checkpoint
+    run = Run(info, output_dir=args.output_dir, script="main_moco.py", config=vars(args), resume=args.resume,
+              seed=args.seed, start_epoch=args.start_epoch, output_flag="--output-dir", lr_flag="--lr",
+              max_iters_flag="--max-iters", weights_only_resume=args.restart)
 
     # ==== preparing data ====
-    loader, sampler, dataset, per_rank_batch, iters_per_epoch = build_data(args, info, seed)
+    loader, sampler, dataset, per_rank_batch, iters_per_epoch = build_data(args, info, run.seed)
 
     # ==== building model ====
     model, encoder_q, bn_splits = build_model(args, info, per_rank_batch)
-    dist.seed_everything(seed, info.rank)  # then one RNG stream per rank
+    dist.seed_everything(run.seed, info.rank)  # then one RNG stream per rank
     optimizer = torch.optim.SGD(encoder_q.parameters(), args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay, **fused_kwargs(device))
     autocast_dtype(args, device, info.rank)  # fp16 without CUDA: fp32 and one warning line (args updated)
@@ -236,63 +200,27 @@ def train(args, info):
                 f"{per_rank_batch} x {info.world_size} processes, queue {args.moco_k}, bn-splits {bn_splits}",
                 rank=info.rank)
 
-    # ==== resuming ====
-    start_epoch, start_iter = args.start_epoch, 0
-    if restart:  # weights only: new optimizer, epoch --start-epoch (0), this run's seed and RNG
-        restart_from_weights(model, resume_path, args.trust_checkpoint, info.rank)
-    elif ckpt is not None:
-        load_state_strict(model, ckpt["state_dict"], "state_dict", resume_path)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if "scaler" in ckpt:
-            scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, start_iter = ckpt["epoch"], ckpt.get("iter", 0)
-        rngs = ckpt.get("rng")
-        if rngs is not None and len(rngs) == info.world_size:
-            set_rng_state(rngs[info.rank], device)
-        print_rank0(f"=> resumed from '{resume_path}' at epoch {start_epoch}, iteration {start_iter}", rank=info.rank)
+    # ==== resuming and saving: what a checkpoint holds ====
+    if args.restart and run.ckpt is None:  # weights only: new optimizer, epoch --start-epoch (0), this run's seed
+        restart_from_weights(model, args.resume, args.trust_checkpoint, info.rank)
+    run.track(state_dict=model, optimizer=optimizer, scaler=scaler)
+    # the query trunk alone (torchvision names, no head): what evaluations and detectron2 export read
+    run.export("trunk.pth", lambda: {k: v for k, v in model.encoder_q.state_dict().items()
+                                     if not k.startswith("fc.")})
 
     # ==== training ====
-    logger = ProgressLogger(iters_per_epoch, args.epochs, per_rank_batch * info.world_size, args.print_freq,
-                            JsonLog(os.path.join(args.output_dir, "log.txt"), info.rank), info.rank,
-                            formats={"Loss": ".4e", "CE": ".4e", "Aux": ".4e", "Acc@1": "6.2f", "Acc@5": "6.2f"})
-    stop = StopSignal(device)
-
-    def save(epoch, it, numbered=False):
-        rngs = gather_rng_states(device)  # collective: every rank takes part
-        if info.rank != 0:
-            return
-        state = {"arch": args.arch, "epoch": epoch, "iter": it, "args": vars(args), "seed": seed,
-                 "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scaler": scaler.state_dict(), "rng": rngs, "world_size": info.world_size}
-        save_checkpoint(os.path.join(args.output_dir, "checkpoint.pth.tar"), state)
-        if numbered:
-            save_checkpoint(os.path.join(args.output_dir, f"checkpoint_{epoch - 1:04d}.pth.tar"), state)
-
-    total_done = start_epoch * iters_per_epoch + start_iter
-    for epoch in range(start_epoch, args.epochs):
-        sampler.set_epoch(epoch, start_index=start_iter * per_rank_batch)
+    logger = run.progress(iters_per_epoch, args.epochs, per_rank_batch * info.world_size, args.print_freq,
+                          max_iters=args.max_iters, save_every=args.save_every_iters, scaled=scaler.is_enabled(),
+                          formats={"Loss": ".4e", "CE": ".4e", "Aux": ".4e", "Acc@1": "6.2f", "Acc@5": "6.2f"})
+    for epoch in run.epochs():
+        sampler.set_epoch(epoch, start_index=run.start_iter * per_rank_batch)
         dataset.set_epoch(epoch)
-        logger.start_epoch(epoch, start_iter)
-        last = train_one_epoch(model, encoder_q, loader, optimizer, scaler, lr_schedule, epoch, start_iter,
-                               iters_per_epoch, args, device, logger)
-        for it in last:  # generator: yields after every step so checkpoints/stops happen here
-            total_done += 1
-            interrupted = stop.requested(it, args.print_freq)
-            if interrupted or (args.max_iters and total_done >= args.max_iters):
-                if it + 1 < iters_per_epoch:
-                    save(epoch, it + 1)
-                else:  # the epoch is complete: resume at the start of the next one
-                    save(epoch + 1, 0)
-                why = "signal" if interrupted else f"--max-iters {args.max_iters}"
-                print_rank0(f"=> stopped by {why} at epoch {epoch}, iteration {it + 1}; checkpoint saved, "
-                            "run the same command to resume", rank=info.rank)
-                return model
-            if args.save_every_iters and (it + 1) % args.save_every_iters == 0 and it + 1 < iters_per_epoch:
-                save(epoch, it + 1)
+        logger.start_epoch(epoch, run.start_iter)
+        if not run.steps(train_one_epoch(model, encoder_q, loader, optimizer, scaler, lr_schedule, epoch,
+                                         run.start_iter, iters_per_epoch, args, device, logger)):
+            break  # stopped (signal, --max-iters): checkpoint saved
         logger.end_epoch({"lr": float(lr_schedule[(epoch + 1) * iters_per_epoch - 1])})
-        check_ranks_in_sync(replicated_state(model), info.device)
-        save(epoch + 1, 0, numbered=bool(args.save_freq) and (epoch + 1) % args.save_freq == 0)
-        start_iter = 0
+        run.end_epoch(replicated_state(model), numbered=bool(args.save_freq) and (epoch + 1) % args.save_freq == 0)
     return model
 
 
@@ -310,8 +238,7 @@ def build_data(args, info, seed):
         raise UserError(f"{len(dataset)} images in '{root}' is fewer than one batch of {args.batch_size}: "
                         "lower -b/--batch-size")
     sampler = ResumableSampler(len(dataset), num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed)
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", info.world_size)))
-    workers = math.ceil(args.workers / max(local_world, 1))
+    workers = math.ceil(args.workers / dist.local_world_size())
     loader = build_loader(dataset, per_rank_batch, sampler, workers, drop_last=True)
     # the loader draws its workers' base seed from this generator, not from the global RNG, so that
     # starting an epoch (or resuming) does not shift the RNG stream that shuffle-BN uses
@@ -370,7 +297,7 @@ def build_model(args, info, per_rank_batch):
 
 def train_one_epoch(model, encoder_q, loader, optimizer, scaler, lr_schedule, epoch, start_iter, iters_per_epoch,
                     args, device, logger):
-    """One epoch of MoCo; a generator that yields the iteration index after each optimizer step.
+    """One epoch of MoCo; a generator that yields ``(iteration, loss)`` after each optimizer step.
 
     Crop 1 is the key and every other crop a query (MoCo's two views: one query; multi-crop: the first
     large crop and all small ones). With ``--aux-weight`` the nearest-neighbour loss is added from epoch
@@ -426,10 +353,7 @@ def train_one_epoch(model, encoder_q, loader, optimizer, scaler, lr_schedule, ep
         logger.update(data_time=t_data, step_time=time.time() - t_end, Loss=loss.detach(), **extra,
                       **{"Acc@1": acc1, "Acc@5": acc5})
         logger.maybe_print(it, lr)
-        if (it + 1) % args.print_freq == 0 and not math.isfinite(logger.last["Loss"]):
-            raise UserError(f"loss became {float(logger.last['Loss'])} at epoch {epoch}, iteration {it + 1}: "
-                            "lower --lr or disable --amp; the last checkpoint is kept")
-        yield it
+        yield it, loss.detach()
         t_end = time.time()
 
 
@@ -465,18 +389,6 @@ def replicated_state(model):
     queue buffers (queue, and queue_backbone with nearest-neighbour positives); BN running statistics
     legitimately differ (per-rank batches)."""
     return {**dict(model.named_parameters()), **{n: b for n, b in model.named_buffers() if n.startswith("queue")}}
-
-
-def gather_rng_states(device):
-    """Every rank's torch RNG state (rank order), so each resumes its own stream."""
-    state = rng_state(device)
-    torch_states = dist.concat_all_gather(state["torch"].to(device)[None]).cpu()
-    out = []
-    for r in range(torch_states.shape[0]):
-        s = dict(state)
-        s["torch"] = torch_states[r].to(torch.uint8)
-        out.append(s)
-    return out
 
 
 def check_recipe_args(args):
@@ -518,22 +430,6 @@ def check_recipe_args(args):
         raise UserError("--auto-augment runs per sample on the CPU: drop --device-aug (or --auto-augment)")
     if args.restart and not args.resume:
         raise UserError("--restart starts from the weights of --resume CKPT: pass that checkpoint too")
-
-
-def resume_source(args):
-    """What to start from: ``(path or None, restart)``.
-
-    ``--resume`` or ``OUTPUT_DIR/checkpoint.pth.tar`` resume a run (``restart`` False). With ``--restart``
-    the ``--resume`` file only seeds the weights (``restart`` True), unless this run already wrote its own
-    ``OUTPUT_DIR/checkpoint.pth.tar``: then it was pre-empted and continues from there.
-    """
-    path = find_resume_checkpoint(args.output_dir, args.resume)
-    if not args.restart:
-        return path, False
-    latest = os.path.join(args.output_dir, "checkpoint.pth.tar")
-    if os.path.isfile(latest) and not os.path.samefile(latest, args.resume):
-        return latest, False
-    return args.resume, True
 
 
 def restart_from_weights(model, path, trust, rank):
@@ -583,7 +479,7 @@ def run_demo(args):
     for k, v in demo.items():
         setattr(args, k, v)
     print(f"demo: data in {root}, run in {args.output_dir}", flush=True)
-    info = dist.init_distributed(device=device_arg(args))
+    info = dist.init_distributed(device=args.device or None)
     model = train(args, info)
 
     # the same trunk at random init: rebuilding with the run's seed reproduces the initial weights
@@ -609,4 +505,4 @@ DEMO = dict(arch="resnet_tiny", cifar_stem=False, epochs=6, batch_size=128, lr=0
 
 
 if __name__ == "__main__":
-    exit_on_user_error(main)(get_args_parser().parse_args())
+    cli(main, get_args_parser().parse_args)

@@ -32,7 +32,6 @@ CPU, the generated moving-shapes videos (README "Video SCE" has the evaluations 
 """
 import argparse
 import copy
-import json
 import math
 import os
 import sys
@@ -43,31 +42,30 @@ import torch
 from torch import nn
 
 from src import dist
-from src.args import add_amp_args, add_arg, add_dist_args, add_speed_args, amp_dtype, autocast_dtype, bool_flag
+from src.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg,
+                      add_dist_args, add_speed_args, amp_dtype, autocast_dtype, bool_flag)
 from src.augment import sce_multicrop_transform
-from src.checkpoint import (find_resume_checkpoint, load_checkpoint, load_state_strict, save_checkpoint,
-                            set_rng_state)
 from src.data import ResumableSampler, build_dataset, build_loader, resolve_split
-from src.errors import UserError, exit_on_user_error
-from src.logging import JsonLog, ProgressLogger, print_rank0
+from src.errors import UserError
+from src.logging import print_rank0
 from src.methods.common import check_queue_size
 from src.methods.sce import SCE, momentum_schedule, multicrop_sce_loss
 from src.models import KNOWN_ARCHS, VIDEO_ARCHS
 from src.optim import LARS, cosine_schedule, set_lr
-from src.runtime import StopSignal, check_ranks_in_sync, gather_rng_states
+from src.run.launch import cli, launch
+from src.run.loop import Run
 from src.speed import maybe_compile, to_channels_last
 from src.split_data import device_loader, sce_split_transform
 
-
 def get_args_parser(add_help=True):
-    parser = argparse.ArgumentParser("SCE pretraining", add_help=add_help,
+    parser = ArgumentParser("SCE pretraining", add_help=add_help,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = parser.add_argument_group("data and multi-crop (SwAV's flags)")
     add_arg(g, "--data_path", default=None, type=str,
             help="dataset root: DIR/train (or DIR itself) with one folder per class, or a flat folder of images")
-    add_arg(g, "--size_crops", default=[224], type=int, nargs="+",
+    add_arg(g, "--size_crops", default=[224], type=POSITIVE_INT, nargs="+",
             help="crop side per group, pixels (2x224: 224; 5-crop recipe: 224 192 160 128 96)")
-    add_arg(g, "--nmb_crops", default=[2], type=int, nargs="+",
+    add_arg(g, "--nmb_crops", default=[2], type=POSITIVE_INT, nargs="+",
             help="crops per group; the first group's first two crops are the global views (5-crop: 2 1 1 1 1)")
     add_arg(g, "--min_scale_crops", default=[0.2], type=float, nargs="+",
             help="RandomResizedCrop min area per group (0.2; 5-crop: 0.2 0.172 0.143 0.114 0.086)")
@@ -77,15 +75,15 @@ def get_args_parser(add_help=True):
             help="Gaussian blur probability of global view 1, global view 2, each local crop (1.0 0.1 0.5)")
     add_arg(g, "--solarize_prob", default=[0.0, 0.2, 0.2], type=float, nargs=3,
             help="solarize probability of global view 1, global view 2, each local crop (0 0.2 0.2)")
-    add_arg(g, "--workers", default=10, type=int, help="data loading workers per process (8-12 per GPU)")
+    add_arg(g, "--workers", default=10, type=NONNEG_INT, help="data loading workers per process (8-12 per GPU)")
 
     g = parser.add_argument_group("sce")
     add_arg(g, "--arch", default="resnet50", type=str, help=f"backbone: {', '.join(KNOWN_ARCHS)}")
     add_arg(g, "--cifar_stem", action="store_true",
             help="ResNet 3x3 stride-1 stem without max-pool, for 32-96 px images (off for ImageNet)")
-    add_arg(g, "--feat_dim", default=256, type=int, help="projection / queue feature size (256)")
-    add_arg(g, "--proj_hidden_dim", default=4096, type=int, help="projector hidden width (4096 for ResNet-50)")
-    add_arg(g, "--pred_hidden_dim", default=4096, type=int, help="predictor hidden width (4096 for ResNet-50)")
+    add_arg(g, "--feat_dim", default=256, type=POSITIVE_INT, help="projection / queue feature size (256)")
+    add_arg(g, "--proj_hidden_dim", default=4096, type=POSITIVE_INT, help="projector hidden width (4096 for ResNet-50)")
+    add_arg(g, "--pred_hidden_dim", default=4096, type=POSITIVE_INT, help="predictor hidden width (4096 for ResNet-50)")
     add_arg(g, "--temperature", default=0.1, type=float, help="tau of the online distribution (0.1)")
     add_arg(g, "--temperature_m", default=0.07, type=float,
             help="tau_m of the target distribution (0.07 ImageNet configs; 0.05 video; 0.03-0.1)")
@@ -94,7 +92,7 @@ def get_args_parser(add_help=True):
     add_arg(g, "--mask_positive", default=False, type=bool_flag, nargs="?", const=True,
             help="paper's strict mask: probability 0 on the positive in the relational target (default false: "
                  "the reference code's logit 0, whose effect is tiny)")
-    add_arg(g, "--queue_size", default=65536, type=int,
+    add_arg(g, "--queue_size", default=65536, type=POSITIVE_INT,
             help="K, keys in the queue; a multiple of 2 x global batch (65536; 2 views enqueued per step)")
     add_arg(g, "--momentum_start", default=0.99, type=float,
             help="EMA momentum at step 0, cosine to 1.0 at the last step (0.99; 0.99-0.999)")
@@ -103,18 +101,18 @@ def get_args_parser(add_help=True):
                  "crop, per-view BN statistics, as the reference)")
 
     g = parser.add_argument_group("optimization (LARS)")
-    add_arg(g, "--epochs", default=200, type=int, help="total epochs (100 / 200 / 300 / 1000 in the paper)")
-    add_arg(g, "--batch_size", default=512, type=int,
+    add_arg(g, "--epochs", default=200, type=POSITIVE_INT, help="total epochs (100 / 200 / 300 / 1000 in the paper)")
+    add_arg(g, "--batch_size", default=512, type=POSITIVE_INT,
             help="images per process (global 4096: 8 GPUs x 512 for 2 crops, 16 x 256 for multi-crop)")
-    add_arg(g, "--base_lr", default=0.3, type=float,
+    add_arg(g, "--base_lr", default=0.3, type=POSITIVE,
             help="lr per 256 images: lr = base_lr * global batch / 256 (0.3; 0.6 for the 100-epoch run)")
-    add_arg(g, "--final_lr", default=0.0, type=float, help="lr at the end of the cosine (0)")
+    add_arg(g, "--final_lr", default=0.0, type=NONNEG, help="lr at the end of the cosine (0)")
     add_arg(g, "--warmup_epochs", default=10, type=float, help="linear warmup from --start_warmup (10)")
-    add_arg(g, "--start_warmup", default=0.0, type=float, help="lr at step 0 of the warmup (0)")
-    add_arg(g, "--wd", "--weight_decay", default=1e-6, type=float, dest="wd",
+    add_arg(g, "--start_warmup", default=0.0, type=NONNEG, help="lr at step 0 of the warmup (0)")
+    add_arg(g, "--wd", "--weight_decay", default=1e-6, type=NONNEG, dest="wd",
             help="weight decay of weights with ndim > 1 (1e-6; 1.5e-6 for 1000 epochs)")
-    add_arg(g, "--lars_momentum", default=0.9, type=float, help="LARS heavy-ball momentum (0.9)")
-    add_arg(g, "--trust_coefficient", default=1e-3, type=float, help="LARS eta (1e-3)")
+    add_arg(g, "--lars_momentum", default=0.9, type=MOMENTUM, help="LARS heavy-ball momentum (0.9)")
+    add_arg(g, "--trust_coefficient", default=1e-3, type=POSITIVE, help="LARS eta (1e-3)")
     add_arg(g, "--sync_bn", default=True, type=bool_flag, nargs="?", const=True,
             help="SyncBatchNorm across processes (true, as the reference; CUDA only, disabled with a warning "
                  "on a CPU run with several processes)")
@@ -123,15 +121,15 @@ def get_args_parser(add_help=True):
     g = parser.add_argument_group("output and checkpoints")
     add_arg(g, "--dump_path", "--output_dir", default=".", type=str, dest="dump_path",
             help="where checkpoint.pth.tar, trunk.pth (torchvision layout), args.json and log.txt go")
-    add_arg(g, "--checkpoint_freq", default=25, type=int,
+    add_arg(g, "--checkpoint_freq", default=25, type=NONNEG_INT,
             help="keep a numbered checkpoint_EEEE.pth.tar every N epochs (0: never)")
-    add_arg(g, "--save_every_iters", default=0, type=int,
+    add_arg(g, "--save_every_iters", default=0, type=NONNEG_INT,
             help="also refresh checkpoint.pth.tar every N iterations inside an epoch (0: epoch ends only)")
-    add_arg(g, "--max_iters", default=0, type=int,
+    add_arg(g, "--max_iters", default=0, type=NONNEG_INT,
             help="stop (with a checkpoint) after this many iterations in total; for smoke tests (0: off)")
     add_arg(g, "--resume", default="", type=str,
             help="checkpoint to resume from (default: DUMP_PATH/checkpoint.pth.tar if it exists)")
-    add_arg(g, "--print_freq", default=10, type=int, help="print / log every N iterations")
+    add_arg(g, "--print_freq", default=10, type=POSITIVE_INT, help="print / log every N iterations")
     add_dist_args(parser)
     add_amp_args(parser)
     add_speed_args(parser)
@@ -145,7 +143,7 @@ def get_args_parser(add_help=True):
                  "clips as the 2 views, and every flag left unset takes the video recipe's value (VIDEO_DEFAULTS: "
                  "r3d50, batch 64 per process, base_lr 2.4, warmup 35, tau_m 0.05, crop scale 0.2-0.766, queue "
                  "32768 for r3d18, heads 1024 wide for r3d18)")
-    add_arg(g, "--num_frames", default=8, type=int,
+    add_arg(g, "--num_frames", default=8, type=POSITIVE_INT,
             help="frames per clip, uniformly spaced over the clip (8 or 16 in the paper; 4 on a CPU)")
     add_arg(g, "--clip_duration", default=2.56, type=float, help="clip length in seconds (2.56)")
     add_arg(g, "--temporal_diff_prob", default=0.2, type=float,
@@ -198,11 +196,7 @@ def main(args):
     check_args(args)
     if not args.data_path:
         raise UserError("no dataset given: pass --data_path DIR (with train/ and one folder per class) or use --demo")
-    if args.multiprocessing_distributed:
-        nprocs = args.nproc_per_node or max(torch.cuda.device_count(), 1)
-        dist.spawn_workers(worker, nprocs, max(args.rank, 0), max(args.world_size, 1), args.dist_url, (args,))
-    else:
-        worker(None, None, None, None, args)
+    return launch(train, args)
 
 
 def check_args(args):
@@ -241,39 +235,18 @@ def check_args(args):
                         f"{args.num_frames}, {args.clip_duration}, {args.temporal_diff_prob}")
 
 
-def worker(local_rank, rank, world_size, dist_url, args):
-    """One training process: set up the process group (any launcher), train, tear down."""
-    if rank is None:  # not spawned here: torchrun / launch / srun / plain python / MoCo-style manual ranks
-        local_rank, rank, world_size = args.local_rank, args.rank, args.world_size
-        dist_url = args.dist_url if args.dist_url != "env://" else None
-    device = args.device or (f"cuda:{args.gpu}" if args.gpu is not None else None)
-    info = dist.init_distributed(dist_url=dist_url, world_size=world_size, rank=rank, local_rank=local_rank,
-                                 backend=args.dist_backend or None, device=device)
-    try:
-        return train(args, info)
-    finally:
-        dist.cleanup()
-
-
 def train(args, info):
     """Pretrain; returns the SCE model (unwrapped)."""
     device = info.device
-    os.makedirs(args.dump_path, exist_ok=True)
-    resume_path = find_resume_checkpoint(args.dump_path, args.resume)
-    ckpt = load_checkpoint(resume_path) if resume_path else None
-    seed = ckpt["seed"] if ckpt is not None else args.seed
-    dist.seed_everything(seed, 0)  # the same initial weights and queue on every rank
-    if info.rank == 0:
-        with open(os.path.join(args.dump_path, "args.json"), "w") as f:
-            json.dump({**vars(args), "seed_used": seed, "world_size_used": info.world_size}, f, indent=2)
-        print("args: " + json.dumps(vars(args), sort_keys=True), flush=True)
+    run = Run(info, output_dir=args.dump_path, script="main_sce.py", config=vars(args), resume=args.resume,
+              seed=args.seed, lr_flag="--base_lr")
 
     # ==== preparing data ====
-    loader, sampler, dataset, iters_per_epoch = build_data(args, info, seed)
+    loader, sampler, dataset, iters_per_epoch = build_data(args, info, run.seed)
 
     # ==== building model ====
     model, online, target = build_model(args, info)
-    dist.seed_everything(seed, info.rank)  # then one RNG stream per rank
+    dist.seed_everything(run.seed, info.rank)  # then one RNG stream per rank
     global_batch = args.batch_size * info.world_size
     lr = args.base_lr * global_batch / 256
     optimizer = LARS(model.online_params(), lr=lr, weight_decay=args.wd, momentum=args.lars_momentum,
@@ -288,64 +261,27 @@ def train(args, info):
                 f"{crop_list(args)}" + (f" x {args.num_frames} frames" if args.modality == "video" else "") +
                 f", queue {args.queue_size}, lr {lr:g}", rank=info.rank)
 
-    # ==== resuming ====
-    start_epoch, start_iter = 0, 0
-    if ckpt is not None:
-        load_state_strict(model, ckpt["state_dict"], "state_dict", resume_path)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, start_iter = ckpt["epoch"], ckpt["iter"]
-        if len(ckpt.get("rng", [])) == info.world_size:
-            set_rng_state(ckpt["rng"][info.rank], device)
-        elif start_iter:
-            print_rank0(f"warning: the checkpoint was written by {len(ckpt.get('rng', []))} processes, this run has "
-                        f"{info.world_size}: the rest of epoch {start_epoch} sees a different split of the data",
-                        rank=info.rank)
-        print_rank0(f"=> resumed from '{resume_path}' at epoch {start_epoch}, iteration {start_iter}", rank=info.rank)
+    # ==== resuming and saving: what a checkpoint holds ====
+    run.track(state_dict=model, optimizer=optimizer, scaler=scaler)
+    # the online trunk alone, torchvision names (conv1.weight, layer1.0.bn1.*, no fc): load it with
+    # torchvision.models.resnet50().load_state_dict(sd, strict=False) or any --pretrained flag here
+    run.export("trunk.pth", lambda: model.trunk.state_dict())
 
     # ==== training ====
-    logger = ProgressLogger(iters_per_epoch, args.epochs, global_batch, args.print_freq,
-                            JsonLog(os.path.join(args.dump_path, "log.txt"), info.rank), info.rank,
-                            formats={"Loss": ".4f", "m": ".5f"})
-    stop = StopSignal(device)
-
-    def save(epoch, it, numbered=False):
-        rngs = gather_rng_states(device)  # collective: every rank takes part
-        if info.rank != 0:
-            return
-        state = {"arch": args.arch, "epoch": epoch, "iter": it, "args": vars(args), "seed": seed,
-                 "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scaler": scaler.state_dict(), "rng": rngs, "world_size": info.world_size}
-        save_checkpoint(os.path.join(args.dump_path, "checkpoint.pth.tar"), state)
-        # the online trunk alone, torchvision names (conv1.weight, layer1.0.bn1.*, no fc): load it with
-        # torchvision.models.resnet50().load_state_dict(sd, strict=False) or any --pretrained flag here
-        save_checkpoint(os.path.join(args.dump_path, "trunk.pth"), model.trunk.state_dict())
-        if numbered:
-            save_checkpoint(os.path.join(args.dump_path, f"checkpoint_{epoch - 1:04d}.pth.tar"), state)
-
-    total_done = start_epoch * iters_per_epoch + start_iter
-    for epoch in range(start_epoch, args.epochs):
-        sampler.set_epoch(epoch, start_index=start_iter * args.batch_size)
+    logger = run.progress(iters_per_epoch, args.epochs, global_batch, args.print_freq, max_iters=args.max_iters,
+                          save_every=args.save_every_iters, formats={"Loss": ".4f", "m": ".5f"},
+                          scaled=scaler.is_enabled())
+    for epoch in run.epochs():
+        sampler.set_epoch(epoch, start_index=run.start_iter * args.batch_size)
         dataset.set_epoch(epoch)
-        logger.start_epoch(epoch, start_iter)
-        steps = train_one_epoch(model, online, target, loader, optimizer, scaler, lr_schedule, m_schedule, epoch,
-                                start_iter, iters_per_epoch, args, device, logger)
-        for it in steps:  # generator: yields after every step so checkpoints / stops happen here
-            total_done += 1
-            interrupted = stop.requested(it, args.print_freq)
-            if interrupted or (args.max_iters and total_done >= args.max_iters):
-                save(*((epoch, it + 1) if it + 1 < iters_per_epoch else (epoch + 1, 0)))
-                why = "signal" if interrupted else f"--max_iters {args.max_iters}"
-                print_rank0(f"=> stopped by {why} at epoch {epoch}, iteration {it + 1}; checkpoint saved, "
-                            "run the same command to resume", rank=info.rank)
-                return model
-            if args.save_every_iters and (it + 1) % args.save_every_iters == 0 and it + 1 < iters_per_epoch:
-                save(epoch, it + 1)
-        logger.end_epoch({"lr": float(lr_schedule[(epoch + 1) * iters_per_epoch - 1]),
-                          "momentum": float(m_schedule[(epoch + 1) * iters_per_epoch - 1])})
-        check_ranks_in_sync(replicated_state(model), device)
-        save(epoch + 1, 0, numbered=bool(args.checkpoint_freq) and (epoch + 1) % args.checkpoint_freq == 0)
-        start_iter = 0
+        logger.start_epoch(epoch, run.start_iter)
+        if not run.steps(train_one_epoch(model, online, target, loader, optimizer, scaler, lr_schedule, m_schedule,
+                                         epoch, run.start_iter, iters_per_epoch, args, device, logger)):
+            break  # stopped (signal, --max_iters): checkpoint saved
+        last = (epoch + 1) * iters_per_epoch - 1
+        logger.end_epoch({"lr": float(lr_schedule[last]), "momentum": float(m_schedule[last])})
+        run.end_epoch(replicated_state(model),
+                      numbered=bool(args.checkpoint_freq) and (epoch + 1) % args.checkpoint_freq == 0)
     return model
 
 
@@ -421,7 +357,7 @@ def replicated_state(model):
 
 def train_one_epoch(model, online, target, loader, optimizer, scaler, lr_schedule, m_schedule, epoch, start_iter,
                     iters_per_epoch, args, device, logger):
-    """One epoch of SCE; a generator that yields the iteration index after each optimizer step."""
+    """One epoch of SCE; a generator that yields ``(iteration, loss)`` after each optimizer step."""
     model.train()  # the target branch too: its BN uses batch statistics, as in the reference
     dtype = amp_dtype(args)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
@@ -459,10 +395,7 @@ def train_one_epoch(model, online, target, loader, optimizer, scaler, lr_schedul
 
         logger.update(data_time=t_data, step_time=time.time() - t_end, Loss=loss.detach(), m=float(m_schedule[step]))
         logger.maybe_print(it, float(lr_schedule[step]))
-        if (it + 1) % args.print_freq == 0 and not scaler.is_enabled() and not math.isfinite(logger.last["Loss"]):
-            raise UserError(f"loss became {float(logger.last['Loss'])} at epoch {epoch}, iteration {it + 1}: "
-                            "lower --base_lr or change --amp; the last checkpoint is kept")
-        yield it
+        yield it, loss.detach()
         t_end = time.time()
 
 
@@ -508,4 +441,4 @@ DEMO = dict(arch="resnet_tiny", cifar_stem=False, epochs=6, batch_size=128, base
 
 
 if __name__ == "__main__":
-    exit_on_user_error(main)(parse_args())
+    cli(main, parse_args)

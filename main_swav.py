@@ -24,7 +24,6 @@ CPU, two processes, small crops (see README for the demo data):
         --freeze_prototypes_niters 20 --epochs 2 --workers 1 --use_fp16 false --dump_path runs/swav-cpu
 """
 import argparse
-import json
 import os
 import time
 from contextlib import nullcontext
@@ -32,22 +31,20 @@ from contextlib import nullcontext
 import torch
 
 from src import dist
-from src.args import add_amp_args, add_arg, add_dist_args, add_speed_args, autocast_dtype
-from src.checkpoint import find_resume_checkpoint, load_checkpoint, load_state_strict, set_rng_state
-from src.errors import UserError, exit_on_user_error
-from src.logging import JsonLog, ProgressLogger, print_rank0
+from src.args import ArgumentParser, add_amp_args, add_arg, add_dist_args, add_speed_args, autocast_dtype
+from src.errors import UserError
+from src.logging import print_rank0
 from src.losses import distributed_sinkhorn, swav_loss
 from src.methods.swav import (LossWatch, SwAVModel, SwAVQueue, cancel_prototype_grads, code_entropies,
                               normalize_prototypes, uniform_loss)
-from src.methods.swav_setup import (add_multicrop_args, add_optim_args, add_run_args, launch,
-                                    build_multicrop_data, build_optimizer, check_multicrop_args, load_rank_file,
-                                    log_model, numbered_epoch, save_rank_file, save_run_checkpoint, wrap_model)
+from src.methods.swav_setup import (add_multicrop_args, add_optim_args, add_run_args, build_multicrop_data,
+                                    build_optimizer, check_multicrop_args, log_model, numbered_copy, wrap_model)
 from src.optim import set_lr
-from src.runtime import StopSignal, check_ranks_in_sync, gather_rng_states
-
+from src.run.launch import cli, launch
+from src.run.loop import Run
 
 def get_args_parser(add_help=True):
-    parser = argparse.ArgumentParser("SwAV pretraining", add_help=add_help,
+    parser = ArgumentParser("SwAV pretraining", add_help=add_help,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_multicrop_args(parser)
     g = parser.add_argument_group("swav")
@@ -81,7 +78,7 @@ def main(args):
     if args.demo:
         return run_demo(args)
     check_args(args)
-    launch(train, args)
+    return launch(train, args)
 
 
 def check_args(args):
@@ -96,23 +93,17 @@ def check_args(args):
 def train(args, info):
     """Pretrain; returns the SwAV model (unwrapped)."""
     device = info.device
-    os.makedirs(args.dump_path, exist_ok=True)
-    resume_path = find_resume_checkpoint(args.dump_path, args.resume)
-    ckpt = load_checkpoint(resume_path) if resume_path else None
-    seed = ckpt["seed"] if ckpt is not None else args.seed
-    dist.seed_everything(seed, 0)  # the same initial weights on every rank
-    if info.rank == 0:
-        with open(os.path.join(args.dump_path, "args.json"), "w") as f:
-            json.dump({**vars(args), "seed_used": seed, "world_size_used": info.world_size}, f, indent=2)
-        print("args: " + json.dumps(vars(args), sort_keys=True), flush=True)
+    run = Run(info, output_dir=args.dump_path, script="main_swav.py", config=vars(args), resume=args.resume,
+              seed=args.seed, lr_flag="--base_lr",
+              nan_hint="lower --base_lr, raise --epsilon (Sinkhorn) or turn AMP off (--use_fp16 false)")
 
     # ==== preparing data ====
-    loader, sampler, dataset, iters_per_epoch = build_multicrop_data(args, info, seed)
+    loader, sampler, dataset, iters_per_epoch = build_multicrop_data(args, info, run.seed)
 
     # ==== building model ====
     model, ddp_model = wrap_model(SwAVModel(args.arch, args.feat_dim, args.hidden_mlp, args.nmb_prototypes,
                                             cifar_stem=args.cifar_stem), args, info)
-    dist.seed_everything(seed, info.rank)  # then one RNG stream per rank
+    dist.seed_everything(run.seed, info.rank)  # then one RNG stream per rank
     optimizer, lr_schedule = build_optimizer(model, args, iters_per_epoch)
     dtype = autocast_dtype(args, device, info.rank)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -121,77 +112,46 @@ def train(args, info):
     log_model(model, args, info, len(dataset), iters_per_epoch,
               f", queue {queue_length} from epoch {args.epoch_queue_starts}" if queue_length else ", no queue")
 
-    # ==== resuming ====
-    start_epoch, start_iter, queue = 0, 0, None
-    if ckpt is not None:
-        load_state_strict(model, ckpt["state_dict"], "state_dict", resume_path)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, start_iter = ckpt["epoch"], ckpt["iter"]
-        if len(ckpt.get("rng", [])) == info.world_size:
-            set_rng_state(ckpt["rng"][info.rank], device)
-        saved = load_rank_file(args.dump_path, "queue", info.rank, start_epoch, start_iter)
-        if saved is not None and queue_length and saved["queue"].shape[1] == queue_length // info.world_size:
-            queue = SwAVQueue(len(args.crops_for_assign), queue_length // info.world_size, args.feat_dim, device)
-            queue.load(saved["queue"].to(device))
-        print_rank0(f"=> resumed from '{resume_path}' at epoch {start_epoch}, iteration {start_iter}"
-                    + (", queue restored" if queue is not None else ""), rank=info.rank)
+    # ==== resuming and saving: what a checkpoint holds ====
+    run.track(state_dict=model, optimizer=optimizer, scaler=scaler)
+    run.export("trunk.pth", lambda: model.backbone.state_dict())  # torchvision names, no head
+    queue = None  # every rank keeps its own queue in queue{rank}.pth, as the reference
+    saved = run.track_rank_state("queue", lambda: None if queue is None else {"queue": queue.queue.cpu()})
+    if saved is not None and queue_length and saved["queue"].shape[1] == queue_length // info.world_size:
+        queue = SwAVQueue(len(args.crops_for_assign), queue_length // info.world_size, args.feat_dim, device)
+        queue.load(saved["queue"].to(device))
 
     # ==== training ====
-    logger = ProgressLogger(iters_per_epoch, args.epochs, global_batch, args.print_freq,
-                            JsonLog(os.path.join(args.dump_path, "log.txt"), info.rank), info.rank,
-                            formats={"Loss": ".4f", "H(avg code)": ".3f", "H(code)": ".3f"})
-    watch = LossWatch(uniform_loss(args.nmb_prototypes), device, scaled=scaler.is_enabled())
-    stop = StopSignal(device)
-
-    def save(epoch, it, numbered=False):
-        watch.check_finite(f"before the checkpoint of epoch {epoch}, iteration {it}")  # never save a NaN model
-        if queue is not None:  # every rank: its own queue, stamped with this step (reference: queue{rank}.pth)
-            save_rank_file(args.dump_path, "queue", info.rank, {"queue": queue.queue.cpu()}, epoch, it)
-        rngs = gather_rng_states(device)  # collective: every rank takes part (and has written its queue)
-        if info.rank == 0:
-            state = {"arch": args.arch, "epoch": epoch, "iter": it, "args": vars(args), "seed": seed,
-                     "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scaler": scaler.state_dict(), "rng": rngs, "world_size": info.world_size}
-            save_run_checkpoint(args.dump_path, state, epoch - 1, numbered)
-
-    total_done = start_epoch * iters_per_epoch + start_iter
-    for epoch in range(start_epoch, args.epochs):
-        sampler.set_epoch(epoch, start_index=start_iter * args.batch_size)
+    logger = run.progress(iters_per_epoch, args.epochs, global_batch, args.print_freq, max_iters=args.max_iters,
+                          save_every=args.save_every_iters, scaled=scaler.is_enabled(),
+                          formats={"Loss": ".4f", "H(avg code)": ".3f", "H(code)": ".3f"},
+                          note=", queue restored" if queue is not None else "")
+    watch = LossWatch(uniform_loss(args.nmb_prototypes), device)
+    for epoch in run.epochs():
+        sampler.set_epoch(epoch, start_index=run.start_iter * args.batch_size)
         dataset.set_epoch(epoch)
         if queue is None and queue_length > 0 and epoch >= args.epoch_queue_starts:
             queue = SwAVQueue(len(args.crops_for_assign), queue_length // info.world_size, args.feat_dim, device)
         if queue is not None:
             queue.in_use = False  # the reference's use_the_queue, reset every epoch (true again once full)
-        logger.start_epoch(epoch, start_iter)
+        logger.start_epoch(epoch, run.start_iter)
         watch.start_epoch()
-        steps = train_one_epoch(model, ddp_model, queue, loader, optimizer, scaler, lr_schedule, epoch, start_iter,
-                                iters_per_epoch, args, device, dtype, logger, watch)
-        for it in steps:  # generator: yields after every step so checkpoints / stops happen here
-            total_done += 1
-            interrupted = stop.requested(it, args.print_freq)
-            if interrupted or (args.max_iters and total_done >= args.max_iters):
-                save(*((epoch, it + 1) if it + 1 < iters_per_epoch else (epoch + 1, 0)))
-                why = "signal" if interrupted else f"--max_iters {args.max_iters}"
-                print_rank0(f"=> stopped by {why} at epoch {epoch}, iteration {it + 1}; checkpoint saved, "
-                            "run the same command to resume", rank=info.rank)
-                return model
-            if args.save_every_iters and (it + 1) % args.save_every_iters == 0 and it + 1 < iters_per_epoch:
-                save(epoch, it + 1)
+        if not run.steps(train_one_epoch(model, ddp_model, queue, loader, optimizer, scaler, lr_schedule, epoch,
+                                         run.start_iter, iters_per_epoch, args, device, dtype, logger, watch)):
+            break  # stopped (signal, --max_iters): checkpoint saved
         logger.end_epoch({"lr": float(lr_schedule[(epoch + 1) * iters_per_epoch - 1]),
                           "queue_in_use": bool(queue is not None and queue.in_use)})
         warning = watch.end_epoch()
         if warning:
             print_rank0(warning, rank=info.rank)
-        check_ranks_in_sync(dict(model.named_parameters()), device, what="weights and prototypes")
-        save(epoch + 1, 0, numbered=numbered_epoch(epoch, args.epochs, args.checkpoint_freq))
-        start_iter = 0
+        run.end_epoch(dict(model.named_parameters()), what="weights and prototypes",
+                      numbered=numbered_copy(epoch, args.epochs, args.checkpoint_freq))
     return model
 
 
 def train_one_epoch(model, ddp_model, queue, loader, optimizer, scaler, lr_schedule, epoch, start_iter,
                     iters_per_epoch, args, device, dtype, logger, watch):
-    """One epoch of SwAV (spec A.3b); a generator that yields the iteration index after each optimizer step."""
+    """One epoch of SwAV (spec A.3b); a generator that yields ``(iteration, loss)`` after each optimizer step."""
     model.train()
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
     bs = args.batch_size
@@ -238,9 +198,7 @@ def train_one_epoch(model, ddp_model, queue, loader, optimizer, scaler, lr_sched
         logger.update(data_time=t_data, step_time=time.time() - t_end, Loss=loss.detach(),
                       **{"H(avg code)": h_avg, "H(code)": h_code})
         logger.maybe_print(it, lr)
-        if (it + 1) % args.print_freq == 0:
-            watch.check_finite(f"epoch {epoch}, iteration {it + 1}")
-        yield it
+        yield it, loss.detach()
         t_end = time.time()
 
 
@@ -283,4 +241,4 @@ DEMO = dict(arch="resnet_tiny", cifar_stem=False, hidden_mlp=512, feat_dim=128, 
 
 
 if __name__ == "__main__":
-    exit_on_user_error(main)(get_args_parser().parse_args())
+    cli(main, get_args_parser().parse_args)

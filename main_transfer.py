@@ -35,7 +35,6 @@ grey, flip) to train, 10 clips x 3 crops of 256 px with averaged softmax to test
     torchrun --nproc_per_node=8 main_transfer.py /datasets/UCF-101 --modality video --dataset ucf101 --finetune \
         --splits_dir /datasets/ucfTrainTestlist --split_id 1 --pretrained runs/video_sce_r3d50/checkpoint.pth.tar
 """
-import argparse
 import json
 import math
 import os
@@ -46,19 +45,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from src import dist
-from src.args import add_amp_args, add_arg, add_dist_args, amp_dtype, autocast_dtype
-from src.checkpoint import find_resume_checkpoint, load_checkpoint, load_state_strict, save_checkpoint
+from src.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg, add_dist_args,
+                      amp_dtype, autocast_dtype)
 from src.cifar import CifarPickleDataset, find_cifar_folder
-from src.classifier import (LinearClassifier, Results, ShardSampler, autocast, evaluate, fingerprint, test_transform,
-                            train_transform)
+from src.classifier import (LinearClassifier, Results, ShardSampler, autocast, content_hash, evaluate, fingerprint,
+                            test_transform, train_transform)
 from src.data import ResumableSampler, SafeImageFolder, build_loader
 from src.errors import UserError, exit_on_user_error
-from src.launch import launch
-from src.logging import JsonLog, ProgressLogger, print_rank0
+from src.logging import print_rank0
 from src.optim import cosine_schedule, moco_lr_schedule, set_lr
 from src.pair_eval import build_trunk
 from src.pretrained import add_pretrained_args
-from src.runtime import StopSignal
+from src.run.checkpoint import find_resume_checkpoint, save_checkpoint
+from src.run.launch import launch
+from src.run.loop import Run
 from src.video.build import add_video_eval_args, eval_samples, eval_sets
 
 DATASETS = ("cifar10", "cifar100", "caltech101", "folder", "ucf101", "hmdb51")  # the last two: --modality video
@@ -71,38 +71,38 @@ RECIPES = {"linear": dict(epochs=60, schedule=[40], gamma=0.1, lr={"cifar10": 1.
 
 
 def get_args_parser(add_help=False):
-    parser = argparse.ArgumentParser("Transfer evaluation", add_help=add_help)
+    parser = ArgumentParser("Transfer evaluation", add_help=add_help)
     parser.add_argument("data", metavar="DIR",
                         help="CIFAR: the folder holding cifar-10-batches-py / cifar-100-python; otherwise the folder "
                              "holding train/ and test/ (or val/) class folders")
     g = parser.add_argument_group("data")
     add_arg(g, "--dataset", default="cifar10", choices=DATASETS,
             help="cifar10 | cifar100 (python pickles) | caltech101 | folder (train/ + test/ image folders)")
-    add_arg(g, "--crop-size", default=224, type=int,
+    add_arg(g, "--crop-size", default=224, type=POSITIVE_INT,
             help="train crop and test side in px (224; CIFAR's native 32 for quick CPU runs)")
-    add_arg(g, "--resize", default=256, type=int, help="image folders: test shorter side before the centre crop (256)")
-    add_arg(g, "-j", "--workers", default=32, type=int, help="data loading workers per node, split over processes (32)")
+    add_arg(g, "--resize", default=256, type=POSITIVE_INT, help="image folders: test shorter side before the centre crop (256)")
+    add_arg(g, "-j", "--workers", default=32, type=NONNEG_INT, help="data loading workers per node, split over processes (32)")
     g = parser.add_argument_group("trunk")
     add_pretrained_args(g)
     add_arg(g, "--seed", default=0, type=int, help="seed of the head, sampling, augmentation and a random trunk (0)")
     g = parser.add_argument_group("training (unset values: the published recipe of the mode)")
     add_arg(g, "--finetune", action="store_true",
             help="train the whole network in train mode (default: linear on frozen, L2-normalised features)")
-    add_arg(g, "--epochs", default=None, type=int, help="epochs (linear 60, fine-tune 100)")
-    add_arg(g, "-b", "--batch-size", default=None, type=int,
+    add_arg(g, "--epochs", default=None, type=POSITIVE_INT, help="epochs (linear 60, fine-tune 100)")
+    add_arg(g, "-b", "--batch-size", default=None, type=POSITIVE_INT,
             help="TOTAL batch over all processes (256; video fine-tuning 64)")
     add_arg(g, "--lr", "--learning-rate", default=None, type=float, dest="lr",
             help="initial lr (linear: 1.5 CIFAR, 2 Caltech-101 / folders; fine-tune 0.01)")
     add_arg(g, "--schedule", default=None, type=int, nargs="*",
             help="epochs where the lr drops x0.1 (linear) / x0.2 (fine-tune) (linear 40; fine-tune 40 70)")
-    add_arg(g, "--momentum", default=0.9, type=float, help="SGD momentum (0.9)")
-    add_arg(g, "--wd", "--weight-decay", default=0.0, type=float, dest="weight_decay", help="weight decay (0)")
+    add_arg(g, "--momentum", default=0.9, type=MOMENTUM, help="SGD momentum (0.9)")
+    add_arg(g, "--wd", "--weight-decay", default=0.0, type=NONNEG, dest="weight_decay", help="weight decay (0)")
     g = parser.add_argument_group("run")
     add_arg(g, "--output-dir", default=".", help="checkpoint.pth.tar, model_best.pth.tar, transfer.json, log.txt (.)")
     add_arg(g, "--resume", default="", help="checkpoint to resume (default: OUTPUT_DIR/checkpoint.pth.tar if any)")
     add_arg(g, "-e", "--evaluate", action="store_true", help="only test the network of the resumed checkpoint")
-    add_arg(g, "-p", "--print-freq", default=10, type=int, help="progress line every N iterations (10)")
-    add_arg(g, "--max-iters", default=0, type=int,
+    add_arg(g, "-p", "--print-freq", default=10, type=POSITIVE_INT, help="progress line every N iterations (10)")
+    add_arg(g, "--max-iters", default=0, type=NONNEG_INT,
             help="stop with a checkpoint once this many iterations are done in total (smoke tests; 0: off)")
     add_video_eval_args(parser)
     add_dist_args(parser)
@@ -149,19 +149,18 @@ def transfer(args, info):
     autocast_dtype(args, device, rank)  # fp16 without CUDA: fp32 with one warning line; later amp_dtype() agrees
     if args.batch_size % info.world_size:
         raise UserError(f"-b/--batch-size {args.batch_size} is the TOTAL batch: make it divisible by the "
-                        f"{info.world_size} processes")
+                        f"{info.world_size} processes", collective=True)
     per_rank_batch = args.batch_size // info.world_size
-    ckpt_path = find_resume_checkpoint(args.output_dir, args.resume)
-    if args.evaluate and ckpt_path is None:
-        raise UserError(f"-e/--evaluate needs a trained network: none in '{args.output_dir}' and no --resume given")
+    if args.evaluate and find_resume_checkpoint(args.output_dir, args.resume) is None:
+        raise UserError(f"-e/--evaluate needs a trained network: none in '{args.output_dir}' and no --resume given",
+                        collective=True)
+    run = Run(info, output_dir=args.output_dir, script="main_transfer.py", config=vars(args), resume=args.resume,
+              seed=args.seed, output_flag="--output-dir", lr_flag="--lr", max_iters_flag="--max-iters")
     mode = "finetune" if args.finetune else "linear"
-    if rank == 0:
-        os.makedirs(args.output_dir, exist_ok=True)
-        print("args: " + json.dumps(vars(args), sort_keys=True), flush=True)
-        lr_words = (f"lr {args.lr:g} cosine per iteration" if args.modality == "video" else
-                    f"lr {args.lr:g} x{args.gamma:g} at epochs {' '.join(map(str, args.schedule)) or '-'}")
-        print(f"{mode} transfer to {args.dataset}: {lr_words}, {args.epochs} epochs, batch {args.batch_size} "
-              f"({per_rank_batch} x {info.world_size} processes), wd {args.weight_decay:g}", flush=True)
+    lr_words = (f"lr {args.lr:g} cosine per iteration" if args.modality == "video" else
+                f"lr {args.lr:g} x{args.gamma:g} at epochs {' '.join(map(str, args.schedule)) or '-'}")
+    print_rank0(f"{mode} transfer to {args.dataset}: {lr_words}, {args.epochs} epochs, batch {args.batch_size} "
+                f"({per_rank_batch} x {info.world_size} processes), wd {args.weight_decay:g}", rank=rank)
 
     # ==== preparing data ====
     train_set, test_set = build_datasets(args)
@@ -169,7 +168,7 @@ def transfer(args, info):
     unit = "videos" if args.modality == "video" else "images"
     print_rank0(f"data: {len(train_set)} train / {len(test_set)} test {unit}, {num_classes} classes", rank=rank)
     sampler = ResumableSampler(len(train_set), info.world_size, rank, shuffle=True, seed=args.seed)
-    workers = math.ceil(args.workers / max(int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size)), 1))
+    workers = math.ceil(args.workers / dist.local_world_size())
     loader = build_loader(train_set, per_rank_batch, sampler, workers, drop_last=False)
     test_batch = args.test_videos_per_batch if args.modality == "video" else per_rank_batch
     test_loader = torch.utils.data.DataLoader(test_set, batch_size=test_batch, num_workers=workers,
@@ -179,6 +178,7 @@ def transfer(args, info):
 
     # ==== building the network: trunk -> L2-normalise -> fc ====
     trunk, head = build_model(args, device, num_classes, rank)
+    trunk_hash = content_hash(trunk)  # before any fine-tuning: the pretrained weights this run started from
     net = nn.Sequential(trunk, head)
     trainable = list(net.parameters()) if args.finetune else list(head.parameters())
     model = net if args.finetune else head  # what the gradients flow through
@@ -192,60 +192,40 @@ def transfer(args, info):
         schedule = moco_lr_schedule(args.lr, args.epochs, iters_per_epoch, milestones=args.schedule, gamma=args.gamma)
     trunk_fp = None if args.finetune else fingerprint(trunk)
 
-    # ==== resuming ====
-    results, start_epoch, start_iter = Results(), 0, 0
-    if ckpt_path is not None:
-        start_epoch, start_iter = resume(ckpt_path, args, net, optimizer, scaler, results, rank)
+    # ==== resuming and saving: only from the same pretrained weights, dataset and mode ====
+    results = Results()
+    run.require("pretrained_sha256", trunk_hash, "--pretrained (its weights)")
+    run.require("dataset", args.dataset, "--dataset")
+    run.require("finetune", args.finetune, "--finetune")
+    run.track(state_dict=net, optimizer=optimizer, scaler=scaler, results=results)
     if args.evaluate:
-        return test(net, test_loader, args, info, results, None)
+        return test(net, test_loader, args, info, results, None, run.write_log)
 
     # ==== training ====
-    logger = ProgressLogger(iters_per_epoch, args.epochs, args.batch_size, args.print_freq,
-                            JsonLog(os.path.join(args.output_dir, "log.txt"), rank), rank,
-                            formats={"Loss": ".4e", "Acc@1": "6.2f", "Acc@5": "6.2f"})
-    stop, total = StopSignal(device), start_epoch * iters_per_epoch + start_iter
-
-    def save(epoch, it):
-        if rank == 0:
-            save_checkpoint(os.path.join(args.output_dir, "checkpoint.pth.tar"), {
-                "epoch": epoch, "iter": it, "arch": args.arch, "state_dict": net.state_dict(),
-                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "results": results.state_dict(),
-                "args": vars(args), "pretrained": args.pretrained, "dataset": args.dataset, "finetune": args.finetune})
-
-    for epoch in range(start_epoch, args.epochs):
-        sampler.set_epoch(epoch, start_index=start_iter * per_rank_batch)
+    logger = run.progress(iters_per_epoch, args.epochs, args.batch_size, args.print_freq, max_iters=args.max_iters,
+                          scaled=scaler.is_enabled(), formats={"Loss": ".4e", "Acc@1": "6.2f", "Acc@5": "6.2f"})
+    for epoch in run.epochs():
+        sampler.set_epoch(epoch, start_index=run.start_iter * per_rank_batch)
         train_set.set_epoch(epoch)
-        logger.start_epoch(epoch, start_iter)
-        stopping = False
-        for it in train_one_epoch(trunk, head, model, loader, optimizer, scaler, schedule, epoch, start_iter,
-                                  iters_per_epoch, args, device, logger):
-            total += 1
-            stopping = stop.requested(it, args.print_freq) or bool(args.max_iters and total >= args.max_iters)
-            if stopping and it + 1 < iters_per_epoch:
-                save(epoch, it + 1)
-                print_rank0(f"=> stopped at epoch {epoch}, iteration {it + 1}; checkpoint saved, run the same "
-                            "command to resume", rank=rank)
-                return None
-            if stopping:
-                break
-        start_iter = 0
+        logger.start_epoch(epoch, run.start_iter)
+        if not run.steps(train_one_epoch(trunk, head, model, loader, optimizer, scaler, schedule, epoch,
+                                         run.start_iter, iters_per_epoch, args, device, logger)):
+            return None  # stopped (signal, --max-iters): checkpoint saved
         logger.end_epoch()
         if trunk_fp is not None and not torch.equal(fingerprint(trunk), trunk_fp):
             raise RuntimeError("the frozen trunk changed during linear transfer (weights or BN statistics)")
-        is_best = test(net, test_loader, args, info, results, epoch)
-        save(epoch + 1, 0)
+        run.check()  # a diverged network is an error line, not a test score
+        is_best = test(net, test_loader, args, info, results, epoch, run.write_log)
+        run.end_epoch()
         if is_best and rank == 0:
             save_checkpoint(os.path.join(args.output_dir, "model_best.pth.tar"),
-                            {"arch": args.arch, "state_dict": net.state_dict(), **results.best})
-        if stopping:
-            print_rank0(f"=> stopped after epoch {epoch}; checkpoint saved, run the same command to resume", rank=rank)
-            return None
-    return report(args, results, rank)
+                            {"arch": args.arch, "state_dict": net.state_dict(), **results.best}, "--output-dir")
+    return report(args, results, rank) if run.finished else None
 
 
 def train_one_epoch(trunk, head, model, loader, optimizer, scaler, schedule, epoch, start_iter, iters_per_epoch, args,
                     device, logger):
-    """One epoch; a generator yielding the iteration index after each step.
+    """One epoch; a generator yielding ``(iteration, loss)`` after each step.
 
     ``model`` is what learns (possibly DDP-wrapped): the head (linear) or trunk + head (fine-tune). Linear: the
     trunk runs frozen, in eval mode and under no_grad. Fine-tune: trunk and head are in train mode, set here at
@@ -277,10 +257,7 @@ def train_one_epoch(trunk, head, model, loader, optimizer, scaler, schedule, epo
         logger.update(data_time=t_data, step_time=time.time() - t_end, Loss=loss.detach(),
                       **{"Acc@1": hits[:, 0].float().mean() * 100, "Acc@5": hits.any(dim=1).float().mean() * 100})
         logger.maybe_print(it, lr)
-        if (it + 1) % args.print_freq == 0 and not math.isfinite(logger.last["Loss"]):
-            raise UserError(f"loss became {float(logger.last['Loss'])} at epoch {epoch}, iteration {it + 1}: "
-                            "lower --lr")
-        yield it
+        yield it, loss.detach()
         t_end = time.time()
 
 
@@ -296,7 +273,8 @@ def build_datasets(args):
                 CifarPickleDataset(args.data, args.dataset, train=False, transform=test_tf))
     test_folder = find_test_split(args)
     train_set = SafeImageFolder(os.path.join(args.data, "train"), train_tf, seed=args.seed)
-    test_set = SafeImageFolder(test_folder, test_transform(args.resize, args.crop_size, interpolation="bicubic"))
+    test_set = SafeImageFolder(test_folder, test_transform(args.resize, args.crop_size, interpolation="bicubic"),
+                               skip_unreadable=True)
     if train_set.classes != test_set.classes:
         raise UserError(f"train/ and {os.path.basename(test_folder)}/ of '{args.data}' have different class folders "
                         f"({len(train_set.classes)} vs {len(test_set.classes)}): labels would not match")
@@ -337,24 +315,9 @@ def build_model(args, device, num_classes, rank):
     return trunk, LinearClassifier(dim, num_classes, normalize=True).to(device)
 
 
-def resume(path, args, net, optimizer, scaler, results, rank):
-    """Restore network, optimizer, scaler and results; returns ``(epoch, iteration)`` to start from."""
-    ckpt = load_checkpoint(path)
-    for key, mine in (("pretrained", args.pretrained), ("dataset", args.dataset), ("finetune", args.finetune)):
-        if key in ckpt and ckpt[key] != mine:
-            raise UserError(f"'{path}' was made with --{key} {ckpt[key]!r}, this run has {mine!r}: pass another "
-                            "--output-dir, or the same flags")
-    load_state_strict(net, ckpt["state_dict"], "state_dict", path)
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scaler.load_state_dict(ckpt["scaler"])
-    results.load_state_dict(ckpt["results"])
-    print_rank0(f"=> resumed from '{path}' at epoch {ckpt['epoch']}, iteration {ckpt['iter']}", rank=rank)
-    return ckpt["epoch"], ckpt["iter"]
-
-
-def test(net, loader, args, info, results, epoch):
-    """Test in eval mode and print `` * Acc@1 .. Acc@5 ..``; returns whether the epoch is the best so far
-    (``epoch`` None: only test, return the numbers)."""
+def test(net, loader, args, info, results, epoch, log):
+    """Test in eval mode, print `` * Acc@1 .. Acc@5 ..`` and ``log`` the numbers; returns whether the epoch is the
+    best so far (``epoch`` None: only test, return the numbers)."""
     net.eval()
     res = evaluate(net[1], loader, info.device, features=net[0], amp_dtype=amp_dtype(args))
     if info.rank == 0:
@@ -362,7 +325,10 @@ def test(net, loader, args, info, results, epoch):
         rate = res['n'] / max(res['seconds'], 1e-9)
         print(f"Test: {res['n']} {unit[0]}, loss {res['loss']:.4e}, {rate:.1f} {unit[1]}", flush=True)
         print(f" * Acc@1 {res['top1']:.3f} Acc@5 {res['top5']:.3f}", flush=True)
-        JsonLog(os.path.join(args.output_dir, "log.txt"), info.rank).write({"type": "test", "epoch": epoch, **res})
+        if res["skipped"]:
+            print(f"skipped {res['skipped']} unreadable test {unit[0]} (warnings above): the accuracies are over the "
+                  "rest", flush=True)
+    log({"type": "test", "epoch": epoch, **res})
     return res if epoch is None else results.add(epoch, res)
 
 
@@ -380,4 +346,4 @@ def report(args, results, rank):
 
 
 if __name__ == "__main__":
-    main(argparse.ArgumentParser("Transfer evaluation", parents=[get_args_parser()]).parse_args())
+    main(ArgumentParser("Transfer evaluation", parents=[get_args_parser()]).parse_args())

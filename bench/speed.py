@@ -223,7 +223,7 @@ def make_step(method, arch, batch_size, sizes, nmb, device, device_aug, amp, cha
         optimizer, schedule = build_optimizer(model, args, max_steps)
         dtype = autocast_dtype(args, device)
         scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-        watch = LossWatch(uniform_loss(args.nmb_prototypes), device, scaled=scaler.is_enabled())
+        watch = LossWatch(uniform_loss(args.nmb_prototypes), device)
         augment = MultiCropAugment(swav_views(sizes, nmb, blur_scale=sizes[0] / 224))
         if method == "swav":
             batch = (crops, torch.zeros(batch_size, dtype=torch.long))

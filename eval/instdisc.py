@@ -24,7 +24,7 @@ import argparse
 
 import torch
 
-from src.args import amp_dtype
+from src.args import ArgumentParser, amp_dtype
 from src.errors import UserError, exit_on_user_error
 from src.metrics import instdisc_topk
 from src.pair_eval import add_pair_eval_args, build_trunk, embed_views, pick_device, write_json
@@ -84,4 +84,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(argparse.ArgumentParser("Instance-discrimination accuracy", parents=[get_args_parser()]).parse_args())
+    main(ArgumentParser("Instance-discrimination accuracy", parents=[get_args_parser()]).parse_args())

@@ -26,9 +26,9 @@ import os
 
 import torch
 
-from src.args import add_amp_args, add_arg, amp_dtype
+from src.args import ArgumentParser, add_amp_args, add_arg, amp_dtype
 from src.augment import eval_transform
-from src.checkpoint import load_checkpoint, save_checkpoint
+from src.run.checkpoint import load_checkpoint, save_checkpoint
 from src.data import SafeImageFolder
 from src.errors import UserError, exit_on_user_error
 from src.features import extract_features
@@ -112,4 +112,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(argparse.ArgumentParser("Retrieval from a bank", parents=[get_args_parser()]).parse_args())
+    main(ArgumentParser("Retrieval from a bank", parents=[get_args_parser()]).parse_args())

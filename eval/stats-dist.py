@@ -32,7 +32,7 @@ import argparse
 
 import torch
 
-from src.args import add_arg, amp_dtype
+from src.args import ArgumentParser, add_arg, amp_dtype
 from src.errors import UserError, exit_on_user_error
 from src.metrics import align, intra_class_align, uniformity
 from src.pair_eval import add_pair_eval_args, build_trunk, embed_views, pick_device, write_json
@@ -114,4 +114,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(argparse.ArgumentParser("Alignment and uniformity", parents=[get_args_parser()]).parse_args())
+    main(ArgumentParser("Alignment and uniformity", parents=[get_args_parser()]).parse_args())

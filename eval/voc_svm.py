@@ -29,7 +29,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.svm import LinearSVC
 
-from src.args import add_amp_args, add_arg, amp_dtype
+from src.args import ArgumentParser, add_amp_args, add_arg, amp_dtype
 from src.augment import eval_transform
 from src.errors import UserError, exit_on_user_error
 from src.features import extract_features
@@ -160,4 +160,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(argparse.ArgumentParser("VOC07 SVM evaluation", parents=[get_args_parser()]).parse_args())
+    main(ArgumentParser("VOC07 SVM evaluation", parents=[get_args_parser()]).parse_args())

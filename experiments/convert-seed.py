@@ -20,7 +20,8 @@ import os
 
 import torch
 
-from src.checkpoint import save_checkpoint
+from src.pretrained import TRUST_HELP
+from src.run.checkpoint import save_checkpoint
 from src.errors import UserError, exit_on_user_error
 from src.pretrained import read_checkpoint
 
@@ -81,7 +82,7 @@ def main(argv=None):
                    help="SEED checkpoint files, or folders whose files (not starting with 'convert') are converted")
     p.add_argument("--output", "-o", default=None, help="output file (one input file only; default: see above)")
     p.add_argument("--trust-checkpoint", "--trust_checkpoint", action="store_true",
-                   help="allow pickled Python objects in the input (unpickling runs code from the file)")
+                   help=TRUST_HELP)
     args = p.parse_args(argv)
     files = []
     for path in args.paths:

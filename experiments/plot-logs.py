@@ -29,6 +29,7 @@ import math
 import os
 import re
 
+from src.args import ArgumentParser
 from src.errors import UserError, exit_on_user_error
 
 KNN_KEY = re.compile(r"knn|best_nn|nn_top|nn_acc", re.IGNORECASE)
@@ -227,4 +228,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(argparse.ArgumentParser("Plot a run's training curves", parents=[get_args_parser()]).parse_args())
+    main(ArgumentParser("Plot a run's training curves", parents=[get_args_parser()]).parse_args())

@@ -29,8 +29,8 @@ from multiprocessing import Pool
 import numpy as np
 from PIL import Image
 
-from src.args import add_arg
-from src.data import IMG_EXTENSIONS, fork_rng, sample_seed
+from src.args import NONNEG_INT, POSITIVE_INT, ArgumentParser, add_arg, number
+from src.data import IMG_EXTENSIONS, fork_rng, sample_seed, to_rgb
 from src.errors import UserError, exit_on_user_error
 from src.pair_augs import MODES, VIEWS_PER_MODE, make_views
 from src.pairs import view_name
@@ -45,14 +45,14 @@ def get_args_parser(add_help=False):
             help="how views are made: moco (2 MoCo v2 views), nointer (2 views from different quadrants), "
                  "easy | hard | super-hard (crop pairs with IoU in [0.25,1] | [0.05,0.25] | [1e-4,0.05] and "
                  "8 masked variants) (default moco)")
-    add_arg(parser, "--images-per-class", default=50, type=int,
+    add_arg(parser, "--images-per-class", default=50, type=NONNEG_INT,
             help="first N images (sorted names) of every class; 0 takes all (default 50; the paper: 50 of val)")
-    add_arg(parser, "--size", default=224, type=int, help="side of the augmented views in pixels (default 224)")
+    add_arg(parser, "--size", default=224, type=POSITIVE_INT, help="side of the augmented views in pixels (default 224)")
     add_arg(parser, "--min-scale", default=0.2, type=float,
             help="smallest crop area fraction of moco and of the IoU modes' crops (default 0.2)")
     add_arg(parser, "--seed", default=0, type=int, help="seed of all views; same seed, same files (default 0)")
-    add_arg(parser, "-j", "--workers", default=1, type=int, help="worker processes (default 1; one per core)")
-    add_arg(parser, "--quality", default=75, type=int, help="JPEG quality 1-95 (default 75, PIL's default)")
+    add_arg(parser, "-j", "--workers", default=1, type=POSITIVE_INT, help="worker processes (default 1; one per core)")
+    add_arg(parser, "--quality", default=75, type=number(int, 1, 95), help="JPEG quality 1-95 (default 75, PIL's default)")
     add_arg(parser, "--overwrite", action="store_true", help="rewrite images whose views already exist")
     return parser
 
@@ -68,6 +68,9 @@ def list_images(src, per_class):
     todo = []
     for cls in classes:
         names = sorted(n for n in os.listdir(os.path.join(src, cls)) if n.lower().endswith(IMG_EXTENSIONS))
+        if not names:  # a class without images would still count as a class in the summary and the pairs
+            raise UserError(f"class folder '{os.path.join(src, cls)}' has no images (extensions "
+                            f"{' '.join(IMG_EXTENSIONS)}): add images or remove the folder")
         stems = [os.path.splitext(n)[0] for n in names]
         if len(set(stems)) != len(stems):
             raise UserError(f"class folder '{os.path.join(src, cls)}' has two images with one name stem "
@@ -95,7 +98,7 @@ def write_views(task):
         return "existing", None
     try:
         with open(os.path.join(src, cls, name), "rb") as f:
-            img = Image.open(f).convert("RGB")
+            img = to_rgb(Image.open(f))
     except Exception as exc:  # any decoder failure: skip the image, say so
         return "unreadable", f"{os.path.join(src, cls, name)} ({type(exc).__name__}: {exc})"
     image_seed = sample_seed(seed, zlib.crc32(cls.encode()), zlib.crc32(name.encode()))
@@ -172,4 +175,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(argparse.ArgumentParser("Static positive-pair dataset", parents=[get_args_parser()]).parse_args())
+    main(ArgumentParser("Static positive-pair dataset", parents=[get_args_parser()]).parse_args())

@@ -28,7 +28,7 @@ import os
 
 import numpy as np
 
-from src.args import add_arg, amp_dtype
+from src.args import ArgumentParser, add_arg, amp_dtype
 from src.errors import UserError, exit_on_user_error
 from src.pair_eval import add_pair_eval_args, build_trunk, embed_views, pick_device
 from src.pairs import PositivePairDataset
@@ -210,4 +210,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(argparse.ArgumentParser("t-SNE of originals and augmented views", parents=[get_args_parser()]).parse_args())
+    main(ArgumentParser("t-SNE of originals and augmented views", parents=[get_args_parser()]).parse_args())

@@ -8,13 +8,24 @@
 #SBATCH --gpus-per-node=1
 #SBATCH --cpus-per-task=16
 #SBATCH --time=240:00:00
-#SBATCH --signal=USR1@600
+#SBATCH --signal=B:USR1@120
+#SBATCH --requeue
 #SBATCH --output=%x-%j.out
 set -euo pipefail
 DATASET_PATH=${DATASET_PATH:-/path/to/imagenet}
-EXPERIMENT_PATH=${EXPERIMENT_PATH:-./experiments/sce_1gpu}
+EXPERIMENT_PATH=${EXPERIMENT_PATH:-./runs/sce_1gpu}
 mkdir -p "$EXPERIMENT_PATH"
 
+# pre-emption and the time limit: SLURM sends USR1 to this shell 120 s early; it is passed on to the run, which
+# saves a checkpoint at its next step and exits 0; the job then requeues itself and the same command resumes
+requeue() {
+  echo "USR1: checkpointing, then requeueing job $SLURM_JOB_ID"
+  kill -USR1 "$RUN_PID" 2>/dev/null || true
+  wait "$RUN_PID" || true
+  scontrol requeue "$SLURM_JOB_ID"
+  exit 0
+}
+trap requeue USR1
 python -u main_sce.py \
   --data_path "$DATASET_PATH" \
   --dump_path "$EXPERIMENT_PATH" \
@@ -49,4 +60,6 @@ python -u main_sce.py \
   --seed 42 \
   --workers 16 \
   --checkpoint_freq 25 \
-  --print_freq 50
+  --print_freq 50 &
+RUN_PID=$!
+wait "$RUN_PID"

@@ -9,15 +9,26 @@
 #SBATCH --cpus-per-task=10
 #SBATCH --mem=450G
 #SBATCH --time=50:00:00
-#SBATCH --signal=USR1@600
+#SBATCH --signal=B:USR1@120
+#SBATCH --requeue
 #SBATCH --output=%x-%j.out
 set -euo pipefail
 DATASET_PATH=${DATASET_PATH:-/path/to/imagenet}
-EXPERIMENT_PATH=${EXPERIMENT_PATH:-./experiments/swav_800ep}
+EXPERIMENT_PATH=${EXPERIMENT_PATH:-./runs/swav_800ep}
 mkdir -p "$EXPERIMENT_PATH"
 export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 export MASTER_PORT=${MASTER_PORT:-40000}
 
+# pre-emption and the time limit: SLURM sends USR1 to this shell 120 s early; it is passed on to the run, which
+# saves a checkpoint at its next step and exits 0; the job then requeues itself and the same command resumes
+requeue() {
+  echo "USR1: checkpointing, then requeueing job $SLURM_JOB_ID"
+  kill -USR1 "$RUN_PID" 2>/dev/null || true
+  wait "$RUN_PID" || true
+  scontrol requeue "$SLURM_JOB_ID"
+  exit 0
+}
+trap requeue USR1
 srun --kill-on-bad-exit=1 python -u main_swav.py \
   --data_path "$DATASET_PATH" \
   --nmb_crops 2 6 \
@@ -46,4 +57,6 @@ srun --kill-on-bad-exit=1 python -u main_swav.py \
   --sync_bn apex \
   --syncbn_process_group_size 8 \
   --workers 10 \
-  --dump_path "$EXPERIMENT_PATH"
+  --dump_path "$EXPERIMENT_PATH" &
+RUN_PID=$!
+wait "$RUN_PID"

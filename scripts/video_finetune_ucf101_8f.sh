@@ -9,18 +9,29 @@
 #SBATCH --gpus-per-node=8
 #SBATCH --cpus-per-task=10
 #SBATCH --time=24:00:00
-#SBATCH --signal=USR1@600
+#SBATCH --signal=B:USR1@120
+#SBATCH --requeue
 #SBATCH --output=%x-%j.out
 set -euo pipefail
 DATASET_PATH=${DATASET_PATH:-/path/to/UCF-101}
 SPLITS_PATH=${SPLITS_PATH:-/path/to/ucfTrainTestlist}
 SPLIT_ID=${SPLIT_ID:-1}
-PRETRAINED=${PRETRAINED:-./experiments/video_sce_r3d50_k400_8f/checkpoint.pth.tar}
-EXPERIMENT_PATH=${EXPERIMENT_PATH:-./experiments/video_finetune_ucf101_8f}
+PRETRAINED=${PRETRAINED:-./runs/video_sce_r3d50_k400_8f/checkpoint.pth.tar}
+EXPERIMENT_PATH=${EXPERIMENT_PATH:-./runs/video_finetune_ucf101_8f}
 mkdir -p "$EXPERIMENT_PATH"
 export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 export MASTER_PORT=${MASTER_PORT:-29500}
 
+# pre-emption and the time limit: SLURM sends USR1 to this shell 120 s early; it is passed on to the run, which
+# saves a checkpoint at its next step and exits 0; the job then requeues itself and the same command resumes
+requeue() {
+  echo "USR1: checkpointing, then requeueing job $SLURM_JOB_ID"
+  kill -USR1 "$RUN_PID" 2>/dev/null || true
+  wait "$RUN_PID" || true
+  scontrol requeue "$SLURM_JOB_ID"
+  exit 0
+}
+trap requeue USR1
 srun --kill-on-bad-exit=1 python -u main_transfer.py \
   "$DATASET_PATH" \
   --modality video \
@@ -47,4 +58,6 @@ srun --kill-on-bad-exit=1 python -u main_transfer.py \
   --wd 0 \
   --seed 0 \
   --workers 80 \
-  --print-freq 50
+  --print-freq 50 &
+RUN_PID=$!
+wait "$RUN_PID"

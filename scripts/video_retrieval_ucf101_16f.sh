@@ -13,8 +13,8 @@ set -euo pipefail
 DATASET_PATH=${DATASET_PATH:-/path/to/UCF-101}
 SPLITS_PATH=${SPLITS_PATH:-/path/to/ucfTrainTestlist}
 SPLIT_ID=${SPLIT_ID:-1}
-PRETRAINED=${PRETRAINED:-./experiments/video_sce_r3d50_k400_16f/checkpoint.pth.tar}
-EXPERIMENT_PATH=${EXPERIMENT_PATH:-./experiments/video_retrieval_ucf101_16f}
+PRETRAINED=${PRETRAINED:-./runs/video_sce_r3d50_k400_16f/checkpoint.pth.tar}
+EXPERIMENT_PATH=${EXPERIMENT_PATH:-./runs/video_retrieval_ucf101_16f}
 mkdir -p "$EXPERIMENT_PATH"
 export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 export MASTER_PORT=${MASTER_PORT:-29500}

@@ -9,15 +9,26 @@
 #SBATCH --gpus-per-node=8
 #SBATCH --cpus-per-task=10
 #SBATCH --time=120:00:00
-#SBATCH --signal=USR1@600
+#SBATCH --signal=B:USR1@120
+#SBATCH --requeue
 #SBATCH --output=%x-%j.out
 set -euo pipefail
 DATASET_PATH=${DATASET_PATH:-/path/to/kinetics200}
-EXPERIMENT_PATH=${EXPERIMENT_PATH:-./experiments/video_sce_r3d18_k200}
+EXPERIMENT_PATH=${EXPERIMENT_PATH:-./runs/video_sce_r3d18_k200}
 mkdir -p "$EXPERIMENT_PATH"
 export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 export MASTER_PORT=${MASTER_PORT:-29500}
 
+# pre-emption and the time limit: SLURM sends USR1 to this shell 120 s early; it is passed on to the run, which
+# saves a checkpoint at its next step and exits 0; the job then requeues itself and the same command resumes
+requeue() {
+  echo "USR1: checkpointing, then requeueing job $SLURM_JOB_ID"
+  kill -USR1 "$RUN_PID" 2>/dev/null || true
+  wait "$RUN_PID" || true
+  scontrol requeue "$SLURM_JOB_ID"
+  exit 0
+}
+trap requeue USR1
 srun --kill-on-bad-exit=1 python -u main_sce.py \
   --modality video \
   --data_path "$DATASET_PATH" \
@@ -57,4 +68,6 @@ srun --kill-on-bad-exit=1 python -u main_sce.py \
   --seed 42 \
   --workers 10 \
   --checkpoint_freq 25 \
-  --print_freq 50
+  --print_freq 50 &
+RUN_PID=$!
+wait "$RUN_PID"

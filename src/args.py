@@ -1,7 +1,51 @@
-"""Shared flag groups. Every long flag is accepted in both spellings (``--batch-size`` and
-``--batch_size``): users paste commands from MoCo (dash-case) and SwAV / DINO (snake_case) alike.
-Parsing has no side effects (no files, no CUDA queries)."""
+"""Shared flag groups, the parser class and the value checks. Every long flag is accepted in both spellings
+(``--batch-size`` and ``--batch_size``): users paste commands from MoCo (dash-case) and SwAV / DINO (snake_case)
+alike. Parsing has no side effects (no files, no CUDA queries); a bad value is refused where it is parsed, with one
+line (``error: argument --lr: must be > 0, got -1``) and exit status 2."""
 import argparse
+import sys
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose errors are one ``error:`` line (no usage block) and exit status 2."""
+
+    def error(self, message):
+        from . import dist  # only the launcher's rank: parsing creates no process group
+
+        if dist.process_rank() == 0:
+            print(f"error: {message} (see {self.prog} --help)", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def number(kind=float, low=None, high=None, low_open=False, high_open=False):
+    """An argparse ``type`` that converts with ``kind`` and refuses values outside the interval.
+
+    Args:
+        kind: int or float. low / high: bounds (None: unbounded); *_open: the bound itself is refused.
+    Returns:
+        callable str -> number raising ``argparse.ArgumentTypeError("must be > 0, got -1")``.
+    """
+    def convert(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+        if low is not None and (value < low or (low_open and value == low)):
+            raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {low}, got {text}")
+        if high is not None and (value > high or (high_open and value == high)):
+            raise argparse.ArgumentTypeError(f"must be {'<' if high_open else '<='} {high}, got {text}")
+        return value
+
+    convert.__name__ = kind.__name__  # argparse names the type in its messages
+    return convert
+
+
+POSITIVE_INT = number(int, low=1)  # batch sizes, epochs, crop sizes
+NONNEG_INT = number(int, low=0)  # workers, iteration counts where 0 means off
+POSITIVE = number(float, low=0, low_open=True)  # learning rates, temperatures
+NONNEG = number(float, low=0)  # weight decay, final lr
+MOMENTUM = number(float, low=0, high=1, high_open=True)  # SGD / EMA momentum in [0, 1)
+PROBABILITY = number(float, low=0, high=1)
 
 
 def add_arg(parser, *names, **kwargs):

@@ -9,7 +9,7 @@
   dataset, then epochs of shuffled batches from that cache;
 * :class:`Results`: best (by top-1) and last accuracies, the per-epoch history, saved in checkpoints and JSON;
 * :func:`fingerprint`: a checksum of a frozen module, so a run can assert that it never changed (MoCo's
-  ``sanity_check``).
+  ``sanity_check``); :func:`content_hash`: what resumes and feature caches are keyed on.
 """
 import contextlib
 import math
@@ -21,9 +21,11 @@ import torchvision.transforms as T
 from torch import nn
 
 from . import dist
+from .errors import UserError
 from .augment import IMAGENET_MEAN
 from .data import sample_seed
 from .features import iter_features
+from .run.health import check_finite_features
 
 
 class LinearClassifier(nn.Module):
@@ -105,12 +107,20 @@ def evaluate(head, batches, device, features=None, amp_dtype=None):
         features: optional (B, 3, H, W) -> (B, D) module (the trunk, in eval mode), run under autocast.
         amp_dtype: None or an autocast dtype for ``features``.
     Returns:
-        dict with ``loss`` (mean), ``top1``, ``top5`` (percent), ``n`` (images over all ranks), ``seconds``.
-        Every rank gets the same numbers.
+        dict with ``loss`` (mean), ``top1``, ``top5`` (percent), ``n`` (images over all ranks), ``skipped``
+        (unreadable images left out, over all ranks), ``seconds``. Every rank gets the same numbers.
+    Raises:
+        UserError: non-finite features or a non-finite loss (no score is computed from them).
     """
     t0 = time.time()
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top-1 hits, top-5 hits, count
+    sums = torch.zeros(5, dtype=torch.float64, device=device)  # loss sum, top-1 hits, top-5 hits, count, skipped
     for x, y in batches:
+        keep = y >= 0  # label -1: an unreadable image (SafeImageFolder(skip_unreadable=True)), not scored
+        if not bool(keep.all()):
+            sums[4] += float((~keep).sum())
+            x, y = x[keep], y[keep]
+            if not len(y):
+                continue
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         views = x.shape[1] if x.ndim == 6 else 0
         if views:
@@ -118,21 +128,25 @@ def evaluate(head, batches, device, features=None, amp_dtype=None):
         if features is not None:
             with autocast(device, amp_dtype):
                 x = features(x)
+            check_finite_features(x)
         logits = head(x.float())
         if views:  # log of the view-averaged probabilities: its cross-entropy and top-k are theirs
             logits = logits.softmax(dim=1).view(-1, views, logits.shape[1]).mean(dim=1).clamp_min(1e-12).log()
         hits = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(y[:, None])  # (B, k)
-        sums += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(), hits[:, 0].sum().double(),
-                             hits.any(dim=1).sum().double(), torch.tensor(float(y.shape[0]), device=device)])
+        sums[:4] += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(), hits[:, 0].sum().double(),
+                                 hits.any(dim=1).sum().double(), torch.tensor(float(y.shape[0]), device=device)])
     dist.all_reduce(sums)
-    loss, top1, top5, n = sums.tolist()
+    loss, top1, top5, n, skipped = sums.tolist()
+    if not math.isfinite(loss):
+        raise UserError("the classifier's test loss is NaN/inf: the head diverged (lower --lr); no score is "
+                        "reported", collective=True)
     n_safe = max(n, 1.0)
     return {"loss": loss / n_safe, "top1": 100.0 * top1 / n_safe, "top5": 100.0 * top5 / n_safe, "n": int(n),
-            "seconds": time.time() - t0}
+            "skipped": int(skipped), "seconds": time.time() - t0}
 
 
 # ==== feature caches ====
-def extract_shard(trunk, dataset, batch_size, workers, device, amp_dtype=None, progress=None):
+def extract_shard(trunk, dataset, batch_size, workers, device, amp_dtype=None, progress=None, stats=None):
     """Features of this rank's shard of ``dataset`` (:class:`ShardSampler`: rows ``rank::world``), in order.
 
     Each rank keeps only its own shard, so a cache of ImageNet (1.28M x 2048 floats, 10 GB) costs 10 GB / world
@@ -144,14 +158,16 @@ def extract_shard(trunk, dataset, batch_size, workers, device, amp_dtype=None, p
         batch_size, workers: DataLoader settings per rank.
         device: torch.device. amp_dtype: None or an autocast dtype.
         progress: name for the periodic "n/N images, r img/s" lines (rank 0 only), or None.
+        stats: optional dict; ``stats["skipped"]`` is increased by the unreadable images left out.
     Returns:
-        ``(feats (m, D) float32, labels (m,) long)`` on the CPU, m = this rank's share.
+        ``(feats (m, D) float32, labels (m,) long)`` on the CPU, m = this rank's share (readable images only).
     """
     sampler = ShardSampler(len(dataset), dist.get_world_size(), dist.get_rank())
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                                          pin_memory=device.type == "cuda")
     feats, labels = [], []
-    for f, y in iter_features(trunk, loader, device, amp_dtype, progress=progress if dist.get_rank() == 0 else None):
+    for f, y in iter_features(trunk, loader, device, amp_dtype, progress=progress if dist.get_rank() == 0 else None,
+                              stats=stats):
         feats.append(f.cpu())
         labels.append(y.cpu())
     if not feats:  # more ranks than images
@@ -207,7 +223,8 @@ class Results:
         self.history = []
 
     def add(self, epoch, res):
-        entry = {"epoch": int(epoch), **{k: float(res[k]) for k in ("top1", "top5", "loss")}}
+        entry = {"epoch": int(epoch), **{k: float(res[k]) for k in ("top1", "top5", "loss")},
+                 "skipped": int(res.get("skipped", 0))}
         is_best = self.best is None or entry["top1"] > self.best["top1"]
         self.history.append(entry)
         return is_best
@@ -231,10 +248,12 @@ class Results:
         return {"best": self.best, "last": self.last, "history": self.history}
 
     def final_line(self):
-        """``best Acc@1 .. Acc@5 .. (epoch e); last Acc@1 .. Acc@5 .. (epoch e)``."""
+        """``best Acc@1 .. Acc@5 .. (epoch e); last Acc@1 .. Acc@5 .. (epoch e)`` (and the unreadable images left
+        out of the last test, when there were any)."""
         b, last = self.best, self.last
+        skipped = f"; {last['skipped']} unreadable test images skipped" if last.get("skipped") else ""
         return (f"best Acc@1 {b['top1']:.3f} Acc@5 {b['top5']:.3f} (epoch {b['epoch']}); "
-                f"last Acc@1 {last['top1']:.3f} Acc@5 {last['top5']:.3f} (epoch {last['epoch']})")
+                f"last Acc@1 {last['top1']:.3f} Acc@5 {last['top5']:.3f} (epoch {last['epoch']}){skipped}")
 
 
 @torch.no_grad()
@@ -245,3 +264,21 @@ def fingerprint(module):
     """
     return torch.stack([torch.stack([t.float().sum(), torch.linalg.vector_norm(t.float())])
                         for t in module.state_dict().values() if torch.is_tensor(t)]).cpu()
+
+
+@torch.no_grad()
+def content_hash(module):
+    """SHA-256 (hex, 16 characters) of a module's state: names, dtypes, shapes and bytes of every tensor.
+
+    What a resumed evaluation and a feature cache are keyed on: the same path with other weights in it (a
+    ``--pretrained`` file overwritten by a later epoch) gives another hash, a copy of the file the same one.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        if torch.is_tensor(t):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]

@@ -30,7 +30,25 @@ from src.errors import UserError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # as torchvision
 MAX_CONSECUTIVE_FAILURES = 50
+UNREADABLE = -1  # the label of an image that evaluation could not read
 _LAYOUT_HINT = "pass the folder that holds train/ (and val/), one subfolder per class"
+
+
+def to_rgb(img):
+    """A PIL image as 8-bit RGB, scaling high-bit-depth modes instead of clipping them.
+
+    ``Image.convert("RGB")`` clips a 16-bit grey PNG (mode ``I;16``/``I``, values 0-65535) at 255, which turns
+    almost every pixel white; 32-bit float images (``F``) likewise. Those are scaled to 0-255 first: 16-bit by
+    1/257 (65535 -> 255), ``I`` and ``F`` by their own maximum when it exceeds 255.
+    """
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode.startswith("I;16"):
+            arr = arr / 257.0
+        elif arr.size and arr.max() > 255:
+            arr = arr * (255.0 / arr.max())
+        img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+    return img.convert("RGB")
 
 
 def _is_image(name):
@@ -118,8 +136,8 @@ class _ImageListDataset(torch.utils.data.Dataset):
     """What SafeImageFolder and FlatImageFolder share: RGB decoding, skipping unreadable files,
     and the seeded transform. Subclasses only build ``samples`` and ``classes``."""
 
-    def __init__(self, root, samples, classes, transform, seed):
-        self.root, self.transform, self.seed = str(root), transform, seed
+    def __init__(self, root, samples, classes, transform, seed, skip_unreadable=False):
+        self.root, self.transform, self.seed, self.skip_unreadable = str(root), transform, seed, skip_unreadable
         self.samples = self.imgs = samples  # ImageFolder's names
         self.targets = [t for _, t in samples]
         self.classes, self.class_to_idx = classes, {c: i for i, c in enumerate(classes)}
@@ -159,13 +177,15 @@ class _ImageListDataset(torch.utils.data.Dataset):
             try:
                 with open(path, "rb") as f:
                     img = Image.open(f)
-                    return (img.convert("RGB") if decode is None else decode(img)), target
+                    return (to_rgb(img) if decode is None else decode(img)), target
             except Exception as exc:  # any decoder failure: truncated, not an image, bomb, I/O error
                 self.n_skipped += 1
                 if path not in self._warned:
                     self._warned.add(path)
                     print(f"warning: skipping unreadable image {path} ({type(exc).__name__}: {exc})",
                           file=sys.stderr, flush=True)
+                if self.skip_unreadable:  # evaluation: left out and counted, never replaced by another image
+                    return None, UNREADABLE
         raise UserError(f"{MAX_CONSECUTIVE_FAILURES + 1} images in a row from index {index} in '{self.root}' "
                         f"cannot be read: check the files (last: {path})")
 
@@ -178,6 +198,8 @@ class _ImageListDataset(torch.utils.data.Dataset):
             with fork_rng(sample_seed(self.seed, int(self._epoch[0]), index)):
                 return self.load(index, decode=self.transform)
         img, target = self.load(index)
+        if target == UNREADABLE:  # an image of the right shape, labelled -1: evaluation leaves it out
+            img = Image.new("RGB", (256, 256))
         if self.transform is None:
             return img, target
         if self.seed is None:
@@ -197,11 +219,13 @@ class SafeImageFolder(_ImageListDataset):
         transform: callable on a PIL image, or None.
         seed: None for the global RNG, or an int: the transform of sample ``i`` then runs under an
             RNG seeded from ``(seed, epoch, i)`` (see :meth:`set_epoch`).
+        skip_unreadable: for evaluation: an unreadable image comes back with label -1 (the consumers leave it
+            out and count it) instead of being replaced by the next image (training's behaviour).
     Raises:
         UserError: missing or empty root, no class subfolders, or a class subfolder without images.
     """
 
-    def __init__(self, root, transform=None, seed=None):
+    def __init__(self, root, transform=None, seed=None, skip_unreadable=False):
         _require_dir(root)
         classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
         if not classes:
@@ -214,7 +238,7 @@ class SafeImageFolder(_ImageListDataset):
                 raise UserError(f"class folder '{os.path.join(root, name)}' has no images (extensions: "
                                 f"{' '.join(IMG_EXTENSIONS)}): add images or remove the folder")
             samples += [(p, idx) for p in paths]
-        super().__init__(root, samples, classes, transform, seed)
+        super().__init__(root, samples, classes, transform, seed, skip_unreadable)
 
 
 class FlatImageFolder(_ImageListDataset):

@@ -168,12 +168,23 @@ def spawn_workers(worker_fn, nprocs_per_node, node_rank, num_nodes, dist_url, fn
         fn_args: extra positional arguments for ``worker_fn``.
     Returns: None, once every process has exited (an exception in one is re-raised here).
     """
+    from .run.signals import forward_to_children  # run/ builds on this module: import it only here
+
     if dist_url in (None, "", "env://"):
         if num_nodes > 1:
             raise UserError("several nodes need a shared --dist-url tcp://<node 0 host>:<port>")
         dist_url = f"tcp://127.0.0.1:{free_port()}"
-    torch.multiprocessing.spawn(_spawned, nprocs=nprocs_per_node, join=True,
-                                args=(worker_fn, nprocs_per_node, node_rank, num_nodes, dist_url, tuple(fn_args)))
+    context = torch.multiprocessing.start_processes(
+        _spawned, nprocs=nprocs_per_node, join=False, start_method="spawn",
+        args=(worker_fn, nprocs_per_node, node_rank, num_nodes, dist_url, tuple(fn_args)))
+    # a stop signal (SLURM pre-emption, kill -TERM -- -PGID, Ctrl-C) is the workers' to handle: this process passes it
+    # on and keeps waiting while they save and exit
+    restore = forward_to_children(context.pids)
+    try:
+        while not context.join():
+            pass
+    finally:
+        restore()
 
 
 def _spawned(i, worker_fn, nprocs, node_rank, num_nodes, dist_url, fn_args):
@@ -235,6 +246,26 @@ def get_rank():
 def get_world_size():
     """Returns: number of processes (1 without a group)."""
     return tdist.get_world_size() if is_dist() else 1
+
+
+def process_rank():
+    """Returns: this process's global rank: the process group's, else the launcher's (torchrun ``RANK``, srun
+    ``SLURM_PROCID``), else 0. For messages that only rank 0 should print, before a group exists."""
+    if is_dist():
+        return tdist.get_rank()
+    for key in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 0
+
+
+def local_world_size():
+    """Returns: processes on this node (torchrun ``LOCAL_WORLD_SIZE``, srun ``SLURM_NTASKS_PER_NODE``), else the
+    world size: what a per-node ``-j/--workers`` budget is split over."""
+    for key in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"):
+        if os.environ.get(key, "").isdigit():
+            return max(int(os.environ[key]), 1)
+    return get_world_size()
 
 
 def is_main_process():

@@ -9,6 +9,8 @@ import time
 
 import torch
 
+from .run.health import check_finite_features
+
 
 def _autocast(device, amp_dtype):
     """``torch.autocast`` for ``amp_dtype`` on ``device``, or a no-op context when amp_dtype is None."""
@@ -18,7 +20,8 @@ def _autocast(device, amp_dtype):
 
 
 @torch.no_grad()
-def iter_features(model, loader, device, amp_dtype=None, show_progress=False, progress=None, log_interval=10.0):
+def iter_features(model, loader, device, amp_dtype=None, show_progress=False, progress=None, log_interval=10.0,
+                  stats=None):
     """Yield the features of each batch of ``loader``, in order.
 
     Args:
@@ -30,8 +33,12 @@ def iter_features(model, loader, device, amp_dtype=None, show_progress=False, pr
         progress: if a string, print ``"<progress>: n/N images, r img/s"`` every ``log_interval``
             seconds and once at the end.
         log_interval: seconds between progress lines.
+        stats: optional dict; ``stats["skipped"]`` counts the images a dataset built with ``skip_unreadable``
+            could not read (label -1): they are left out of the yielded batches.
     Yields:
         ``(feats, labels)``: (B, D) float32 features on ``device`` and (B,) long labels on ``device``.
+    Raises:
+        UserError: the trunk produced NaN/inf features (no score may be computed from them).
     """
     model.eval()
     total = len(loader.dataset) if hasattr(loader, "dataset") else None
@@ -41,24 +48,34 @@ def iter_features(model, loader, device, amp_dtype=None, show_progress=False, pr
 
         batches = tqdm(loader, desc=progress or "features", unit="batch")
     t0 = t_last = time.time()
-    seen = 0
+    seen = skipped = 0
     for images, labels in batches:
+        keep = labels >= 0  # -1: an unreadable image
+        if not bool(keep.all()):
+            skipped += int((~keep).sum())
+            images, labels = images[keep], labels[keep]
+        seen += int(keep.numel())
+        if not len(labels):
+            continue
         images = images.to(device, non_blocking=True)
         with _autocast(device, amp_dtype):
-            feats = model(images)
-        seen += images.shape[0]
-        yield feats.float(), labels.to(device).long()
+            feats = check_finite_features(model(images).float())
+        yield feats, labels.to(device).long()
         now = time.time()
         if progress and not show_progress and now - t_last >= log_interval:
             t_last = now
             print(f"{progress}: {seen}/{total} images, {seen / (now - t0):.1f} img/s", flush=True)
+    if stats is not None:
+        stats["skipped"] = stats.get("skipped", 0) + skipped
     if progress and not show_progress:
         elapsed = max(time.time() - t0, 1e-9)
-        print(f"{progress}: {seen}/{total} images, {seen / elapsed:.1f} img/s (done in {elapsed:.1f} s)", flush=True)
+        note = f", {skipped} unreadable skipped" if skipped else ""
+        print(f"{progress}: {seen}/{total} images, {seen / elapsed:.1f} img/s (done in {elapsed:.1f} s){note}",
+              flush=True)
 
 
 @torch.no_grad()
-def extract_features(model, loader, device, amp_dtype=None, show_progress=False, progress=None):
+def extract_features(model, loader, device, amp_dtype=None, show_progress=False, progress=None, stats=None):
     """Embed every image of ``loader``, keeping the loader's order.
 
     Args:
@@ -68,11 +85,13 @@ def extract_features(model, loader, device, amp_dtype=None, show_progress=False,
         amp_dtype: None, ``torch.float16`` or ``torch.bfloat16`` (autocast for the forward pass).
         show_progress: show a tqdm bar.
         progress: optional name for periodic plain progress lines (see :func:`iter_features`).
+        stats: optional dict counting unreadable images left out (see :func:`iter_features`).
     Returns:
         ``(feats, labels)``: (N, D) float32 CPU tensor and (N,) long CPU tensor.
     """
     feats, labels = [], []
-    for f, y in iter_features(model, loader, device, amp_dtype, show_progress=show_progress, progress=progress):
+    for f, y in iter_features(model, loader, device, amp_dtype, show_progress=show_progress, progress=progress,
+                              stats=stats):
         feats.append(f.cpu())
         labels.append(y.cpu())
     if not feats:

@@ -35,6 +35,27 @@ class JsonLog:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
+    def keep_until(self, step):
+        """Start (or resume) the log at global step ``step``: the file exists from now on, and rows logged after
+        ``step`` by an earlier, interrupted attempt are dropped, so that after any number of resumes it holds one
+        row per logged step. Rows without a ``step`` field are kept."""
+        if not self.path:
+            return
+        rows = []
+        if os.path.isfile(self.path):
+            with open(self.path) as f:
+                for line in f:
+                    try:
+                        record = json.loads(line)
+                    except ValueError:  # a row torn by a kill: drop it
+                        continue
+                    if not isinstance(record, dict) or record.get("step", 0) <= step:
+                        rows.append(line if line.endswith("\n") else line + "\n")
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(rows)
+        os.replace(tmp, self.path)
+
 
 class ProgressLogger:
     """Running averages of per-step values and a periodic progress line.
@@ -103,7 +124,8 @@ class ProgressLogger:
         """Log the epoch's averages (JSON ``type: epoch``) and return them."""
         avg = self.averages()
         elapsed = time.time() - self.t_epoch
-        record = {"type": "epoch", "epoch": self.epoch, "epoch_time_s": elapsed,
+        record = {"type": "epoch", "epoch": self.epoch, "step": (self.epoch + 1) * self.iters_per_epoch,
+                  "epoch_time_s": elapsed,
                   "images_per_s": self.n_steps * self.images_per_step / max(elapsed, 1e-9), **avg, **(extra or {})}
         if self.json_log is not None and self.rank == 0:
             self.json_log.write(record)

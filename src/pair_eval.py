@@ -14,7 +14,7 @@ from src.errors import UserError
 from src.features import extract_features
 from src.models import KNOWN_ARCHS, build_backbone
 from src.pairs import VIEW_SETS
-from src.pretrained import checkpoint_arch, load_trunk, read_checkpoint
+from src.pretrained import TRUST_HELP, checkpoint_arch, load_trunk, read_checkpoint
 
 
 def add_pair_eval_args(parser, per_class_default, per_class_help):
@@ -36,7 +36,7 @@ def add_pair_eval_args(parser, per_class_default, per_class_help):
     add_arg(g, "--trunk-pattern", default=None,
             help="regex cut out of the checkpoint keys to get trunk keys, e.g. '^trunk\\.' (default: automatic)")
     add_arg(g, "--trust-checkpoint", action="store_true",
-            help="allow pickled Python objects in the checkpoint (runs code from the file: trusted files only)")
+            help=TRUST_HELP)
     add_arg(g, "--seed", default=0, type=int, help="seed of the random init and of any sampling (default 0)")
     g = parser.add_argument_group("data and device")
     add_arg(g, "-s", "--sample-per-class", default=per_class_default, type=int, help=per_class_help)

@@ -20,6 +20,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from src.augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from src.data import to_rgb
 from src.errors import UserError
 
 VIEW_SETS = {"normal": (0, 1, 2), "g-mask": (0, 3, 4), "rand-g-mask": (0, 5, 6), "avg-mask": (0, 7, 8),
@@ -44,7 +45,7 @@ def split_view_name(name):
 def _to_rgb(path):
     try:
         with open(path, "rb") as f:
-            return Image.open(f).convert("RGB")  # grayscale sources become 3 channels
+            return to_rgb(Image.open(f))  # grayscale sources become 3 channels, 16-bit ones are scaled
     except Exception as exc:  # any decoder failure
         raise UserError(f"cannot read image '{path}' ({type(exc).__name__}: {exc}): re-run "
                         "experiments.sample-augs for it or remove its views") from None

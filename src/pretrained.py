@@ -31,6 +31,12 @@ HEAD_PREFIXES = ("fc.", "projection_head.", "prototypes.", "head.", "heads.", "p
                  "classifier.3.")
 
 
+TRUST_HELP = ("unpickle the Python objects a checkpoint holds (Lightning hyper-parameters, an argparse Namespace). "
+              "Unpickling RUNS ARBITRARY CODE from the file: use it only for files from a source you trust; without "
+              "it a file with such objects is refused with the list of everything it would import (default: off, "
+              "weights only)")
+
+
 # ==== reading ====
 def read_checkpoint(path, trust=False):
     """Read a checkpoint file on the CPU.
@@ -47,29 +53,46 @@ def read_checkpoint(path, trust=False):
     path = str(path)
     if not os.path.isfile(path):
         raise UserError(f"checkpoint '{path}' does not exist: check the path given to --pretrained")
+    if os.path.getsize(path) == 0:
+        raise UserError(f"checkpoint '{path}' is empty (0 bytes; an interrupted copy?): pass another file")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - every unpickling failure becomes one line
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
-        if not found:
-            raise UserError(f"cannot read checkpoint '{path}' ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0][:200]}): the file is truncated or not a PyTorch "
-                            "checkpoint") from None
+        if not re.search(r"Unsupported global", str(exc)):
+            raise UserError(f"cannot read checkpoint '{path}' ({_first_line(exc)}): the file is truncated or not "
+                            "a PyTorch checkpoint") from None
         if not trust:
-            raise UserError(f"checkpoint '{path}' contains pickled Python objects ({found.group(1)}) and "
-                            "unpickling them can run code from the file: pass --trust-checkpoint if you trust "
-                            "it") from None
+            raise UserError(f"checkpoint '{path}' contains pickled Python objects ({', '.join(unsafe_globals(path))}) "
+                            "and unpickling them runs code from the file: pass --trust-checkpoint only if you "
+                            "trust its source") from None
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc2:  # noqa: BLE001
-            raise UserError(f"cannot read checkpoint '{path}' even as a trusted file ({type(exc2).__name__}: "
-                            f"{str(exc2).splitlines()[0][:200]})") from None
+            raise UserError(f"cannot read checkpoint '{path}' even as a trusted file ({_first_line(exc2)})") from None
     if isinstance(ckpt, torch.nn.Module):
         ckpt = ckpt.state_dict()
     if not isinstance(ckpt, dict):
         raise UserError(f"checkpoint '{path}' holds a {type(ckpt).__name__}, not a dict of weights: "
                         "pass a state dict or a training checkpoint")
     return ckpt
+
+
+def _first_line(exc):
+    """``Type: first line of the message`` (just the type when the message is empty, as an EOFError's)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+
+
+def unsafe_globals(path):
+    """Every global (class or function) a checkpoint file would import when unpickled: what ``--trust-checkpoint``
+    lets run. Read from the file's pickle opcodes, nothing is executed.
+
+    Returns: sorted list of ``module.name`` strings (["?"] when the file cannot be scanned).
+    """
+    try:
+        return sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(path))) or ["?"]
+    except Exception:  # noqa: BLE001 - a legacy (non-zip) file: name nothing rather than fail
+        return ["?"]
 
 
 def checkpoint_arch(ckpt):
@@ -299,6 +322,5 @@ def add_pretrained_args(group, snake=False):
                  "e.g. SCE's '^(trunk\\.)' or '^(trunk\\.model\\.)' for video (default: the prefix that covers "
                  "most trunk keys)")
     add_arg(group, name("--trust-checkpoint"), action="store_true",
-            help="allow pickled Python objects in the checkpoint (Lightning hyper-parameters, an argparse Namespace): "
-                 "unpickling runs code from the file, so only for trusted files (default: weights only)")
+            help=TRUST_HELP)
     return group

@@ -23,6 +23,7 @@ from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
 from .augment import MultiScaleCrops
+from .data import to_rgb
 from .device_augment import MultiCropAugment, layout, moco_views, sce_views, swav_views
 
 
@@ -68,7 +69,7 @@ class CropsToUint8:
             img.draft("RGB" if img.mode == "RGB" else img.mode, request)
             self.n_drafted += img.size != (width, height)
         sx, sy = img.size[0] / width, img.size[1] / height
-        img = img.convert("RGB")
+        img = to_rgb(img)
         out = []
         for (top, left, h, w), size in boxes:
             box = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)

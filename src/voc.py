@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .data import to_rgb
 from .errors import UserError
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
@@ -139,7 +140,7 @@ class VOCImages(torch.utils.data.Dataset):
     def __getitem__(self, index):
         try:
             with open(self.paths[index], "rb") as f:
-                img = Image.open(f).convert("RGB")
+                img = to_rgb(Image.open(f))
         except Exception as exc:  # noqa: BLE001 - any decoder failure names the file
             raise UserError(f"cannot read image '{self.paths[index]}' ({type(exc).__name__}: {exc})") from None
         return self.transform(img), index

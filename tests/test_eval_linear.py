@@ -113,7 +113,7 @@ def test_separable_toy_problem_and_exact_resume_with_cached_features(tiny, tmp_p
     # (--amp fp16 on a CPU: one warning line, then fp32, so the result still equals the fp32 run's)
     assert run_inprocess(flags(tiny, tmp_path / "b", *common, "--max_iters", "17", "--amp", "fp16")) is None
     out = capsys.readouterr().out
-    assert "stopped at epoch 3, iteration 2" in out and out.count("--amp fp16 / --use_fp16 needs CUDA") == 1
+    assert "stopped by --max_iters 17 at epoch 3, iteration 2" in out and out.count("--amp fp16 / --use_fp16 needs CUDA") == 1
     resumed = run_inprocess(flags(tiny, tmp_path / "b", *common, "--amp", "fp16"))
     out = capsys.readouterr().out
     assert "features read from" in out and "resumed from" in out and "at epoch 3, iteration 2" in out

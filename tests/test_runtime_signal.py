@@ -12,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = r"""
 import multiprocessing as mp, os, signal, time
 import torch
-from src.runtime import StopSignal
+from src.run.signals import StopSignal
 
 def sleep():
     time.sleep(30)

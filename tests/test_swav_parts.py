@@ -12,6 +12,7 @@ from src.logging import ProgressLogger
 from src.losses import distributed_sinkhorn, swav_loss
 from src.methods.swav import LossWatch, SwAVModel, SwAVQueue, code_entropies, resolution_groups
 from src.methods.swav_setup import build_optimizer, wrap_model
+from src.run.health import Health
 
 CPU = dist.DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), distributed=False, backend=None,
                     launcher="none")
@@ -151,22 +152,30 @@ def test_amp_scaler_unscales_before_larc():
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=n)
 
 
+def _verdict(health):
+    health.verdict(health.flags().tolist(), 10, "lower --base_lr", "kept")
+
+
 def test_loss_watch_nan_and_collapse():
-    w = LossWatch(math.log(3000), torch.device("cpu"))
-    for _ in range(5):
+    """The collapse guard is SwAV's (LossWatch); the NaN guard is the run loop's (src.run.health.Health)."""
+    w, h = LossWatch(math.log(3000), torch.device("cpu")), Health(torch.device("cpu"))
+    for step in range(5):
         w.update(torch.tensor(math.log(3000) + 0.01))
-    w.check_finite("here")
+        h.update(torch.tensor(math.log(3000) + 0.01), step)
+    _verdict(h)
     assert "collapse" in w.end_epoch()
     w.start_epoch()
     w.update(torch.tensor(7.0))
     assert w.end_epoch() is None
-    w.update(torch.tensor(float("nan")))
-    with pytest.raises(UserError, match="NaN"):
-        w.check_finite("epoch 0, iteration 7")
-    scaled = LossWatch(8.0, torch.device("cpu"), scaled=True)  # fp16: a skipped overflow step is not fatal
-    scaled.update(torch.tensor(float("inf")))
-    scaled.update(torch.tensor(7.0))
-    scaled.check_finite("x")
+    h.update(torch.tensor(7.0), 5)
+    h.update(torch.tensor(float("nan")), 6)
+    with pytest.raises(UserError, match="NaN") as exc:
+        _verdict(h)
+    assert "epoch 0, iteration 7" in str(exc.value)
+    scaled = Health(torch.device("cpu"), scaled=True)  # fp16: a skipped overflow step is not fatal
+    scaled.update(torch.tensor(float("inf")), 0)
+    scaled.update(torch.tensor(7.0), 1)
+    _verdict(scaled)
 
 
 def test_code_entropies():

@@ -10,7 +10,7 @@ the pieces:
   ``prototypes.<h>.weight`` (several heads, DeepCluster-v2 / SeLa-v2);
 * :func:`normalize_prototypes`, :func:`cancel_prototype_grads`: what happens to the prototypes each step;
 * :class:`SwAVQueue`: the assignment-only FIFO of past embeddings (never in the loss);
-* :func:`code_entropies`, :class:`LossWatch`: the collapse and non-finite guards.
+* :func:`code_entropies`, :class:`LossWatch`: the collapse guards.
 """
 import math
 
@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import dist
 from ..errors import UserError
 from ..models import build_backbone
 from ..models.heads import build_mlp
@@ -192,54 +191,31 @@ def code_entropies(codes):
 
 
 class LossWatch:
-    """Collapse and non-finite guards on the loss (issue "collapse and NaN guards"; spec A.17).
+    """Collapse guard on the loss (spec A.17; the non-finite guard is the run loop's, ``src.run.health``).
 
-    ``update(loss)`` keeps, on the loss's device (no sync), the largest distance of the epoch's losses from
-    ``uniform_loss`` (ln K: the loss of uniform codes/predictions) and a count of non-finite losses.
-    :meth:`check_finite` (at log steps and before every checkpoint; one all-reduce) raises a UserError so that
-    the run stops with the last good checkpoint kept; :meth:`end_epoch` returns a warning when the loss sat
-    within ``tol`` of ln K for the whole epoch.
+    ``update(loss)`` keeps, on the loss's device (no sync), the largest distance of the epoch's finite losses from
+    ``uniform_loss`` (ln K: the loss of uniform codes / predictions); :meth:`end_epoch` returns a warning when the
+    loss sat within ``tol`` of ln K for the whole epoch.
 
     Args:
         uniform_loss: ln K (for several heads of sizes K_h, the mean of ln K_h).
         device: device of the losses.
         tol: relative tolerance (0.005: 0.04 nats at K = 3000).
-        scaled: AMP fp16 with a grad scaler: a few non-finite losses are overflow steps the scaler skips, so
-            only a window where EVERY step was non-finite stops the run.
     """
 
-    def __init__(self, uniform_loss, device, tol=0.005, scaled=False):
-        self.uniform, self.tol, self.scaled, self.device = uniform_loss, tol, scaled, device
+    def __init__(self, uniform_loss, device, tol=0.005):
+        self.uniform, self.tol, self.device = uniform_loss, tol, device
         self.start_epoch()
-        self._new_window()
 
     def start_epoch(self):
         self.max_dev = torch.zeros((), device=self.device)
         self.steps = 0
 
-    def _new_window(self):
-        self.bad = torch.zeros((), device=self.device)
-        self.window = 0
-
     def update(self, loss):
         loss = loss.detach().float()
         finite = torch.isfinite(loss)
-        self.bad += (~finite).float()
         self.max_dev = torch.maximum(self.max_dev, torch.where(finite, (loss - self.uniform).abs(), self.max_dev))
         self.steps += 1
-        self.window += 1
-
-    def check_finite(self, where):
-        """Raise UserError (on every rank) if the loss was non-finite since the last check."""
-        if self.window == 0:
-            return
-        bad = int(dist.all_reduce(self.bad.clone(), op="max").item())
-        window = self.window
-        self._new_window()
-        if bad and (not self.scaled or bad >= window):
-            raise UserError(f"the loss became NaN/inf ({bad} of the last {window} steps, {where}); the last good "
-                            "checkpoint is kept. Lower --base_lr, raise --epsilon (Sinkhorn), or turn AMP off, then "
-                            "run the same command to resume from it")
 
     def end_epoch(self):
         """Returns: a warning string if the loss stayed at ln K all epoch (collapsed codes), else None."""

@@ -1,20 +1,17 @@
 """What ``main_swav.py`` and ``main_deepclusterv2.py`` share around the method: the official flags, the
-multi-crop loader, SGD + LARC with the per-iteration schedule, the wrapped model, and the per-rank files
-(SwAV's ``queue{rank}.pth``, DeepCluster-v2's ``mb{rank}.pth``) stamped with the step they belong to.
+multi-crop loader, SGD + LARC with the per-iteration schedule, the wrapped model, and the rule for numbered
+checkpoint copies (launching, resuming and saving are the run skeleton's, ``src.run``).
 
 Kept out of the scripts so the two stay short (the reference repository repeats 176 lines between them);
 the method itself stays in the scripts' ``train_one_epoch`` and in ``src/methods/{swav,deepcluster}.py``.
 """
 import math
-import os
 
 import torch
 from torch import nn
 
-from .. import dist
-from ..args import add_arg, bool_flag
+from ..args import NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, add_arg, bool_flag
 from ..augment import swav_multicrop_transform
-from ..checkpoint import save_checkpoint
 from ..data import ResumableSampler, build_dataset, build_loader, resolve_split
 from ..errors import UserError
 from ..logging import print_rank0
@@ -31,9 +28,9 @@ def add_multicrop_args(parser):
     g = parser.add_argument_group("data and multi-crop")
     add_arg(g, "--data_path", default="/path/to/imagenet", type=str,
             help="dataset root: DIR/train (or DIR itself) with one folder per class, or a flat folder of images")
-    add_arg(g, "--nmb_crops", default=[2], type=int, nargs="+",
+    add_arg(g, "--nmb_crops", default=[2], type=POSITIVE_INT, nargs="+",
             help="crops per resolution group (2 6 for 2x224+6x96; the first group holds the assignment crops)")
-    add_arg(g, "--size_crops", default=[224], type=int, nargs="+", help="crop side per group, pixels (224 96)")
+    add_arg(g, "--size_crops", default=[224], type=POSITIVE_INT, nargs="+", help="crop side per group, pixels (224 96)")
     add_arg(g, "--min_scale_crops", default=[0.14], type=float, nargs="+",
             help="RandomResizedCrop min area per group (0.14 0.05; 0.08 for the 2x224 recipe)")
     add_arg(g, "--max_scale_crops", default=[1.0], type=float, nargs="+",
@@ -41,24 +38,24 @@ def add_multicrop_args(parser):
     add_arg(g, "--use_pil_blur", default=True, type=bool_flag,
             help="PIL Gaussian blur (true, the reference since April 2021); false: the older fixed 23x23-kernel blur "
                  "that trained the released checkpoints (same sigma range 0.1-2 and p 0.5)")
-    add_arg(g, "--workers", default=10, type=int, help="data loading workers per process (10 per GPU)")
+    add_arg(g, "--workers", default=10, type=NONNEG_INT, help="data loading workers per process (10 per GPU)")
     return g
 
 
 def add_optim_args(parser, freeze_default, freeze_help):
     """``--epochs --batch_size --base_lr --final_lr --freeze_prototypes_niters --wd --warmup_epochs --start_warmup``."""
     g = parser.add_argument_group("optimization (SGD + LARC, per-iteration warmup then cosine)")
-    add_arg(g, "--epochs", default=100, type=int, help="number of total epochs (100-800)")
-    add_arg(g, "--batch_size", default=64, type=int,
+    add_arg(g, "--epochs", default=100, type=POSITIVE_INT, help="number of total epochs (100-800)")
+    add_arg(g, "--batch_size", default=64, type=POSITIVE_INT,
             help="images per PROCESS (64 x 64 GPUs = 4096; 64 x 4 = 256 for the small-batch recipe)")
-    add_arg(g, "--base_lr", default=4.8, type=float,
+    add_arg(g, "--base_lr", default=4.8, type=POSITIVE,
             help="peak lr, NOT rescaled by the batch (4.8 at 4096, 0.6 at 256)")
-    add_arg(g, "--final_lr", default=0.0, type=float,
+    add_arg(g, "--final_lr", default=0.0, type=NONNEG,
             help="lr at the end of the cosine (0.0048 / 0.0006 in the recipes)")
-    add_arg(g, "--freeze_prototypes_niters", default=freeze_default, type=int, help=freeze_help)
-    add_arg(g, "--wd", default=1e-6, type=float, help="weight decay, on every parameter through LARC (1e-6)")
-    add_arg(g, "--warmup_epochs", default=10, type=int, help="linear warmup epochs (10 at 4096, 0 at 256)")
-    add_arg(g, "--start_warmup", default=0.0, type=float, help="lr at the first warmup step (0; 0.3 in the recipes)")
+    add_arg(g, "--freeze_prototypes_niters", default=freeze_default, type=NONNEG_INT, help=freeze_help)
+    add_arg(g, "--wd", default=1e-6, type=NONNEG, help="weight decay, on every parameter through LARC (1e-6)")
+    add_arg(g, "--warmup_epochs", default=10, type=NONNEG_INT, help="linear warmup epochs (10 at 4096, 0 at 256)")
+    add_arg(g, "--start_warmup", default=0.0, type=NONNEG, help="lr at the first warmup step (0; 0.3 in the recipes)")
     return g
 
 
@@ -67,23 +64,23 @@ def add_run_args(parser, checkpoint_freq=25):
     ``--max_iters``, ``--save_every_iters``, ``--resume``)."""
     g = parser.add_argument_group("model")
     add_arg(g, "--arch", default="resnet50", type=str, help=f"trunk: {', '.join(KNOWN_ARCHS)}")
-    add_arg(g, "--hidden_mlp", default=2048, type=int,
+    add_arg(g, "--hidden_mlp", default=2048, type=NONNEG_INT,
             help="hidden width of the projection head (2048; 8192 for resnet50w2/w4; 0: a single Linear)")
     add_arg(g, "--cifar_stem", action="store_true", help="ResNet 3x3 stride-1 stem, for 32-96 px images (not ImageNet)")
     add_arg(g, "--sync_bn", default="pytorch", type=str,
             help="pytorch: SyncBatchNorm over all processes; apex: over groups of --syncbn_process_group_size "
                  "ranks (torch's SyncBatchNorm, no apex needed); anything else: per-process BN. CUDA only")
-    add_arg(g, "--syncbn_process_group_size", default=8, type=int, help="ranks per BN group with --sync_bn apex (8)")
+    add_arg(g, "--syncbn_process_group_size", default=8, type=POSITIVE_INT, help="ranks per BN group with --sync_bn apex (8)")
     add_arg(g, "--seed", default=31, type=int, help="seed for init, sampling and augmentation (31)")
     g = parser.add_argument_group("output and checkpoints")
     add_arg(g, "--dump_path", "--output_dir", default=".", type=str, dest="dump_path",
             help="experiment folder: checkpoint.pth.tar, checkpoints/ckp-E.pth, args.json, log.txt, per-rank files")
-    add_arg(g, "--checkpoint_freq", default=checkpoint_freq, type=int,
+    add_arg(g, "--checkpoint_freq", default=checkpoint_freq, type=NONNEG_INT,
             help="copy the checkpoint to checkpoints/ckp-E.pth every N epochs and at the last one (25; 0: last only)")
-    add_arg(g, "--print_freq", default=50, type=int, help="log every N iterations (50, as the reference)")
-    add_arg(g, "--save_every_iters", default=0, type=int,
+    add_arg(g, "--print_freq", default=50, type=POSITIVE_INT, help="log every N iterations (50, as the reference)")
+    add_arg(g, "--save_every_iters", default=0, type=NONNEG_INT,
             help="also refresh checkpoint.pth.tar every N iterations inside an epoch (0: epoch ends only)")
-    add_arg(g, "--max_iters", default=0, type=int,
+    add_arg(g, "--max_iters", default=0, type=NONNEG_INT,
             help="stop (with a checkpoint) after this many iterations in total; for smoke tests (0: off)")
     add_arg(g, "--resume", default="", type=str,
             help="checkpoint to resume from (default: DUMP_PATH/checkpoint.pth.tar if it exists: auto-resume)")
@@ -110,37 +107,6 @@ def check_multicrop_args(args):
                         f"{args.batch_size}, {args.epochs}, {args.warmup_epochs}")
     if args.temperature <= 0:
         raise UserError(f"--temperature must be > 0 (0.1), got {args.temperature}")
-
-
-# ==== launching ====
-def launch(train_fn, args):
-    """The scripts' ``main`` after the flag checks: MoCo-style ``--multiprocessing-distributed`` spawns one process
-    per GPU (or ``--nproc_per_node`` CPU processes); otherwise this process trains (alone, or as one rank of
-    torchrun / torch.distributed.launch / srun, which ``src.dist`` detects).
-
-    Args: train_fn: module-level ``train(args, info)``; args: the script's flags.
-    Returns: what ``train_fn`` returns in this process (None when spawning).
-    """
-    if args.multiprocessing_distributed:
-        nprocs = args.nproc_per_node or max(torch.cuda.device_count(), 1)
-        dist.spawn_workers(_worker, nprocs, max(args.rank, 0), max(args.world_size, 1), args.dist_url,
-                           (train_fn, args))
-        return None
-    return _worker(None, None, None, None, train_fn, args)
-
-
-def _worker(local_rank, rank, world_size, dist_url, train_fn, args):
-    """One training process: process group (any launcher), ``train_fn(args, info)``, tear down."""
-    if rank is None:  # not spawned here: torchrun / launch / srun / plain python / manual ranks
-        local_rank, rank, world_size = args.local_rank, args.rank, args.world_size
-        dist_url = args.dist_url if args.dist_url != "env://" else None
-    device = args.device or (f"cuda:{args.gpu}" if args.gpu is not None else None)
-    info = dist.init_distributed(dist_url=dist_url, world_size=world_size, rank=rank, local_rank=local_rank,
-                                 backend=args.dist_backend or None, device=device)
-    try:
-        return train_fn(args, info)
-    finally:
-        dist.cleanup()
 
 
 # ==== data ====
@@ -204,38 +170,11 @@ def build_optimizer(model, args, iters_per_epoch):
 
 
 # ==== checkpoints ====
-def save_run_checkpoint(dump_path, state, epoch_done, numbered):
-    """Rank 0: ``dump_path/checkpoint.pth.tar`` (atomic) and, if ``numbered``, ``checkpoints/ckp-{E}.pth`` with E
-    the 0-based epoch just finished, as the reference names its copies."""
-    save_checkpoint(os.path.join(dump_path, "checkpoint.pth.tar"), state)
-    if numbered:
-        save_checkpoint(os.path.join(dump_path, "checkpoints", f"ckp-{epoch_done}.pth"), state)
-
-
-def numbered_epoch(epoch, epochs, checkpoint_freq):
-    """The reference's rule: keep a copy when ``epoch % checkpoint_freq == 0`` or at the last epoch."""
-    return epoch == epochs - 1 or (checkpoint_freq > 0 and epoch % checkpoint_freq == 0)
-
-
-def save_rank_file(dump_path, name, rank, tensors, epoch, it):
-    """Every rank: ``dump_path/{name}{rank}.pth`` holding ``tensors`` and the (epoch, iter) it belongs to."""
-    save_checkpoint(os.path.join(dump_path, f"{name}{rank}.pth"), {**tensors, "epoch": epoch, "iter": it})
-
-
-def load_rank_file(dump_path, name, rank, epoch, it):
-    """This rank's ``{name}{rank}.pth`` if it belongs to the checkpoint being resumed (same epoch and iter).
-
-    Returns: the dict, or None (missing file, or written for another step: say so and start afresh).
-    """
-    path = os.path.join(dump_path, f"{name}{rank}.pth")
-    if not os.path.isfile(path):
-        return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if (state.get("epoch"), state.get("iter")) != (epoch, it):
-        print(f"warning: {path} belongs to epoch {state.get('epoch')} iteration {state.get('iter')}, not to the "
-              f"checkpoint (epoch {epoch} iteration {it}): ignored", flush=True)
-        return None
-    return state
+def numbered_copy(epoch, epochs, checkpoint_freq):
+    """The reference's rule for ``checkpoints/ckp-{epoch}.pth`` (``epoch`` 0-based, just finished): a copy when
+    ``epoch % checkpoint_freq == 0`` or at the last epoch. Returns: the file name, or False."""
+    keep = epoch == epochs - 1 or (checkpoint_freq > 0 and epoch % checkpoint_freq == 0)
+    return f"checkpoints/ckp-{epoch}.pth" if keep else False
 
 
 def log_model(model, args, info, n_images, iters_per_epoch, extra=""):

@@ -19,7 +19,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from ..data import IMG_EXTENSIONS
+from ..data import IMG_EXTENSIONS, to_rgb
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
 
@@ -153,7 +153,7 @@ class _LazyFrame:
     def load(self):
         try:
             with Image.open(self.path) as img:
-                return np.asarray(img.convert("RGB"))
+                return np.asarray(to_rgb(img))
         except Exception as exc:  # any decoder failure
             raise VideoError(f"frame {os.path.basename(self.path)}: {type(exc).__name__}: {exc}") from None
 

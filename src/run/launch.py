@@ -1,0 +1,82 @@
+"""Run a script under whichever launcher started it, with the same exits everywhere.
+
+``cli(main, parse_args)`` is every script's ``__main__``: parse (a bad flag is one ``error:`` line, exit 2),
+then ``main(args)``; a :class:`~src.errors.UserError` anywhere is one ``error:`` line and exit 2, Ctrl-C is
+``interrupted`` and exit 130, never a traceback.
+
+``launch(fn, args)`` handles MoCo's ``--multiprocessing-distributed`` (one spawned process per GPU, or
+``--nproc_per_node`` on a CPU; the parent passes SIGTERM / SIGUSR1 / SIGINT on to them and waits) and otherwise
+runs in this process, which ``src.dist.init_distributed`` places in the group of torchrun,
+``torch.distributed.launch``, ``srun`` or a plain ``python`` (no group). Each process installs its stop handler
+first (a signal from then on is a stop request), checks that a requested CUDA device exists, joins the group and
+calls ``fn(args, info)``; the flags read are those of ``src.args.add_dist_args``.
+"""
+import sys
+
+import torch
+
+from .. import dist
+from ..errors import UserError, exit_on_user_error, report
+from .signals import process_stop_signal
+
+
+def launch(fn, args):
+    """Run ``fn(args, info)`` in every process of the run.
+
+    Args:
+        fn: module-level function (it is pickled for spawned processes).
+        args: parsed flags with ``add_dist_args``'s fields.
+    Returns:
+        ``fn``'s return value in this process (None when processes were spawned).
+    """
+    if not args.multiprocessing_distributed:
+        return _worker(None, None, None, None, fn, args)
+    nprocs = args.nproc_per_node or max(torch.cuda.device_count(), 1)
+    try:
+        dist.spawn_workers(_worker, nprocs, max(args.rank, 0), max(args.world_size, 1), args.dist_url, (fn, args))
+    except torch.multiprocessing.ProcessExitedException as exc:
+        # 2: a UserError, 130: Ctrl-C, both already said by the process itself in one line
+        if exc.exit_code not in (2, 130):
+            print(f"error: process {exc.error_index} exited with code {exc.exit_code} (its output is above)",
+                  file=sys.stderr, flush=True)
+        sys.exit(exc.exit_code if exc.exit_code in (2, 130) else 1)
+    except torch.multiprocessing.ProcessRaisedException as exc:
+        print(f"error: process {exc.error_index} failed (its traceback is above)", file=sys.stderr, flush=True)
+        sys.exit(1)
+    return None
+
+
+def _worker(local_rank, rank, world_size, dist_url, fn, args):
+    """One process: stop handler, device check, process group (any launcher), ``fn``, clean exit."""
+    process_stop_signal()
+    if rank is None:  # not spawned here: torchrun / launch / srun / plain python / MoCo-style manual ranks
+        local_rank, rank, world_size = args.local_rank, args.rank, args.world_size
+        dist_url = args.dist_url if args.dist_url != "env://" else None
+    device = args.device or (f"cuda:{args.gpu}" if args.gpu is not None else None)
+    if device and device.startswith("cuda") and not torch.cuda.is_available():
+        report(UserError(f"--device {device}: no CUDA device is visible; use --device cpu", collective=True),
+               rank if rank is not None and rank >= 0 else None)
+        sys.exit(2)
+    info = dist.init_distributed(dist_url=dist_url, world_size=world_size, rank=rank, local_rank=local_rank,
+                                 backend=args.dist_backend or None, device=device)
+    try:
+        out = fn(args, info)
+    except UserError as exc:
+        report(exc, info.rank)
+        if exc.collective:
+            dist.cleanup()  # every rank stopped at the same point: leave the group together
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
+    dist.cleanup()
+    return out
+
+
+def cli(main, parse_args):
+    """A script's ``__main__``: ``main(parse_args())`` with one-line errors (a flag or data error before the
+    processes join is the same on every rank: rank 0 says it).
+
+    Args: main: the script's ``main(args)``; parse_args: e.g. ``get_args_parser().parse_args``.
+    """
+    return exit_on_user_error(lambda: main(parse_args()), collective=True)()

@@ -1,0 +1,110 @@
+"""Stop requests: SIGTERM / SIGUSR1 set a flag that the training loop turns into a checkpoint and a clean exit.
+
+Who receives the signal decides what must happen:
+
+* the training process (any rank): the handler only sets a flag; :class:`~src.run.loop.Run` reads it (one
+  all-reduce every ``--print_freq`` steps, so all ranks agree) and stops at the next step boundary;
+* a DataLoader worker (``kill -TERM -- -PGID``, ``scancel`` and SLURM's time limit signal every process of the
+  job): it ignores the signal and keeps serving batches until the main process has saved and shuts it down
+  (a worker that died here would turn the stop into ``DataLoader worker ... is killed by signal``);
+* any other forked child (a ``multiprocessing.Pool`` worker): it dies of the signal, as it would without us,
+  or ``Pool.terminate()`` and ``scancel`` would wait for it forever;
+* the parent of MoCo-style spawned processes (:func:`forward_to_children`): it forwards the signal to its
+  children and waits for them to save.
+
+The handlers are installed once per process, at launch, before anything slow happens.
+"""
+import os
+import signal
+
+import torch
+
+STOP_SIGNALS = tuple(s for s in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)) if s is not None)
+
+
+def _in_dataloader_worker():
+    """True inside a DataLoader worker process (also in the instant before its loop sets ``get_worker_info``)."""
+    if torch.utils.data.get_worker_info() is not None:
+        return True
+    import multiprocessing
+
+    from torch.utils.data._utils import worker
+
+    return getattr(multiprocessing.current_process(), "_target", None) is worker._worker_loop
+
+
+class StopSignal:
+    """The process's stop flag, set by SIGTERM / SIGUSR1 (SLURM pre-emption: ``--signal=USR1@120``).
+
+    Args:
+        device: device of this rank's collectives (gloo: CPU, NCCL: its GPU); only :meth:`requested` uses it.
+    Attributes:
+        flag: True once a stop signal reached this process. signum: the last signal's number (or None).
+    """
+
+    def __init__(self, device=None):
+        self.flag, self.signum, self.device, self.pid = False, None, device, os.getpid()
+        for sig in STOP_SIGNALS:
+            try:
+                signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread (e.g. inside a test harness thread)
+                pass
+
+    def _handler(self, signum, frame):
+        if os.getpid() != self.pid:  # a forked child inherited this handler
+            if _in_dataloader_worker():
+                return  # keep serving batches: the main process saves, then shuts the worker down
+            signal.signal(signum, signal.SIG_DFL)  # die of the signal, as without this handler
+            os.kill(os.getpid(), signum)
+            return
+        self.flag, self.signum = True, signum
+
+    @property
+    def name(self):
+        """The signal's name, e.g. ``SIGTERM`` (``signal`` when none was received)."""
+        return signal.Signals(self.signum).name if self.signum else "signal"
+
+    def requested(self, it, every):
+        """Whether to stop after 0-based iteration ``it``; checked (one all-reduce) every ``every`` steps.
+
+        Returns: True on every rank as soon as any rank received a signal, at a checked step.
+        """
+        from .. import dist
+
+        if (it + 1) % max(every, 1) != 0:
+            return False
+        flag = torch.tensor([float(self.flag)], device=self.device)
+        return bool(dist.all_reduce(flag, op="sum").item() > 0)
+
+
+_PROCESS_STOP = {}  # pid -> StopSignal: signal handlers are per process by nature, so is this
+
+
+def process_stop_signal():
+    """This process's :class:`StopSignal`, installed on first use (launch installs it at process start)."""
+    pid = os.getpid()
+    if pid not in _PROCESS_STOP:
+        _PROCESS_STOP.clear()
+        _PROCESS_STOP[pid] = StopSignal()
+    return _PROCESS_STOP[pid]
+
+
+def forward_to_children(get_pids):
+    """In a parent that only waits for its spawned workers: SIGTERM / SIGUSR1 / SIGINT are passed on to them instead
+    of killing the parent (they save, or say ``interrupted``, and exit; the parent's wait then ends normally).
+
+    Args:
+        get_pids: callable returning the children's PIDs at the moment of the signal.
+    Returns: a callable that restores the previous handlers.
+    """
+    def handler(signum, frame):
+        for pid in get_pids():
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    previous = {}
+    for sig in STOP_SIGNALS + (signal.SIGINT,):  # Ctrl-C too: the workers stop, then the wait ends
+        previous[sig] = signal.signal(sig, handler)
+    return lambda: [signal.signal(s, h) for s, h in previous.items()]
