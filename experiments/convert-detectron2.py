@@ -114,6 +114,9 @@ def write_pickle(obj, path):
         with os.fdopen(fd, "wb") as f:
             # protocol 5 would rebuild arrays with numpy._core.numeric._frombuffer instead of _reconstruct
             _PortablePickler(f, protocol=4).dump(obj)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the file from a training job run as another user
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
