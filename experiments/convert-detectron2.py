@@ -28,9 +28,11 @@ restricted unpickler that allows only ``_reconstruct``, ``numpy.ndarray`` and ``
     cd detection && python train_net.py --config-file configs/pascal_voc_R_50_C4_24k_moco.yaml \\
         --num-gpus 8 MODEL.WEIGHTS ../moco_r50.pkl
 
-Only ResNet trunks with the ImageNet stem convert (detectron2's stem is a 7x7 stride-2 conv and a max-pool).
-The configs in ``detection/configs`` build an R50-C4 (bottleneck res5 head); resnet18/34 files suit detectron2
-configs with ``RESNETS.DEPTH: 18/34`` and ``RES2_OUT_CHANNELS: 64``, wide ResNets ``WIDTH_PER_GROUP: 128``.
+Only ResNet trunks of a depth detectron2 builds (18, 34, 50, 101, 152; ``DETECTRON2_ARCHS``) with the ImageNet
+stem convert (detectron2's stem is a 7x7 stride-2 conv and a max-pool). The configs in ``detection/configs``
+build an R50-C4 (bottleneck res5 head); resnet18/34 files suit detectron2 configs with ``RESNETS.DEPTH: 18/34``
+and ``RES2_OUT_CHANNELS: 64``, wide_resnet50_2/101_2 ``WIDTH_PER_GROUP: 128``, SwAV's resnet50wW
+``WIDTH_PER_GROUP``, ``STEM_OUT_CHANNELS`` and ``RES2_OUT_CHANNELS`` of 64, 64 and 256 times W.
 Every torchvision-style ResNet needs ``RESNETS.STRIDE_IN_1X1: False`` and RGB input in torchvision's
 normalisation, as the ``*_moco.yaml`` configs set.
 """
@@ -50,6 +52,9 @@ from src.pretrained import add_pretrained_args, checkpoint_arch, load_trunk, rea
 
 _STEM = re.compile(r"^(conv1|bn1)\.(\w+)$")
 _BLOCK = re.compile(r"^layer([1-4])\.(\d+)\.(conv[1-3]|bn[1-3]|downsample\.[01])\.(\w+)$")
+# block counts of the depths detectron2's build_resnet_backbone knows (18, 34 / 50, 101, 152); resnet_tiny has none
+_DETECTRON2_BLOCKS = ([2, 2, 2, 2], [3, 4, 6, 3], [3, 4, 23, 3], [3, 8, 36, 3])
+DETECTRON2_ARCHS = tuple(a for a, (_, blocks, *_) in RESNET_CONFIGS.items() if blocks in _DETECTRON2_BLOCKS)
 # the function numpy's ndarray.__reduce__ rebuilds arrays with, whatever its module is called in this numpy
 _RECONSTRUCT = np.zeros(0).__reduce__()[0]
 
@@ -143,9 +148,9 @@ def load_resnet_trunk(path, arch=None, cifar_stem=None, trunk_pattern=None, trus
     ckpt = read_checkpoint(path, trust=trust)
     ckpt_arch, ckpt_stem = checkpoint_arch(ckpt)
     arch = arch or ckpt_arch or "resnet50"
-    if arch not in RESNET_CONFIGS:
+    if arch not in DETECTRON2_ARCHS:
         raise UserError(f"arch {arch!r} has no detectron2 counterpart: only ResNet trunks convert "
-                        f"({', '.join(RESNET_CONFIGS)})")
+                        f"({', '.join(DETECTRON2_ARCHS)})")
     if ckpt_stem if cifar_stem is None else cifar_stem:
         raise UserError(f"'{path}' is a {arch} with the small-image 3x3 stem, which detectron2's 7x7 stride-2 stem "
                         "cannot hold: convert a trunk trained with the ImageNet stem")

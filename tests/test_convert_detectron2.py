@@ -197,6 +197,40 @@ def test_refuses_small_stem_and_wrong_suffix(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["cifar.pth.tar"]
 
 
+def test_refuses_archs_detectron2_cannot_build(tmp_path):
+    path = str(tmp_path / "tiny.pth")
+    save_checkpoint(path, {"arch": "resnet_tiny", "state_dict": build_backbone("resnet_tiny")[0].state_dict()})
+    with pytest.raises(UserError, match="no detectron2 counterpart"):  # one block per stage: no detectron2 depth
+        convert.main([path, str(tmp_path / "tiny.pkl")])
+
+
+def test_refuses_a_vit_without_recorded_arch(tmp_path):
+    path = str(tmp_path / "vit.pth")
+    torch.save(build_backbone("deit_tiny")[0].state_dict(), path)  # no arch in the file: resnet50 is tried
+    with pytest.raises(UserError, match="no trunk weights for arch 'resnet50'.*only ResNet trunks convert"):
+        convert.main([path, str(tmp_path / "vit.pkl")])
+
+
+def test_configs_chain_and_name_the_registered_head():
+    """The configs' _BASE_ files exist, the *_moco ones set what a torchvision trunk needs, and the box head the
+    base config names is the one train_net.py registers (read as text: detectron2 is not installed here)."""
+    folder = os.path.join(os.path.dirname(convert.__file__), "..", "detection")
+    configs = {n: open(os.path.join(folder, "configs", n)).read() for n in os.listdir(os.path.join(folder, "configs"))}
+    assert sorted(configs) == ["Base-RCNN-C4-BN.yaml", "coco_R_50_C4_2x.yaml", "coco_R_50_C4_2x_moco.yaml",
+                               "pascal_voc_R_50_C4_24k.yaml", "pascal_voc_R_50_C4_24k_moco.yaml"]
+    for name, text in configs.items():
+        base = re.search(r'^_BASE_: "(.+)"$', text, re.M)
+        assert (base is None) == (name == "Base-RCNN-C4-BN.yaml") and (base is None or base.group(1) in configs)
+        if name.endswith("_moco.yaml"):
+            assert base.group(1) == name.replace("_moco", "")
+            for line in ("STRIDE_IN_1X1: False", 'FORMAT: "RGB"', "PIXEL_MEAN: [123.675, 116.280, 103.530]",
+                         "PIXEL_STD: [58.395, 57.120, 57.375]"):
+                assert line in text, (name, line)
+    head = re.search(r'^\s+NAME: "(\w+)"$', configs["Base-RCNN-C4-BN.yaml"], re.M).group(1)
+    train_net = open(os.path.join(folder, "train_net.py")).read()
+    assert f"@ROI_HEADS_REGISTRY.register()\nclass {head}(Res5ROIHeads)" in train_net
+
+
 def test_cli_prints_one_line(tmp_path):
     path, out = str(tmp_path / "r18.pth"), str(tmp_path / "det" / "r18.pkl")
     torch.save(torchvision_resnet("resnet18").state_dict(), path)
@@ -212,10 +246,8 @@ def _bad_inputs(folder):
     mobilenet, _ = build_backbone("mobilenetv3_small")
     save_checkpoint(os.path.join(folder, "mnv3.pth"), {"arch": "mobilenetv3_small",
                                                        "state_dict": mobilenet.state_dict()})
-    deit, _ = build_backbone("deit_tiny")
-    torch.save(deit.state_dict(), os.path.join(folder, "vit.pth"))  # no arch recorded: resnet50 is tried
     open(os.path.join(folder, "empty.pth"), "wb").close()
-    return {"mnv3.pth": "only ResNet", "vit.pth": "only ResNet", "empty.pth": "empty", "missing.pth": "does not exist"}
+    return {"mnv3.pth": "only ResNet", "empty.pth": "empty", "missing.pth": "does not exist"}
 
 
 def test_cli_bad_input_one_error_line(tmp_path):
