@@ -40,7 +40,6 @@ import argparse
 import os
 import pickle
 import re
-import tempfile
 
 import numpy as np
 
@@ -49,6 +48,7 @@ from src.errors import UserError, exit_on_user_error
 from src.models import build_backbone
 from src.models.resnet import RESNET_CONFIGS
 from src.pretrained import add_pretrained_args, checkpoint_arch, load_trunk, read_checkpoint
+from src.run.checkpoint import atomic_write
 
 _STEM = re.compile(r"^(conv1|bn1)\.(\w+)$")
 _BLOCK = re.compile(r"^layer([1-4])\.(\d+)\.(conv[1-3]|bn[1-3]|downsample\.[01])\.(\w+)$")
@@ -112,21 +112,8 @@ class _PortablePickler(pickle._Pickler):
 
 def write_pickle(obj, path):
     """Pickle ``obj`` (protocol 4, arrays portable across numpy 1 / 2) to ``path`` atomically."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pkl")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            # protocol 5 would rebuild arrays with numpy._core.numeric._frombuffer instead of _reconstruct
-            _PortablePickler(f, protocol=4).dump(obj)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the file from a training job run as another user
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    # protocol 5 would rebuild arrays with numpy._core.numeric._frombuffer instead of _reconstruct
+    atomic_write(path, lambda f: _PortablePickler(f, protocol=4).dump(obj), flag="OUT")
 
 
 def load_resnet_trunk(path, arch=None, cifar_stem=None, trunk_pattern=None, trust=False):

@@ -41,12 +41,13 @@ def _write_error(path, exc, flag):
                      "checkpoint, if any, is kept")
 
 
-def save_checkpoint(path, state, flag="--dump_path"):
-    """Write ``state`` to ``path`` atomically (temp file + fsync + rename), mode ``0666 & ~umask`` (0644 by default).
+def atomic_write(path, write, flag="--dump_path"):
+    """Write a file atomically: ``write(f)`` fills a temporary file in the same folder, which is flushed to disk,
+    given mode ``0666 & ~umask`` (0644 by default) and renamed over ``path``.
 
     Args:
         path: target file; its folder is created.
-        state: what ``torch.save`` writes (keep it weights_only-loadable: tensors, numbers, strings, lists, dicts).
+        write: callable taking the open binary file.
         flag: the command-line flag naming the folder, for the error message.
     Raises:
         UserError: the folder is read-only, the disk is full, or the write failed otherwise (the previous file at
@@ -56,9 +57,9 @@ def save_checkpoint(path, state, flag="--dump_path"):
     tmp = None
     try:
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX, suffix=".pth")
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX, suffix=os.path.splitext(str(path))[1] or ".tmp")
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600: a group on a shared cluster could not read it
@@ -69,6 +70,12 @@ def save_checkpoint(path, state, flag="--dump_path"):
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+
+
+def save_checkpoint(path, state, flag="--dump_path"):
+    """``torch.save(state)`` to ``path`` through :func:`atomic_write` (keep ``state`` weights_only-loadable:
+    tensors, numbers, strings, lists, dicts)."""
+    atomic_write(path, lambda f: torch.save(state, f), flag)
 
 
 def check_writable(folder, flag="--dump_path"):
