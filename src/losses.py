@@ -171,7 +171,7 @@ class Transport(NamedTuple):
 def sinkhorn_equipartition(scores, epsilon=0.05, tolerance=1e-3, max_iters=1000, inplace=False):
     """Sinkhorn-Knopp run until every prototype holds the same share of the samples (SeLa's label step).
 
-    SeLa (Asano et al., ICLR 2020, eq. 6-8; yukimasano/self-label ``optimize_L_sk``) solves the transport problem
+    SeLa (Asano et al., ICLR 2020, section 3; yukimasano/self-label ``optimize_L_sk``) solves the transport problem
     between samples and clusters to convergence instead of running a fixed number of iterations as SwAV does
     per batch: with ``kernel = exp(scores / epsilon)`` it alternates ``c <- 1 / (kernel r)`` (every sample's row
     sums to 1) and ``r <- (n_total / K) / (c^T kernel)`` (every prototype's column to ``n_total / K``), and
@@ -205,7 +205,7 @@ def sinkhorn_equipartition(scores, epsilon=0.05, tolerance=1e-3, max_iters=1000,
         # subtracting each row's max keeps every entry in (0, 1]; the row factor is absorbed by the row scale
         kernel.sub_(kernel.max(dim=1, keepdim=True).values).div_(epsilon).exp_()
         n_local, K = kernel.shape
-        n_total = float(dist.all_reduce(torch.tensor([float(n_local)], dtype=torch.float64)).item())
+        n_total = float(dist.all_reduce(torch.tensor([n_local], device=kernel.device)).item())  # nccl: on the device
         col_scale = torch.ones(K, dtype=dtype, device=kernel.device)
         for it in range(1, max_iters + 1):
             row_scale = 1.0 / (kernel @ col_scale)  # (n_local,): every row of the plan sums to 1
@@ -214,7 +214,7 @@ def sinkhorn_equipartition(scores, epsilon=0.05, tolerance=1e-3, max_iters=1000,
             error = float((columns * (K / n_total) - 1.0).abs().max())
             if not math.isfinite(error):  # a row or column of zeros (underflow) turns the scales inf / NaN
                 raise UserError(f"Sinkhorn over the memory bank over- or underflowed at epsilon {epsilon}: use a "
-                                "larger --epsilon (0.05; at least 0.03)")
+                                "larger --epsilon (0.05; at least 0.025)")
             if error <= tolerance:
                 break
             col_scale = (n_total / K) / col_mass
