@@ -135,7 +135,7 @@ def init_centroids(x, k, generator):
 
 
 SELA_TOLERANCE = 1e-3  # prototypes' soft shares within 0.1% of N / K before rounding
-SELA_MAX_ITERS = 1000  # a cap only: the tolerance stops it first (3-25 iterations on the synthetic banks tested)
+SELA_MAX_ITERS = 1000  # a cap only: the tolerance stops it first (2-25 iterations on the synthetic banks tested)
 
 
 @torch.no_grad()
@@ -146,9 +146,9 @@ def sela_labels(x, prototypes, epsilon=0.05, max_iters=SELA_MAX_ITERS, tolerance
     1. Sinkhorn-Knopp to convergence (:func:`src.losses.sinkhorn_equipartition`, as SeLa's ``optimize_L_sk``
        runs it until its error is small rather than for a fixed count): the transport plan's prototype
        marginals are within ``tolerance`` of ``N / K`` (N: images in all banks).
-    2. Hard labels. SeLa's code takes each image's argmax of the plan; that is not balanced (on the synthetic
-       banks of tests/test_sela_equipartition.py the fullest cluster gets twice N / K, as in the 88/100 used of
-       issue 19), so by default (``balanced=True``) the plan is rounded under capacities: every cluster takes
+    2. Hard labels. SeLa's code takes each image's argmax of the plan; that is not balanced (on the crowded
+       synthetic bank of tests/test_sela_equipartition.py, N / K = 50, the clusters get 0 to 93 images even
+       with the plan converged), so by default (``balanced=True``) the plan is rounded under capacities: every cluster takes
        ``floor(N / K)`` images and the ``N mod K`` clusters the argmax asks for most take one more, so the
        cluster sizes are exactly floor or ceil of N / K (:func:`balanced_rounding`). ``balanced=False`` gives
        SeLa's argmax.
