@@ -1,9 +1,13 @@
 """Losses as pure functions of tensors. They follow the inputs' device and compute in float32 even
 under autocast, since softmax over tens of thousands of logits loses too much in half precision."""
+import math
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
 from . import dist
+from .errors import UserError
 
 
 def infonce_logits(q, k, queue, temperature):
@@ -147,6 +151,74 @@ def distributed_sinkhorn(scores, epsilon=0.05, n_iters=3):
             Q /= B_tot
         Q *= B_tot
         return Q.t()
+
+
+
+class Transport(NamedTuple):
+    """A Sinkhorn-Knopp transport plan in factored form: ``plan[i, k] = row_scale[i] * kernel[i, k] * col_scale[k]``.
+
+    Each row of the plan (one sample) sums to 1; each column (one prototype) sums, over every process, to
+    ``n_total / K`` within ``error`` (relative).
+    """
+    kernel: torch.Tensor  # (n_local, K) exp((scores - row max) / epsilon)
+    row_scale: torch.Tensor  # (n_local,)
+    col_scale: torch.Tensor  # (K,), identical on every process
+    iterations: int
+    error: float  # max over prototypes of |column sum / (n_total / K) - 1|
+
+
+@torch.no_grad()
+def sinkhorn_equipartition(scores, epsilon=0.05, tolerance=1e-3, max_iters=1000, inplace=False):
+    """Sinkhorn-Knopp run until every prototype holds the same share of the samples (SeLa's label step).
+
+    SeLa (Asano et al., ICLR 2020, section 3; yukimasano/self-label ``optimize_L_sk``) solves the transport problem
+    between samples and clusters to convergence instead of running a fixed number of iterations as SwAV does
+    per batch: with ``kernel = exp(scores / epsilon)`` it alternates ``c <- 1 / (kernel r)`` (every sample's row
+    sums to 1) and ``r <- (n_total / K) / (c^T kernel)`` (every prototype's column to ``n_total / K``), and
+    stops when the columns, after a row step, are all within ``tolerance`` of ``n_total / K`` (relative).
+    SeLa's kernel ``softmax(logits) ** lambda`` (lambda 25) is this one with ``epsilon = 1 / lambda`` on its
+    logits (the softmax's per-row factor is absorbed by ``c``). Each iteration is two matrix-vector products
+    over the kernel and one all-reduce of a K-vector; rows live on one process. The plan is kept factored
+    (the kernel is never rescaled), so the cost is O(iterations x n_local x K) with no N x K temporary
+    besides the kernel itself.
+
+    Args:
+        scores: (n_local, K) scores of this process's samples (cosine similarities in [-1, 1] here);
+            float32 (float64 stays float64).
+        epsilon: entropy regularisation (0.05; SeLa's lambda 25 is 0.04 on its logits). Below about 0.025
+            float32 underflows (exp(-2 / epsilon)) and a UserError is raised.
+        tolerance: stop once ``max_k |column_k / (n_total / K) - 1| <= tolerance`` (1e-3).
+        max_iters: at most this many iterations (1000); the plan is returned with its error if not reached.
+        inplace: overwrite ``scores`` with the kernel (saves one n_local x K tensor on a large bank).
+    Returns:
+        Transport (kernel, row_scale, col_scale, iterations, error); ``col_scale`` and ``error`` are identical
+        on every process.
+    """
+    if max_iters < 1 or tolerance < 0 or epsilon <= 0:
+        raise UserError(f"Sinkhorn needs epsilon > 0, tolerance >= 0 and max_iters >= 1, got {epsilon}, {tolerance}, "
+                        f"{max_iters}")
+    dtype = torch.float64 if scores.dtype == torch.float64 else torch.float32
+    with torch.autocast(scores.device.type, enabled=False):
+        kernel = scores.detach()
+        if not (inplace and kernel.dtype == dtype):
+            kernel = kernel.to(dtype, copy=True)
+        # subtracting each row's max keeps every entry in (0, 1]; the row factor is absorbed by the row scale
+        kernel.sub_(kernel.max(dim=1, keepdim=True).values).div_(epsilon).exp_()
+        n_local, K = kernel.shape
+        n_total = float(dist.all_reduce(torch.tensor([n_local], device=kernel.device)).item())  # nccl: on the device
+        col_scale = torch.ones(K, dtype=dtype, device=kernel.device)
+        for it in range(1, max_iters + 1):
+            row_scale = 1.0 / (kernel @ col_scale)  # (n_local,): every row of the plan sums to 1
+            col_mass = dist.all_reduce(row_scale @ kernel)  # (K,): sum_i row_scale_i kernel_ik, all processes
+            columns = col_scale * col_mass  # the plan's column sums, target n_total / K
+            error = float((columns * (K / n_total) - 1.0).abs().max())
+            if not math.isfinite(error):  # a row or column of zeros (underflow) turns the scales inf / NaN
+                raise UserError(f"Sinkhorn over the memory bank over- or underflowed at epsilon {epsilon}: use a "
+                                "larger --epsilon (0.05; at least 0.025)")
+            if error <= tolerance:
+                break
+            col_scale = (n_total / K) / col_mass
+        return Transport(kernel, row_scale, col_scale, it, error)
 
 
 def swav_loss(scores, codes, crops_for_assign, temperature):

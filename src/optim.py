@@ -96,10 +96,19 @@ class LARS(torch.optim.Optimizer):
 class LARC:
     """SwAV's LARC (apex ``LARC(trust_coefficient=0.001, clip=False, eps=1e-8)``) around any optimizer.
 
-    Before the inner step, for EVERY parameter with a gradient (no exclusions):
-    ``local = eta * ||w|| / (||g|| + wd * ||w|| + eps)`` when both norms are non-zero (else 1),
-    ``g <- (g + wd * w) * local``; the group's weight decay is set to 0 for the inner step and restored.
+    Follows NVIDIA/apex ``apex/parallel/LARC.py`` (``step``). Before the inner step, for EVERY parameter with
+    a gradient (no exclusion lists), when ``||w|| != 0`` and ``||g|| != 0``:
+    ``local = eta * ||w|| / (||g|| + wd * ||w|| + eps)``, ``g <- (g + wd * w) * local``.
+    A parameter with ``||w|| == 0`` or ``||g|| == 0`` is left untouched: no weight decay, no trust ratio
+    (its gradient goes to the inner optimizer as it is). Every group's weight decay is set to 0 for the
+    inner step (LARC has absorbed it) and restored afterwards.
     With ``clip=True``: ``local <- min(local / group_lr, 1)`` (apex's clipping mode).
+
+    Args:
+        optimizer: the inner optimizer (SwAV: ``torch.optim.SGD(momentum=0.9, weight_decay=wd)``).
+        trust_coefficient: eta (SwAV 1e-3).
+        clip: apex's clipping mode instead of scaling.
+        eps: added to the denominator of the trust ratio.
     """
 
     def __init__(self, optimizer, trust_coefficient=0.001, clip=False, eps=1e-8):
@@ -134,13 +143,19 @@ class LARC:
             if not params:
                 continue
             grads = [p.grad for p in params]
-            # multi-tensor kernels over the group (torch._foreach_*), not one launch per parameter
+            # multi-tensor kernels over the group (torch._foreach_*), not one launch per parameter, and no
+            # host sync: the per-parameter test apex writes as `if` becomes a choice of factor
             p_norm = torch.stack(torch._foreach_norm(params))
             g_norm = torch.stack(torch._foreach_norm(grads))
             local = self.trust_coefficient * p_norm / (g_norm + wd * p_norm + self.eps)
             if self.clip:
                 local = torch.clamp(local / group["lr"], max=1.0)
-            local = torch.where((p_norm > 0) & (g_norm > 0), local, torch.ones_like(local))
+            # apex skips a parameter whose weight or gradient norm is 0 (`!=` as apex writes it). The factor
+            # below leaves such a gradient exactly as it was after `(g + wd * w) * factor`:
+            # ||w|| == 0 -> w is 0, wd * w adds 0, factor 1; ||g|| == 0 -> g is 0, factor 0 keeps it 0 (the
+            # weight decay apex does not apply is multiplied away).
+            skipped = torch.where(g_norm == 0, torch.zeros_like(local), torch.ones_like(local))
+            local = torch.where((p_norm != 0) & (g_norm != 0), local, skipped)
             torch._foreach_add_(grads, params, alpha=wd)
             torch._foreach_mul_(grads, list(local.unbind()))
         try:

@@ -89,3 +89,68 @@ def test_larc_matches_reference_sgd_formula():
     for p, r in zip(ps, ref):
         torch.testing.assert_close(p.detach(), r, rtol=1e-12, atol=1e-12)
     assert opt.param_groups[0]["weight_decay"] == wd  # restored after the step
+
+
+def _reference_larc_sgd(w0, grads, lr, wd, mom, eta, eps, clip):
+    """apex LARC around torch SGD(momentum, weight_decay) as a loop over parameters, float64.
+
+    Per parameter (apex apex/parallel/LARC.py): only when ||w|| != 0 and ||g|| != 0, local = eta ||w|| /
+    (||g|| + wd ||w|| + eps) (clip: min(local / lr, 1)) and g <- (g + wd w) local; otherwise g unchanged.
+    The inner SGD then runs with weight decay 0: buf <- g (first step) or mom buf + g; w <- w - lr buf.
+    """
+    ws = [w.clone() for w in w0]
+    bufs = [None] * len(ws)
+    for step_grads in grads:
+        for i, (w, g) in enumerate(zip(ws, step_grads)):
+            g = g.clone()
+            pn, gn = w.norm().item(), g.norm().item()
+            if pn != 0 and gn != 0:
+                local = eta * pn / (gn + wd * pn + eps)
+                if clip:
+                    local = min(local / lr, 1.0)
+                g = (g + wd * w) * local
+            bufs[i] = g.clone() if bufs[i] is None else bufs[i] * mom + g
+            w -= lr * bufs[i]
+    return ws
+
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_larc_skips_zero_gradient_and_zero_weight_like_apex(clip):
+    torch.manual_seed(2)
+    normal, zero_grad, zero_w = torch.randn(5, 4), torch.randn(3, 3), torch.zeros(4)
+    w0 = [t.double() for t in (normal, zero_grad, zero_w)]
+    steps = 3
+    grads = [[torch.randn_like(w) for w in w0] for _ in range(steps)]
+    grads[0][1].zero_()  # exactly zero gradient at the first step (and a non-zero one later)
+    grads[2][1].zero_()  # and again once the momentum buffer is non-zero
+    lr, wd, mom, eta, eps = 0.7, 0.05, 0.9, 1e-3, 1e-8  # large wd so skipping it is visible
+    ref = _reference_larc_sgd(w0, grads, lr, wd, mom, eta, eps, clip)
+    ps = [torch.nn.Parameter(w.clone()) for w in w0]
+    opt = LARC(torch.optim.SGD(ps, lr=lr, momentum=mom, weight_decay=wd), trust_coefficient=eta, clip=clip, eps=eps)
+    for s in range(steps):
+        for p, g in zip(ps, grads[s]):
+            p.grad = g.clone()
+        opt.step()
+        if s == 0:
+            # zero gradient, zero buffer: apex applies no weight decay, so the weight does not move;
+            # the zero weight took its raw gradient (no trust ratio): w = -lr * g
+            torch.testing.assert_close(ps[1].detach(), w0[1], rtol=0, atol=0)
+            torch.testing.assert_close(ps[2].detach(), -lr * grads[0][2], rtol=1e-15, atol=1e-15)
+    for p, r in zip(ps, ref):
+        torch.testing.assert_close(p.detach(), r, rtol=1e-12, atol=1e-12)
+    assert opt.param_groups[0]["weight_decay"] == wd
+
+
+def test_larc_float32_zero_gradient_stays_zero_and_restores_wd_of_every_group():
+    torch.manual_seed(3)
+    a = torch.nn.Parameter(torch.randn(6, 2))
+    b = torch.nn.Parameter(torch.randn(2))
+    c = torch.nn.Parameter(torch.randn(3))  # no gradient at all: skipped by the inner SGD
+    sgd = torch.optim.SGD([{"params": [a], "weight_decay": 0.1}, {"params": [b, c], "weight_decay": 0.2}],
+                          lr=0.5, momentum=0.9)
+    opt = LARC(sgd)
+    a.grad, b.grad = torch.randn_like(a), torch.zeros_like(b)
+    b0, c0 = b.detach().clone(), c.detach().clone()
+    opt.step()
+    assert torch.equal(b.grad, torch.zeros_like(b)) and torch.equal(b.detach(), b0) and torch.equal(c.detach(), c0)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.2]

@@ -6,8 +6,9 @@ the last epoch. At each epoch start the bank is turned into one hard pseudo-labe
 
 * DeepCluster-v2: distributed spherical k-means (:func:`spherical_kmeans`) on the bank; the normalised centroids
   BECOME the prototypes (which SGD never updates: they are frozen for ``--freeze_prototypes_niters``);
-* SeLa-v2: Sinkhorn-Knopp equipartition of the whole bank against the current prototypes
-  (:func:`sela_labels`); the prototypes are learned by SGD, as in SwAV (maintainer's recipe, swav issue #59).
+* SeLa-v2: Sinkhorn-Knopp equipartition of the whole bank against the current prototypes, run to
+  convergence and rounded to equal cluster sizes (:func:`sela_labels`, docs/sela.md); the prototypes are
+  learned by SGD, as in SwAV (maintainer's recipe, swav issue #59).
 
 Labels are gathered from every process with their dataset indices (:func:`gather_assignments`); the loss is
 the cross-entropy of every crop's prototype scores against its image's label, averaged over heads
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 
 from .. import dist
 from ..errors import UserError
-from ..losses import distributed_sinkhorn
+from ..losses import sinkhorn_equipartition
 
 IGNORE = -100  # label of images not in any bank (cross-entropy's ignore_index)
 
@@ -133,19 +134,128 @@ def init_centroids(x, k, generator):
     return dist.broadcast(x[rows].contiguous(), src=0)
 
 
+SELA_TOLERANCE = 1e-3  # prototypes' soft shares within 0.1% of N / K before rounding
+SELA_MAX_ITERS = 1000  # a cap only: the tolerance stops it first (2-25 iterations on the synthetic banks tested)
+
+
 @torch.no_grad()
-def sela_labels(x, prototypes, epsilon, n_iters):
-    """SeLa-v2 pseudo-labels: Sinkhorn-Knopp over the WHOLE bank of every process (the prototypes used equally
-    by the dataset), then each image's most likely prototype.
+def sela_labels(x, prototypes, epsilon=0.05, max_iters=SELA_MAX_ITERS, tolerance=SELA_TOLERANCE, balanced=True,
+                return_transport=False):
+    """SeLa-v2 pseudo-labels: an equipartition of the WHOLE bank of every process over the current prototypes.
+
+    1. Sinkhorn-Knopp to convergence (:func:`src.losses.sinkhorn_equipartition`, as SeLa's ``optimize_L_sk``
+       runs it until its error is small rather than for a fixed count): the transport plan's prototype
+       marginals are within ``tolerance`` of ``N / K`` (N: images in all banks).
+    2. Hard labels. SeLa's code takes each image's argmax of the plan; that is not balanced (on the crowded
+       synthetic bank of tests/test_sela_equipartition.py, N / K = 50, the clusters get 0 to 93 images even
+       with the plan converged), so by default (``balanced=True``) the plan is rounded under capacities: every cluster takes
+       ``floor(N / K)`` images and the ``N mod K`` clusters the argmax asks for most take one more, so the
+       cluster sizes are exactly floor or ceil of N / K (:func:`balanced_rounding`). ``balanced=False`` gives
+       SeLa's argmax.
 
     Args:
-        x: (N_local, D) unit rows; prototypes: (K, D) (normalised here); epsilon: entropy regularisation;
-        n_iters: Sinkhorn iterations.
+        x: (N_local, D) unit rows; prototypes: (K, D) (normalised here); epsilon: entropy regularisation
+            (0.05); max_iters, tolerance: when Sinkhorn stops (see :func:`sinkhorn_equipartition`);
+        balanced: capacity rounding (True) or the plan's argmax (False);
+        return_transport: also return the Transport (its ``iterations`` and ``error`` are worth printing).
     Returns:
-        (N_local,) long labels.
+        (N_local,) long labels, consistent across processes (each image's label is decided identically on
+        every rank); with ``return_transport``, ``(labels, transport)``.
     """
     scores = x.float() @ F.normalize(prototypes.detach().float(), dim=1).t()  # (N_local, K)
-    return distributed_sinkhorn(scores, epsilon, n_iters).argmax(dim=1)
+    transport = sinkhorn_equipartition(scores, epsilon, tolerance, max_iters, inplace=True)
+    labels = balanced_rounding(transport) if balanced else _best_open(transport, None)[1]
+    return (labels, transport) if return_transport else labels
+
+
+ROUNDING_CHUNK = 1 << 14  # rows per chunk when reading plan rows: keeps the temporaries at 16k x K
+
+
+def _best_open(transport, open_clusters, rows=None):
+    """Each row's most probable open cluster under the plan and its probability, in row chunks.
+
+    Args: transport: Transport; open_clusters: (K,) bool or None (all open); rows: (n,) row indices or None
+        (all rows).
+    Returns: (values (n,), clusters (n,) long).
+    """
+    kernel, row_scale, col_scale = transport.kernel, transport.row_scale, transport.col_scale
+    n = kernel.shape[0] if rows is None else rows.shape[0]
+    values = torch.empty(n, dtype=kernel.dtype, device=kernel.device)
+    clusters = torch.empty(n, dtype=torch.long, device=kernel.device)
+    buf = kernel.new_empty(min(n, ROUNDING_CHUNK), kernel.shape[1])  # one temporary, reused by every chunk
+    for start in range(0, n, ROUNDING_CHUNK):
+        part = slice(start, min(start + ROUNDING_CHUNK, n))
+        block = kernel[part] if rows is None else kernel[rows[part]]  # a view, or the gathered rows
+        scaled = torch.mul(block, col_scale, out=buf[:block.shape[0]])
+        if open_clusters is not None:
+            scaled.masked_fill_(~open_clusters, -1.0)  # below any open cluster's (non-negative) probability
+        torch.max(scaled, dim=1, out=(values[part], clusters[part]))
+    rs = row_scale if rows is None else row_scale[rows]
+    return values.mul_(rs), clusters
+
+
+def _accept(proposed, values, capacity):
+    """Which proposals the clusters keep: each cluster its ``capacity`` most probable proposers (ties: lower
+    global position first). Runs identically on every process (same gathered inputs, stable sorts).
+
+    Args: proposed: (N,) long cluster proposed by each image, -1 for none; values: (N,) plan probabilities;
+        capacity: (K,) long places left.
+    Returns: (N,) bool.
+    """
+    who = (proposed >= 0).nonzero().squeeze(1)
+    k, v = proposed[who], values[who]
+    order = torch.sort(v, descending=True, stable=True).indices
+    order = order[torch.sort(k[order], stable=True).indices]  # grouped by cluster, most probable first
+    k_sorted = k[order]
+    counts = torch.bincount(k_sorted, minlength=capacity.shape[0])
+    place = torch.arange(k_sorted.shape[0], device=k.device) - (torch.cumsum(counts, 0) - counts)[k_sorted]
+    accepted = torch.zeros_like(proposed, dtype=torch.bool)
+    accepted[who[order[place < capacity[k_sorted]]]] = True
+    return accepted
+
+
+@torch.no_grad()
+def balanced_rounding(transport):
+    """Hard labels from a transport plan with cluster sizes exactly floor(N / K) or ceil(N / K).
+
+    Rounds of proposals: every unlabelled image proposes to its most probable cluster under the plan among
+    those with places left; each cluster keeps its most probable proposers up to its places (a greedy by plan
+    probability, cluster by cluster); the others propose again. The places sum to N, so every round labels at
+    least one image and the last round labels all that remain; a round closes at least one cluster or ends.
+    Capacities: ``floor(N / K)`` each, plus one for the ``N mod K`` clusters that are the argmax of the most
+    images (ties: lower index). Distributed: the proposals are all-gathered (two (N,) tensors per round) and
+    every process takes the same decisions, so each image's label is the same whichever rank computes it.
+
+    Args:
+        transport: Transport from :func:`sinkhorn_equipartition` (this process's rows).
+    Returns:
+        (n_local,) long labels.
+    """
+    kernel = transport.kernel
+    n_local, K = kernel.shape
+    device = kernel.device
+    n_total = int(dist.all_reduce(torch.tensor([n_local], device=device)).item())
+    values, clusters = _best_open(transport, None)
+    demand = dist.all_reduce(torch.bincount(clusters, minlength=K))
+    capacity = torch.full((K,), n_total // K, dtype=torch.long, device=device)
+    capacity[torch.sort(demand, descending=True, stable=True).indices[:n_total % K]] += 1
+    labels = torch.full((n_local,), -1, dtype=torch.long, device=device)
+    rank = dist.get_rank()
+    left = torch.arange(n_local, device=device)
+    while True:
+        proposed = torch.full((n_local,), -1, dtype=torch.long, device=device)
+        proposed[left] = clusters
+        prob = torch.zeros(n_local, dtype=values.dtype, device=device)
+        prob[left] = values
+        proposed_all, prob_all = dist.concat_all_gather(proposed), dist.concat_all_gather(prob)
+        accepted_all = _accept(proposed_all, prob_all, capacity)
+        capacity -= torch.bincount(proposed_all[accepted_all], minlength=K)
+        accepted = accepted_all[rank * n_local:(rank + 1) * n_local]
+        labels[accepted] = proposed[accepted]
+        if int(accepted_all.sum()) == int((proposed_all >= 0).sum()):  # nobody rejected: every image labelled
+            return labels
+        left = (labels < 0).nonzero().squeeze(1)
+        values, clusters = _best_open(transport, capacity > 0, left)
 
 
 @torch.no_grad()
@@ -161,33 +271,46 @@ def gather_assignments(labels, index, n_images):
 
 
 @torch.no_grad()
-def cluster_memory(model, bank, n_images, mode, epoch, seed, kmeans_iters=10, epsilon=0.05, sinkhorn_iterations=3):
+def cluster_memory(model, bank, n_images, mode, epoch, seed, kmeans_iters=10, epsilon=0.05,
+                   sinkhorn_iterations=SELA_MAX_ITERS, sinkhorn_tolerance=SELA_TOLERANCE, balanced=True,
+                   return_sinkhorn=False):
     """Labels for the coming epoch, one row per head (bank j = h modulo the number of assignment crops).
 
     DeepCluster-v2 (``mode="deepcluster"``): spherical k-means with K_h clusters; the centroids are copied into
-    prototype head h. SeLa-v2 (``mode="sela"``): :func:`sela_labels` with the current prototypes (unchanged).
+    prototype head h. SeLa-v2 (``mode="sela"``): :func:`sela_labels` with the current prototypes (unchanged):
+    Sinkhorn until the soft shares are within ``sinkhorn_tolerance`` (at most ``sinkhorn_iterations``), then
+    balanced rounding (sizes floor / ceil of N / K) unless ``balanced=False`` (SeLa's argmax).
 
     Args:
         model: SwAVModel with several prototype heads; bank: MemoryBank; n_images: dataset size;
         epoch, seed: seed the centroid initialisation (generator ``seed * 1000003 + epoch * 101 + h``);
-        kmeans_iters, epsilon, sinkhorn_iterations: method parameters.
+        kmeans_iters: k-means iterations; epsilon, sinkhorn_iterations (a cap), sinkhorn_tolerance, balanced:
+        SeLa-v2's label step; return_sinkhorn: also return, per head, ``(iterations, error)`` of the Sinkhorn
+        run (None for DeepCluster-v2).
     Returns:
-        (assignments (n_heads, n_images) long, stats: list of (clusters used, entropy of cluster sizes) per head).
+        (assignments (n_heads, n_images) long, stats: list of (clusters used, entropy of cluster sizes) per head)
+        and, with ``return_sinkhorn``, the list of (iterations, error) per head as a third element.
     """
     heads = model.prototype_layers()
     n_assign = bank.embeddings.shape[0]
-    assignments, stats = [], []
+    assignments, stats, sinkhorn = [], [], []
     for h, layer in enumerate(heads):
         x = bank.embeddings[h % n_assign]
         if mode == "deepcluster":
             g = torch.Generator().manual_seed(seed * 1000003 + epoch * 101 + h)
             centroids, labels = spherical_kmeans(x, init_centroids(x, layer.weight.shape[0], g), kmeans_iters)
             layer.weight.copy_(centroids)
+            sinkhorn.append(None)
         else:
-            labels = sela_labels(x, layer.weight, epsilon, sinkhorn_iterations)
+            labels, transport = sela_labels(x, layer.weight, epsilon, sinkhorn_iterations, sinkhorn_tolerance,
+                                            balanced, return_transport=True)
+            sinkhorn.append((transport.iterations, transport.error))
+            del transport  # the N_local x K kernel: free it before the next head's
         full = gather_assignments(labels, bank.index, n_images)
         assignments.append(full)
         stats.append(cluster_stats(full, layer.weight.shape[0]))
+    if return_sinkhorn:
+        return torch.stack(assignments), stats, sinkhorn
     return torch.stack(assignments), stats
 
 
