@@ -20,13 +20,15 @@ One GPU or a CPU, no launcher needed; two processes with any launcher:
         --warmup_epochs 0 --epochs 2 --workers 1 --dump_path runs/selav2-cpu
 """
 import argparse
+import math
 import time
 from contextlib import nullcontext
 
 import torch
 
 from src import dist
-from src.args import ArgumentParser, add_amp_args, add_arg, add_dist_args, add_speed_args, autocast_dtype
+from src.args import (NONNEG, POSITIVE, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg, add_dist_args,
+                      add_speed_args, autocast_dtype)
 from src.errors import UserError
 from src.logging import print_rank0
 from src.methods.deepcluster import (IGNORE, MemoryBank, WithIndex, cluster_memory, deepcluster_loss,
@@ -56,10 +58,17 @@ def get_args_parser(add_help=True):
     add_arg(g, "--nmb_prototypes", default=[3000, 3000, 3000], type=int, nargs="+",
             help="clusters per head, one value per head (3000 3000 3000)")
     add_arg(g, "--nmb_kmeans_iters", default=10, type=int, help="deepcluster: k-means iterations per epoch (10)")
-    add_arg(g, "--epsilon", default=0.05, type=float, help="sela: Sinkhorn entropy regularisation (0.05)")
-    add_arg(g, "--sinkhorn_iterations", default=10, type=int,
-            help="sela: Sinkhorn iterations over the whole bank (10: balanced labels even when the features crowd a "
-                 "few prototypes, where SwAV's online 3 still leave some clusters at twice the size of others)")
+    add_arg(g, "--epsilon", default=0.05, type=POSITIVE,
+            help="sela: Sinkhorn entropy regularisation (0.05; at least about 0.025, lower overflows)")
+    add_arg(g, "--sinkhorn_iterations", default=1000, type=POSITIVE_INT,
+            help="sela: at most this many Sinkhorn-Knopp iterations over the whole memory bank; stops earlier once "
+                 "every prototype's share is within --sinkhorn_tolerance of N/K (1000; 2-25 are typically needed)")
+    add_arg(g, "--sinkhorn_tolerance", default=1e-3, type=NONNEG,
+            help="sela: stop Sinkhorn when every prototype's soft share of the bank is within this relative tolerance "
+                 "of N/K (1e-3; about 1e-5 is float32's floor)")
+    add_arg(g, "--sela_rounding", default="balanced", choices=["balanced", "argmax"],
+            help="sela: hard labels from the transport plan: balanced (every cluster gets floor/ceil(N/K) images, "
+                 "SeLa's equipartition) or argmax (per image, as SeLa's code; not balanced)")
     add_optim_args(parser, None, "iterations during which the prototypes get no SGD update (default: 1e10 = never "
                                  "for deepcluster, whose prototypes are the k-means centroids; 313 for sela)")
     add_run_args(parser)
@@ -82,9 +91,6 @@ def check_args(args):
     if min(args.nmb_prototypes) < 1 or args.feat_dim < 1 or args.nmb_kmeans_iters < 0:
         raise UserError(f"need --nmb_prototypes >= 1 per head, --feat_dim >= 1 and --nmb_kmeans_iters >= 0, got "
                         f"{args.nmb_prototypes}, {args.feat_dim}, {args.nmb_kmeans_iters}")
-    if args.epsilon <= 0 or args.sinkhorn_iterations < 1:
-        raise UserError(f"need --epsilon > 0 and --sinkhorn_iterations >= 1, got {args.epsilon}, "
-                        f"{args.sinkhorn_iterations}")
 
 
 def train(args, info):
@@ -132,9 +138,11 @@ def train(args, info):
     for epoch in run.epochs():
         if run.start_iter == 0:  # labels from the bank filled during the previous epoch
             normalize_prototypes(model)
-            labels.value, stats = cluster_memory(model, bank, len(dataset), args.mode, epoch, run.seed,
-                                                 args.nmb_kmeans_iters, args.epsilon, args.sinkhorn_iterations)
-            log_clusters(stats, args, epoch, info.rank)
+            labels.value, stats, sinkhorn = cluster_memory(
+                model, bank, len(dataset), args.mode, epoch, run.seed, args.nmb_kmeans_iters, args.epsilon,
+                args.sinkhorn_iterations, args.sinkhorn_tolerance, args.sela_rounding == "balanced",
+                return_sinkhorn=True)
+            log_clusters(stats, sinkhorn, args, epoch, info.rank)
         sampler.set_epoch(epoch, start_index=run.start_iter * args.batch_size)
         dataset.set_epoch(epoch)
         logger.start_epoch(epoch, run.start_iter)
@@ -165,15 +173,21 @@ class Labels:
         self.value = value
 
 
-def log_clusters(stats, args, epoch, rank):
-    """One line per epoch: clusters used and the entropy of cluster sizes per head (ln K when balanced); a
-    warning when most images fall into a few clusters (DeepCluster's collapse, swav issue #100)."""
-    parts = [f"head {h}: {used}/{k} used, H {ent:.2f}/{torch.tensor(float(k)).log():.2f}"
-             for h, ((used, ent), k) in enumerate(zip(stats, args.nmb_prototypes))]
+def log_clusters(stats, sinkhorn, args, epoch, rank):
+    """One line per epoch: clusters used and the entropy of cluster sizes per head (ln K when balanced), and for
+    SeLa-v2 the Sinkhorn iterations and marginal error; a warning when most images fall into a few clusters
+    (DeepCluster's collapse, swav issue #100) or when Sinkhorn stopped at its cap before the tolerance."""
+    parts = []
+    for h, ((used, ent), k, sk) in enumerate(zip(stats, args.nmb_prototypes, sinkhorn)):
+        part = f"head {h}: {used}/{k} used, H {ent:.2f}/{math.log(k):.2f}"
+        parts.append(part + (f", Sinkhorn {sk[0]} it, error {sk[1]:.1e}" if sk is not None else ""))
     print_rank0(f"=> epoch {epoch} {args.mode} labels: " + "; ".join(parts), rank=rank)
-    if any(ent < 0.5 * float(torch.tensor(float(k)).log()) for (_, ent), k in zip(stats, args.nmb_prototypes)):
+    if any(ent < 0.5 * math.log(k) for (_, ent), k in zip(stats, args.nmb_prototypes)):
         print_rank0("warning: the cluster sizes are very unbalanced (entropy below half of ln K): the features may "
                     "be collapsing; lower --base_lr or use softer augmentations", rank=rank)
+    if any(sk is not None and sk[1] > args.sinkhorn_tolerance for sk in sinkhorn):
+        print_rank0(f"warning: Sinkhorn reached --sinkhorn_iterations {args.sinkhorn_iterations} before "
+                    f"--sinkhorn_tolerance {args.sinkhorn_tolerance:g}: raise the cap or --epsilon", rank=rank)
 
 
 def train_one_epoch(model, ddp_model, bank, assignments, loader, optimizer, scaler, lr_schedule, epoch, start_iter,

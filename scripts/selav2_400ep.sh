@@ -41,7 +41,9 @@ srun --kill-on-bad-exit=1 python -u main_deepclusterv2.py \
   --feat_dim 128 \
   --nmb_prototypes 3000 3000 3000 \
   --epsilon 0.05 \
-  --sinkhorn_iterations 10 \
+  --sinkhorn_iterations 1000 \
+  --sinkhorn_tolerance 0.001 \
+  --sela_rounding balanced \
   --epochs 400 \
   --batch_size 64 \
   --base_lr 4.8 \
