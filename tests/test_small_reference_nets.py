@@ -8,6 +8,7 @@ checkpoint is ``{"state_dict": {"module.student.<key>", "module.teacher.<key>", 
 with the student built as ``arch(num_classes=128)`` (``fc`` a Linear, or Linear-ReLU-Linear with
 ``--student_mlp``).
 """
+import importlib
 import math
 import re
 
@@ -103,7 +104,8 @@ def deit_keys():  # ssl-small vit_tiny: dim 192, depth 12, heads 6 x dim_head 64
         keys.update({f"{p}.0.norm.weight": (192,), f"{p}.0.norm.bias": (192,), f"{p}.0.fn.to_qkv.weight": (1152, 192),
                      f"{p}.0.fn.to_out.0.weight": (192, 384), f"{p}.0.fn.to_out.0.bias": (192,),
                      f"{p}.1.norm.weight": (192,), f"{p}.1.norm.bias": (192,), f"{p}.1.fn.net.0.weight": (768, 192),
-                     f"{p}.1.fn.net.0.bias": (768,), f"{p}.1.fn.net.3.weight": (192, 768), f"{p}.1.fn.net.3.bias": (192,)})
+                     f"{p}.1.fn.net.0.bias": (768,), f"{p}.1.fn.net.3.weight": (192, 768),
+                     f"{p}.1.fn.net.3.bias": (192,)})
     keys.update({"mlp_head.0.weight": (192,), "mlp_head.0.bias": (192,)})
     return keys
 
@@ -188,7 +190,9 @@ def test_mobilenetv3_se_before_activation_bn_defaults_and_init():
 
 def test_efficientnet_tf_same_padding_bn_constants_and_drop_connect():
     torch.manual_seed(0)
-    for size, k, s, pads in [(4, 3, 2, (0, 1)), (5, 3, 2, (1, 1)), (8, 5, 2, (1, 2)), (7, 5, 1, (2, 2)), (9, 1, 1, (0, 0))]:
+    # (input, kernel, stride, (before, after) padding): total max((ceil(in / s) - 1) * s + k - in, 0)
+    cases = [(4, 3, 2, (0, 1)), (5, 3, 2, (1, 1)), (8, 5, 2, (1, 2)), (7, 5, 1, (2, 2)), (9, 1, 1, (0, 0))]
+    for size, k, s, pads in cases:
         conv = Conv2dSame(2, 3, k, s)
         x = torch.randn(1, 2, size, size)
         expect = F.conv2d(F.pad(x, [pads[0], pads[1], pads[0], pads[1]]), conv.weight, conv.bias, s)
@@ -335,16 +339,16 @@ def test_seed_student_converts_and_restarts_with_every_trunk_tensor(arch, conver
 
 def test_convert_seed_refuses_a_student_that_does_not_fit(tmp_path):
     """A torchvision MobileNetV3 student recorded as mobilenetv3_small would restart from scratch: refused,
-    naming the trunk it does fit; with --arch it converts."""
+    naming the trunk it does fit; with --arch it converts. (In process: the CLI path is run above.)"""
+    convert = importlib.import_module("experiments.convert-seed")
     tv, _ = build_backbone("tv_mobilenetv3_small")
     sd = {f"module.student.{k}": v for k, v in tv.state_dict().items()}
     torch.save({"arch": "mobilenetv3_small", "state_dict": sd}, tmp_path / "seed-tv.pth.tar")
-    p = run(py("-m", "experiments.convert-seed", str(tmp_path / "seed-tv.pth.tar")))
-    assert p.returncode == 2 and "Traceback" not in p.stderr
-    assert "does not fit our 'mobilenetv3_small' trunk" in p.stderr and "pass --arch tv_mobilenetv3_small" in p.stderr
+    fits = r"does not fit our 'mobilenetv3_small' trunk .* pass --arch tv_mobilenetv3_small"
+    with pytest.raises(UserError, match=fits):
+        convert.main([str(tmp_path / "seed-tv.pth.tar")])
     assert not (tmp_path / "converted_tv.pth.tar").exists()
-    p = run(py("-m", "experiments.convert-seed", str(tmp_path / "seed-tv.pth.tar"), "--arch", "tv_mobilenetv3_small"))
-    assert_ok(p)
+    convert.main([str(tmp_path / "seed-tv.pth.tar"), "--arch", "tv_mobilenetv3_small"])
     assert torch.load(tmp_path / "converted_tv.pth.tar", weights_only=True)["arch"] == "tv_mobilenetv3_small"
 
 
