@@ -422,8 +422,9 @@ def check_recipe_args(args):
         if bad:
             raise UserError(f"--auto-augment {' '.join(map(str, bad))}: crop indices go from 0 to "
                             f"{sum(args.num_crops) - 1} with --num_crops {' '.join(map(str, args.num_crops))}")
-        if args.arch == "deit_tiny" and len(set(args.size_crops)) > 1:
-            raise UserError("deit_tiny has a fixed position embedding: give every group the same --size_crops")
+        if args.arch == "vit_tiny" and len(set(args.size_crops)) > 1:  # deit_tiny slices its table, as SSL-small
+            raise UserError("vit_tiny (torchvision) has a fixed position embedding: give every group the same "
+                            "--size_crops")
     if args.aux_weight > 0 and not 0 < args.aux_topk <= args.moco_k:
         raise UserError(f"--aux-topk {args.aux_topk} must be between 1 and the queue size --moco-k {args.moco_k}")
     if args.device_aug and args.auto_augment:

@@ -304,8 +304,9 @@ def build_model(args, device, num_classes, rank):
         args.pretrained, args.arch, args.cifar_stem, args.trunk_pattern, args.trust_checkpoint, args.seed,
         image_size=args.crop_size, log=lambda line: print_rank0(line, rank=rank))
     trunk = trunk.to(device)
+    frozen = {id(p) for p in trunk.parameters() if not p.requires_grad}  # e.g. deit_tiny's fixed patch projection
     for p in trunk.parameters():
-        p.requires_grad_(args.finetune)
+        p.requires_grad_(args.finetune and id(p) not in frozen)
     frames = (args.num_frames,) if args.modality == "video" else ()  # a clip is (B, 3, T, H, W)
     with torch.no_grad():
         dim = trunk.eval()(torch.zeros(1, 3, *frames, args.crop_size, args.crop_size, device=device)).shape[1]

@@ -12,18 +12,26 @@ whose name does not start with ``convert``, as the reference's ``util.py`` does 
     python main_moco.py /path/to/imagenet -a resnet18 ... --resume distill_checkpoints/converted_ep200.pth.tar --restart
 
 The output holds only tensors, numbers and strings (loads with ``torch.load(weights_only=True)``).
-Parameter names must match our backbones (torchvision's): a ResNet student does; a student from another
-implementation of an architecture is reported by ``--restart`` as having no fitting encoder_q weights.
+SEED and SSL-small build their students with the same code (d-li14's MobileNetV3, lukemelas'
+EfficientNet, SSL-small's DeiT-Tiny, a torchvision-style ResNet), and so do our ``mobilenetv3_small``,
+``mobilenetv3_large``, ``efficientnet_b0``, ``deit_tiny`` and ResNets: their keys are copied unchanged.
+Before writing, the student is checked against our trunk of the checkpoint's ``arch`` (SSL-small's name
+``vit_tiny`` for its DeiT is read as our ``deit_tiny``) or of ``--arch``: every trunk tensor must be there
+with its shape, otherwise ``--restart`` would silently start those layers from scratch.
 """
 import argparse
 import os
 
 import torch
 
-from src.pretrained import TRUST_HELP
-from src.run.checkpoint import save_checkpoint
 from src.errors import UserError, exit_on_user_error
-from src.pretrained import read_checkpoint
+from src.models import KNOWN_ARCHS, SMALL_ARCHS, TV_SMALL_ARCHS, VIDEO_ARCHS, build_backbone
+from src.pretrained import TRUST_HELP, read_checkpoint
+from src.run.checkpoint import save_checkpoint
+
+# SEED / SSL-small architecture names that differ from ours: SSL-small's DeiT-Tiny is ``vit_tiny`` there,
+# our ``deit_tiny`` (our ``vit_tiny`` is torchvision's ViT-Ti, which no SEED student uses).
+REFERENCE_NAMES = {"vit_tiny": "deit_tiny"}
 
 
 def convert_state(state):
@@ -53,26 +61,93 @@ def convert_state(state):
     return out, n_student, n_teacher
 
 
+def student_arch(ckpt_arch, state):
+    """Our name for the student architecture a SEED checkpoint records (None when it records none we know).
+
+    ``vit_tiny`` means SSL-small's DeiT-Tiny when the student has its patch embedding
+    (``to_patch_embedding.1.weight``), as every SSL-small DeiT does.
+    """
+    if not isinstance(ckpt_arch, str):
+        return None
+    if ckpt_arch in REFERENCE_NAMES and any(k.endswith("student.to_patch_embedding.1.weight") for k in state):
+        return REFERENCE_NAMES[ckpt_arch]
+    return ckpt_arch if ckpt_arch in KNOWN_ARCHS else None
+
+
+def check_student(state, arch):
+    """Check that the student holds every tensor of our ``arch`` trunk (its ``fc`` head excluded).
+
+    Args:
+        state: SEED state dict (``[module.]student.*`` keys).
+        arch: one of ``src.models.KNOWN_ARCHS``.
+    Returns:
+        number of trunk tensors found with the right shape.
+    Raises:
+        UserError: trunk tensors missing or of another shape (the message lists the first ones and the
+            small architectures whose trunk the student does fit).
+    """
+    student = {k.split("student.", 1)[1]: v for k, v in state.items()
+               if k.startswith(("student.", "module.student."))}
+    trunk, _ = build_backbone(arch)
+    missing, shapes = _compare(student, trunk.state_dict())
+    if missing or shapes:
+        candidates = [a for a in SMALL_ARCHS + TV_SMALL_ARCHS + ("resnet18",) if a != arch]
+        fits = [a for a in candidates if _compare(student, build_backbone(a)[0].state_dict()) == ([], [])]
+        parts = ([f"missing {', '.join(missing[:4])}" + (" ..." if len(missing) > 4 else "")] if missing else []) + \
+                ([f"other shapes {', '.join(shapes[:3])}"] if shapes else [])
+        raise UserError(f"the SEED student does not fit our {arch!r} trunk ({'; '.join(parts)}; {len(missing)} "
+                        f"missing, {len(shapes)} other shapes): "
+                        + (f"it fits {', '.join(fits)}: pass --arch {fits[0]}" if fits else
+                           "pass the student's --arch, or --no-check to convert it unchecked"))
+    return len(trunk.state_dict())
+
+
+def _compare(student, own):
+    """(missing keys, 'key (ckpt shape) vs (model shape)' strings) of trunk ``own`` against ``student``;
+    BN ``num_batches_tracked`` counters may be absent (older checkpoints)."""
+    missing = [k for k in own if k not in student and not k.endswith("num_batches_tracked")]
+    shapes = [f"{k} {tuple(student[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in student and student[k].shape != v.shape]
+    return missing, shapes
+
+
 def output_path(path):
     """``<folder>/converted_<last '-'-separated part of the file name>``, as the reference names it."""
     folder, name = os.path.split(os.path.abspath(path))
     return os.path.join(folder, "converted_" + name.split("-")[-1])
 
 
-def convert_file(path, output=None, trust=False):
-    """Convert one checkpoint file; returns the path written."""
+def convert_file(path, output=None, trust=False, arch=None, check=True):
+    """Convert one checkpoint file; returns the path written.
+
+    Args:
+        path: SEED checkpoint (``{"state_dict": ..., "arch": ...}`` or a bare state dict).
+        output: output file (default :func:`output_path`).
+        trust: allow pickled objects in the input.
+        arch: our architecture name to check the student against (default: the checkpoint's ``arch``).
+        check: verify the student against that trunk (:func:`check_student`) before writing.
+    """
     ckpt = read_checkpoint(path, trust=trust)
     state = ckpt["state_dict"] if isinstance(ckpt.get("state_dict"), dict) else ckpt
     state = {k: v for k, v in state.items() if torch.is_tensor(v)}
     new_state, n_student, n_teacher = convert_state(state)
+    arch = arch or student_arch(ckpt.get("arch"), state)
+    note = ""
+    if check and arch:
+        note = f"; all {check_student(state, arch)} tensors of our {arch} trunk present (restart with -a {arch})"
+    elif check:
+        note = f"; not checked: the file records no architecture we know ({ckpt.get('arch')!r}), pass --arch"
     result = {"state_dict": new_state, "source": os.path.abspath(path), "converted_by": "experiments.convert-seed"}
-    for key in ("arch", "epoch"):  # plain values only, so the file loads with weights_only=True
-        if isinstance(ckpt.get(key), (str, int)):
-            result[key] = ckpt[key]
+    if isinstance(ckpt.get("epoch"), int):  # plain values only, so the file loads with weights_only=True
+        result["epoch"] = ckpt["epoch"]
+    if isinstance(ckpt.get("arch"), str):
+        result["arch"] = arch or ckpt["arch"]  # our name for it (main_moco -a)
+        if result["arch"] != ckpt["arch"]:
+            result["source_arch"] = ckpt["arch"]
     output = output or output_path(path)
     save_checkpoint(output, result)
     print(f"{path} -> {output}: {n_student} student tensors copied to encoder_q, {n_teacher} teacher tensors "
-          "dropped", flush=True)
+          f"dropped{note}", flush=True)
     return output
 
 
@@ -83,6 +158,11 @@ def main(argv=None):
     p.add_argument("--output", "-o", default=None, help="output file (one input file only; default: see above)")
     p.add_argument("--trust-checkpoint", "--trust_checkpoint", action="store_true",
                    help=TRUST_HELP)
+    p.add_argument("--arch", "-a", default=None, choices=[a for a in KNOWN_ARCHS if a not in VIDEO_ARCHS],
+                   metavar="ARCH", help="our architecture the student must fit (default: the checkpoint's "
+                   "'arch'; SSL-small's vit_tiny is our deit_tiny)")
+    p.add_argument("--no-check", "--no_check", action="store_true",
+                   help="write the converted file without checking the student against the trunk")
     args = p.parse_args(argv)
     files = []
     for path in args.paths:
@@ -95,7 +175,7 @@ def main(argv=None):
         raise UserError(f"no checkpoint to convert in {' '.join(args.paths)}")
     if args.output and len(files) > 1:
         raise UserError(f"--output names one file but {len(files)} checkpoints were given")
-    return [convert_file(f, args.output, args.trust_checkpoint) for f in files]
+    return [convert_file(f, args.output, args.trust_checkpoint, args.arch, not args.no_check) for f in files]
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ def _batches(n_total):
 
 def _train(info, per_rank_batch, batches):
     args = main_moco.get_args_parser().parse_args(
-        ["x", "-a", "deit_tiny", "--crop-size", "32", "-b", str(per_rank_batch * info.world_size),
+        ["x", "-a", "vit_tiny", "--crop-size", "32", "-b", str(per_rank_batch * info.world_size),
          "--moco-k", "16", "--mlp", "--moco-t", "0.2", "--bn-splits", "1", "--moco-m", "0.9", "--lr", "0.5",
          "-p", "1000"])
     torch.manual_seed(0)

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thr
 
 
 B, STEPS, CROPS = 4, 2, 3  # per-rank batch, optimizer steps, crops (2 global + 1 local, all 32 px for DeiT)
-FLAGS = ["--arch", "deit_tiny", "--size_crops", "32", "--nmb_crops", str(CROPS), "--min_scale_crops", "0.2",
+FLAGS = ["--arch", "vit_tiny", "--size_crops", "32", "--nmb_crops", str(CROPS), "--min_scale_crops", "0.2",
          "--max_scale_crops", "1", "--queue_size", str(2 * 2 * B * STEPS), "--feat_dim", "16", "--proj_hidden_dim",
          "32", "--pred_hidden_dim", "32", "--print_freq", "1000", "--temperature_m", "0.1"]
 

@@ -1,18 +1,22 @@
-"""Small backbones of the SSL-small recipe (Shi et al. 2021): MobileNetV3, EfficientNet-B0, DeiT-Tiny.
+"""torchvision's small networks, kept under explicit names: ``tv_mobilenetv3_small`` / ``_large``,
+``tv_efficientnet_b0`` and ``vit_tiny`` (ViT-Ti/16).
 
-Each is torchvision's network cut before its classifier's last Linear, with an ``fc = nn.Identity()``
-attribute so methods can swap in a projection head the way MoCo does. As in WOWNICE/ssl-small, the
-representation of the MobileNetV3s is the output of the first classifier Linear + Hardswish
-(1024-d small, 1280-d large; the dropout that follows stays active in training), EfficientNet-B0's
-is the 1280-d pooled feature (dropout 0.2 before ``fc``), DeiT-Tiny's the 192-d class token after
-the final LayerNorm.
+SSL-small (Shi et al. 2021) and its SEED-distilled starting points use other implementations, built by
+``src.models.mobilenetv3``, ``src.models.efficientnet`` and ``src.models.deit`` under the plain names;
+these variants cannot load those checkpoints (other parameter names, SE placement, padding, BN
+constants; docs/small-models.md). Each is torchvision's network cut before its classifier's last Linear,
+with an ``fc = nn.Identity()`` attribute so methods can swap in a projection head the way MoCo does, and
+the same representation as its SSL-small counterpart: the MobileNetV3s' first classifier Linear +
+Hardswish (1024-d small, 1280-d large; the dropout that follows stays active in training),
+EfficientNet-B0's 1280-d pooled feature (dropout 0.2 before ``fc``), and for ViT-Ti the 192-d class token
+after the final LayerNorm.
 """
 import torch
 from torch import nn
 from torchvision import models as tvm
 
 
-class MobileNetV3Trunk(nn.Module):
+class TorchvisionMobileNetV3(nn.Module):
     """torchvision MobileNetV3 without its last Linear: (B,3,H,W) -> (B, 1024 | 1280)."""
 
     def __init__(self, large):
@@ -28,7 +32,7 @@ class MobileNetV3Trunk(nn.Module):
         return self.fc(self.classifier(x))
 
 
-class EfficientNetTrunk(nn.Module):
+class TorchvisionEfficientNetB0(nn.Module):
     """torchvision EfficientNet-B0 without its Linear: (B,3,H,W) -> (B, 1280)."""
 
     def __init__(self):
@@ -43,8 +47,9 @@ class EfficientNetTrunk(nn.Module):
         return self.fc(self.dropout(torch.flatten(self.avgpool(self.features(x)), 1)))
 
 
-class DeiTTinyTrunk(nn.Module):
-    """ViT-Ti/16 (DeiT-Tiny: width 192, depth 12, 3 heads, MLP 768): (B,3,S,S) -> (B, 192) class token.
+class TorchvisionViTTiny(nn.Module):
+    """torchvision ViT-Ti/16 (width 192, depth 12, 3 heads, MLP 768; the DeiT-Ti shape of Touvron et al.
+    2021, not SSL-small's ``vit_tiny``): (B,3,S,S) -> (B, 192) class token.
 
     ``image_size`` fixes the position-embedding length (224 by default; smaller for tests).
     """
