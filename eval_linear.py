@@ -130,6 +130,8 @@ def get_args_parser(add_help=False):
     add_arg(g, "--resume", default="", help="checkpoint to resume from (default: DUMP_PATH/checkpoint.pth.tar if any)")
     add_arg(g, "-e", "--evaluate", action="store_true", help="only test the head of the resumed checkpoint")
     add_arg(g, "-p", "--print_freq", default=10, type=POSITIVE_INT, help="progress line every N iterations (10)")
+    add_arg(g, "--save_every_iters", default=0, type=NONNEG_INT,
+            help="also refresh checkpoint.pth.tar every N iterations inside an epoch (0: epoch ends only)")
     add_arg(g, "--max_iters", default=0, type=NONNEG_INT,
             help="stop with a checkpoint once this many iterations are done in total (smoke tests; 0: off)")
     add_video_eval_args(parser)
@@ -225,7 +227,7 @@ def linear_eval(args, info):
 
     # ==== training ====
     logger = run.progress(iters_per_epoch, args.epochs, args.batch_size, args.print_freq, max_iters=args.max_iters,
-                          formats={"Acc@1": "6.2f", "Acc@5": "6.2f"})
+                          save_every=args.save_every_iters, formats={"Acc@1": "6.2f", "Acc@5": "6.2f"})
     for epoch in run.epochs():
         set_epoch(epoch, run.start_iter)
         logger.start_epoch(epoch, run.start_iter)

@@ -281,6 +281,9 @@ def build_model(args, info, per_rank_batch):
     if per_rank_batch % bn_splits != 0:
         raise UserError(f"per-process batch {per_rank_batch} is not divisible by --bn-splits {bn_splits}: "
                         "change -b or pass --bn-splits 1")
+    if per_rank_batch // bn_splits < 2:
+        raise UserError(f"per-process batch {per_rank_batch} over --bn-splits {bn_splits} leaves 1 image per BatchNorm "
+                        "split (it needs at least 2): raise -b or lower --bn-splits")
     check_queue_size(args.moco_k, per_rank_batch * info.world_size)
     image_size = args.size_crops[0] if args.num_crops else args.crop_size
     model = MoCo(args.arch, dim=args.moco_dim, K=args.moco_k, head=moco_head(args), bn_splits=bn_splits,

@@ -102,6 +102,8 @@ def get_args_parser(add_help=False):
     add_arg(g, "--resume", default="", help="checkpoint to resume (default: OUTPUT_DIR/checkpoint.pth.tar if any)")
     add_arg(g, "-e", "--evaluate", action="store_true", help="only test the network of the resumed checkpoint")
     add_arg(g, "-p", "--print-freq", default=10, type=POSITIVE_INT, help="progress line every N iterations (10)")
+    add_arg(g, "--save-every-iters", default=0, type=NONNEG_INT,
+            help="also refresh checkpoint.pth.tar every N iterations inside an epoch (0: epoch ends only)")
     add_arg(g, "--max-iters", default=0, type=NONNEG_INT,
             help="stop with a checkpoint once this many iterations are done in total (smoke tests; 0: off)")
     add_video_eval_args(parser)
@@ -203,7 +205,8 @@ def transfer(args, info):
 
     # ==== training ====
     logger = run.progress(iters_per_epoch, args.epochs, args.batch_size, args.print_freq, max_iters=args.max_iters,
-                          scaled=scaler.is_enabled(), formats={"Loss": ".4e", "Acc@1": "6.2f", "Acc@5": "6.2f"})
+                          save_every=args.save_every_iters, scaled=scaler.is_enabled(),
+                          formats={"Loss": ".4e", "Acc@1": "6.2f", "Acc@5": "6.2f"})
     for epoch in run.epochs():
         sampler.set_epoch(epoch, start_index=run.start_iter * per_rank_batch)
         train_set.set_epoch(epoch)

@@ -27,7 +27,7 @@ import torch
 from src.args import ArgumentParser, amp_dtype
 from src.errors import UserError, exit_on_user_error
 from src.metrics import instdisc_topk
-from src.pair_eval import add_pair_eval_args, build_trunk, embed_views, pick_device, write_json
+from src.pair_eval import add_pair_eval_args, build_trunk, embed_views, pick_device, results_file, write_json
 from src.pairs import PositivePairDataset
 
 MODES = ("d-sd", "sd-sd")
@@ -50,6 +50,7 @@ def main(args):
     """Print the top-1..K accuracies line and write the JSON results."""
     if args.topk < 1:
         raise UserError(f"--topk must be >= 1, got {args.topk}")
+    out = results_file(args.output_json, args.pretrained, f"instdisc_{args.mode}_{args.dataset_mode}.json")
     # ==== preparing data ====
     pairs = PositivePairDataset(args.data, args.dataset_mode, resize=args.resize, crop_size=args.crop_size,
                                 per_class=args.sample_per_class)
@@ -76,7 +77,7 @@ def main(args):
     res = {"masked": args.dataset_mode, "mode": args.mode, "topk": acc, "pretrained": args.pretrained,
            "data": args.data, "arch": args.arch, "n_images": len(pairs), "n_classes": len(pairs.classes),
            "query_view": query_view, "positive_view": pos_view}
-    out = write_json(res, args.output_json, args.pretrained, f"instdisc_{args.mode}_{args.dataset_mode}.json")
+    write_json(res, out)
     print(f"results written to {out}", flush=True)
     print(f"Masked: {args.dataset_mode}; Mode: {args.mode}; Top1-{args.topk}: {acc}; "
           f"CKPT: {args.pretrained or 'random-init'}; Dataset: {args.data}", flush=True)

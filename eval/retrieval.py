@@ -21,20 +21,20 @@ With ``--modality image`` the same runs on train/ and val/ image folders (Resize
         --pretrained runs/video_sce_r3d50/checkpoint.pth.tar --num_frames 8 --resize 256 -b 8 -j 8
 """
 import argparse
-import json
 import os
 
 import torch
 
 from src.args import ArgumentParser, add_amp_args, add_arg, amp_dtype
 from src.augment import eval_transform
-from src.run.checkpoint import load_checkpoint, save_checkpoint
 from src.data import SafeImageFolder
 from src.errors import UserError, exit_on_user_error
 from src.features import extract_features
 from src.metrics import RETRIEVAL_KS, retrieval_at_k
-from src.pair_eval import build_trunk, pick_device
+from src.pair_eval import build_trunk, pick_device, write_json
 from src.pretrained import add_pretrained_args
+from src.run.checkpoint import check_writable, load_checkpoint, save_checkpoint
+from src.run.health import check_finite_features
 from src.video.build import ViewAverage, add_video_eval_args, bank_sets
 
 
@@ -96,17 +96,18 @@ def load_bank(folder):
 
 @exit_on_user_error
 def main(args):
+    out_dir = args.from_bank or args.output_dir
+    check_writable(out_dir, "--output_dir")  # before the features are extracted, not after
     bank = load_bank(args.from_bank) if args.from_bank else extract_bank(args)
     (bank_f, bank_y), (query_f, query_y) = bank["train"], bank["val"]
+    check_finite_features(bank_f, "bank features")
+    check_finite_features(query_f, "query features")
     print(f"bank: {len(bank_f)} train, queries: {len(query_f)} test, {bank_f.shape[1]}-d features", flush=True)
     results = retrieval_at_k(query_f, query_y, bank_f, bank_y, ks=tuple(args.ks))
+    write_json({"recall": {str(k): v for k, v in results.items()}, "pretrained": args.pretrained, "arch": args.arch,
+                "n_bank": len(bank_f), "n_query": len(query_f)}, os.path.join(out_dir, "retrieval.json"))
     for k, acc in results.items():
         print(f"R@{k} {acc:.2f}", flush=True)
-    out_dir = args.from_bank or args.output_dir
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "retrieval.json"), "w") as f:
-        json.dump({"recall": {str(k): v for k, v in results.items()}, "pretrained": args.pretrained,
-                   "arch": args.arch, "n_bank": len(bank_f), "n_query": len(query_f)}, f, indent=2)
     print("retrieval " + ", ".join(f"R@{k}={acc:.2f}%" for k, acc in results.items()), flush=True)
     return results
 

@@ -35,7 +35,7 @@ import torch
 from src.args import ArgumentParser, add_arg, amp_dtype
 from src.errors import UserError, exit_on_user_error
 from src.metrics import align, intra_class_align, uniformity
-from src.pair_eval import add_pair_eval_args, build_trunk, embed_views, pick_device, write_json
+from src.pair_eval import add_pair_eval_args, build_trunk, embed_views, pick_device, results_file, write_json
 from src.pairs import PositivePairDataset
 
 COLUMNS = ("D-SD align", "SD-SD align", "D cls-align", "SD cls-align", "D uniform", "SD uniform")
@@ -80,6 +80,7 @@ def format_block(pretrained, data, values):
 @exit_on_user_error
 def main(args):
     """Print the alignment / uniformity block and write the JSON results."""
+    out = results_file(args.output_json, args.pretrained, f"stats-dist_{args.dataset_mode}.json")
     # ==== preparing data ====
     pairs = PositivePairDataset(args.data, args.dataset_mode, resize=args.resize, crop_size=args.crop_size,
                                 per_class=args.sample_per_class)
@@ -107,7 +108,7 @@ def main(args):
            "dataset_mode": args.dataset_mode, "views": list(pairs.views[:3]), "n_images": len(pairs),
            "n_classes": len(pairs.classes), "uniformity_t": 2, "uniformity_chunks": len(chunk_ids),
            "uniformity_chunk_size": len(chunk_ids[0])}
-    out = write_json(res, args.output_json, args.pretrained, f"stats-dist_{args.dataset_mode}.json")
+    write_json(res, out)
     print(f"results written to {out}", flush=True)
     print(format_block(args.pretrained or "random-init", args.data, values), flush=True)
     return res

@@ -33,7 +33,7 @@ from src.args import ArgumentParser, add_amp_args, add_arg, amp_dtype
 from src.augment import eval_transform
 from src.errors import UserError, exit_on_user_error
 from src.features import extract_features
-from src.pair_eval import build_trunk, pick_device, write_json
+from src.pair_eval import build_trunk, pick_device, results_file, write_json
 from src.pretrained import add_pretrained_args
 from src.voc import VOCImages, find_voc_dir, read_split, voc_ap, voc_classes
 
@@ -106,6 +106,7 @@ def main(args):
         raise UserError("no dataset given: pass DIR (or --data DIR) holding VOCdevkit/VOC2007")
     if args.batch_size < 1 or args.workers < 0 or args.svm_c <= 0:
         raise UserError(f"need -b >= 1, -j >= 0 and --svm-c > 0, got {args.batch_size}, {args.workers}, {args.svm_c}")
+    out = results_file(args.output_json, args.pretrained, "voc_svm.json")
     # ==== reading the splits ====
     voc_dir = find_voc_dir(root, args.year)
     classes = voc_classes(voc_dir, [args.train_split, args.test_split])
@@ -139,21 +140,21 @@ def main(args):
     else:
         scored = [fit_and_score(*job) for job in jobs]
 
-    # ==== reporting ====
+    # ==== reporting: the JSON first, then the lines ====
     aps = {classes[j]: 100.0 * ap for j, (ap, _) in zip(usable, scored)}
     not_converged = [classes[j] for j, (_, ok) in zip(usable, scored) if not ok]
+    mean_ap = float(np.mean(list(aps.values())))
+    results = {"mean_ap": mean_ap, "ap": aps, "skipped": [classes[j] for j in range(len(classes)) if j not in usable],
+               "not_converged": not_converged, "pretrained": args.pretrained, "arch": args.arch, "data": voc_dir,
+               "n_train": len(train_ids), "n_test": len(test_ids), "svm_c": args.svm_c, "pos_weight": args.pos_weight,
+               "ignore_difficult": args.ignore_difficult, "feat_dim": int(train_x.shape[1])}
+    write_json(results, out)
     width = max(len(c) for c in aps)
     for name, ap in aps.items():
         print(f"AP {name:<{width}}  {ap:6.2f}", flush=True)
     if not_converged:
         print(f"note: liblinear stopped at --max-iter {args.max_iter} before converging for "
               f"{', '.join(not_converged)}", flush=True)
-    mean_ap = float(np.mean(list(aps.values())))
-    results = {"mean_ap": mean_ap, "ap": aps, "skipped": [classes[j] for j in range(len(classes)) if j not in usable],
-               "not_converged": not_converged, "pretrained": args.pretrained, "arch": args.arch, "data": voc_dir,
-               "n_train": len(train_ids), "n_test": len(test_ids), "svm_c": args.svm_c, "pos_weight": args.pos_weight,
-               "ignore_difficult": args.ignore_difficult, "feat_dim": int(train_x.shape[1])}
-    out = write_json(results, args.output_json, args.pretrained, "voc_svm.json")
     print(f"results written to {out}", flush=True)
     print(f"Mean AP: {mean_ap:.2f}", flush=True)
     return results

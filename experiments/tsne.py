@@ -30,6 +30,7 @@ import numpy as np
 
 from src.args import ArgumentParser, add_arg, amp_dtype
 from src.errors import UserError, exit_on_user_error
+from src.run.checkpoint import check_writable
 from src.pair_eval import add_pair_eval_args, build_trunk, embed_views, pick_device
 from src.pairs import PositivePairDataset
 
@@ -165,6 +166,8 @@ def main(args):
 
     if args.num_classes < 0:
         raise UserError(f"--num-classes must be >= 0, got {args.num_classes}")
+    base = os.path.splitext(args.pic_name)[0] if args.pic_name.lower().endswith((".pdf", ".png")) else args.pic_name
+    check_writable(os.path.dirname(os.path.abspath(base)), "--pic-name")  # before the embedding, not after
     # ==== preparing data ====
     pairs = PositivePairDataset(args.data, args.dataset_mode, resize=args.resize, crop_size=args.crop_size,
                                 per_class=args.sample_per_class, max_classes=args.num_classes)
@@ -187,8 +190,6 @@ def main(args):
     print(f"t-SNE of {len(x)} points: KL divergence {kl:.4f}", flush=True)
 
     # ==== saving ====
-    base = os.path.splitext(args.pic_name)[0] if args.pic_name.lower().endswith((".pdf", ".png")) else args.pic_name
-    os.makedirs(os.path.dirname(os.path.abspath(base)), exist_ok=True)
     files = []
     for i, yi in enumerate((y0, y1, y2)):
         np.save(f"{base}.Y{i}.npy", yi)

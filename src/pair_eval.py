@@ -15,6 +15,7 @@ from src.features import extract_features
 from src.models import KNOWN_ARCHS, build_backbone
 from src.pairs import VIEW_SETS
 from src.pretrained import TRUST_HELP, checkpoint_arch, load_trunk, read_checkpoint
+from src.run.checkpoint import atomic_write, check_writable
 
 
 def add_pair_eval_args(parser, per_class_default, per_class_help):
@@ -116,15 +117,22 @@ def embed_views(model, pairs, views, batch_size, workers, device, amp_dtype=None
     return out, labels
 
 
-def write_json(results, output_json, pretrained, name):
-    """Write ``results`` to ``output_json``, or ``name`` next to the checkpoint (or in the current folder).
+def results_file(output_json, pretrained, name):
+    """Where an evaluation's JSON results go: ``output_json``, or ``name`` next to the checkpoint (or in the
+    current folder). The folder is proven writable now, before any work (not after an hour of feature extraction).
 
     Returns:
-        the path written.
+        the path.
+    Raises:
+        UserError: the folder cannot be written.
     """
     out = output_json or os.path.join(os.path.dirname(os.path.abspath(pretrained)) if pretrained else os.getcwd(),
                                       name)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(results, f, indent=2)
+    check_writable(os.path.dirname(os.path.abspath(out)), "--output-json")
+    return out
+
+
+def write_json(results, out):
+    """Write ``results`` to ``out`` atomically, before anything is printed. Returns: ``out``."""
+    atomic_write(out, lambda f: f.write(json.dumps(results, indent=2).encode()), "--output-json")
     return out

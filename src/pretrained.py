@@ -242,6 +242,10 @@ def load_trunk(model, path_or_ckpt, trunk_pattern=None, trust=False, log=print, 
                 ([f"shape mismatch {', '.join(shapes[:5])}"] if shapes else []) + \
                 ([f"unexpected {', '.join(extra[:5])}"] if extra else [])
         raise UserError(f"checkpoint keys do not match arch {name!r}: {'; '.join(parts)}; {hint}")
+    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise UserError(f"the trunk in {where} has NaN/inf weights or BatchNorm statistics ({', '.join(bad[:3])}"
+                        f"{' ...' if len(bad) > 3 else ''}): it comes from a diverged run; no score is computed from it")
     full = dict(own)
     full.update(state)
     model.load_state_dict(full, strict=True)

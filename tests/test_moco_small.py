@@ -12,6 +12,7 @@ from torchvision import transforms as T
 import main_moco
 from src.methods.moco import MoCo, load_for_restart
 from src.models import build_backbone
+from src.run.loop import resume_source
 from tests.helpers import ROOT, assert_ok, py, run, tiny_dataset
 
 SMALL = {"resnet18": 512, "mobilenetv3_small": 1024, "mobilenetv3_large": 1280, "efficientnet_b0": 1280,
@@ -138,12 +139,12 @@ def test_restarted_run_continues_from_its_own_checkpoint(tmp_path):
     seed_file.write_bytes(b"x")
     args = main_moco.get_args_parser().parse_args(
         ["d", "--resume", str(seed_file), "--restart", "--ckpt-dir", str(out)])
-    assert main_moco.resume_source(args) == (str(seed_file), True)
+    assert resume_source(args.output_dir, args.resume, args.restart) == (str(seed_file), True)
     out.mkdir()
     (out / "checkpoint.pth.tar").write_bytes(b"x")
-    assert main_moco.resume_source(args) == (str(out / "checkpoint.pth.tar"), False)
+    assert resume_source(args.output_dir, args.resume, args.restart) == (str(out / "checkpoint.pth.tar"), False)
     args.restart = False  # plain --resume: that file, resumed in full
-    assert main_moco.resume_source(args) == (str(seed_file), False)
+    assert resume_source(args.output_dir, args.resume, args.restart) == (str(seed_file), False)
 
 
 def test_restart_from_our_checkpoint_warns_about_shape_mismatch(data, tmp_path):
@@ -164,7 +165,7 @@ def test_restart_from_our_checkpoint_warns_about_shape_mismatch(data, tmp_path):
 def _script_args(path):
     """The main_moco.py arguments written in an sbatch script (variables replaced by placeholders)."""
     text = open(path).read().replace("\\\n", " ")
-    line = next(l for l in text.splitlines() if "main_moco.py" in l)
+    line = next(l for l in text.splitlines() if "main_moco.py" in l).removesuffix(" &")  # run in the background
     line = line.replace('${SEED_CKPT:+--resume "$SEED_CKPT" --restart}', "")
     words = shlex.split(line.replace('"$DATASET_PATH"', "DATA").replace('"$EXPERIMENT_PATH"', "OUT"))
     return words[words.index("main_moco.py") + 1:]

@@ -152,7 +152,7 @@ def test_sbatch_scripts_parse_and_match_the_released_configs():
     for path in sorted(glob.glob(os.path.join(ROOT, "scripts", "sce_*.sh"))):
         text = open(path).read()
         assert text.startswith("#!/bin/bash\n"), path
-        cmd = text.split("main_sce.py", 1)[1].replace("\\\n", " ")
+        cmd = text.split("main_sce.py", 1)[1].split(" &\n", 1)[0].replace("\\\n", " ")
         argv = [a.replace("$DATASET_PATH", "/data").replace("$EXPERIMENT_PATH", "/out") for a in shlex.split(cmd)]
         args = main_sce.get_args_parser().parse_args(argv)
         main_sce.check_args(args)

@@ -37,8 +37,8 @@ A11 = {
 
 def _parse(path):
     text = open(path).read()
-    sbatch = dict(l[len("#SBATCH --"):].split("=", 1) for l in text.splitlines() if l.startswith("#SBATCH --"))
-    cmd = shlex.split(text[text.index("srun "):].replace("\\\n", " "), comments=True)
+    sbatch = dict(l[len("#SBATCH --"):].partition("=")[::2] for l in text.splitlines() if l.startswith("#SBATCH --"))
+    cmd = shlex.split(text[text.index("srun "):].split(" &\n", 1)[0].replace("\\\n", " "), comments=True)
     script = next(c for c in cmd if c.startswith("main_"))
     argv = [a.replace('"$DATASET_PATH"', "/data").replace("$DATASET_PATH", "/data")
             .replace("$EXPERIMENT_PATH", "/exp") for a in cmd[cmd.index(script) + 1:]]

@@ -23,7 +23,7 @@ def command(path):
     text = open(path).read()
     assert text.startswith("#!/bin/bash\n"), path
     assert 'export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)' in text
-    line = text.split("srun --kill-on-bad-exit=1 python -u ", 1)[1].replace("\\\n", " ")
+    line = text.split("srun --kill-on-bad-exit=1 python -u ", 1)[1].split(" &\n", 1)[0].replace("\\\n", " ")
     words = shlex.split(line)
     prog, argv = (words[1], words[2:]) if words[0] == "-m" else (words[0], words[1:])
     out = []

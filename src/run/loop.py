@@ -58,6 +58,28 @@ def git_commit(folder=None):
     return sha.stdout.strip() + (" (modified)" if dirty.stdout.strip() else "")
 
 
+def resume_source(output_dir, resume="", weights_only=False):
+    """What a run starts from: ``(path or None, weights_only)``.
+
+    ``resume`` or ``output_dir/checkpoint.pth.tar`` (auto-resume) continue a run (``weights_only`` False). With
+    ``weights_only`` (MoCo's ``--restart``) the ``resume`` file only seeds the weights, unless this run already wrote
+    its own ``output_dir/checkpoint.pth.tar``: then it was pre-empted (a requeued job) and continues from there.
+
+    Raises:
+        UserError: ``resume`` names a file that does not exist.
+    """
+    latest = os.path.join(output_dir, CHECKPOINT)
+    if resume and not os.path.isfile(resume):
+        raise UserError(f"--resume '{resume}' does not exist: pass a checkpoint file or leave it empty")
+    if weights_only:
+        if os.path.isfile(latest) and not os.path.samefile(latest, resume):
+            return latest, False
+        return resume, True
+    if resume:
+        return resume, False
+    return (latest if os.path.isfile(latest) else None), False
+
+
 class Run:
     """Start a run: output folder, resume checkpoint, seed, ``args.json``, the git commit, ``log.txt``.
 
@@ -87,7 +109,8 @@ class Run:
                                     "(turn it off)"
         self._prepare_folder()
         try:  # every rank reads the same file: a bad one is the same error everywhere, said once
-            self.resume_path = self._resume_path(resume, weights_only_resume)
+            path, weights_only = resume_source(output_dir, resume, weights_only_resume)
+            self.resume_path = None if weights_only else path
             self.ckpt = self._read(self.resume_path) if self.resume_path else None
         except UserError as exc:
             exc.collective = True
@@ -121,16 +144,6 @@ class Run:
         failed = dist.all_reduce(torch.tensor([float(error is not None)], device=self.device), op="max")
         if float(failed) > 0:
             raise UserError(str(error) if error else "rank 0 cannot write the output folder", collective=True)
-
-    def _resume_path(self, resume, weights_only_resume):
-        latest = os.path.join(self.output_dir, CHECKPOINT)
-        if weights_only_resume:  # a pre-empted --restart run continues from its own checkpoint
-            return latest if os.path.isfile(latest) and not (resume and os.path.samefile(latest, resume)) else None
-        if resume:
-            if not os.path.isfile(resume):
-                raise UserError(f"--resume '{resume}' does not exist: pass a checkpoint file or leave it empty")
-            return resume
-        return latest if os.path.isfile(latest) else None
 
     def _read(self, path):
         ckpt = load_checkpoint(path)
