@@ -321,9 +321,8 @@ def build_batches(args, info, trunk, trunk_hash, train_set, val_set, per_rank_ba
         sampler = ResumableSampler(len(train_set), info.world_size, info.rank, shuffle=True, seed=args.seed)
         loader = build_loader(train_set, per_rank_batch, sampler, args.workers, drop_last=False)
         val_batch = args.test_videos_per_batch if args.modality == "video" else per_rank_batch
-        val = torch.utils.data.DataLoader(val_set, batch_size=val_batch, num_workers=args.workers,
-                                          sampler=ShardSampler(len(val_set), info.world_size, info.rank),
-                                          pin_memory=info.device.type == "cuda", persistent_workers=args.workers > 0)
+        val = build_loader(val_set, val_batch, ShardSampler(len(val_set), info.world_size, info.rank), args.workers,
+                           drop_last=False)
 
         def set_epoch(epoch, start_iter):
             sampler.set_epoch(epoch, start_index=start_iter * per_rank_batch)

@@ -173,9 +173,8 @@ def transfer(args, info):
     workers = math.ceil(args.workers / dist.local_world_size())
     loader = build_loader(train_set, per_rank_batch, sampler, workers, drop_last=False)
     test_batch = args.test_videos_per_batch if args.modality == "video" else per_rank_batch
-    test_loader = torch.utils.data.DataLoader(test_set, batch_size=test_batch, num_workers=workers,
-                                              sampler=ShardSampler(len(test_set), info.world_size, rank),
-                                              pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    test_loader = build_loader(test_set, test_batch, ShardSampler(len(test_set), info.world_size, rank), workers,
+                               drop_last=False)
     iters_per_epoch = math.ceil(sampler.num_samples / per_rank_batch)
 
     # ==== building the network: trunk -> L2-normalise -> fc ====

@@ -24,6 +24,7 @@ from . import dist
 from .errors import UserError
 from .augment import IMAGENET_MEAN
 from .data import sample_seed
+from .data import build_loader
 from .features import iter_features
 from .run.health import check_finite_features
 
@@ -163,8 +164,7 @@ def extract_shard(trunk, dataset, batch_size, workers, device, amp_dtype=None, p
         ``(feats (m, D) float32, labels (m,) long)`` on the CPU, m = this rank's share (readable images only).
     """
     sampler = ShardSampler(len(dataset), dist.get_world_size(), dist.get_rank())
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                                         pin_memory=device.type == "cuda")
+    loader = build_loader(dataset, batch_size, sampler, workers, drop_last=False, persistent=False)
     feats, labels = [], []
     for f, y in iter_features(trunk, loader, device, amp_dtype, progress=progress if dist.get_rank() == 0 else None,
                               stats=stats):

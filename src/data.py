@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from src.errors import UserError
+from src.run.signals import ignore_stop_signals, track_loader
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # as torchvision
 MAX_CONSECUTIVE_FAILURES = 50
@@ -333,12 +334,13 @@ class ResumableSampler(torch.utils.data.Sampler):
         return self.num_samples - self.start_index
 
 
-def build_loader(dataset, batch_size, sampler, workers, drop_last=True, pin_memory=None):
+def build_loader(dataset, batch_size, sampler, workers, drop_last=True, pin_memory=None, persistent=True):
     """A DataLoader for training or evaluation.
 
-    Workers are persistent (no re-fork and re-read of the file list every epoch). No
-    ``worker_init_fn`` is needed for a dataset built with ``seed``: its augmentations are seeded
-    per sample; without ``seed`` torch's per-worker seeding applies.
+    Workers are persistent (no re-fork and re-read of the file list every epoch) and ignore SIGTERM /
+    SIGUSR1 (the training process saves first, then shuts them down: ``src.run.signals``). A dataset
+    built with ``seed`` needs no seeding of its own: its augmentations are seeded per sample;
+    without ``seed`` torch's per-worker seeding applies.
 
     Args:
         dataset: a map-style dataset.
@@ -347,11 +349,13 @@ def build_loader(dataset, batch_size, sampler, workers, drop_last=True, pin_memo
         workers: loader processes (0 loads in the main process).
         drop_last: drop the last incomplete batch (True for training).
         pin_memory: None pins when CUDA is available.
+        persistent: keep the workers between epochs (False for a single pass).
     Returns:
         torch.utils.data.DataLoader.
     """
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                                       pin_memory=pin_memory, drop_last=drop_last,
-                                       persistent_workers=workers > 0)
+    return track_loader(torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler,
+                                                    num_workers=workers, pin_memory=pin_memory, drop_last=drop_last,
+                                                    persistent_workers=persistent and workers > 0,
+                                                    worker_init_fn=ignore_stop_signals))

@@ -14,11 +14,14 @@ Who receives the signal decides what must happen:
 
 The handlers are installed once per process, at launch, before anything slow happens.
 """
+import atexit
 import os
 import signal
+import weakref
 
 import torch
 
+_LOADERS = weakref.WeakSet()  # loaders to shut down at exit (track_loader)
 STOP_SIGNALS = tuple(s for s in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)) if s is not None)
 
 
@@ -77,6 +80,17 @@ class StopSignal:
         return bool(dist.all_reduce(flag, op="sum").item() > 0)
 
 
+def ignore_stop_signals(worker_id=None):
+    """A DataLoader ``worker_init_fn``: SIGTERM / SIGUSR1 no longer end this worker.
+
+    torch installs its own SIGTERM handler in every worker (it exits at once), which would override the handler
+    inherited from the training process; ignoring the signals keeps the worker serving batches until the main process
+    has saved and shuts the loader down (or exits: the worker's watchdog then ends it).
+    """
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 _PROCESS_STOP = {}  # pid -> StopSignal: signal handlers are per process by nature, so is this
 
 
@@ -87,6 +101,25 @@ def process_stop_signal():
         _PROCESS_STOP.clear()
         _PROCESS_STOP[pid] = StopSignal()
     return _PROCESS_STOP[pid]
+
+
+def track_loader(loader):
+    """Shut ``loader``'s workers down at exit if it is still alive then (a loader referenced from a module or an
+    exception): they ignore SIGTERM (:func:`ignore_stop_signals`), so multiprocessing's exit handler, which SIGTERMs
+    its daemonic children and waits for them, would otherwise wait forever. Returns: ``loader``."""
+    if not _LOADERS:
+        import multiprocessing.util  # noqa: F401 - its exit handler is registered now: ours, later, runs before it
+
+        atexit.register(_shutdown_loaders)
+    _LOADERS.add(loader)
+    return loader
+
+
+def _shutdown_loaders():
+    for loader in list(_LOADERS):
+        iterator = getattr(loader, "_iterator", None)  # persistent workers live in the loader's last iterator
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()  # the workers get their end-of-work message and exit
 
 
 def forward_to_children(get_pids):
