@@ -351,7 +351,11 @@ def cached_features(args, info, trunk, trunk_hash, train_set, val_set, per_rank_
         print_rank0(f"=> features read from {path} (and the other ranks' files)", rank=info.rank)
         return cache["train"], cache["val"]
     amp = amp_dtype(args)
-    train = extract_shard(trunk, train_set, per_rank_batch, args.workers, info.device, amp, progress="features train")
+    stats = {}
+    train = extract_shard(trunk, train_set, per_rank_batch, args.workers, info.device, amp, progress="features train",
+                          stats=stats)
+    if stats.get("skipped"):
+        print(f"rank {info.rank}: {stats['skipped']} unreadable training images left out of the cache", flush=True)
     val = extract_shard(trunk, val_set, per_rank_batch, args.workers, info.device, amp, progress="features val")
     save_checkpoint(path, {"meta": meta, "train": train, "val": val})  # every rank writes its own shard
     return train, val

@@ -62,7 +62,8 @@ def get_args_parser(add_help=False):
 
 
 def extract_bank(args):
-    """Step 1: {"train": (features, labels), "val": (...)} of the frozen trunk, saved to OUTPUT_DIR."""
+    """Step 1: {"train": (features, labels), "val": (...), "skipped": unreadable images left out} of the frozen
+    trunk, saved to OUTPUT_DIR."""
     if not args.data:
         raise UserError("no dataset given: pass DIR, or --from_bank with saved features")
     device = pick_device(args.device)
@@ -73,15 +74,17 @@ def extract_bank(args):
         model = ViewAverage(trunk)
     else:
         tf = eval_transform(args.resize, args.crop_size)
-        sets = [SafeImageFolder(os.path.join(args.data, split), tf) for split in ("train", "val")]
+        sets = [SafeImageFolder(os.path.join(args.data, split), tf, skip_unreadable=True) for split in ("train", "val")]
         model = trunk
     model = model.to(device).eval()
     os.makedirs(args.output_dir, exist_ok=True)
-    out = {}
+    out, stats = {"skipped": 0}, {}
     for split, dataset in zip(("train", "val"), sets):
         loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
                                              num_workers=args.workers, pin_memory=device.type == "cuda")
-        feats, labels = extract_features(model, loader, device, amp_dtype(args), progress=f"features {split}")
+        feats, labels = extract_features(model, loader, device, amp_dtype(args), progress=f"features {split}",
+                                         stats=stats)
+        out["skipped"] = stats.get("skipped", 0)
         save_checkpoint(os.path.join(args.output_dir, f"{split}_features.pth"), feats)
         save_checkpoint(os.path.join(args.output_dir, f"{split}_labels.pth"), labels)
         out[split] = (feats, labels)
@@ -104,11 +107,14 @@ def main(args):
     check_finite_features(query_f, "query features")
     print(f"bank: {len(bank_f)} train, queries: {len(query_f)} test, {bank_f.shape[1]}-d features", flush=True)
     results = retrieval_at_k(query_f, query_y, bank_f, bank_y, ks=tuple(args.ks))
+    skipped = bank.get("skipped", 0)
     write_json({"recall": {str(k): v for k, v in results.items()}, "pretrained": args.pretrained, "arch": args.arch,
-                "n_bank": len(bank_f), "n_query": len(query_f)}, os.path.join(out_dir, "retrieval.json"))
+                "n_bank": len(bank_f), "n_query": len(query_f), "skipped_unreadable": skipped},
+               os.path.join(out_dir, "retrieval.json"))
     for k, acc in results.items():
         print(f"R@{k} {acc:.2f}", flush=True)
-    print("retrieval " + ", ".join(f"R@{k}={acc:.2f}%" for k, acc in results.items()), flush=True)
+    print("retrieval " + ", ".join(f"R@{k}={acc:.2f}%" for k, acc in results.items())
+          + (f" ({skipped} unreadable images skipped)" if skipped else ""), flush=True)
     return results
 
 
