@@ -82,7 +82,7 @@ def test_two_shards_match_one(tiny):
         assert res1[key] == pytest.approx(res2[key]), key
 
 
-def _extracted(tiny, args, model):
+def _extracted(args, model):
     from eval.knn import build_datasets
     from src.features import extract_features
 
@@ -95,13 +95,14 @@ def _extracted(tiny, args, model):
 def test_in_process_shards_match_metrics(tiny):
     """run_shard on 2 shards in batches of 3, merged, equals best_nn / weighted_knn on features extracted in
     batches of 5: shift-norm uses the training-set and val-set means, so batching does not matter."""
-    from eval.knn import bank_sum, build_model, get_args_parser, run_shard, shard_bounds, shard_sum, summarize
+    from eval.knn import build_datasets, build_model, get_args_parser, run_knn, run_shard, shard_bounds, shard_sum, \
+        summarize
     from src.metrics import best_nn, feature_mean, weighted_knn
 
     args = get_args_parser().parse_args([tiny.data, "-a", "resnet18", "--rep-space", "shift-norm", "-g", "2",
                                          *COMMON, "-b", "3"])
     model = build_model(args)
-    ftr, ltr, fva, lva = _extracted(tiny, args, model)
+    ftr, ltr, fva, lva = _extracted(args, model)
     bounds = shard_bounds(18, 2)
     sums = [shard_sum(i, model, args, bounds) for i in range(2)]
     assert [s["count"] for s in sums] == [9, 9] and sums[0]["sum"].dtype == torch.float64
@@ -112,6 +113,11 @@ def test_in_process_shards_match_metrics(tiny):
     best, best_k, acc = best_nn(ftr, ltr, fva, lva, max_k=3, rep_space="shift-norm")
     assert (res["best_nn"], res["best_k"], res["acc_by_k"]) == (pytest.approx(best), best_k, pytest.approx(acc))
     assert res["weighted_knn_top1"] == pytest.approx(weighted_knn(ftr, ltr, fva, lva))
+    # the unsharded in-process entry point (two passes over one loader of batches of 4)
+    loaders = [torch.utils.data.DataLoader(s, batch_size=4) for s in build_datasets(args)]
+    again = run_knn(model, *loaders, "cpu", max_k=3, rep_space="shift-norm")
+    assert again["acc_by_k"] == pytest.approx(res["acc_by_k"])
+    assert again["weighted_knn_top1"] == pytest.approx(res["weighted_knn_top1"])
 
 
 def test_shift_norm_cli_two_shards_matches_metrics(tiny):
@@ -127,7 +133,7 @@ def test_shift_norm_cli_two_shards_matches_metrics(tiny):
     res = json.load(open(out))
     args = get_args_parser().parse_args([tiny.data, "-a", "resnet18", *COMMON])
     model = build_model(args)
-    best, best_k, acc = best_nn(*_extracted(tiny, args, model), max_k=3, rep_space="shift-norm")
+    best, best_k, acc = best_nn(*_extracted(args, model), max_k=3, rep_space="shift-norm")
     assert (res["best_nn"], res["best_k"]) == (pytest.approx(best), best_k) and res["weighted_knn_top1"] is None
     assert [res["acc_by_k"][str(k)] for k in acc] == pytest.approx(list(acc.values()))
 
