@@ -3,14 +3,24 @@
 Protocol (``spec/evals.md`` D.8): both splits go through Resize(256) -> CenterCrop(224) -> Normalize.
 The training set is cut into ``-g`` contiguous shards, one process each (one per GPU on CUDA). Every
 shard process embeds the whole val set (in order), then streams its training shard batch by batch
-through an exact Euclidean top-k (``src.metrics.knn_candidates``); the features can first be mapped
-to another space (``--rep-space norm | shifted-norm``, applied per batch). The parent merges the
-g*k candidates of each val image and, for every odd k' <= k, takes a plain majority vote of the k'
-nearest labels (ties -> smallest class id); Best-NN is the best accuracy over k'. The InstDisc / DINO
-weighted kNN (cosine, k=20, T=0.07) is reported as well; it needs all training features, which the
-shards return to the parent, which holds them in CPU memory and runs the vote on the first device
-(about 10 GB for ImageNet with a ResNet-50; skip it with ``--no-weighted`` for very large banks).
-Shifted-norm subtracts a per-batch mean, so its numbers depend on -b and -g, as in the reference.
+through an exact Euclidean top-k (``src.metrics.StreamingKNN``); the features can first be mapped
+to another space (``--rep-space norm | shift-norm``). The parent merges the g*k candidates of each
+val image and, for every odd k' <= k, takes a plain majority vote of the k' nearest labels (ties ->
+smallest class id); Best-NN is the best accuracy over k'. The InstDisc / DINO weighted kNN (cosine,
+k=20, T=0.07) is reported as well, from a second streaming top-k over the same batches (cosine, the
+largest similarities), so no process keeps the training features: memory per shard is the val
+features (three copies of N_val x D) plus a few (N_val x batch) blocks, whatever the training set size.
+
+``shift-norm`` centres the training features by the mean of the WHOLE training set and the val features
+by the mean of the whole val set, then L2-normalises. The reference subtracts each batch's own mean from
+train and val batches alike; its loaders shuffle, so a batch mean estimates its set's mean, but ours keep
+the (class-sorted) folder order, where a batch mean is a class mean. The training mean takes one extra
+forward pass over the training set (each shard sums its features in float64, the parent adds the sums),
+so shift-norm costs about twice the trunk time of the other spaces; nothing is cached. See docs/knn.md.
+
+The results file (``--output-json``, default knn.json next to the checkpoint) is checked for writability
+before any work, and written before anything is printed. Non-finite features (a diverged trunk) stop
+the run with one ``error:`` line instead of a score.
 
 Last line of the output: ``best-NN=XX.XX%, k=K.``; the numbers also go to ``--output-json``.
 
@@ -31,14 +41,15 @@ import tempfile
 
 import torch
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 
 from src.args import add_amp_args, add_arg, amp_dtype
 from src.augment import eval_transform
 from src.data import SafeImageFolder
 from src.errors import UserError, exit_on_user_error
 from src.features import iter_features
-from src.metrics import (REP_SPACES, best_nn_from_candidates, knn_candidates, merge_candidates, transform_rep,
-                         weighted_knn)
+from src.metrics import (REP_SPACES, StreamingKNN, best_nn_from_candidates, feature_mean, feature_sum,
+                         merge_candidates, transform_rep, weighted_knn_from_candidates)
 from src.models import KNOWN_ARCHS, build_backbone
 from src.pretrained import checkpoint_arch, load_trunk, read_checkpoint
 
@@ -71,13 +82,15 @@ def get_args_parser(add_help=False):
     add_arg(g, "-k", "--k", default=5, type=int, help="largest k for Best-NN; every odd k' <= k is tried "
                                                        "(default 5; 101 in the paper setting)")
     add_arg(g, "--rep-space", default="original", choices=REP_SPACES,
-            help="feature space: original, norm (L2), shifted-norm / shift-norm (minus the batch mean, then L2)")
+            help="feature space: original, norm (L2), shift-norm / shifted-norm (train features minus the training-set "
+                 "mean, val features minus the val-set mean, then L2; one extra pass over the training set)")
     add_arg(g, "--resize", default=256, type=int, help="shorter side after resizing, pixels (default 256)")
     add_arg(g, "--crop-size", default=224, type=int, help="centre crop side, pixels (default 224)")
     add_arg(g, "--knn-k", default=20, type=int, help="neighbours of the weighted kNN (default 20; 10-200)")
     add_arg(g, "--knn-t", default=0.07, type=float, help="temperature of the weighted kNN (default 0.07)")
     add_arg(g, "--no-weighted", action="store_true",
-            help="skip the weighted kNN, which keeps all training features in memory")
+            help="skip the weighted kNN (a second streaming top-k over the same batches: one more matrix product "
+                 "per batch, no training features kept)")
     add_arg(g, "--device", default="", help="cpu, cuda (default: cuda when available)")
     add_arg(g, "--output-json", default=None,
             help="results file (default: knn.json next to the checkpoint, or in the current folder)")
@@ -86,48 +99,72 @@ def get_args_parser(add_help=False):
 
 
 # ==== embedding and search ====
-def embed_queries(model, val_loader, device, rep_space, amp=None, progress=None):
-    """Embed the val set in order and map it to ``rep_space`` batch by batch.
+SHIFT = ("shift-norm", "shifted-norm")
+
+
+def check_finite_feats(feats, what, source):
+    """UserError when a trunk gives NaN / inf features: a vote over such distances would still print a score."""
+    bad = int((~torch.isfinite(feats)).any(dim=1).sum())
+    if bad:
+        raise UserError(f"the trunk ({source}) gives NaN or inf features for {bad} of {feats.shape[0]} {what} images: "
+                        "the checkpoint is broken (e.g. a diverged run); no score is reported, evaluate a healthy one")
+
+
+def embed_queries(model, val_loader, device, rep_space, weighted=True, amp=None, progress=None, source="trunk"):
+    """Embed the val set in order; map it to ``rep_space`` (shift-norm: minus the val-set mean) and, for the
+    weighted kNN, to unit rows.
 
     Returns:
-        ``(query (N, D) on device, raw feats (N, D) CPU, labels (N,) CPU)``.
+        ``(query (N, D), cos_query (N, D) unit rows or None, labels (N,) CPU)``, features on ``device``.
     """
-    query, raw, labels = [], [], []
+    feats, labels = [], []
     for f, y in iter_features(model, val_loader, device, amp, progress=progress):
-        query.append(transform_rep(f, rep_space))
-        raw.append(f.cpu())
+        feats.append(f)
         labels.append(y.cpu())
-    return torch.cat(query), torch.cat(raw), torch.cat(labels)
+    feats = torch.cat(feats)
+    check_finite_feats(feats, "val", source)
+    query = transform_rep(feats, rep_space, mean=feature_mean(feats) if rep_space in SHIFT else None)
+    return query, F.normalize(feats, dim=1) if weighted else None, torch.cat(labels)
 
 
-def search_bank(model, train_loader, query, device, max_k, rep_space, keep_feats=True, amp=None, progress=None):
-    """Stream the training images through the trunk and keep every query's ``max_k`` nearest ones.
+def bank_sum(model, train_loader, device, amp=None, progress=None):
+    """First pass of shift-norm: float64 sum (D,) on the CPU and row count of the raw training features."""
+    total, count = feature_sum(f for f, _ in iter_features(model, train_loader, device, amp, progress=progress))
+    return {"sum": total.cpu(), "count": count}
 
+
+def search_bank(model, train_loader, query, device, max_k, rep_space="original", bank_mean=None, cos_query=None,
+                knn_k=20, amp=None, progress=None):
+    """Stream the training images through the trunk once and keep, for every query, the ``max_k`` nearest
+    (Euclidean, in ``rep_space``) and, if ``cos_query`` is given, the ``knn_k`` most cosine-similar ones.
+
+    Args:
+        model: trunk on ``device``; train_loader: ``(images, labels)`` batches.
+        query: (N_val, D) queries in ``rep_space``; cos_query: (N_val, D) unit rows or None.
+        bank_mean: (D,) mean of the whole training set, required for shift-norm.
     Returns:
-        dict with ``dists``, ``labels`` (N_val, max_k) CPU candidates and, if ``keep_feats``,
-        ``train_feats`` (N_train, D) / ``train_labels`` (N_train,) on the CPU (else None).
+        dict of CPU tensors: ``dists`` / ``labels`` (N_val, max_k) and ``sims`` / ``sim_labels`` (N_val, knn_k)
+        (None without ``cos_query``).
     """
-    kept = []
+    if rep_space in SHIFT and bank_mean is None:
+        raise ValueError("shift-norm needs bank_mean, the mean of the whole training set (bank_sum)")
+    euclid = StreamingKNN(query, max_k)
+    cosine = StreamingKNN(cos_query, knn_k, metric="cosine") if cos_query is not None else None
+    for f, y in iter_features(model, train_loader, device, amp, progress=progress):
+        euclid.add(transform_rep(f, rep_space, mean=bank_mean), y)
+        if cosine is not None:
+            cosine.add(F.normalize(f, dim=1), y)
+    dists, labels = euclid.result()
+    sims, sim_labels = cosine.result() if cosine is not None else (None, None)
+    return {"dists": dists.cpu(), "labels": labels.cpu(), "sims": None if sims is None else sims.cpu(),
+            "sim_labels": None if sim_labels is None else sim_labels.cpu()}
 
-    def bank():
-        for f, y in iter_features(model, train_loader, device, amp, progress=progress):
-            if keep_feats:
-                kept.append((f.cpu(), y.cpu()))
-            yield f, y
 
-    dists, labels = knn_candidates(query, bank(), max_k, rep_space)
-    feats = torch.cat([f for f, _ in kept]) if kept else None
-    train_labels = torch.cat([y for _, y in kept]) if kept else None
-    return {"dists": dists.cpu(), "labels": labels.cpu(), "train_feats": feats, "train_labels": train_labels}
-
-
-def summarize(parts, val_feats, val_labels, max_k, knn_k=20, knn_t=0.07, weighted=True, device="cpu"):
+def summarize(parts, val_labels, max_k, knn_k=20, knn_t=0.07, weighted=True):
     """Merge shard candidates into Best-NN and (optionally) the weighted kNN top-1.
 
     Args:
-        parts: list of :func:`search_bank` results, in shard order.
-        val_feats: (N_val, D) raw val features; val_labels: (N_val,).
-        device: where the weighted kNN runs (the training features are moved there).
+        parts: list of :func:`search_bank` results, in shard order. val_labels: (N_val,).
     Returns:
         dict with ``best_nn``, ``best_k``, ``acc_by_k`` and ``weighted_knn_top1`` (None if skipped).
     """
@@ -135,9 +172,8 @@ def summarize(parts, val_feats, val_labels, max_k, knn_k=20, knn_t=0.07, weighte
     best, best_k, acc_by_k = best_nn_from_candidates(dists, labels, val_labels, max_k)
     wknn = None
     if weighted:
-        train_feats = torch.cat([p["train_feats"] for p in parts]).to(device)
-        train_labels = torch.cat([p["train_labels"] for p in parts]).to(device)
-        wknn = weighted_knn(train_feats, train_labels, val_feats, val_labels, k=knn_k, temperature=knn_t)
+        sims, sim_labels = merge_candidates([(p["sims"], p["sim_labels"]) for p in parts], k=knn_k, largest=True)
+        wknn = weighted_knn_from_candidates(sims, sim_labels, val_labels, temperature=knn_t)
     return {"best_nn": best, "best_k": best_k, "acc_by_k": acc_by_k, "weighted_knn_top1": wknn}
 
 
@@ -147,15 +183,19 @@ def run_knn(model, train_loader, val_loader, device, max_k=5, rep_space="origina
 
     Args:
         model: trunk mapping images to (B, D) features, on ``device``.
-        train_loader, val_loader: loaders of ``(images, labels)``, not shuffled.
+        train_loader, val_loader: loaders of ``(images, labels)``, not shuffled (shift-norm reads train twice).
         device: the model's device. max_k, rep_space: Best-NN settings. knn_k, knn_t: weighted kNN.
         weighted: also compute the weighted kNN. amp: optional autocast dtype.
     Returns:
         dict as :func:`summarize`.
     """
-    query, val_feats, val_labels = embed_queries(model, val_loader, device, rep_space, amp)
-    part = search_bank(model, train_loader, query, device, max_k, rep_space, keep_feats=weighted, amp=amp)
-    return summarize([part], val_feats, val_labels, max_k, knn_k, knn_t, weighted, device)
+    query, cos_query, val_labels = embed_queries(model, val_loader, device, rep_space, weighted, amp)
+    bank_mean = None
+    if rep_space in SHIFT:
+        s = bank_sum(model, train_loader, device, amp)
+        bank_mean = s["sum"] / s["count"]
+    part = search_bank(model, train_loader, query, device, max_k, rep_space, bank_mean, cos_query, knn_k, amp)
+    return summarize([part], val_labels, max_k, knn_k, knn_t, weighted)
 
 
 # ==== data, model and shards ====
@@ -201,8 +241,8 @@ def _pick_device(args, rank):
     return torch.device("cuda", rank % max(torch.cuda.device_count(), 1))
 
 
-def run_shard(rank, model, args, bounds, out_dir=None):
-    """One shard: embed val, stream train[bounds[rank]]; the result is returned, or saved under ``out_dir``."""
+def _shard_setup(rank, args, bounds):
+    """Device, (train shard, val) loaders in folder order and the log tag of one shard process."""
     device = _pick_device(args, rank)
     if device.type == "cpu" and len(bounds) > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // len(bounds)))
@@ -213,46 +253,116 @@ def run_shard(rank, model, args, bounds, out_dir=None):
         return torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=False,
                                            num_workers=args.num_workers, pin_memory=device.type == "cuda")
 
-    model = model.to(device)
-    tag = f"[shard {rank + 1}/{len(bounds)}]"
-    query, val_feats, val_labels = embed_queries(model, loader(val_set), device, args.rep_space, amp_dtype(args),
-                                                 progress=f"{tag} val")
-    part = search_bank(model, loader(torch.utils.data.Subset(train_set, range(lo, hi))), query, device, args.k,
-                       args.rep_space, keep_feats=not args.no_weighted, amp=amp_dtype(args),
-                       progress=f"{tag} train {lo}-{hi}")
-    if rank == 0:
-        part.update(val_feats=val_feats, val_labels=val_labels)
+    return device, loader(torch.utils.data.Subset(train_set, range(lo, hi))), loader(val_set), \
+        f"[shard {rank + 1}/{len(bounds)}]"
+
+
+def _finish(result, rank, out_dir):
+    """Return a shard's result (one shard, in this process) or save it for the parent (spawned shards)."""
     if out_dir is None:
-        return part
-    torch.save(part, os.path.join(out_dir, f"shard{rank}.pt"))
+        return result
+    torch.save(result, os.path.join(out_dir, f"part{rank}.pt"))
+
+
+def shard_sum(rank, model, args, bounds, out_dir=None):
+    """shift-norm's first pass on one shard: float64 sum and count of its training features (see bank_sum)."""
+    device, train_loader, _, tag = _shard_setup(rank, args, bounds)
+    lo, hi = bounds[rank]
+    result = bank_sum(model.to(device), train_loader, device, amp_dtype(args), progress=f"{tag} train mean {lo}-{hi}")
+    return _finish(result, rank, out_dir)
+
+
+def run_shard(rank, model, args, bounds, out_dir=None, bank_mean=None):
+    """One shard: embed val, stream train[bounds[rank]]; the result is returned, or saved under ``out_dir``.
+
+    ``bank_mean`` is the (D,) mean of the whole training set (shift-norm only)."""
+    device, train_loader, val_loader, tag = _shard_setup(rank, args, bounds)
+    model = model.to(device)
+    lo, hi = bounds[rank]
+    weighted = not args.no_weighted
+    query, cos_query, val_labels = embed_queries(model, val_loader, device, args.rep_space, weighted, amp_dtype(args),
+                                                 progress=f"{tag} val", source=args.pretrained or "random init")
+    part = search_bank(model, train_loader, query, device, args.k, args.rep_space, bank_mean, cos_query, args.knn_k,
+                       amp_dtype(args), progress=f"{tag} train {lo}-{hi}")
+    if rank == 0:
+        part["val_labels"] = val_labels
+    return _finish(part, rank, out_dir)
+
+
+def _in_shards(fn, model, args, bounds, *extra):
+    """``fn(rank, model, args, bounds, out_dir, *extra)`` for every shard: in this process when there is one,
+    else one spawned process each; the list of their results in shard order."""
+    g = len(bounds)
+    if g == 1:
+        return [fn(0, model, args, bounds, None, *extra)]
+    with tempfile.TemporaryDirectory(prefix="knn-shards-") as out_dir:
+        try:
+            mp.spawn(fn, args=(model, args, bounds, out_dir, *extra), nprocs=g, join=True)
+        except mp.ProcessRaisedException as exc:  # a UserError in a shard stays one line
+            found = re.search(r"UserError: (.+)", str(exc))
+            if found:
+                raise UserError(found.group(1)) from None
+            raise
+        return [torch.load(os.path.join(out_dir, f"part{i}.pt"), weights_only=True) for i in range(g)]
 
 
 def run_shards(model, args, n_train):
-    """Run the ``-g`` shards (in this process when g is 1, else one spawned process each); their results."""
+    """Run the ``-g`` shards (shift-norm: a first round for the training mean); their search results."""
     g = min(args.gpus, n_train)
     if g < 1:
         raise UserError(f"-g/--gpus must be >= 1, got {args.gpus}")
     if _pick_device(args, 0).type == "cuda" and g > torch.cuda.device_count():
         raise UserError(f"-g {g} needs {g} GPUs but {torch.cuda.device_count()} are visible: lower -g")
     bounds = shard_bounds(n_train, g)
-    if g == 1:
-        return [run_shard(0, model, args, bounds)]
-    with tempfile.TemporaryDirectory(prefix="knn-shards-") as out_dir:
-        try:
-            mp.spawn(run_shard, args=(model, args, bounds, out_dir), nprocs=g, join=True)
-        except mp.ProcessRaisedException as exc:  # a UserError in a shard stays one line
-            found = re.search(r"UserError: (.+)", str(exc))
-            if found:
-                raise UserError(found.group(1)) from None
-            raise
-        return [torch.load(os.path.join(out_dir, f"shard{i}.pt"), weights_only=True) for i in range(g)]
+    bank_mean = None
+    if args.rep_space in SHIFT:
+        sums = _in_shards(shard_sum, model, args, bounds)
+        total = sum(s["sum"] for s in sums)
+        if not bool(torch.isfinite(total).all()):
+            raise UserError(f"the trunk ({args.pretrained or 'random init'}) gives NaN or inf features on the training "
+                            "set: the checkpoint is broken (e.g. a diverged run); no score is reported")
+        bank_mean = total / sum(s["count"] for s in sums)
+    return _in_shards(run_shard, model, args, bounds, bank_mean)
+
+
+# ==== reporting ====
+def output_path(args):
+    """Where knn.json goes: --output-json, else next to the checkpoint, else in the current folder."""
+    if args.output_json:
+        return os.path.abspath(args.output_json)
+    return os.path.join(os.path.dirname(os.path.abspath(args.pretrained)) if args.pretrained else os.getcwd(),
+                        "knn.json")
+
+
+def check_writable(path):
+    """UserError now, before any work, if the results file cannot be written (the folder is created)."""
+    if os.path.isdir(path):
+        raise UserError(f"--output-json '{path}' is a folder: pass a file path, e.g. {os.path.join(path, 'knn.json')}")
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=os.path.dirname(path), prefix=".knn-write-test-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot write the results file '{path}' ({exc.strerror or exc}): pass --output-json "
+                        "a path in a writable folder") from None
+
+
+def write_results(res, path):
+    """Write ``res`` as JSON atomically (a temporary file in the same folder, then renamed)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump({**res, "acc_by_k": {str(k): v for k, v in res["acc_by_k"].items()}}, f, indent=2)
+    os.replace(tmp, path)
 
 
 @exit_on_user_error
 def main(args):
     """Evaluate Best-NN (and the weighted kNN) of a checkpoint; prints ``best-NN=XX.XX%, k=K.`` last."""
-    if args.k < 1 or args.batch_size < 1:
-        raise UserError(f"-k/--k and -b/--batch-size must be >= 1, got {args.k} and {args.batch_size}")
+    if args.k < 1 or args.batch_size < 1 or args.knn_k < 1:
+        raise UserError(f"-k/--k, -b/--batch-size and --knn-k must be >= 1, got {args.k}, {args.batch_size} and "
+                        f"{args.knn_k}")
+    out = output_path(args)
+    check_writable(out)
     # ==== preparing data ====
     train_set, val_set = build_datasets(args)
     print(f"data: {len(train_set)} train / {len(val_set)} val images, {len(train_set.classes)} classes", flush=True)
@@ -262,17 +372,12 @@ def main(args):
 
     # ==== embedding and searching ====
     parts = run_shards(model, args, len(train_set))
-    res = summarize(parts, parts[0]["val_feats"], parts[0]["val_labels"], args.k, args.knn_k, args.knn_t,
-                    weighted=not args.no_weighted, device=_pick_device(args, 0))
+    res = summarize(parts, parts[0]["val_labels"], args.k, args.knn_k, args.knn_t, weighted=not args.no_weighted)
 
     # ==== reporting ====
     res.update(pretrained=args.pretrained, arch=args.arch, rep_space=args.rep_space, n_train=len(train_set),
                n_val=len(val_set))
-    out = args.output_json or os.path.join(
-        os.path.dirname(os.path.abspath(args.pretrained)) if args.pretrained else os.getcwd(), "knn.json")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump({**res, "acc_by_k": {str(k): v for k, v in res["acc_by_k"].items()}}, f, indent=2)
+    write_results(res, out)
     print("accuracy by k: " + "  ".join(f"k={k}: {v:.2f}%" for k, v in res["acc_by_k"].items()), flush=True)
     print(f"results written to {out}", flush=True)
     if res["weighted_knn_top1"] is not None:

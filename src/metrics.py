@@ -10,7 +10,9 @@ Every function is pure and follows the device of its inputs (CPU or GPU); nothin
   representation space (:func:`transform_rep`).
 * **Weighted kNN** (Wu et al. 2018, "Unsupervised Feature Learning via Non-Parametric Instance
   Discrimination", and Caron et al. 2021, DINO ``eval_knn.py``): cosine similarity, the k most similar
-  training features vote with weight ``exp(sim / T)``; k=20, T=0.07 is the usual setting.
+  training features vote with weight ``exp(sim / T)``; k=20, T=0.07 is the usual setting. Its neighbours
+  come from the same streaming top-k (:class:`StreamingKNN`, largest similarities), so neither search
+  holds the bank.
 * :func:`accuracy`: top-k classification accuracy of logits, in percent.
 * **Retrieval at k** (video SCE, spec ``sce.md`` 5.6, eztorch ``run/retrieval_from_bank.py``): each set centred
   by its own mean, cosine similarity, a query is a hit when any of its k nearest bank items shares its label.
@@ -24,15 +26,41 @@ REP_SPACES = ("original", "norm", "shifted-norm", "shift-norm")
 
 
 # ==== representation spaces ====
-def transform_rep(x, rep_space):
-    """Map a batch of features to a representation space.
+def feature_sum(batches):
+    """Sum and count of feature rows streamed batch by batch, accumulated in float64.
+
+    Args:
+        batches: iterable of (b, D) tensors (any device and float dtype).
+    Returns:
+        ``(sum (D,) float64 tensor on the batches' device, count int)``; ``(None, 0)`` for no batch.
+    """
+    total, count = None, 0
+    for x in batches:
+        s = x.double().sum(dim=0)
+        total = s if total is None else total + s
+        count += x.shape[0]
+    return total, count
+
+
+def feature_mean(x, chunk_size=65536):
+    """Mean row of ``x`` (N, D), summed in float64 chunk by chunk (no float64 copy of the whole set)."""
+    total, count = feature_sum(x.split(chunk_size))
+    if not count:
+        raise UserError("cannot centre an empty feature set: it has no rows")
+    return total / count
+
+
+def transform_rep(x, rep_space, mean=None):
+    """Map features to a representation space.
 
     Args:
         x: (B, D) features.
         rep_space: ``"original"`` (unchanged), ``"norm"`` (rows L2-normalised), ``"shifted-norm"`` or its
-            alias ``"shift-norm"`` (subtract the mean of *this batch*, then L2-normalise rows). The shift
-            uses the batch mean, as the reference implementation does, so results depend on how the
-            features are batched.
+            alias ``"shift-norm"`` (subtract ``mean``, then L2-normalise rows).
+        mean: (D,) centre for ``shift-norm``: the mean of the whole set ``x`` belongs to (see
+            :func:`feature_mean`). None centres ``x`` by its own mean, which is right only when ``x`` is
+            the whole set: the SSL-small reference subtracts each batch's mean, which approximates the set
+            mean only because its loaders shuffle; on class-sorted batches it does not.
     Returns:
         (B, D) tensor.
     Raises:
@@ -43,11 +71,18 @@ def transform_rep(x, rep_space):
     if rep_space == "norm":
         return F.normalize(x, dim=1)
     if rep_space in ("shifted-norm", "shift-norm"):
-        return F.normalize(x - x.mean(dim=0, keepdim=True), dim=1)
+        centre = feature_mean(x) if mean is None else mean
+        return F.normalize(x - centre.to(x), dim=1)
     raise UserError(f"unknown representation space {rep_space!r}: choose one of {', '.join(REP_SPACES)}")
 
 
-# ==== Best-NN ====
+# ==== exact streaming nearest neighbours ====
+def _check_finite(x, what):
+    if not bool(torch.isfinite(x).all()):
+        raise UserError(f"the {what} contain NaN or inf: no neighbour (and no score) is defined for them; the trunk "
+                        "that produced them is broken (e.g. a diverged checkpoint): evaluate a healthy one")
+
+
 def _keep_topk(values, labels, k, largest):
     """Keep the k best columns per row, sorted best first. values, labels: (N, m) -> (N, min(k, m))."""
     k = min(k, values.shape[1])
@@ -55,12 +90,55 @@ def _keep_topk(values, labels, k, largest):
     return values, torch.gather(labels, 1, idx)
 
 
-def knn_candidates(query, bank_batches, k, rep_space="original"):
-    """Exact streaming k-nearest-neighbour search (Euclidean distance).
+class StreamingKNN:
+    """Exact k nearest neighbours of fixed queries over a bank that arrives batch by batch.
 
-    Each bank batch is mapped with :func:`transform_rep`, its distances to every query are computed with
-    ``torch.cdist``, concatenated with the running best and cut back to the k smallest, so memory stays
-    O(N * (k + b)) however large the bank.
+    Each batch is scored against all queries with one matrix product, cut to its k best per query, and
+    merged with the k kept so far, so memory is O(N * (k + b)) whatever the bank size and nothing of the
+    bank is kept. Euclidean ranking uses ``||b||^2 - 2 q.b`` (``||q||^2`` is the same for every candidate
+    of a query and is added back, with the square root, in :meth:`result`); cosine ranking uses ``q.b``
+    and expects unit rows on both sides.
+
+    Args:
+        query: (N, D) queries (already in their representation space).
+        k: neighbours to keep (>= 1).
+        metric: ``"euclidean"`` (Best-NN) or ``"cosine"`` (weighted kNN; the largest similarities win).
+    Raises:
+        UserError: k < 1, or non-finite queries (or, in :meth:`add`, bank rows).
+    """
+
+    def __init__(self, query, k, metric="euclidean"):
+        if k < 1:
+            raise UserError(f"k must be >= 1, got {k}")
+        _check_finite(query, "query features")
+        self.query, self.k, self.largest = query.float(), k, metric == "cosine"
+        self.values = self.query.new_empty(query.shape[0], 0)
+        self.labels = torch.empty(query.shape[0], 0, dtype=torch.long, device=query.device)
+
+    def add(self, feats, labels):
+        """Score one bank batch: feats (b, D) in the queries' space, labels (b,) (any per-row integer payload)."""
+        feats = feats.to(self.query.device).float()
+        _check_finite(feats, "bank features")
+        if self.largest:
+            scores = self.query @ feats.T  # (N, b) cosine similarities
+        else:  # (N, b): ||b||^2 - 2 q.b, in one fused product
+            scores = torch.addmm(feats.pow(2).sum(dim=1).unsqueeze(0), self.query, feats.T, alpha=-2.0)
+        vals, idx = torch.topk(scores, min(self.k, feats.shape[0]), dim=1, largest=self.largest, sorted=False)
+        labels = labels.to(self.query.device).long()[idx]  # (N, k_b)
+        self.values, self.labels = _keep_topk(torch.cat([self.values, vals], dim=1),
+                                              torch.cat([self.labels, labels], dim=1), self.k, self.largest)
+
+    def result(self):
+        """``(values, labels)``, (N, min(k, bank rows seen)), best first: Euclidean distances ascending or
+        cosine similarities descending, and the payload of those bank rows."""
+        if self.largest:
+            return self.values, self.labels
+        q_sq = self.query.pow(2).sum(dim=1, keepdim=True)
+        return (self.values + q_sq).clamp_min(0).sqrt(), self.labels
+
+
+def knn_candidates(query, bank_batches, k, rep_space="original", bank_mean=None):
+    """Exact streaming k-nearest-neighbour search (Euclidean distance) with :class:`StreamingKNN`.
 
     Args:
         query: (N, D) query features, already in the representation space.
@@ -68,42 +146,39 @@ def knn_candidates(query, bank_batches, k, rep_space="original"):
             ``query.device``).
         k: number of neighbours to keep (>= 1).
         rep_space: representation space applied to every bank batch (see :func:`transform_rep`).
+        bank_mean: (D,) mean of the whole bank, required for ``shift-norm``.
     Returns:
         ``(dists, labels)``, both (N, min(k, bank size)): distances ascending along dim 1 and the bank
         labels (long) of those neighbours.
     """
-    if k < 1:
-        raise UserError(f"k must be >= 1, got {k}")
-    query = query.float()
-    best_d = query.new_empty(query.shape[0], 0)
-    best_l = torch.empty(query.shape[0], 0, dtype=torch.long, device=query.device)
+    if rep_space in ("shifted-norm", "shift-norm") and bank_mean is None:
+        raise ValueError("shift-norm search needs bank_mean, the mean of the whole bank (feature_mean)")
+    knn = StreamingKNN(query, k)
     for feats, labels in bank_batches:
-        feats = transform_rep(feats.to(query.device).float(), rep_space)
-        labels = labels.to(query.device).long()
-        d = torch.cdist(query, feats)  # (N, b)
-        best_d = torch.cat([best_d, d], dim=1)
-        best_l = torch.cat([best_l, labels.unsqueeze(0).expand(query.shape[0], -1)], dim=1)
-        best_d, best_l = _keep_topk(best_d, best_l, k, largest=False)
-    return best_d, best_l
+        knn.add(transform_rep(feats.float(), rep_space, mean=bank_mean), labels)
+    return knn.result()
 
 
-def merge_candidates(parts, k=None):
+def merge_candidates(parts, k=None, largest=False):
     """Merge the candidates of several bank shards.
 
     Args:
-        parts: list of ``(dists (N, k_i), labels (N, k_i))`` from :func:`knn_candidates`, same N and device.
+        parts: list of ``(values (N, k_i), labels (N, k_i))`` from :class:`StreamingKNN` / :func:`knn_candidates`,
+            same N and device.
         k: neighbours to keep; default the largest k_i.
+        largest: False for distances (smallest first), True for similarities.
     Returns:
-        ``(dists, labels)``: (N, min(k, sum k_i)), distances ascending.
+        ``(values, labels)``: (N, min(k, sum k_i)), best first.
     """
     if not parts:
         raise ValueError("merge_candidates needs at least one shard")
     k = k or max(d.shape[1] for d, _ in parts)
-    dists = torch.cat([d for d, _ in parts], dim=1)
+    values = torch.cat([d for d, _ in parts], dim=1)
     labels = torch.cat([l for _, l in parts], dim=1)
-    return _keep_topk(dists, labels, k, largest=False)
+    return _keep_topk(values, labels, k, largest=largest)
 
 
+# ==== Best-NN ====
 def _majority_vote(labels, num_classes, chunk_size=8192):
     """Unweighted vote. labels: (N, k) long -> (N,) predicted class; ties go to the smallest class id."""
     preds = []
@@ -145,34 +220,59 @@ def best_nn_from_candidates(dists, labels, test_labels, max_k):
 def best_nn(train_feats, train_labels, test_feats, test_labels, max_k=5, rep_space="original", batch_size=4096):
     """Best-NN accuracy of test features against a training bank (Euclidean kNN, majority vote).
 
-    Both sets are mapped to ``rep_space`` in batches of ``batch_size`` rows, as the reference embeds and
-    transforms them batch by batch (this matters for ``shifted-norm``, whose shift is a batch mean).
+    For ``shift-norm`` the bank is centred by the mean of all training rows and the queries by the mean
+    of all test rows (each set by its own mean, the limit of the reference's shuffled per-batch means; see
+    ``docs/knn.md``), so the result does not depend on ``batch_size``.
 
     Args:
         train_feats: (N_train, D); train_labels: (N_train,) long.
         test_feats: (N_test, D); test_labels: (N_test,) long.
         max_k: largest (odd) k' tried.
         rep_space: see :func:`transform_rep`.
-        batch_size: rows per transform / distance batch.
+        batch_size: bank rows per distance block.
     Returns:
         ``(best_acc_percent, best_k, acc_by_k)`` as :func:`best_nn_from_candidates`.
     """
-    query = torch.cat([transform_rep(x.float(), rep_space) for x in test_feats.split(batch_size)])
+    shift = rep_space in ("shifted-norm", "shift-norm")
+    query = transform_rep(test_feats.float(), rep_space, mean=feature_mean(test_feats) if shift else None)
     bank = zip(train_feats.split(batch_size), train_labels.split(batch_size))
-    dists, labels = knn_candidates(query, bank, max_k, rep_space)
+    dists, labels = knn_candidates(query, bank, max_k, rep_space, bank_mean=feature_mean(train_feats) if shift else None)
     return best_nn_from_candidates(dists, labels, test_labels, max_k)
 
 
 # ==== weighted kNN ====
+def _weighted_vote(sims, labels, temperature, num_classes):
+    """(N, k) similarities and labels -> (N,) class with the largest sum of ``exp(sim / T)``."""
+    votes = torch.zeros(labels.shape[0], num_classes, device=labels.device)
+    votes.scatter_add_(1, labels, (sims / temperature).exp())
+    return votes.argmax(dim=1)
+
+
+def weighted_knn_from_candidates(sims, labels, test_labels, temperature=0.07, num_classes=None):
+    """Weighted kNN top-1 from cosine candidates (e.g. shard results merged with ``largest=True``).
+
+    Args:
+        sims: (N, k) cosine similarities of the kept neighbours; labels: (N, k) long; test_labels: (N,).
+        temperature: T of the vote weights ``exp(sim / T)``. num_classes: default largest label + 1.
+    Returns:
+        float: top-1 accuracy in percent.
+    """
+    test_labels = test_labels.to(labels.device).long()
+    if num_classes is None:
+        num_classes = int(max(labels.max(), test_labels.max())) + 1
+    pred = _weighted_vote(sims, labels, temperature, num_classes)
+    return 100.0 * (pred == test_labels).sum().item() / max(len(test_labels), 1)
+
+
 def weighted_knn(train_feats, train_labels, test_feats, test_labels, k=20, temperature=0.07, num_classes=None,
                  chunk_size=1024, bank_chunk_size=65536):
     """Weighted kNN top-1 accuracy (InstDisc / DINO protocol).
 
     Features are L2-normalised; the k training features with the highest cosine similarity to a test
     feature vote for their class with weight ``exp(sim / temperature)``; the class with the largest sum
-    wins. Test rows are processed ``chunk_size`` at a time and the bank ``bank_chunk_size`` columns at a
-    time (streaming top-k), so memory is O(chunk_size * (k + bank_chunk_size)). Runs on the device of
-    ``train_feats``.
+    wins. Test rows are processed ``chunk_size`` at a time against bank blocks of ``bank_chunk_size``
+    rows, normalised block by block (:class:`StreamingKNN`), so memory is O(chunk_size * (k +
+    bank_chunk_size)) beyond the inputs. Runs on the device of ``train_feats``.
 
     Args:
         train_feats: (N_train, D); train_labels: (N_train,) long.
@@ -185,23 +285,16 @@ def weighted_knn(train_feats, train_labels, test_feats, test_labels, k=20, tempe
         float: top-1 accuracy in percent.
     """
     device = train_feats.device
-    bank = F.normalize(train_feats.float(), dim=1)
     train_labels = train_labels.to(device).long()
-    test_labels = test_labels.long()
+    test_labels = test_labels.to(device).long()
     if num_classes is None:
         num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     correct = 0
     for q, y in zip(test_feats.split(chunk_size), test_labels.split(chunk_size)):
-        q = F.normalize(q.to(device).float(), dim=1)
-        sims = q.new_empty(q.shape[0], 0)
-        labs = torch.empty(q.shape[0], 0, dtype=torch.long, device=device)
-        for b, bl in zip(bank.split(bank_chunk_size), train_labels.split(bank_chunk_size)):
-            sims = torch.cat([sims, q @ b.T], dim=1)  # (c, kept + b) cosine similarities
-            labs = torch.cat([labs, bl.unsqueeze(0).expand(q.shape[0], -1)], dim=1)
-            sims, labs = _keep_topk(sims, labs, k, largest=True)
-        votes = torch.zeros(q.shape[0], num_classes, device=device)
-        votes.scatter_add_(1, labs, (sims / temperature).exp())
-        correct += (votes.argmax(dim=1) == y.to(device)).sum().item()
+        knn = StreamingKNN(F.normalize(q.to(device).float(), dim=1), k, metric="cosine")
+        for b, bl in zip(train_feats.split(bank_chunk_size), train_labels.split(bank_chunk_size)):
+            knn.add(F.normalize(b.float(), dim=1), bl)
+        correct += (_weighted_vote(*knn.result(), temperature, num_classes) == y).sum().item()
     return 100.0 * correct / max(len(test_labels), 1)
 
 

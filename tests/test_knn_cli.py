@@ -82,27 +82,82 @@ def test_two_shards_match_one(tiny):
         assert res1[key] == pytest.approx(res2[key]), key
 
 
-def test_in_process_shards_match_metrics(tiny):
-    """run_shard on 2 shards, merged, equals best_nn / weighted_knn on the extracted features.
-
-    Shards of 9 images with batches of 3 keep the batch boundaries of the unsharded run, which the
-    per-batch mean of shifted-norm depends on."""
-    from eval.knn import build_datasets, build_model, get_args_parser, run_shard, shard_bounds, summarize
+def _extracted(args, model):
+    from eval.knn import build_datasets
     from src.features import extract_features
-    from src.metrics import best_nn, weighted_knn
 
-    args = get_args_parser().parse_args([tiny.data, "-a", "resnet18", "--rep-space", "shifted-norm", "-g", "2",
+    train_set, val_set = build_datasets(args)
+    ftr, ltr = extract_features(model, torch.utils.data.DataLoader(train_set, batch_size=5), "cpu")
+    fva, lva = extract_features(model, torch.utils.data.DataLoader(val_set, batch_size=5), "cpu")
+    return ftr, ltr, fva, lva
+
+
+def test_in_process_shards_match_metrics(tiny):
+    """run_shard on 2 shards in batches of 3, merged, equals best_nn / weighted_knn on features extracted in
+    batches of 5: shift-norm uses the training-set and val-set means, so batching does not matter."""
+    from eval.knn import build_datasets, build_model, get_args_parser, run_knn, run_shard, shard_bounds, shard_sum, \
+        summarize
+    from src.metrics import best_nn, feature_mean, weighted_knn
+
+    args = get_args_parser().parse_args([tiny.data, "-a", "resnet18", "--rep-space", "shift-norm", "-g", "2",
                                          *COMMON, "-b", "3"])
     model = build_model(args)
+    ftr, ltr, fva, lva = _extracted(args, model)
     bounds = shard_bounds(18, 2)
-    parts = [run_shard(i, model, args, bounds) for i in range(2)]
-    res = summarize(parts, parts[0]["val_feats"], parts[0]["val_labels"], 3)
-    train_set, val_set = build_datasets(args)
-    ftr, ltr = extract_features(model, torch.utils.data.DataLoader(train_set, batch_size=3), "cpu")
-    fva, lva = extract_features(model, torch.utils.data.DataLoader(val_set, batch_size=3), "cpu")
-    best, best_k, acc = best_nn(ftr, ltr, fva, lva, max_k=3, rep_space="shifted-norm", batch_size=3)
+    sums = [shard_sum(i, model, args, bounds) for i in range(2)]
+    assert [s["count"] for s in sums] == [9, 9] and sums[0]["sum"].dtype == torch.float64
+    bank_mean = (sums[0]["sum"] + sums[1]["sum"]) / 18
+    torch.testing.assert_close(bank_mean, feature_mean(ftr), rtol=1e-5, atol=1e-6)
+    parts = [run_shard(i, model, args, bounds, None, bank_mean) for i in range(2)]
+    res = summarize(parts, parts[0]["val_labels"], 3)
+    best, best_k, acc = best_nn(ftr, ltr, fva, lva, max_k=3, rep_space="shift-norm")
     assert (res["best_nn"], res["best_k"], res["acc_by_k"]) == (pytest.approx(best), best_k, pytest.approx(acc))
-    assert res["weighted_knn_top1"] == weighted_knn(ftr, ltr, fva, lva)
+    assert res["weighted_knn_top1"] == pytest.approx(weighted_knn(ftr, ltr, fva, lva))
+    # the unsharded in-process entry point (two passes over one loader of batches of 4)
+    loaders = [torch.utils.data.DataLoader(s, batch_size=4) for s in build_datasets(args)]
+    again = run_knn(model, *loaders, "cpu", max_k=3, rep_space="shift-norm")
+    assert again["acc_by_k"] == pytest.approx(res["acc_by_k"])
+    assert again["weighted_knn_top1"] == pytest.approx(res["weighted_knn_top1"])
+
+
+def test_shift_norm_cli_two_shards_matches_metrics(tiny):
+    """The CLI path: two spawned rounds (training-mean sums, then the search) give best_nn's figures."""
+    from eval.knn import build_model, get_args_parser
+    from src.metrics import best_nn
+
+    out = str(tiny.root / "shift.json")
+    proc = run(py("-m", "eval.knn", tiny.data, "-a", "resnet18", "--rep-space", "shift-norm", *COMMON, "-b", "4",
+                  "-g", "2", "--no-weighted", "--output-json", out))
+    assert_ok(proc)
+    assert "[shard 2/2] train mean 9-18" in proc.stdout
+    res = json.load(open(out))
+    args = get_args_parser().parse_args([tiny.data, "-a", "resnet18", *COMMON])
+    model = build_model(args)
+    best, best_k, acc = best_nn(*_extracted(args, model), max_k=3, rep_space="shift-norm")
+    assert (res["best_nn"], res["best_k"]) == (pytest.approx(best), best_k) and res["weighted_knn_top1"] is None
+    assert [res["acc_by_k"][str(k)] for k in acc] == pytest.approx(list(acc.values()))
+
+
+def test_nan_trunk_is_refused_without_a_score(tiny):
+    ckpt = torch.load(tiny.ckpt, weights_only=True)
+    ckpt["state_dict"]["encoder_q.conv1.weight"][0, 0, 0, 0] = float("nan")
+    bad = tiny.root / "nan" / "checkpoint.pth.tar"
+    bad.parent.mkdir()
+    torch.save(ckpt, bad)
+    proc = run(py("-m", "eval.knn", tiny.data, "--pretrained", str(bad), *COMMON))
+    line = one_error_line(proc)
+    assert "NaN or inf features" in line and "val images" in line and str(bad) in line
+    assert "best-NN=" not in proc.stdout and not (bad.parent / "knn.json").exists()
+
+
+def test_unwritable_output_is_refused_before_work(tiny):
+    blocker = tiny.root / "not-a-folder"
+    blocker.write_text("a file where the results folder should be")
+    for target, hint in ((blocker / "knn.json", "cannot write the results file"), (tiny.root, "is a folder")):
+        proc = run(py("-m", "eval.knn", tiny.data, "-a", "resnet18", *COMMON, "--output-json", str(target)))
+        assert proc.returncode == 2
+        assert hint in one_error_line(proc)
+        assert "data:" not in proc.stdout and "images," not in proc.stdout  # nothing was embedded
 
 
 def test_missing_data_folder_is_one_error_line(tmp_path):

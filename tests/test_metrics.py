@@ -6,24 +6,23 @@ import pytest
 import torch
 
 from src.errors import UserError
-from src.metrics import (accuracy, best_nn, best_nn_from_candidates, knn_candidates, merge_candidates,
-                         transform_rep, weighted_knn)
+from src.metrics import (StreamingKNN, accuracy, best_nn, best_nn_from_candidates, feature_mean, feature_sum,
+                         knn_candidates, merge_candidates, transform_rep, weighted_knn, weighted_knn_from_candidates)
 
 
-def _ref_transform(x, rep_space, batch_size):
-    """numpy float64 version of transform_rep, applied batch by batch."""
-    out = []
-    for i in range(0, len(x), batch_size):
-        b = x[i:i + batch_size].astype(np.float64)
-        if rep_space in ("shifted-norm", "shift-norm"):
-            b = b - b.mean(axis=0, keepdims=True)
-        if rep_space != "original":
-            b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-        out.append(b)
-    return np.concatenate(out)
+def _ref_transform(x, rep_space, batch_size=None):
+    """numpy float64 version of transform_rep. shift-norm: minus the mean of the whole set x or, with
+    ``batch_size`` (the old, wrong behaviour, kept to show the test data tells them apart), of each batch."""
+    x = x.astype(np.float64)
+    if rep_space in ("shifted-norm", "shift-norm"):
+        step = batch_size or len(x)
+        x = np.concatenate([x[i:i + step] - x[i:i + step].mean(axis=0, keepdims=True) for i in range(0, len(x), step)])
+    if rep_space != "original":
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return x
 
 
-def _ref_best_nn(tr, trl, te, tel, max_k, rep_space, batch_size):
+def _ref_best_nn(tr, trl, te, tel, max_k, rep_space, batch_size=None):
     """Full distance matrix, Python majority vote, ties -> smallest class id."""
     q = _ref_transform(te.numpy(), rep_space, batch_size)
     bank = _ref_transform(tr.numpy(), rep_space, batch_size)
@@ -56,9 +55,9 @@ def _data(seed, n_train=120, n_test=40, dim=12, classes=5):
 @pytest.mark.parametrize("max_k", [1, 4, 5, 11])
 def test_best_nn_matches_brute_force(rep_space, max_k):
     tr, trl, te, tel = _data(seed=max_k)
+    ref_best, ref_k, ref_acc, _, _ = _ref_best_nn(tr, trl, te, tel, max_k, rep_space)
     for batch_size in (7, 4096):
         best, best_k, acc_by_k = best_nn(tr, trl, te, tel, max_k=max_k, rep_space=rep_space, batch_size=batch_size)
-        ref_best, ref_k, ref_acc, _, _ = _ref_best_nn(tr, trl, te, tel, max_k, rep_space, batch_size)
         assert list(acc_by_k) == list(range(1, max_k + 1, 2))
         assert acc_by_k == pytest.approx(ref_acc)
         assert (best, best_k) == (pytest.approx(ref_best), ref_k)
@@ -68,19 +67,21 @@ def test_best_nn_matches_brute_force(rep_space, max_k):
 def test_streaming_and_shard_merge_are_exact(rep_space):
     tr, trl, te, tel = _data(seed=3)
     k = 9
-    q = transform_rep(te, rep_space)
+    mean = feature_mean(tr) if rep_space == "shifted-norm" else None
+    q = transform_rep(te, rep_space)  # a whole set: shift-norm centres it by its own mean
     batches = list(zip(tr.split(16), trl.split(16)))
-    d, l = knn_candidates(q, batches, k, rep_space)
+    d, l = knn_candidates(q, batches, k, rep_space, bank_mean=mean)
     assert d.shape == l.shape == (len(te), k)
     assert torch.all(d[:, 1:] >= d[:, :-1])
-    # the same candidates as the brute-force search over the same (per-batch transformed) bank
-    bank = torch.cat([transform_rep(f, rep_space) for f, _ in batches])
-    full = torch.cdist(q.double(), bank.double())
+    # the same candidates as the float64 brute-force search over the whole transformed bank
+    full = torch.cdist(torch.from_numpy(_ref_transform(te.numpy(), rep_space)),
+                       torch.from_numpy(_ref_transform(tr.numpy(), rep_space)))
     ref_d, ref_i = full.topk(k, dim=1, largest=False)
     torch.testing.assert_close(d.double(), ref_d, atol=1e-4, rtol=1e-4)
     assert torch.equal(l, trl[ref_i])
     # two shards of whole batches, merged, give the same candidates
-    shards = [knn_candidates(q, batches[:3], k, rep_space), knn_candidates(q, batches[3:], k, rep_space)]
+    shards = [knn_candidates(q, batches[:3], k, rep_space, bank_mean=mean),
+              knn_candidates(q, batches[3:], k, rep_space, bank_mean=mean)]
     md, ml = merge_candidates(shards)
     torch.testing.assert_close(md, d)
     assert torch.equal(ml, l)
@@ -148,8 +149,95 @@ def test_transform_rep_aliases_and_errors():
     torch.testing.assert_close(transform_rep(x, "norm").norm(dim=1), torch.ones(10))
     torch.testing.assert_close(transform_rep(x, "shift-norm"), transform_rep(x, "shifted-norm"))
     torch.testing.assert_close(transform_rep(x, "shifted-norm"), transform_rep(x - x.mean(0), "norm"))
+    m = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64)  # a given centre wins over the rows' own mean
+    torch.testing.assert_close(transform_rep(x[:3], "shift-norm", mean=m), transform_rep(x[:3] - m.float(), "norm"))
     with pytest.raises(UserError, match="original, norm, shifted-norm"):
         transform_rep(x, "cosine")
+    with pytest.raises(ValueError, match="bank_mean"):  # a per-batch mean must not creep back in
+        knn_candidates(x, [(x, torch.zeros(10, dtype=torch.long))], 3, "shift-norm")
+
+
+def test_feature_sum_and_mean_are_float64_over_batches():
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 9.0]])
+    total, count = feature_sum(x.split(2))
+    assert total.dtype == torch.float64 and count == 3 and total.tolist() == [9.0, 15.0]
+    assert feature_mean(x, chunk_size=1).tolist() == [3.0, 5.0]
+    # float32 accumulation of 1e8 + 1 + ... loses the small terms; float64 keeps them
+    big = torch.tensor([[1e8], [1.0], [1.0], [1.0], [1.0]])
+    assert feature_mean(big, chunk_size=1).item() == pytest.approx((1e8 + 4) / 5, abs=1e-6)
+
+
+def test_shift_norm_hand_computed():
+    """Bank (2,0),(4,0),(0,2),(0,4): mean (1.5,1.5); queries (3,1),(1,3): mean (2,2), so q0 -> (1,-1)/sqrt2.
+    Its nearest centred bank row is (2.5,-1.5): cos = 4/sqrt(17), distance sqrt(2 - 8/sqrt(17))."""
+    tr = torch.tensor([[2.0, 0.0], [4.0, 0.0], [0.0, 2.0], [0.0, 4.0]])
+    trl = torch.tensor([0, 0, 1, 1])
+    te = torch.tensor([[3.0, 1.0], [1.0, 3.0]])
+    assert feature_mean(tr).tolist() == [1.5, 1.5]
+    q = transform_rep(te, "shift-norm")
+    torch.testing.assert_close(q, torch.tensor([[1.0, -1.0], [-1.0, 1.0]]) / 2 ** 0.5)
+    for bs in (1, 2, 4):  # batch-size independent: the bank mean is given, not taken per batch
+        d, l = knn_candidates(q, zip(tr.split(bs), trl.split(bs)), 1, "shift-norm", bank_mean=feature_mean(tr))
+        torch.testing.assert_close(d, torch.full((2, 1), (2 - 8 / 17 ** 0.5) ** 0.5))
+        assert l.flatten().tolist() == [0, 1]
+
+
+def _class_sorted(seed, classes=6, per_class=24, n_test_per_class=8, dim=10):
+    """Class-sorted features (ImageFolder order) with a large common offset and class offsets, so a batch mean
+    (about one class) is far from the set mean."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(classes, dim, generator=g) * 2.0
+    trl = torch.arange(classes).repeat_interleave(per_class)
+    tel = torch.arange(classes).repeat_interleave(n_test_per_class)
+    tr = centers[trl] + torch.randn(len(trl), dim, generator=g) + 5.0
+    te = centers[tel] + torch.randn(len(tel), dim, generator=g) + 5.0
+    return tr, trl, te, tel
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_shift_norm_on_class_sorted_data_uses_global_means(seed):
+    tr, trl, te, tel = _class_sorted(seed)
+    ref_best, ref_k, ref_acc, ref_dist, _ = _ref_best_nn(tr, trl, te, tel, 7, "shift-norm")
+    old = _ref_best_nn(tr, trl, te, tel, 7, "shift-norm", batch_size=24)  # one class per batch
+    assert old[2] != ref_acc  # the data tells the per-batch mean from the set mean
+    for batch_size in (5, 24, 4096):
+        best, best_k, acc = best_nn(tr, trl, te, tel, max_k=7, rep_space="shift-norm", batch_size=batch_size)
+        assert acc == pytest.approx(ref_acc) and best_k == ref_k
+    # the distances themselves, from the streaming search with the float64 training mean
+    d, _ = knn_candidates(transform_rep(te, "shift-norm"), zip(tr.split(5), trl.split(5)), 7, "shift-norm",
+                          bank_mean=feature_mean(tr))
+    torch.testing.assert_close(d.double(), torch.from_numpy(np.sort(ref_dist, axis=1)[:, :7]), atol=1e-5, rtol=1e-5)
+
+
+def test_cosine_streaming_shards_give_weighted_knn():
+    tr, trl, te, tel = _data(seed=8, n_train=90, n_test=30)
+    qn = torch.nn.functional.normalize(te, dim=1)
+    parts = []
+    for lo, hi in ((0, 40), (40, 90)):  # two shards, each streamed in batches of 7
+        knn = StreamingKNN(qn, 20, metric="cosine")
+        for b, bl in zip(tr[lo:hi].split(7), trl[lo:hi].split(7)):
+            knn.add(torch.nn.functional.normalize(b, dim=1), bl)
+        parts.append(knn.result())
+    sims, labs = merge_candidates(parts, k=20, largest=True)
+    ref = torch.nn.functional.normalize(tr.double(), dim=1) @ qn.double().T  # (N_train, N_test)
+    ref_s, ref_i = ref.T.topk(20, dim=1)
+    torch.testing.assert_close(sims.double(), ref_s, atol=1e-6, rtol=1e-6)
+    assert torch.equal(labs, trl[ref_i])
+    want = _ref_weighted_knn(tr, trl, te, tel, 20, 0.07, 5)
+    assert weighted_knn_from_candidates(sims, labs, tel, temperature=0.07) == pytest.approx(want)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_features_are_refused(bad):
+    tr, trl, te, tel = _data(seed=9)
+    broken = tr.clone()
+    broken[37, 2] = bad
+    with pytest.raises(UserError, match="bank features contain NaN or inf"):
+        best_nn(broken, trl, te, tel)
+    with pytest.raises(UserError, match="query features contain NaN or inf"):
+        best_nn(tr, trl, broken[30:40], tel[:10])
+    with pytest.raises(UserError, match="NaN or inf"):
+        weighted_knn(broken, trl, te, tel)
 
 
 def test_accuracy():
