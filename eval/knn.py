@@ -34,7 +34,6 @@ Last line of the output: ``best-NN=XX.XX%, k=K.``; the numbers also go to ``--ou
     python -m eval.knn data/demo -a resnet18 --cifar-stem --resize 48 --crop-size 48
 """
 import argparse
-import json
 import os
 import re
 import tempfile
@@ -43,7 +42,7 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from src.args import add_amp_args, add_arg, amp_dtype
+from src.args import ArgumentParser, add_amp_args, add_arg, amp_dtype
 from src.augment import eval_transform
 from src.data import SafeImageFolder
 from src.errors import UserError, exit_on_user_error
@@ -51,12 +50,13 @@ from src.features import iter_features
 from src.metrics import (REP_SPACES, StreamingKNN, best_nn_from_candidates, feature_mean, feature_sum,
                          merge_candidates, transform_rep, weighted_knn_from_candidates)
 from src.models import KNOWN_ARCHS, build_backbone
-from src.pretrained import checkpoint_arch, load_trunk, read_checkpoint
+from src.pair_eval import results_file, write_json
+from src.pretrained import TRUST_HELP, checkpoint_arch, load_trunk, read_checkpoint
 
 
 def get_args_parser(add_help=False):
     """Flags of the Best-NN evaluation (MoCo dash-case; every two-word flag also in snake_case)."""
-    parser = argparse.ArgumentParser("Best-NN evaluation", add_help=add_help)
+    parser = ArgumentParser("Best-NN evaluation", add_help=add_help)
     parser.add_argument("data", metavar="DIR", help="dataset root holding train/ and val/ class folders")
     g = parser.add_argument_group("model")
     add_arg(g, "-a", "--arch", default=None,
@@ -69,7 +69,7 @@ def get_args_parser(add_help=False):
             help="regex cut out of the checkpoint keys to get trunk keys, e.g. '^module\\.trunk\\.' "
                  "(default: detect the prefix automatically)")
     add_arg(g, "--trust-checkpoint", action="store_true",
-            help="allow pickled Python objects in the checkpoint (runs code from the file: trusted files only)")
+            help=TRUST_HELP)
     add_arg(g, "--seed", default=0, type=int, help="seed of the random init when --pretrained is empty (default 0)")
     g = parser.add_argument_group("evaluation")
     add_arg(g, "-b", "--batch-size", default=512, type=int,
@@ -102,15 +102,7 @@ def get_args_parser(add_help=False):
 SHIFT = ("shift-norm", "shifted-norm")
 
 
-def check_finite_feats(feats, what, source):
-    """UserError when a trunk gives NaN / inf features: a vote over such distances would still print a score."""
-    bad = int((~torch.isfinite(feats)).any(dim=1).sum())
-    if bad:
-        raise UserError(f"the trunk ({source}) gives NaN or inf features for {bad} of {feats.shape[0]} {what} images: "
-                        "the checkpoint is broken (e.g. a diverged run); no score is reported, evaluate a healthy one")
-
-
-def embed_queries(model, val_loader, device, rep_space, weighted=True, amp=None, progress=None, source="trunk"):
+def embed_queries(model, val_loader, device, rep_space, weighted=True, amp=None, progress=None):
     """Embed the val set in order; map it to ``rep_space`` (shift-norm: minus the val-set mean) and, for the
     weighted kNN, to unit rows.
 
@@ -121,8 +113,7 @@ def embed_queries(model, val_loader, device, rep_space, weighted=True, amp=None,
     for f, y in iter_features(model, val_loader, device, amp, progress=progress):
         feats.append(f)
         labels.append(y.cpu())
-    feats = torch.cat(feats)
-    check_finite_feats(feats, "val", source)
+    feats = torch.cat(feats)  # finite: iter_features refuses NaN / inf features
     query = transform_rep(feats, rep_space, mean=feature_mean(feats) if rep_space in SHIFT else None)
     return query, F.normalize(feats, dim=1) if weighted else None, torch.cat(labels)
 
@@ -281,7 +272,7 @@ def run_shard(rank, model, args, bounds, out_dir=None, bank_mean=None):
     lo, hi = bounds[rank]
     weighted = not args.no_weighted
     query, cos_query, val_labels = embed_queries(model, val_loader, device, args.rep_space, weighted, amp_dtype(args),
-                                                 progress=f"{tag} val", source=args.pretrained or "random init")
+                                                 progress=f"{tag} val")
     part = search_bank(model, train_loader, query, device, args.k, args.rep_space, bank_mean, cos_query, args.knn_k,
                        amp_dtype(args), progress=f"{tag} train {lo}-{hi}")
     if rank == 0:
@@ -326,43 +317,13 @@ def run_shards(model, args, n_train):
 
 
 # ==== reporting ====
-def output_path(args):
-    """Where knn.json goes: --output-json, else next to the checkpoint, else in the current folder."""
-    if args.output_json:
-        return os.path.abspath(args.output_json)
-    return os.path.join(os.path.dirname(os.path.abspath(args.pretrained)) if args.pretrained else os.getcwd(),
-                        "knn.json")
-
-
-def check_writable(path):
-    """UserError now, before any work, if the results file cannot be written (the folder is created)."""
-    if os.path.isdir(path):
-        raise UserError(f"--output-json '{path}' is a folder: pass a file path, e.g. {os.path.join(path, 'knn.json')}")
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=os.path.dirname(path), prefix=".knn-write-test-"):
-            pass
-    except OSError as exc:
-        raise UserError(f"cannot write the results file '{path}' ({exc.strerror or exc}): pass --output-json "
-                        "a path in a writable folder") from None
-
-
-def write_results(res, path):
-    """Write ``res`` as JSON atomically (a temporary file in the same folder, then renamed)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump({**res, "acc_by_k": {str(k): v for k, v in res["acc_by_k"].items()}}, f, indent=2)
-    os.replace(tmp, path)
-
-
 @exit_on_user_error
 def main(args):
     """Evaluate Best-NN (and the weighted kNN) of a checkpoint; prints ``best-NN=XX.XX%, k=K.`` last."""
     if args.k < 1 or args.batch_size < 1 or args.knn_k < 1:
         raise UserError(f"-k/--k, -b/--batch-size and --knn-k must be >= 1, got {args.k}, {args.batch_size} and "
                         f"{args.knn_k}")
-    out = output_path(args)
-    check_writable(out)
+    out = results_file(args.output_json, args.pretrained, "knn.json")  # writable: checked before any work
     # ==== preparing data ====
     train_set, val_set = build_datasets(args)
     print(f"data: {len(train_set)} train / {len(val_set)} val images, {len(train_set.classes)} classes", flush=True)
@@ -377,7 +338,7 @@ def main(args):
     # ==== reporting ====
     res.update(pretrained=args.pretrained, arch=args.arch, rep_space=args.rep_space, n_train=len(train_set),
                n_val=len(val_set))
-    write_results(res, out)
+    write_json({**res, "acc_by_k": {str(k): v for k, v in res["acc_by_k"].items()}}, out)
     print("accuracy by k: " + "  ".join(f"k={k}: {v:.2f}%" for k, v in res["acc_by_k"].items()), flush=True)
     print(f"results written to {out}", flush=True)
     if res["weighted_knn_top1"] is not None:
@@ -387,4 +348,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(argparse.ArgumentParser("Best-NN evaluation", parents=[get_args_parser()]).parse_args())
+    main(ArgumentParser("Best-NN evaluation", parents=[get_args_parser()]).parse_args())

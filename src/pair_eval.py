@@ -128,6 +128,8 @@ def results_file(output_json, pretrained, name):
     """
     out = output_json or os.path.join(os.path.dirname(os.path.abspath(pretrained)) if pretrained else os.getcwd(),
                                       name)
+    if os.path.isdir(out):
+        raise UserError(f"--output-json '{out}' is a folder: pass a file path, e.g. {os.path.join(out, name)}")
     check_writable(os.path.dirname(os.path.abspath(out)), "--output-json")
     return out
 
