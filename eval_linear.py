@@ -43,21 +43,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src import dist
-from src.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg, add_dist_args,
+from src.run import dist
+from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg, add_dist_args,
                       amp_dtype, autocast_dtype, bool_flag)
-from src.classifier import (FeatureBatches, LinearClassifier, Results, ShardSampler, autocast, content_hash, evaluate,
+from src.evaluation.classifier import (FeatureBatches, LinearClassifier, Results, ShardSampler, autocast, content_hash, evaluate,
                             extract_shard, fingerprint, test_transform, train_transform)
-from src.data import ResumableSampler, SafeImageFolder, build_loader
-from src.errors import UserError, exit_on_user_error
-from src.logging import print_rank0
+from src.data.folders import ResumableSampler, SafeImageFolder, build_loader
+from src.run.errors import UserError, exit_on_user_error
+from src.run.logging import print_rank0
 from src.optim import cosine_schedule, moco_lr_schedule, set_lr
-from src.pair_eval import build_trunk
-from src.pretrained import add_pretrained_args
+from src.evaluation.pair_eval import build_trunk
+from src.evaluation.pretrained import add_pretrained_args
 from src.run.checkpoint import find_resume_checkpoint, load_checkpoint, save_checkpoint
 from src.run.launch import launch
 from src.run.loop import Run
-from src.video.build import add_video_eval_args, eval_samples, eval_sets
+from src.data.video.build import add_video_eval_args, eval_samples, eval_sets
 
 # Published recipes (spec evals.md A.14 / B.6, sce.md section 4). "lr" None: 0.1 x batch / 256 (SCE's scaler).
 PROTOCOLS = {
@@ -281,7 +281,7 @@ def train_one_epoch(head, trunk, batches, optimizer, schedule, epoch, start_iter
 # ==================================================================================================
 def build_datasets(args):
     """``DIR/train`` with the train transform (seeded per sample) and ``DIR/val`` with the test transform."""
-    if args.modality == "video":  # 1 random clip / 10 clips x 3 crops of every video (src.video.build)
+    if args.modality == "video":  # 1 random clip / 10 clips x 3 crops of every video (src.data.video.build)
         return eval_sets(args, args.data, args.resize, args.crop_size, args.seed)
     tf_train = train_transform(args.crop_size, (args.min_scale, 1.0), args.norm_std)
     tf_test = test_transform(args.resize, args.crop_size, args.norm_std)

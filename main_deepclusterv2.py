@@ -26,11 +26,11 @@ from contextlib import nullcontext
 
 import torch
 
-from src import dist
-from src.args import (NONNEG, POSITIVE, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg, add_dist_args,
+from src.run import dist
+from src.run.args import (NONNEG, POSITIVE, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg, add_dist_args,
                       add_speed_args, autocast_dtype)
-from src.errors import UserError
-from src.logging import print_rank0
+from src.run.errors import UserError
+from src.run.logging import print_rank0
 from src.methods.deepcluster import (IGNORE, MemoryBank, WithIndex, cluster_memory, deepcluster_loss,
                                      fill_memory_bank)
 from src.methods.swav import LossWatch, SwAVModel, cancel_prototype_grads, normalize_prototypes, uniform_loss

@@ -42,25 +42,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src import dist
-from src.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg,
+from src.run import dist
+from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg,
                       add_dist_args, add_speed_args, amp_dtype, autocast_dtype)
-from src.augment import (MultiCropTransform, MultiScaleCrops, MultiViewTransform, autoaugment_or,
+from src.augment.image import (MultiCropTransform, MultiScaleCrops, MultiViewTransform, autoaugment_or,
                          moco_color_transform, moco_transform, ssl_small_jitter)
-from src.data import ResumableSampler, build_dataset, build_loader, resolve_split
-from src.errors import UserError
-from src.logging import print_rank0
+from src.data.folders import ResumableSampler, build_dataset, build_loader, resolve_split
+from src.run.errors import UserError
+from src.run.logging import print_rank0
 from src.losses import infonce_logits, knn_positive_loss
 from src.methods.common import check_queue_size, copy_params, momentum_update
 from src.methods.moco import MoCo, load_for_restart
 from src.models import KNOWN_ARCHS
 from src.models.heads import MOCO_HEADS
 from src.optim import moco_lr_schedule, set_lr
-from src.pretrained import TRUST_HELP, read_checkpoint
+from src.evaluation.pretrained import TRUST_HELP, read_checkpoint
 from src.run.launch import cli, launch
 from src.run.loop import Run
-from src.speed import fused_kwargs, maybe_compile, to_channels_last
-from src.split_data import device_loader, moco_split_transform
+from src.run.speed import fused_kwargs, maybe_compile, to_channels_last
+from src.augment.split import device_loader, moco_split_transform
 
 def get_args_parser(add_help=True):
     parser = ArgumentParser("MoCo v1/v2 pretraining", add_help=add_help,
@@ -467,8 +467,8 @@ def moco_head(args):
 def run_demo(args):
     """Build the demo data, pretrain resnet_tiny on the CPU for a few minutes, compare kNN top-1 of the
     pretrained trunk with the same trunk at its random initialisation."""
-    from src.demo import knn_vs_random_init
-    from src.demo_data import make_demo_dataset
+    from src.evaluation.demo import knn_vs_random_init
+    from src.data.demo import make_demo_dataset
 
     t0 = time.time()
     root = make_demo_dataset(args.demo_dir)

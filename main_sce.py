@@ -25,7 +25,7 @@ CPU, two processes, 6 small crops:
 Video SCE (MVAP 2023; spec 5): --modality video, R3D trunks, 2 clips of 2.56 s per video, spec 5.3 defaults:
     sbatch scripts/video_sce_r3d50_k400_8f.sh       # and video_sce_r3d18_k200.sh / video_sce_r3d50_k400_16f.sh
 CPU, the generated moving-shapes videos (README "Video SCE" has the evaluations that follow):
-    python -m src.video.demo data/video_demo && python main_sce.py --modality video --data_path data/video_demo \
+    python -m src.data.video.demo data/video_demo && python main_sce.py --modality video --data_path data/video_demo \
         --arch r3d18 --num_frames 4 --size_crops 32 --batch_size 8 --queue_size 128 --feat_dim 128 \
         --proj_hidden_dim 512 --pred_hidden_dim 512 --base_lr 0.6 --epochs 3 --warmup_epochs 1 --workers 1 \
         --print_freq 6 --dump_path runs/video-sce-cpu
@@ -41,21 +41,21 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from src import dist
-from src.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg,
+from src.run import dist
+from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg,
                       add_dist_args, add_speed_args, amp_dtype, autocast_dtype, bool_flag)
-from src.augment import sce_multicrop_transform
-from src.data import ResumableSampler, build_dataset, build_loader, resolve_split
-from src.errors import UserError
-from src.logging import print_rank0
+from src.augment.image import sce_multicrop_transform
+from src.data.folders import ResumableSampler, build_dataset, build_loader, resolve_split
+from src.run.errors import UserError
+from src.run.logging import print_rank0
 from src.methods.common import check_queue_size
 from src.methods.sce import SCE, momentum_schedule, multicrop_sce_loss
 from src.models import KNOWN_ARCHS, VIDEO_ARCHS
 from src.optim import LARS, cosine_schedule, set_lr
 from src.run.launch import cli, launch
 from src.run.loop import Run
-from src.speed import maybe_compile, to_channels_last
-from src.split_data import device_loader, sce_split_transform
+from src.run.speed import maybe_compile, to_channels_last
+from src.augment.split import device_loader, sce_split_transform
 
 def get_args_parser(add_help=True):
     parser = ArgumentParser("SCE pretraining", add_help=add_help,
@@ -293,7 +293,7 @@ def crop_list(args):
 def build_data(args, info, seed):
     """Every crop of SCE's asymmetric multi-crop augmentation per image; a resumable, per-rank sampler."""
     if args.modality == "video":
-        from src.video.build import pretrain_set
+        from src.data.video.build import pretrain_set
         root = args.data_path
         dataset = pretrain_set(root, args.size_crops[0], args.num_frames, args.clip_duration, args.temporal_diff_prob,
                                (args.min_scale_crops[0], args.max_scale_crops[0]), args.blur_prob[:2],
@@ -403,8 +403,8 @@ def train_one_epoch(model, online, target, loader, optimizer, scaler, lr_schedul
 def run_demo(args):
     """Build the demo data, pretrain resnet_tiny with SCE on the CPU for about 2 minutes, compare kNN top-1 of
     the pretrained trunk with the same trunk at its random initialisation."""
-    from src.demo import knn_vs_random_init
-    from src.demo_data import make_demo_dataset
+    from src.evaluation.demo import knn_vs_random_init
+    from src.data.demo import make_demo_dataset
 
     t0 = time.time()
     root = make_demo_dataset(args.demo_dir)

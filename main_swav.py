@@ -30,10 +30,10 @@ from contextlib import nullcontext
 
 import torch
 
-from src import dist
-from src.args import ArgumentParser, add_amp_args, add_arg, add_dist_args, add_speed_args, autocast_dtype
-from src.errors import UserError
-from src.logging import print_rank0
+from src.run import dist
+from src.run.args import ArgumentParser, add_amp_args, add_arg, add_dist_args, add_speed_args, autocast_dtype
+from src.run.errors import UserError
+from src.run.logging import print_rank0
 from src.losses import distributed_sinkhorn, swav_loss
 from src.methods.swav import (LossWatch, SwAVModel, SwAVQueue, cancel_prototype_grads, code_entropies,
                               normalize_prototypes, uniform_loss)
@@ -205,9 +205,9 @@ def train_one_epoch(model, ddp_model, queue, loader, optimizer, scaler, lr_sched
 # ==================================================================================================
 def run_demo(args):
     """Build the demo data, pretrain resnet_tiny with SwAV on the CPU for a few minutes, compare kNN top-1 of the
-    pretrained trunk with the same trunk at its random initialisation (src.demo)."""
-    from src.demo import knn_vs_random_init
-    from src.demo_data import make_demo_dataset
+    pretrained trunk with the same trunk at its random initialisation (src.evaluation.demo)."""
+    from src.evaluation.demo import knn_vs_random_init
+    from src.data.demo import make_demo_dataset
 
     t0 = time.time()
     root = make_demo_dataset(args.demo_dir)

@@ -44,22 +44,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src import dist
-from src.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg, add_dist_args,
+from src.run import dist
+from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg, add_dist_args,
                       amp_dtype, autocast_dtype)
-from src.cifar import CifarPickleDataset, find_cifar_folder
-from src.classifier import (LinearClassifier, Results, ShardSampler, autocast, content_hash, evaluate, fingerprint,
+from src.data.cifar import CifarPickleDataset, find_cifar_folder
+from src.evaluation.classifier import (LinearClassifier, Results, ShardSampler, autocast, content_hash, evaluate, fingerprint,
                             test_transform, train_transform)
-from src.data import ResumableSampler, SafeImageFolder, build_loader
-from src.errors import UserError, exit_on_user_error
-from src.logging import print_rank0
+from src.data.folders import ResumableSampler, SafeImageFolder, build_loader
+from src.run.errors import UserError, exit_on_user_error
+from src.run.logging import print_rank0
 from src.optim import cosine_schedule, moco_lr_schedule, set_lr
-from src.pair_eval import build_trunk
-from src.pretrained import add_pretrained_args
+from src.evaluation.pair_eval import build_trunk
+from src.evaluation.pretrained import add_pretrained_args
 from src.run.checkpoint import find_resume_checkpoint, save_checkpoint
 from src.run.launch import launch
 from src.run.loop import Run
-from src.video.build import add_video_eval_args, eval_samples, eval_sets
+from src.data.video.build import add_video_eval_args, eval_samples, eval_sets
 
 DATASETS = ("cifar10", "cifar100", "caltech101", "folder", "ucf101", "hmdb51")  # the last two: --modality video
 # the published commands (SSL-small tools/transfer.sh, transfer_cal101.sh, transfer_finetune.sh)
@@ -266,7 +266,7 @@ def train_one_epoch(trunk, head, model, loader, optimizer, scaler, schedule, epo
 # ==================================================================================================
 def build_datasets(args):
     """Train set (random crops, seeded per sample) and test set of ``--dataset``."""
-    if args.modality == "video":  # 1 random clip with colour / 10 clips x 3 crops of every video (src.video.build)
+    if args.modality == "video":  # 1 random clip with colour / 10 clips x 3 crops of every video (src.data.video.build)
         return eval_sets(args, args.data, args.resize, args.crop_size, args.seed, finetune=True)
     train_tf = train_transform(args.crop_size, (args.min_scale, 1.0), interpolation="bicubic")
     if args.dataset.startswith("cifar"):

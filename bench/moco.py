@@ -22,10 +22,10 @@ import torch
 
 import main_moco
 from bench.common import machine, peak_memory_mb, report
-from src import dist
-from src.augment import MultiViewTransform, moco_transform
-from src.errors import UserError
-from src.logging import ProgressLogger
+from src.run import dist
+from src.augment.image import MultiViewTransform, moco_transform
+from src.run.errors import UserError
+from src.run.logging import ProgressLogger
 from src.optim import moco_lr_schedule
 
 
@@ -83,7 +83,7 @@ def bench_step(arch, batch_size, crop_size, steps, amp, device, queue=4096, bn_s
 
 
 def bench_data(root, crop_size, n, recipe="v2"):
-    from src.data import build_dataset
+    from src.data.folders import build_dataset
 
     if recipe == "ours":  # the published geometry: 2x160 + 4x96, constrained, AutoAugment on crops 0, 2-5
         args = main_moco.get_args_parser().parse_args(["x", *recipe_flags("ours", 160)])
@@ -123,7 +123,7 @@ def main():
     for arch, size in zip(a.arch, sizes):
         batch = a.batch_size if size <= 96 or device.type == "cuda" else max(a.batch_size // 4, 8)
         rows.append(bench_step(arch, batch, size, a.steps, a.amp, device, recipe=a.recipe))
-    from src.demo_data import make_demo_dataset
+    from src.data.demo import make_demo_dataset
     import os
     if a.data == "./data/demo/train" and not os.path.isdir(a.data):
         make_demo_dataset("./data/demo")

@@ -18,9 +18,9 @@ import torch
 
 import main_sce
 from bench.common import machine, peak_memory_mb, report
-from src import dist
-from src.augment import sce_multicrop_transform
-from src.logging import ProgressLogger
+from src.run import dist
+from src.augment.image import sce_multicrop_transform
+from src.run.logging import ProgressLogger
 from src.optim import LARS
 
 LOCAL_SIZES, LOCAL_MIN, LOCAL_MAX = (192, 160, 128, 96), (0.172, 0.143, 0.114, 0.086), (0.86, 0.715, 0.571, 0.429)
@@ -64,7 +64,7 @@ def bench_step(arch, batch_size, crop_size, crops, steps, amp, device, mutual_pa
 
 
 def bench_data(root, crop_size, crops, n):
-    from src.data import build_dataset
+    from src.data.folders import build_dataset
 
     args = main_sce.get_args_parser().parse_args(crop_flags(crops, crop_size))
     tf = sce_multicrop_transform(args.size_crops, args.nmb_crops, args.min_scale_crops, args.max_scale_crops,
@@ -104,7 +104,7 @@ def main():
                 rows.append(bench_step(arch, batch, size, crops, a.steps, a.amp, device, mutual))
                 print(rows[-1], flush=True)
     if a.data == "./data/demo/train" and not os.path.isdir(a.data):
-        from src.demo_data import make_demo_dataset
+        from src.data.demo import make_demo_dataset
         make_demo_dataset("./data/demo")
     for crops in a.crops:
         rows.append(bench_data(a.data, 224, crops, a.data_samples))

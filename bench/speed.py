@@ -64,7 +64,7 @@ def official_swav_transform(size_crops=(224, 96), nmb_crops=(2, 6), min_scale=(0
 
 def official_moco_v2_transform():
     """MoCo v2's ``augmentation`` (``--aug-plus``) applied twice (TwoCropsTransform)."""
-    from src.augment import GaussianBlur
+    from src.augment.image import GaussianBlur
     from torchvision import transforms as T
 
     t = T.Compose([T.RandomResizedCrop(224, scale=(0.2, 1.0)),
@@ -106,9 +106,9 @@ def bench_data(n_images, passes, device_batch=32):
     """Rows of part (a)."""
     from PIL import Image
 
-    from src.device_augment import MultiCropAugment, swav_views
-    from src.split_data import moco_split_transform, swav_split_transform
-    from src.augment import MultiScaleCrops
+    from src.augment.device import MultiCropAugment, swav_views
+    from src.augment.split import moco_split_transform, swav_split_transform
+    from src.augment.image import MultiScaleCrops
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -150,7 +150,7 @@ def bench_video_data(n_clips=4, passes=2, frames=8, size=224, height=256, width=
     """Rows of part (a) for SCE's video clips: the 2 views of a decoded clip (``frames`` frames at the K400
     short side 256) through the per-clip path (crop + every colour op on the CPU worker) and through the CPU half
     of the split path (crop + round to uint8); decoding, the same for both, is left out."""
-    from src.video.transforms import sce_clip_split_views, sce_clip_views
+    from src.augment.video import sce_clip_split_views, sce_clip_views
 
     g = torch.Generator().manual_seed(0)
     clips = [torch.rand(frames, 3, height, width, generator=g) * 255 for _ in range(n_clips)]
@@ -192,11 +192,11 @@ def make_step(method, arch, batch_size, sizes, nmb, device, device_aug, amp, cha
     """One callable = one training step of ``main_<method>.train_one_epoch`` (a generator resumed once per call),
     on a batch made once: uint8 crops augmented in the step (``device_aug``), else augmented float crops.
     ``sce_video``: ``main_sce.py --modality video`` on 2 clips of ``frames`` frames at ``sizes[0]``."""
-    from src import dist
-    from src.args import autocast_dtype
-    from src.device_augment import MultiCropAugment, moco_views, sce_views, swav_views
-    from src.logging import ProgressLogger
-    from src.split_data import DeviceLoader
+    from src.run import dist
+    from src.run.args import autocast_dtype
+    from src.augment.device import MultiCropAugment, moco_views, sce_views, swav_views
+    from src.run.logging import ProgressLogger
+    from src.augment.split import DeviceLoader
 
     info = dist.DistInfo(rank=0, world_size=1, local_rank=0, device=device, distributed=False, backend=None,
                          launcher="none")
@@ -255,7 +255,7 @@ def make_step(method, arch, batch_size, sizes, nmb, device, device_aug, amp, cha
     elif method == "sce_video":
         import main_sce
         from src.optim import LARS
-        from src.video.transforms import sce_clip_split_views
+        from src.augment.video import sce_clip_split_views
 
         args = main_sce.parse_args(["--modality", "video", "--data_path", "x", "--arch", arch, "--batch_size",
                                     str(batch_size), "--queue_size", str(32 * batch_size), "--num_frames", str(frames),
@@ -274,7 +274,7 @@ def make_step(method, arch, batch_size, sizes, nmb, device, device_aug, amp, cha
     elif method == "moco":
         import main_moco
         from src.optim import moco_lr_schedule
-        from src.speed import fused_kwargs
+        from src.run.speed import fused_kwargs
 
         bn = "8" if batch_size % 8 == 0 else "1"
         args = main_moco.get_args_parser().parse_args(
@@ -305,10 +305,10 @@ def make_step(method, arch, batch_size, sizes, nmb, device, device_aug, amp, cha
 def make_backbone_step(arch, batch_size, sizes, nmb, device, amp, channels_last, compile, frames=0):
     """The ceiling: the trunk's forward + backward on the same crops (one pass per resolution), no head, no loss;
     clips of ``frames`` frames for a video trunk."""
-    from src.args import autocast_dtype
-    from src.device_augment import layout
+    from src.run.args import autocast_dtype
+    from src.augment.device import layout
     from src.models import build_backbone
-    from src.speed import maybe_compile, to_channels_last
+    from src.run.speed import maybe_compile, to_channels_last
 
     trunk = to_channels_last(build_backbone(arch)[0].to(device), channels_last)
     step_trunk = maybe_compile(trunk, compile)
@@ -336,7 +336,7 @@ def time_cell(cell):
     import main_moco  # noqa: F401
     import main_sce  # noqa: F401
     import main_swav  # noqa: F401
-    import src.video.transforms  # noqa: F401
+    import src.augment.video  # noqa: F401
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

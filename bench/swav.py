@@ -18,9 +18,9 @@ import torch
 
 import main_swav
 from bench.common import machine, peak_memory_mb, report
-from src import dist
-from src.args import autocast_dtype
-from src.logging import ProgressLogger
+from src.run import dist
+from src.run.args import autocast_dtype
+from src.run.logging import ProgressLogger
 from src.methods.swav import LossWatch, SwAVModel, SwAVQueue
 from src.methods.swav_setup import build_optimizer, wrap_model
 
@@ -66,8 +66,8 @@ def bench_step(arch, batch_size, size_crops, nmb_crops, steps, amp, device, nmb_
 
 def bench_data(root, size_crops, nmb_crops, n):
     """Per-sample multi-crop augmentation speed, one process (what one loader worker delivers)."""
-    from src.augment import swav_multicrop_transform
-    from src.data import build_dataset
+    from src.augment.image import swav_multicrop_transform
+    from src.data.folders import build_dataset
 
     transform = swav_multicrop_transform(size_crops, nmb_crops, [0.14, 0.05][:len(size_crops)],
                                          [1.0, 0.14][:len(size_crops)], blur_scale=size_crops[0] / 224)
@@ -106,7 +106,7 @@ def main():
         sizes = a.size_crops or ([224, 96] if arch.startswith("resnet50") else [32, 16])
         rows.append(bench_step(arch, batch, sizes, a.nmb_crops, a.steps, a.amp, device, a.nmb_prototypes,
                                a.queue_length))
-    from src.demo_data import make_demo_dataset
+    from src.data.demo import make_demo_dataset
     if a.data == "./data/demo/train" and not os.path.isdir(a.data):
         make_demo_dataset("./data/demo")
     rows.append(bench_data(a.data, [224, 96], [2, 6], a.data_samples))

@@ -24,11 +24,11 @@ import argparse
 
 import torch
 
-from src.args import ArgumentParser, amp_dtype
-from src.errors import UserError, exit_on_user_error
+from src.run.args import ArgumentParser, amp_dtype
+from src.run.errors import UserError, exit_on_user_error
 from src.metrics import instdisc_topk
-from src.pair_eval import add_pair_eval_args, build_trunk, embed_views, pick_device, results_file, write_json
-from src.pairs import PositivePairDataset
+from src.evaluation.pair_eval import add_pair_eval_args, build_trunk, embed_views, pick_device, results_file, write_json
+from src.data.pairs import PositivePairDataset
 
 MODES = ("d-sd", "sd-sd")
 

@@ -25,17 +25,17 @@ import os
 
 import torch
 
-from src.args import ArgumentParser, add_amp_args, add_arg, amp_dtype
-from src.augment import eval_transform
-from src.data import SafeImageFolder
-from src.errors import UserError, exit_on_user_error
-from src.features import extract_features
+from src.run.args import ArgumentParser, add_amp_args, add_arg, amp_dtype
+from src.augment.image import eval_transform
+from src.data.folders import SafeImageFolder
+from src.run.errors import UserError, exit_on_user_error
+from src.evaluation.features import extract_features
 from src.metrics import RETRIEVAL_KS, retrieval_at_k
-from src.pair_eval import build_trunk, pick_device, write_json
-from src.pretrained import add_pretrained_args
+from src.evaluation.pair_eval import build_trunk, pick_device, write_json
+from src.evaluation.pretrained import add_pretrained_args
 from src.run.checkpoint import check_writable, load_checkpoint, save_checkpoint
 from src.run.health import check_finite_features
-from src.video.build import ViewAverage, add_video_eval_args, bank_sets
+from src.data.video.build import ViewAverage, add_video_eval_args, bank_sets
 
 
 def get_args_parser(add_help=False):

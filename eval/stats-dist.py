@@ -32,11 +32,11 @@ import argparse
 
 import torch
 
-from src.args import ArgumentParser, add_arg, amp_dtype
-from src.errors import UserError, exit_on_user_error
+from src.run.args import ArgumentParser, add_arg, amp_dtype
+from src.run.errors import UserError, exit_on_user_error
 from src.metrics import align, intra_class_align, uniformity
-from src.pair_eval import add_pair_eval_args, build_trunk, embed_views, pick_device, results_file, write_json
-from src.pairs import PositivePairDataset
+from src.evaluation.pair_eval import add_pair_eval_args, build_trunk, embed_views, pick_device, results_file, write_json
+from src.data.pairs import PositivePairDataset
 
 COLUMNS = ("D-SD align", "SD-SD align", "D cls-align", "SD cls-align", "D uniform", "SD uniform")
 KEYS = ("d_sd_align", "sd_sd_align", "d_cls_align", "sd_cls_align", "d_uniform", "sd_uniform")

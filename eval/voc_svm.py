@@ -12,7 +12,7 @@ training and testing; ``--ignore-difficult`` leaves them out of both, as the VOC
 The reference script does not run as shipped: it prints ``msg`` after assigning ``sg``, scores ``test_feats``
 after naming them ``val_feats``, and names ``args.pretrained`` where the flag is ``--pretrained-weights``. Here the
 features and labels of each split have one name, both flag spellings work, the SVM's ``random_state`` is fixed
-(``--seed``) so results repeat, and the checkpoint may be any layout ``src.pretrained`` reads.
+(``--seed``) so results repeat, and the checkpoint may be any layout ``src.evaluation.pretrained`` reads.
 
 Last line: ``Mean AP: XX.XX``; per-class APs and the settings also go to ``--output-json``.
 
@@ -29,13 +29,13 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.svm import LinearSVC
 
-from src.args import ArgumentParser, add_amp_args, add_arg, amp_dtype
-from src.augment import eval_transform
-from src.errors import UserError, exit_on_user_error
-from src.features import extract_features
-from src.pair_eval import build_trunk, pick_device, results_file, write_json
-from src.pretrained import add_pretrained_args
-from src.voc import VOCImages, find_voc_dir, read_split, voc_ap, voc_classes
+from src.run.args import ArgumentParser, add_amp_args, add_arg, amp_dtype
+from src.augment.image import eval_transform
+from src.run.errors import UserError, exit_on_user_error
+from src.evaluation.features import extract_features
+from src.evaluation.pair_eval import build_trunk, pick_device, results_file, write_json
+from src.evaluation.pretrained import add_pretrained_args
+from src.data.voc import VOCImages, find_voc_dir, read_split, voc_ap, voc_classes
 
 
 def get_args_parser(add_help=False):

@@ -1,7 +1,7 @@
 """Write a pretrained ResNet trunk as a detectron2 weights file (``MODEL.WEIGHTS``), for the detection transfer
 of MoCo (He et al. 2020, section 4.2; facebookresearch/moco ``detection/convert-pretrain-to-detectron2.py``).
 
-The trunk is found in any checkpoint ``src.pretrained`` reads (``main_*.py`` checkpoints and ``trunk.pth``, MoCo
+The trunk is found in any checkpoint ``src.evaluation.pretrained`` reads (``main_*.py`` checkpoints and ``trunk.pth``, MoCo
 releases ``module.encoder_q.*``, SwAV releases ``module.*``, eztorch / SCE Lightning ``trunk.*``, plain torchvision
 state dicts), loaded strictly into our ResNet of that architecture, and written under detectron2's ResNet names
 (``detectron2/modeling/backbone/resnet.py``: ``BasicStem.conv1`` with its ``norm``, stages ``res2``-``res5`` of
@@ -43,11 +43,11 @@ import re
 
 import numpy as np
 
-from src.args import add_arg
-from src.errors import UserError, exit_on_user_error
+from src.run.args import add_arg
+from src.run.errors import UserError, exit_on_user_error
 from src.models import build_backbone
 from src.models.resnet import RESNET_CONFIGS
-from src.pretrained import add_pretrained_args, checkpoint_arch, load_trunk, read_checkpoint
+from src.evaluation.pretrained import add_pretrained_args, checkpoint_arch, load_trunk, read_checkpoint
 from src.run.checkpoint import atomic_write
 
 _STEM = re.compile(r"^(conv1|bn1)\.(\w+)$")
@@ -123,9 +123,9 @@ def load_resnet_trunk(path, arch=None, cifar_stem=None, trunk_pattern=None, trus
         path: checkpoint file.
         arch: ResNet name; None takes the one recorded in the checkpoint, else resnet50.
         cifar_stem: None takes the checkpoint's; True is refused (no detectron2 equivalent).
-        trunk_pattern, trust: see ``src.pretrained.extract_trunk_state`` / ``read_checkpoint``.
+        trunk_pattern, trust: see ``src.evaluation.pretrained.extract_trunk_state`` / ``read_checkpoint``.
     Returns:
-        ``(trunk state dict, arch, info)`` with ``info`` from ``src.pretrained.load_trunk`` (``prefix``, ...).
+        ``(trunk state dict, arch, info)`` with ``info`` from ``src.evaluation.pretrained.load_trunk`` (``prefix``, ...).
     Raises:
         UserError: unreadable file, a non-ResNet or small-image-stem trunk, keys that do not fit the arch.
     """
@@ -152,7 +152,7 @@ def load_resnet_trunk(path, arch=None, cifar_stem=None, trunk_pattern=None, trus
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("ckpt", nargs="?", metavar="CKPT",
-                   help="checkpoint holding a ResNet trunk (any layout src.pretrained reads; or --pretrained)")
+                   help="checkpoint holding a ResNet trunk (any layout src.evaluation.pretrained reads; or --pretrained)")
     p.add_argument("output", metavar="OUT.pkl",
                    help="detectron2 weights file to write; must end in .pkl, which is how detectron2 tells this "
                         "format from a torch checkpoint")

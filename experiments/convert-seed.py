@@ -24,9 +24,9 @@ import os
 
 import torch
 
-from src.errors import UserError, exit_on_user_error
+from src.run.errors import UserError, exit_on_user_error
 from src.models import KNOWN_ARCHS, SMALL_ARCHS, TV_SMALL_ARCHS, VIDEO_ARCHS, build_backbone
-from src.pretrained import TRUST_HELP, read_checkpoint
+from src.evaluation.pretrained import TRUST_HELP, read_checkpoint
 from src.run.checkpoint import save_checkpoint
 
 # SEED / SSL-small architecture names that differ from ours: SSL-small's DeiT-Tiny is ``vit_tiny`` there,

@@ -29,11 +29,12 @@ from multiprocessing import Pool
 import numpy as np
 from PIL import Image
 
-from src.args import NONNEG_INT, POSITIVE_INT, ArgumentParser, add_arg, number
-from src.data import IMG_EXTENSIONS, fork_rng, sample_seed, to_rgb
-from src.errors import UserError, exit_on_user_error
-from src.pair_augs import MODES, VIEWS_PER_MODE, make_views
-from src.pairs import view_name
+from src.run.args import NONNEG_INT, POSITIVE_INT, ArgumentParser, add_arg, number
+from src.augment.image import to_rgb
+from src.data.folders import IMG_EXTENSIONS, fork_rng, sample_seed
+from src.run.errors import UserError, exit_on_user_error
+from src.augment.pairs import MODES, VIEWS_PER_MODE, make_views
+from src.data.pairs import view_name
 
 
 def get_args_parser(add_help=False):

@@ -28,11 +28,11 @@ import os
 
 import numpy as np
 
-from src.args import ArgumentParser, add_arg, amp_dtype
-from src.errors import UserError, exit_on_user_error
+from src.run.args import ArgumentParser, add_arg, amp_dtype
+from src.run.errors import UserError, exit_on_user_error
 from src.run.checkpoint import check_writable
-from src.pair_eval import add_pair_eval_args, build_trunk, embed_views, pick_device
-from src.pairs import PositivePairDataset
+from src.evaluation.pair_eval import add_pair_eval_args, build_trunk, embed_views, pick_device
+from src.data.pairs import PositivePairDataset
 
 
 def get_args_parser(add_help=False):

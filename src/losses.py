@@ -6,8 +6,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from . import dist
-from .errors import UserError
+from src.run import dist
+from src.run.errors import UserError
 
 
 def infonce_logits(q, k, queue, temperature):

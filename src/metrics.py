@@ -20,7 +20,7 @@ Every function is pure and follows the device of its inputs (CPU or GPU); nothin
 import torch
 import torch.nn.functional as F
 
-from .errors import UserError
+from src.run.errors import UserError
 
 REP_SPACES = ("original", "norm", "shifted-norm", "shift-norm")
 

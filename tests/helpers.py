@@ -9,7 +9,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def tiny_dataset(path, num_classes=4, train_per_class=12, val_per_class=4, size=32):
     """A small demo dataset (shapes), built once per path."""
-    from src.demo_data import make_demo_dataset
+    from src.data.demo import make_demo_dataset
 
     return str(make_demo_dataset(path, num_classes=num_classes, train_per_class=train_per_class,
                                  val_per_class=val_per_class, size=size, seed=0, workers=1))

@@ -19,7 +19,7 @@ import main_moco
 import main_sce
 import main_swav
 import main_transfer
-from src.args import ArgumentParser
+from src.run.args import ArgumentParser
 from src.models import build_backbone
 from src.run.launch import cli
 from tests.helpers import ROOT, py, tiny_dataset

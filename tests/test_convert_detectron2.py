@@ -22,7 +22,7 @@ import torchvision
 
 from helpers import assert_ok, one_error_line, py, run
 from src.checkpoint import save_checkpoint
-from src.errors import UserError
+from src.run.errors import UserError
 from src.models import build_backbone
 from src.methods.moco import MoCo
 from src.methods.sce import SCE

@@ -1,4 +1,4 @@
-"""Tests of src.demo_data and src.data: generator determinism, folder checks, corrupt-image skipping,
+"""Tests of src.data.demo and src.data.folders: generator determinism, folder checks, corrupt-image skipping,
 seeded per-sample augmentation, and the resumable sampler against DistributedSampler."""
 import os
 import random
@@ -11,10 +11,10 @@ from torch.utils.data import DistributedSampler
 from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
-from src.data import (FlatImageFolder, ResumableSampler, SafeImageFolder, build_dataset, build_loader,
+from src.data.folders import (FlatImageFolder, ResumableSampler, SafeImageFolder, build_dataset, build_loader,
                       resolve_split)
-from src.demo_data import SHAPES, make_demo_dataset
-from src.errors import UserError
+from src.data.demo import SHAPES, make_demo_dataset
+from src.run.errors import UserError
 
 TINY = dict(num_classes=3, train_per_class=4, val_per_class=2, size=32, seed=0)
 

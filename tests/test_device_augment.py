@@ -1,4 +1,4 @@
-"""src.device_augment: batched per-sample augmentation against torchvision's per-sample ops.
+"""src.augment.device: batched per-sample augmentation against torchvision's per-sample ops.
 
 Tolerances: colour ops within 1/255 per pixel of torchvision's per-sample ops on float images (measured: float
 rounding only, below 1e-5); against torchvision on 8-bit images, within the rounding it does (1 level for
@@ -13,7 +13,7 @@ from PIL import Image, ImageFilter
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from src.device_augment import (BRIGHTNESS, CONTRAST, HUE, SATURATION, MultiCropAugment, ViewAug, _blend_step,
+from src.augment.device import (BRIGHTNESS, CONTRAST, HUE, SATURATION, MultiCropAugment, ViewAug, _blend_step,
                                 adjust_hue, apply_view, draw_params, gaussian_blur, gaussian_kernels, luma,
                                 moco_views, sce_views, swav_views)
 

@@ -1,4 +1,4 @@
-"""Tests for src.dist: launcher detection, collectives and gradients with 2 gloo processes on a CPU.
+"""Tests for src.run.dist: launcher detection, collectives and gradients with 2 gloo processes on a CPU.
 
 Each multi-process test spawns 2 workers (torch.multiprocessing, 'spawn' start method). A worker saves what it
 saw to ``tmp_path/rank{r}.pt``; the parent process makes the assertions, so failures read clearly.
@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from src import dist
-from src.errors import UserError
+from src.run import dist
+from src.run.errors import UserError
 
 LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
               "TORCHELASTIC_RUN_ID", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_JOB_NODELIST",

@@ -10,7 +10,7 @@ import types
 import numpy as np
 import pytest
 
-from src.errors import UserError
+from src.run.errors import UserError
 from tests.helpers import assert_ok, last_lines, one_error_line, py, run, tiny_dataset
 
 INSTDISC = re.compile(r"^Masked: (\S+); Mode: (\S+); Top1-(\d+): \[([0-9., ]+)\]; CKPT: (.+); Dataset: (.+)$")
@@ -40,7 +40,7 @@ def tiny(tmp_path_factory):
 def test_instdisc_d_sd_line_and_json(tiny):
     proc = run(py("-m", "eval.instdisc", tiny.pairs, "--pretrained", tiny.ckpt, *EVAL))
     assert_ok(proc)
-    assert "(prefix 'encoder_q.')" in proc.stdout  # trunk loaded through src.pretrained
+    assert "(prefix 'encoder_q.')" in proc.stdout  # trunk loaded through src.evaluation.pretrained
     m = INSTDISC.match(last_lines(proc.stdout, 1)[0])
     assert m, proc.stdout[-2000:]
     masked, mode, k, accs, ckpt, data = m.groups()

@@ -1,4 +1,4 @@
-"""experiments.sample-augs: file names, sizes, reproducibility with --seed, the IoU modes; src.pairs reading."""
+"""experiments.sample-augs: file names, sizes, reproducibility with --seed, the IoU modes; src.data.pairs reading."""
 import argparse
 import filecmp
 import importlib
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from src.errors import UserError
-from src.pair_augs import IOU_RANGES, MEAN_FILL, box_iou, masked_views, sample_box_pair
-from src.pairs import PositivePairDataset, split_view_name
+from src.run.errors import UserError
+from src.augment.pairs import IOU_RANGES, MEAN_FILL, box_iou, masked_views, sample_box_pair
+from src.data.pairs import PositivePairDataset, split_view_name
 from tests.helpers import assert_ok, py, run, tiny_dataset
 
 sample_augs = importlib.import_module("experiments.sample-augs")

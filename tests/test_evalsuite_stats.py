@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from src.errors import UserError
+from src.run.errors import UserError
 from src.metrics import align, instdisc_topk, intra_class_align, uniformity
 
 

@@ -84,7 +84,7 @@ def test_two_shards_match_one(tiny):
 
 def _extracted(args, model):
     from eval.knn import build_datasets
-    from src.features import extract_features
+    from src.evaluation.features import extract_features
 
     train_set, val_set = build_datasets(args)
     ftr, ltr = extract_features(model, torch.utils.data.DataLoader(train_set, batch_size=5), "cpu")

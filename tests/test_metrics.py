@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from src.errors import UserError
+from src.run.errors import UserError
 from src.metrics import (StreamingKNN, accuracy, best_nn, best_nn_from_candidates, feature_mean, feature_sum,
                          knn_candidates, merge_candidates, transform_rep, weighted_knn, weighted_knn_from_candidates)
 

@@ -6,8 +6,8 @@ import torch
 import torch.multiprocessing as mp
 
 import main_moco
-from src import dist
-from src.logging import ProgressLogger
+from src.run import dist
+from src.run.logging import ProgressLogger
 from src.optim import moco_lr_schedule
 from tests.helpers import free_port
 

@@ -7,10 +7,10 @@ import main_moco
 
 def test_demo_last_two_lines_and_checkpoint(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(main_moco.DEMO, "epochs", 1)
-    import src.demo_data
+    import src.data.demo
 
-    real = src.demo_data.make_demo_dataset
-    monkeypatch.setattr(src.demo_data, "make_demo_dataset",
+    real = src.data.demo.make_demo_dataset
+    monkeypatch.setattr(src.data.demo, "make_demo_dataset",
                         lambda root: real(root, train_per_class=30, val_per_class=10, workers=1))
     args = main_moco.get_args_parser().parse_args(
         ["--demo", "--demo-dir", str(tmp_path / "demo"), "--output-dir", str(tmp_path / "run")])

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.errors import UserError
+from src.run.errors import UserError
 from src.methods.common import (KeyQueue, SplitBatchNorm, batch_shuffle, batch_unshuffle, check_queue_size,
                                 convert_split_bn, copy_params, momentum_update)
 from src.methods.moco import MoCo

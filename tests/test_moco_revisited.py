@@ -11,10 +11,10 @@ from PIL import Image
 from torch import nn
 
 import main_moco
-from src import dist
-from src.augment import (MultiCropTransform, MultiScaleCrops, autoaugment_or, box_intersection, constrained_box,
+from src.run import dist
+from src.augment.image import (MultiCropTransform, MultiScaleCrops, autoaugment_or, box_intersection, constrained_box,
                          rrc_box)
-from src.logging import ProgressLogger
+from src.run.logging import ProgressLogger
 from src.losses import knn_positive_loss
 from src.optim import moco_lr_schedule
 from tests.helpers import SYNC_RE, assert_ok, free_port, py, run, tiny_dataset
@@ -130,7 +130,7 @@ def test_ours_recipe_transform_from_flags():
     (["--restart"], "--restart starts from"),
 ])
 def test_bad_recipe_flags(extra, needle):
-    from src.errors import UserError
+    from src.run.errors import UserError
 
     args = main_moco.get_args_parser().parse_args(["d", *extra])
     with pytest.raises(UserError, match=needle):

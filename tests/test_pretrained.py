@@ -1,13 +1,13 @@
-"""src.pretrained: every known checkpoint layout loads the same trunk; wrong files fail with one clear line."""
+"""src.evaluation.pretrained: every known checkpoint layout loads the same trunk; wrong files fail with one clear line."""
 import argparse
 
 import pytest
 import torch
 import torchvision
 
-from src.errors import UserError
+from src.run.errors import UserError
 from src.models import build_backbone
-from src.pretrained import checkpoint_arch, extract_trunk_state, load_trunk, read_checkpoint
+from src.evaluation.pretrained import checkpoint_arch, extract_trunk_state, load_trunk, read_checkpoint
 
 
 def _trunk(arch="resnet18", seed=0):

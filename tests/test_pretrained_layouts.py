@@ -17,9 +17,9 @@ import torchvision
 from PIL import Image
 
 from helpers import one_error_line, py, run
-from src.errors import UserError
+from src.run.errors import UserError
 from src.models import build_backbone
-from src.pretrained import add_pretrained_args, load_trunk, summarize_keys
+from src.evaluation.pretrained import add_pretrained_args, load_trunk, summarize_keys
 
 
 def _torchvision(arch="resnet18", seed=0):

@@ -11,11 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from src.args import MOMENTUM, POSITIVE, POSITIVE_INT, ArgumentParser, add_arg
-from src.data import SafeImageFolder, to_rgb
-from src.errors import UserError
-from src.logging import JsonLog
-from src.pretrained import read_checkpoint
+from src.run.args import MOMENTUM, POSITIVE, POSITIVE_INT, ArgumentParser, add_arg
+from src.augment.image import to_rgb
+from src.data.folders import SafeImageFolder
+from src.run.errors import UserError
+from src.run.logging import JsonLog
+from src.evaluation.pretrained import read_checkpoint
 from src.run.checkpoint import (check_writable, load_checkpoint, load_rank_file, remove_stale_temp_files,
                                 save_checkpoint, save_rank_file)
 from src.run.health import Health, NonFiniteError, check_finite_features
@@ -212,8 +213,8 @@ def test_evaluation_datasets_mark_unreadable_images_instead_of_substituting(tmp_
 
 
 def test_unreadable_images_are_left_out_and_counted():
-    from src.classifier import evaluate
-    from src.features import extract_features
+    from src.evaluation.classifier import evaluate
+    from src.evaluation.features import extract_features
 
     x = torch.randn(6, 3, 4, 4)
     y = torch.tensor([0, -1, 1, 1, -1, 0])

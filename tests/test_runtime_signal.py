@@ -43,7 +43,7 @@ def test_parent_sets_flag_and_forked_child_still_dies_of_sigterm():
 LOADER_SCRIPT = r"""
 import os, signal, time
 import torch
-from src.data import build_loader
+from src.data.folders import build_loader
 from src.run.signals import StopSignal
 
 class Slow(torch.utils.data.Dataset):

@@ -10,8 +10,8 @@ import torch.multiprocessing as mp
 
 import main_sce
 import src.methods.sce as sce_mod
-from src import dist
-from src.logging import ProgressLogger
+from src.run import dist
+from src.run.logging import ProgressLogger
 from src.models.heads import build_mlp
 from src.optim import LARS
 from tests.helpers import free_port

@@ -8,12 +8,12 @@ from PIL import Image
 from torch import nn
 
 import main_sce
-from src import dist
-from src.augment import sce_multicrop_transform
-from src.logging import ProgressLogger
+from src.run import dist
+from src.augment.image import sce_multicrop_transform
+from src.run.logging import ProgressLogger
 from src.methods.sce import SCE
 from src.models import build_backbone
-from src.pretrained import load_trunk
+from src.evaluation.pretrained import load_trunk
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread per module

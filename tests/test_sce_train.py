@@ -10,8 +10,8 @@ import torchvision
 
 import main_sce
 from eval import knn
-from src import dist
-from src.errors import UserError
+from src.run import dist
+from src.run.errors import UserError
 from tests.helpers import ROOT, SYNC_RE, assert_ok, free_port, one_error_line, py, run, tiny_dataset
 
 TINY = ["--arch", "resnet18", "--batch_size", "4", "--queue_size", "32", "--feat_dim", "16", "--proj_hidden_dim",

@@ -1,14 +1,14 @@
-"""src.split_data (the --device-aug pipeline): CPU crops to uint8 with reduced-size JPEG decoding, the device
+"""src.augment.split (the --device-aug pipeline): CPU crops to uint8 with reduced-size JPEG decoding, the device
 loader, and a 2-iteration CPU run of every method script with --device-aug."""
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from src.augment import MultiScaleCrops
-from src.data import build_dataset
-from src.device_augment import MultiCropAugment, swav_views
-from src.split_data import (CropsToUint8, DeviceLoader, device_loader, draft_scale, sce_split_transform,
+from src.augment.image import MultiScaleCrops
+from src.data.folders import build_dataset
+from src.augment.device import MultiCropAugment, swav_views
+from src.augment.split import (CropsToUint8, DeviceLoader, device_loader, draft_scale, sce_split_transform,
                             swav_split_transform)
 
 from tests.helpers import assert_ok, one_error_line, py, run, tiny_dataset

@@ -12,10 +12,10 @@ def test_demo_last_two_lines_checkpoint_and_initial_weights(tmp_path, monkeypatc
     # 10 classes x 30 images: 2 iterations of 128 per epoch, 2 epochs, the queue from epoch 1
     for key, value in {"epochs": 2, "epoch_queue_starts": 1, "freeze_prototypes_niters": 1}.items():
         monkeypatch.setitem(main_swav.DEMO, key, value)
-    import src.demo_data
+    import src.data.demo
 
-    real = src.demo_data.make_demo_dataset
-    monkeypatch.setattr(src.demo_data, "make_demo_dataset",
+    real = src.data.demo.make_demo_dataset
+    monkeypatch.setattr(src.data.demo, "make_demo_dataset",
                         lambda root: real(root, train_per_class=30, val_per_class=10, workers=1))
     built = []  # the state of every SwAVModel when built: the trained one (first), then the random-init one
     real_model = main_swav.SwAVModel

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 
 import main_swav
-from src import dist
-from src.errors import UserError
-from src.logging import ProgressLogger
+from src.run import dist
+from src.run.errors import UserError
+from src.run.logging import ProgressLogger
 from src.losses import distributed_sinkhorn, swav_loss
 from src.methods.swav import LossWatch, SwAVModel, SwAVQueue, code_entropies, resolution_groups
 from src.methods.swav_setup import build_optimizer, wrap_model

@@ -11,7 +11,7 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from src import dist
+from src.run import dist
 from src.losses import distributed_sinkhorn
 from src.methods.deepcluster import gather_assignments, sela_labels, spherical_kmeans
 from tests.helpers import free_port

@@ -1,4 +1,4 @@
-"""main_transfer.py and src.cifar: CIFAR python-pickle folders written here byte-for-byte in the format of the
+"""main_transfer.py and src.data.cifar: CIFAR python-pickle folders written here byte-for-byte in the format of the
 real archives (Python 2 cPickle, protocol 2), linear vs fine-tune modes, image folders, resume, errors."""
 import argparse
 import json
@@ -13,8 +13,8 @@ from PIL import Image
 
 import main_transfer
 from helpers import one_error_line, py, run
-from src.cifar import CifarPickleDataset, read_pickle
-from src.errors import UserError
+from src.data.cifar import CifarPickleDataset, read_pickle
+from src.run.errors import UserError
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

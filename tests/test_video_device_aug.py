@@ -4,11 +4,11 @@ shared by its frames, independent across clips; the loader and model layouts of 
 import pytest
 import torch
 
-from src.device_augment import MultiCropAugment, apply_view
+from src.augment.device import MultiCropAugment, apply_view
 from src.models import build_backbone
-from src.speed import to_channels_last
-from src.split_data import DeviceLoader
-from src.video.transforms import (VIDEO_MEAN, VIDEO_STD, ClipAugment, ClipCropToUint8, sce_clip_split_views,
+from src.run.speed import to_channels_last
+from src.augment.split import DeviceLoader
+from src.augment.video import (VIDEO_MEAN, VIDEO_STD, ClipAugment, ClipCropToUint8, sce_clip_split_views,
                                   sce_clip_views)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

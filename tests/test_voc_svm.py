@@ -1,4 +1,4 @@
-"""eval.voc_svm and src.voc on a tiny fake VOC2007 folder: labels from class files and from annotations,
+"""eval.voc_svm and src.data.voc on a tiny fake VOC2007 folder: labels from class files and from annotations,
 VOC's AP against the reference formula written as a loop, difficult images, the CLI output, errors."""
 import argparse
 import json
@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from helpers import assert_ok, py, run
-from src.errors import UserError
-from src.voc import find_voc_dir, read_split, voc_ap, voc_classes
+from src.run.errors import UserError
+from src.data.voc import find_voc_dir, read_split, voc_ap, voc_classes
 
 CLASSES = ["bird", "car", "dog"]  # a VOC-style subset; each is drawn as one colour
 

@@ -17,9 +17,9 @@ the cross-entropy of every crop's prototype scores against its image's label, av
 import torch
 import torch.nn.functional as F
 
-from .. import dist
-from ..errors import UserError
-from ..losses import sinkhorn_equipartition
+from src.run import dist
+from src.run.errors import UserError
+from src.losses import sinkhorn_equipartition
 
 IGNORE = -100  # label of images not in any bank (cross-entropy's ignore_index)
 
@@ -28,7 +28,7 @@ class WithIndex(torch.utils.data.Dataset):
     """Items ``(index, crops)`` instead of ``(crops, target)``: the labels are indexed by dataset position.
 
     Args:
-        dataset: a dataset returning ``(x, target)`` with ``set_epoch`` (``src.data``).
+        dataset: a dataset returning ``(x, target)`` with ``set_epoch`` (``src.data.folders``).
     """
 
     def __init__(self, dataset):

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models import build_backbone
-from ..models.heads import build_moco_head
-from .common import KeyQueue, batch_shuffle, batch_unshuffle, convert_split_bn, copy_params
+from src.models import build_backbone
+from src.models.heads import build_moco_head
+from src.methods.common import KeyQueue, batch_shuffle, batch_unshuffle, convert_split_bn, copy_params
 
 
 class MoCo(nn.Module):
@@ -104,7 +104,7 @@ def load_for_restart(model, state):
     Raises:
         UserError: no ``encoder_q`` tensor of the checkpoint fits the model.
     """
-    from ..errors import UserError
+    from src.run.errors import UserError
 
     state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items() if torch.is_tensor(v)}
     own = model.state_dict()

@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses import sce_loss
-from ..models import build_backbone
-from ..models.heads import build_mlp
-from .common import KeyQueue, copy_params, momentum_update
+from src.losses import sce_loss
+from src.models import build_backbone
+from src.models.heads import build_mlp
+from src.methods.common import KeyQueue, copy_params, momentum_update
 
 
 def build_projector(in_dim, hidden_dim=4096, out_dim=256):

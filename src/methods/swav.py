@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UserError
-from ..models import build_backbone
-from ..models.heads import build_mlp
+from src.run.errors import UserError
+from src.models import build_backbone
+from src.models.heads import build_mlp
 
 
 def resolution_groups(crops):

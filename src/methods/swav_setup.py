@@ -10,16 +10,16 @@ import math
 import torch
 from torch import nn
 
-from ..args import NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, add_arg, bool_flag
-from ..augment import swav_multicrop_transform
-from ..data import ResumableSampler, build_dataset, build_loader, resolve_split
-from ..errors import UserError
-from ..logging import print_rank0
-from ..models import KNOWN_ARCHS
-from ..optim import LARC, cosine_schedule
-from ..speed import fused_kwargs, maybe_compile, to_channels_last
-from ..split_data import device_loader, swav_split_transform
-from .swav import convert_sync_bn
+from src.run.args import NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, add_arg, bool_flag
+from src.augment.image import swav_multicrop_transform
+from src.data.folders import ResumableSampler, build_dataset, build_loader, resolve_split
+from src.run.errors import UserError
+from src.run.logging import print_rank0
+from src.models import KNOWN_ARCHS
+from src.optim import LARC, cosine_schedule
+from src.run.speed import fused_kwargs, maybe_compile, to_channels_last
+from src.augment.split import device_loader, swav_split_transform
+from src.methods.swav import convert_sync_bn
 
 
 # ==== flags (spec A.10: names and defaults of facebookresearch/swav) ====

@@ -9,5 +9,5 @@ faults and bad input.
 - ``health``: non-finite losses, BatchNorm statistics and features;
 - ``sync``: every rank's RNG states, the once-per-epoch replicated-state check.
 
-Imports: ``src.dist``, ``src.errors``, ``src.logging`` and torch; never a script, a method or a model.
+Imports: ``src.run.dist``, ``src.run.errors``, ``src.run.logging`` and torch; never a script, a method or a model.
 """

@@ -14,7 +14,7 @@ import tempfile
 import numpy as np
 import torch
 
-from ..errors import UserError
+from src.run.errors import UserError
 
 TMP_PREFIX = ".tmp-"
 

@@ -7,7 +7,7 @@ with a test of every BatchNorm running statistic, so a diverged model is never s
 """
 import torch
 
-from ..errors import UserError
+from src.run.errors import UserError
 
 
 class NonFiniteError(UserError):

@@ -1,23 +1,23 @@
 """Run a script under whichever launcher started it, with the same exits everywhere.
 
 ``cli(main, parse_args)`` is every script's ``__main__``: parse (a bad flag is one ``error:`` line, exit 2),
-then ``main(args)``; a :class:`~src.errors.UserError` anywhere is one ``error:`` line and exit 2, Ctrl-C is
+then ``main(args)``; a :class:`~src.run.errors.UserError` anywhere is one ``error:`` line and exit 2, Ctrl-C is
 ``interrupted`` and exit 130, never a traceback.
 
 ``launch(fn, args)`` handles MoCo's ``--multiprocessing-distributed`` (one spawned process per GPU, or
 ``--nproc_per_node`` on a CPU; the parent passes SIGTERM / SIGUSR1 / SIGINT on to them and waits) and otherwise
-runs in this process, which ``src.dist.init_distributed`` places in the group of torchrun,
+runs in this process, which ``src.run.dist.init_distributed`` places in the group of torchrun,
 ``torch.distributed.launch``, ``srun`` or a plain ``python`` (no group). Each process installs its stop handler
 first (a signal from then on is a stop request), checks that a requested CUDA device exists, joins the group and
-calls ``fn(args, info)``; the flags read are those of ``src.args.add_dist_args``.
+calls ``fn(args, info)``; the flags read are those of ``src.run.args.add_dist_args``.
 """
 import sys
 
 import torch
 
-from .. import dist
-from ..errors import UserError, exit_on_user_error, report
-from .signals import process_stop_signal
+from src.run import dist
+from src.run.errors import UserError, exit_on_user_error, report
+from src.run.signals import process_stop_signal
 
 
 def launch(fn, args):

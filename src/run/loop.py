@@ -29,14 +29,14 @@ import subprocess
 
 import torch
 
-from .. import dist
-from ..errors import UserError
-from ..logging import JsonLog, ProgressLogger, print_rank0
-from .checkpoint import (check_writable, load_checkpoint, load_rank_file, load_state_strict, remove_stale_temp_files,
+from src.run import dist
+from src.run.errors import UserError
+from src.run.logging import JsonLog, ProgressLogger, print_rank0
+from src.run.checkpoint import (check_writable, load_checkpoint, load_rank_file, load_state_strict, remove_stale_temp_files,
                          save_checkpoint, save_rank_file, set_rng_state)
-from .health import Health
-from .signals import process_stop_signal
-from .sync import check_ranks_in_sync, gather_rng_states
+from src.run.health import Health
+from src.run.signals import process_stop_signal
+from src.run.sync import check_ranks_in_sync, gather_rng_states
 
 CHECKPOINT = "checkpoint.pth.tar"
 RUN_KEYS = ("epoch", "iter")  # what every checkpoint of a run holds (besides what the script tracks)
@@ -84,7 +84,7 @@ class Run:
     """Start a run: output folder, resume checkpoint, seed, ``args.json``, the git commit, ``log.txt``.
 
     Args:
-        info: :class:`~src.dist.DistInfo` of this process.
+        info: :class:`~src.run.dist.DistInfo` of this process.
         output_dir: the run's folder (created; must be writable: checked now, before any work).
         script: the script's file name, stored in and checked against checkpoints ("main_sce.py").
         config: the flags as a dict (stored in args.json and in every checkpoint).

@@ -72,7 +72,7 @@ class StopSignal:
 
         Returns: True on every rank as soon as any rank received a signal, at a checked step.
         """
-        from .. import dist
+        from src.run import dist
 
         if (it + 1) % max(every, 1) != 0:
             return False

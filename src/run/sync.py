@@ -2,9 +2,9 @@
 replicated state (weights, queues) is identical on every rank."""
 import torch
 
-from .. import dist
-from ..logging import print_rank0
-from .checkpoint import rng_state
+from src.run import dist
+from src.run.logging import print_rank0
+from src.run.checkpoint import rng_state
 
 
 def gather_rng_states(device):

@@ -1,6 +1,6 @@
 """What ``eval.instdisc``, ``eval.stats-dist`` and ``experiments.tsne`` share: their model / data flags,
 the frozen trunk (pretrained or seeded random init), the L2-normalised features of the views of a
-static positive-pair dataset (``src.pairs``), and where the JSON results go.
+static positive-pair dataset (``src.data.pairs``), and where the JSON results go.
 """
 import argparse
 import json
@@ -9,12 +9,12 @@ import os
 import torch
 import torch.nn.functional as F
 
-from src.args import add_amp_args, add_arg
-from src.errors import UserError
-from src.features import extract_features
+from src.run.args import add_amp_args, add_arg
+from src.run.errors import UserError
+from src.evaluation.features import extract_features
 from src.models import KNOWN_ARCHS, build_backbone
-from src.pairs import VIEW_SETS
-from src.pretrained import TRUST_HELP, checkpoint_arch, load_trunk, read_checkpoint
+from src.data.pairs import VIEW_SETS
+from src.evaluation.pretrained import TRUST_HELP, checkpoint_arch, load_trunk, read_checkpoint
 from src.run.checkpoint import atomic_write, check_writable
 
 
@@ -75,7 +75,7 @@ def build_trunk(pretrained="", arch=None, cifar_stem=None, trunk_pattern=None, t
     Args:
         pretrained: checkpoint path; empty for a random init seeded by ``seed``.
         arch, cifar_stem: None takes them from the checkpoint (``arch`` / ``args``), else resnet50 / off.
-        trunk_pattern, trust: see ``src.pretrained.load_trunk`` / ``read_checkpoint``.
+        trunk_pattern, trust: see ``src.evaluation.pretrained.load_trunk`` / ``read_checkpoint``.
         image_size: input side (DeiT only).
         log: callable for the one "loaded ..." line.
     Returns:

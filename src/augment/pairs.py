@@ -17,7 +17,7 @@ by the caller. Modes:
   9, 10 that fill at a random place. Masks are drawn in crop pixels, before resizing.
 
 Randomness comes from the torch / Python generators (torchvision transforms) and from the numpy
-``Generator`` passed in; the caller seeds both per image (``src.data.fork_rng``).
+``Generator`` passed in; the caller seeds both per image (``src.data.folders.fork_rng``).
 """
 import math
 
@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 from torchvision import transforms as T
 
-from src.augment import GaussianBlur
+from src.augment.image import GaussianBlur
 
 MODES = ("moco", "nointer", "easy", "hard", "super-hard")
 IOU_RANGES = {"easy": (0.25, 1.0), "hard": (0.05, 0.25), "super-hard": (1e-4, 0.05)}

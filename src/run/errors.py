@@ -34,7 +34,7 @@ def report(exc, rank=None):
         exc: the UserError. rank: this process's rank (default: the process group's, else the launcher's).
     """
     if rank is None:
-        from . import dist  # dist imports this module: import it only when needed
+        from src.run import dist  # dist imports this module: import it only when needed
 
         rank = dist.process_rank()
     if rank == 0 or not exc.collective:

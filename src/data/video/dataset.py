@@ -1,11 +1,11 @@
 """Video datasets: one folder per class (video files or folders of frames), or the official split files of
-UCF101 / HMDB51 (``src.video.splits``); clips sampled, subsampled, optionally temporally differenced, then
+UCF101 / HMDB51 (``src.data.video.splits``); clips sampled, subsampled, optionally temporally differenced, then
 augmented per view.
 
 One item is ``(views, label)``: the clip sampler gives the views of the video (2 random clips to pretrain, 1 to
 train a classifier, 10 clips x 3 crops = 30 to test); each view's clip is decoded, reduced to ``num_frames``
-uniformly spaced frames (``src.video.clips``), with probability ``temporal_diff_p`` replaced by its temporal
-difference, then passed to ``transform(clip, view_id)`` (``src.video.transforms``). ``output`` says how the views
+uniformly spaced frames (``src.data.video.clips``), with probability ``temporal_diff_p`` replaced by its temporal
+difference, then passed to ``transform(clip, view_id)`` (``src.augment.video``). ``output`` says how the views
 come out: ``"list"`` (one (3, T, S, S) tensor per view, the crop list SCE's loop takes), ``"single"`` (the only
 view's tensor) or ``"stack"`` ((V, 3, T, S, S), views in the sampler's order).
 
@@ -22,10 +22,10 @@ import sys
 import numpy as np
 import torch
 
-from ..data import MAX_CONSECUTIVE_FAILURES, fork_rng, sample_seed
-from ..errors import UserError
-from .clips import difference_pairs, temporal_difference, uniform_indices
-from .io import VIDEO_EXTENSIONS, VideoError, list_videos, load_frame, open_video
+from src.data.folders import MAX_CONSECUTIVE_FAILURES, fork_rng, sample_seed
+from src.run.errors import UserError
+from src.data.video.clips import difference_pairs, temporal_difference, uniform_indices
+from src.data.video.io import VIDEO_EXTENSIONS, VideoError, list_videos, load_frame, open_video
 
 _LAYOUT_HINT = ("pass the folder that holds train/ (and val/), one subfolder per class with video files or "
                 "folders of frames")
@@ -59,7 +59,7 @@ class VideoDataset(torch.utils.data.Dataset):
 
     Args:
         samples: list of ``(path, label)``. classes: class names (``len`` = number of classes).
-        clip_sampler: duration -> list of ``(start, end, view_id)`` (``src.video.clips``).
+        clip_sampler: duration -> list of ``(start, end, view_id)`` (``src.data.video.clips``).
         transform: ``(clip (T, 3, H, W) float in [0, 255], view_id) -> tensor``.
         num_frames: frames kept per clip (8 or 16).
         temporal_diff_p: probability, per clip, of the temporal-difference augmentation (0.2 to pretrain).

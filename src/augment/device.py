@@ -1,7 +1,7 @@
 """Batched augmentation on the training device: colour jitter, grayscale, Gaussian blur, solarization,
 horizontal flip and normalisation of a whole batch of crops at once, with per-sample random parameters.
 
-The CPU loader only decodes, crops and resizes (``src.split_data``); these ops then run where the model runs.
+The CPU loader only decodes, crops and resizes (``src.augment.split``); these ops then run where the model runs.
 Each op follows the per-sample semantics of torchvision (``transforms.v2``: same ops, same order, same ranges,
 same formulas), on float images in [0, 1]:
 
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .augment import IMAGENET_MEAN, IMAGENET_STD, SCE_JITTER, SWAV_STD
+from src.augment.image import IMAGENET_MEAN, IMAGENET_STD, SCE_JITTER, SWAV_STD
 
 LUMA = (0.2989, 0.587, 0.114)  # ITU-R 601-2, the weights of torchvision's rgb_to_grayscale
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3  # op ids in a jitter order
@@ -302,10 +302,10 @@ class MultiCropAugment:
         return f"MultiCropAugment({self.views})"
 
 
-# ==== the views of each method: the same settings as the per-sample pipelines of src.augment ====
+# ==== the views of each method: the same settings as the per-sample pipelines of src.augment.image ====
 def swav_views(size_crops, nmb_crops, blur_scale=1.0, pil_blur=True):
     """SwAV: ColorJitter(0.8, 0.8, 0.8, 0.2) p 0.8, grayscale 0.2, blur p 0.5 sigma 0.1-2 (x ``blur_scale``),
-    flip 0.5, std (0.228, 0.224, 0.225); as :func:`src.augment.swav_multicrop_transform`."""
+    flip 0.5, std (0.228, 0.224, 0.225); as :func:`src.augment.image.swav_multicrop_transform`."""
     kernel = 0 if pil_blur else max(3, int(round(23 * blur_scale)) | 1)
     view = ViewAug(jitter=(0.8, 0.8, 0.8, 0.2), blur_sigma=(0.1 * blur_scale, 2.0 * blur_scale), blur_kernel=kernel,
                    std=SWAV_STD)
@@ -314,7 +314,7 @@ def swav_views(size_crops, nmb_crops, blur_scale=1.0, pil_blur=True):
 
 def moco_views(n_crops, aug_plus=True, jitter=(0.4, 0.4, 0.4, 0.1), grey_p=0.2, blur_p=0.5, blur_sigma=(0.1, 2.0)):
     """MoCo v2 (``aug_plus``): jitter p 0.8, grayscale, PIL-style blur, flip; MoCo v1: grayscale, then
-    ColorJitter(0.4, 0.4, 0.4, 0.4) always, flip; as :func:`src.augment.moco_transform`."""
+    ColorJitter(0.4, 0.4, 0.4, 0.4) always, flip; as :func:`src.augment.image.moco_transform`."""
     if aug_plus:
         view = ViewAug(jitter=tuple(jitter), jitter_p=0.8, grey_p=grey_p, blur_p=blur_p, blur_sigma=tuple(blur_sigma))
     else:
@@ -325,7 +325,7 @@ def moco_views(n_crops, aug_plus=True, jitter=(0.4, 0.4, 0.4, 0.1), grey_p=0.2, 
 def sce_views(nmb_crops, blur_probs=(1.0, 0.1, 0.5), solarize_probs=(0.0, 0.2, 0.2), blur_scale=1.0):
     """SCE: ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8, grayscale 0.2, torchvision blur (kernel 23, sigma 0.1-2, both
     x ``blur_scale``) and solarization with the probabilities of global view 1, global view 2 and the local
-    crops, flip; as :func:`src.augment.sce_multicrop_transform`."""
+    crops, flip; as :func:`src.augment.image.sce_multicrop_transform`."""
     kernel = max(3, int(round(23 * blur_scale)) | 1)
     views = []
     for i in range(sum(nmb_crops)):

@@ -10,7 +10,7 @@ class ArgumentParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose errors are one ``error:`` line (no usage block) and exit status 2."""
 
     def error(self, message):
-        from . import dist  # only the launcher's rank: parsing creates no process group
+        from src.run import dist  # only the launcher's rank: parsing creates no process group
 
         if dist.process_rank() == 0:
             print(f"error: {message} (see {self.prog} --help)", file=sys.stderr, flush=True)
@@ -71,7 +71,7 @@ def bool_flag(text):
 
 
 def add_dist_args(parser):
-    """Launch flags understood by ``src.dist.init_distributed`` (all launch styles, see README)."""
+    """Launch flags understood by ``src.run.dist.init_distributed`` (all launch styles, see README)."""
     g = parser.add_argument_group("distributed")
     add_arg(g, "--world-size", default=-1, type=int,
             help="number of NODES for --multiprocessing-distributed (MoCo style); ignored under torchrun/srun")

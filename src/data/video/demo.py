@@ -153,7 +153,7 @@ def make_video_demo(root, num_classes=4, train_per_class=12, val_per_class=4, he
 
 
 def main(argv=None):
-    """``python -m src.video.demo ROOT [--num_classes N --train_per_class N --val_per_class N --seed S]``."""
+    """``python -m src.data.video.demo ROOT [--num_classes N --train_per_class N --val_per_class N --seed S]``."""
     import argparse
 
     parser = argparse.ArgumentParser("Write the moving-shapes demo video dataset")

@@ -19,7 +19,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from ..data import IMG_EXTENSIONS, to_rgb
+from src.augment.image import to_rgb
+from src.data.folders import IMG_EXTENSIONS
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
 

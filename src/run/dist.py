@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 
-from .errors import UserError
+from src.run.errors import UserError
 
 
 @dataclass
@@ -168,7 +168,7 @@ def spawn_workers(worker_fn, nprocs_per_node, node_rank, num_nodes, dist_url, fn
         fn_args: extra positional arguments for ``worker_fn``.
     Returns: None, once every process has exited (an exception in one is re-raised here).
     """
-    from .run.signals import forward_to_children  # run/ builds on this module: import it only here
+    from src.run.signals import forward_to_children  # run/ builds on this module: import it only here
 
     if dist_url in (None, "", "env://"):
         if num_nodes > 1:

@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from .run.health import check_finite_features
+from src.run.health import check_finite_features
 
 
 def _autocast(device, amp_dtype):

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import to_rgb
-from .errors import UserError
+from src.augment.image import to_rgb
+from src.run.errors import UserError
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
                "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")

@@ -20,13 +20,13 @@ import torch.nn.functional as F
 import torchvision.transforms as T
 from torch import nn
 
-from . import dist
-from .errors import UserError
-from .augment import IMAGENET_MEAN
-from .data import sample_seed
-from .data import build_loader
-from .features import iter_features
-from .run.health import check_finite_features
+from src.run import dist
+from src.run.errors import UserError
+from src.augment.image import IMAGENET_MEAN
+from src.data.folders import sample_seed
+from src.data.folders import build_loader
+from src.evaluation.features import iter_features
+from src.run.health import check_finite_features
 
 
 class LinearClassifier(nn.Module):

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import fork_rng, sample_seed
-from .errors import UserError
+from src.data.folders import fork_rng, sample_seed
+from src.run.errors import UserError
 
 LAYOUTS = {
     "cifar10": dict(folder="cifar-10-batches-py", train=[f"data_batch_{i}" for i in range(1, 6)], test=["test_batch"],
@@ -100,7 +100,7 @@ class CifarPickleDataset(torch.utils.data.Dataset):
         train: the training split (else the test split).
         transform: callable on a PIL image, or None.
         seed: None, or an int: the transform of sample ``i`` then runs under an RNG seeded from
-            ``(seed, epoch, i)`` (see :meth:`set_epoch`), as ``src.data.SafeImageFolder`` does.
+            ``(seed, epoch, i)`` (see :meth:`set_epoch`), as ``src.data.folders.SafeImageFolder`` does.
     Raises:
         UserError: missing files (naming them), unreadable or inconsistent files.
     """

@@ -13,7 +13,7 @@ import glob
 import os
 import re
 
-from ..errors import UserError
+from src.run.errors import UserError
 
 
 def _resolve(root, rel):

@@ -19,9 +19,8 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from src.augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform
-from src.data import to_rgb
-from src.errors import UserError
+from src.augment.image import IMAGENET_MEAN, IMAGENET_STD, eval_transform, to_rgb
+from src.run.errors import UserError
 
 VIEW_SETS = {"normal": (0, 1, 2), "g-mask": (0, 3, 4), "rand-g-mask": (0, 5, 6), "avg-mask": (0, 7, 8),
              "rand-avg-mask": (0, 9, 10), "all": tuple(range(11))}
@@ -137,7 +136,7 @@ class PositivePairDataset(torch.utils.data.Dataset):
         return [self.load(index, v) for v in self.views], self.samples[index][2]
 
     def view(self, view):
-        """A map-style dataset of ``(tensor, label)`` for one view (for ``src.features.extract_features``)."""
+        """A map-style dataset of ``(tensor, label)`` for one view (for ``src.evaluation.features.extract_features``)."""
         if view not in self.views:
             raise ValueError(f"view {view} is not in this dataset's view set {self.views}")
         return _OneView(self, view)

@@ -16,7 +16,7 @@ the reference).
 * :func:`sce_clip_views`: the two asymmetric SCE views (clip 1 blur 1.0, no solarize; clip 2 blur 0.1,
   solarize 0.2);
 * :class:`ClipCropToUint8` / :func:`sce_clip_split_views`: the split form (``--device-aug``): the loader workers
-  only crop and resize each clip to uint8, and ``src.device_augment`` applies the rest to the whole batch of clips
+  only crop and resize each clip to uint8, and ``src.augment.device`` applies the rest to the whole batch of clips
   on the training device, one parameter draw per clip shared by its frames (the reference's own arrangement: its
   colour augmentations ran batched on the GPU).
 """
@@ -26,8 +26,8 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from ..augment import rrc_box
-from ..device_augment import MultiCropAugment, ViewAug
+from src.augment.image import rrc_box
+from src.augment.device import MultiCropAugment, ViewAug
 
 VIDEO_MEAN, VIDEO_STD = 0.45, 0.225
 SOLARIZE_THRESHOLD = 0.5  # on [0, 1] values: x >= 0.5 becomes 1 - x (spec 5.2)
@@ -117,7 +117,7 @@ class ClipAugment:
 
     def device_view(self):
         """The colour / blur / solarize / flip / normalise settings of this view as a
-        :class:`~src.device_augment.ViewAug`, for the split pipeline (``--device-aug``)."""
+        :class:`~src.augment.device.ViewAug`, for the split pipeline (``--device-aug``)."""
         return ViewAug(jitter=tuple(self.jitter) if self.jitter is not None else (0.0, 0.0, 0.0, 0.0),
                        jitter_p=self.jitter_p if self.jitter is not None else 0.0, grey_p=self.grey_p,
                        blur_p=self.blur_p, blur_sigma=tuple(self.blur_sigma), blur_kernel=self.blur_kernel,
@@ -153,7 +153,7 @@ class ClipCropToUint8:
     The box is drawn as the per-clip path draws it (:meth:`ClipAugment.sample_box`, the same for every frame), the
     frames are resized to it and rounded to 8 bits; everything else (colour, grey, blur, solarize, flip,
     normalisation) runs batched on the training device with one parameter draw per clip shared by its frames
-    (``device_augment``, a :class:`~src.device_augment.MultiCropAugment` with one view per clip rank), which is
+    (``device_augment``, a :class:`~src.augment.device.MultiCropAugment` with one view per clip rank), which is
     what the reference does with ``same_on_frames=True`` (spec 5.2).
 
     Args:

@@ -19,8 +19,8 @@ Output layout (an ``ImageFolder`` twice, plus a marker written last)::
 Each image is a pure function of ``(seed, split, class, index)``, so the files do not depend on the
 number of worker processes. Run::
 
-    python -m src.demo_data data/demo                       # 10 classes, 300 + 100 per class, 64 px
-    python -m src.demo_data data/demo --size 96 --train-per-class 500 --workers 2
+    python -m src.data.demo data/demo                       # 10 classes, 300 + 100 per class, 64 px
+    python -m src.data.demo data/demo --size 96 --train-per-class 500 --workers 2
 """
 import argparse
 import json
@@ -34,7 +34,7 @@ from multiprocessing import Pool
 import numpy as np
 from PIL import Image, ImageDraw
 
-from src.errors import UserError, exit_on_user_error
+from src.run.errors import UserError, exit_on_user_error
 
 GENERATOR_VERSION = 3  # bump when the drawing changes: cached builds are then redrawn
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "hexagon", "crescent", "arrow",
@@ -281,7 +281,7 @@ def make_demo_dataset(root, num_classes=10, train_per_class=300, val_per_class=1
 
 
 def get_args_parser():
-    """Command-line flags of ``python -m src.demo_data`` (dash and underscore spellings both work).
+    """Command-line flags of ``python -m src.data.demo`` (dash and underscore spellings both work).
 
     Returns:
         argparse.ArgumentParser.

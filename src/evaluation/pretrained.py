@@ -20,7 +20,7 @@ import re
 
 import torch
 
-from .errors import UserError
+from src.run.errors import UserError
 
 STATE_KEYS = ("state_dict", "model", "teacher", "student", "network")
 PREFIXES = ("module.encoder_q.", "encoder_q.", "module.backbone.", "backbone.", "module.trunk.", "trunk.",
@@ -305,8 +305,8 @@ def add_pretrained_args(group, snake=False):
     """
     import argparse
 
-    from .args import add_arg
-    from .models import KNOWN_ARCHS
+    from src.run.args import add_arg
+    from src.models import KNOWN_ARCHS
 
     def name(flag):
         return flag.replace("-", "_").replace("__", "--", 1) if snake else flag

@@ -1,5 +1,5 @@
 """The split input pipeline (``--device-aug``): CPU workers decode, crop and resize to uint8; the training device
-does the rest (colour, blur, solarize, flip, normalise) in batches, ``src.device_augment``.
+does the rest (colour, blur, solarize, flip, normalise) in batches, ``src.augment.device``.
 
 CPU side, per image: the crop boxes are drawn first (torchvision's RandomResizedCrop sampling, or MoCo's
 constrained multi-crop), from the size in the file header; when every crop is at least 2x larger than its output
@@ -22,9 +22,9 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
-from .augment import MultiScaleCrops
-from .data import to_rgb
-from .device_augment import MultiCropAugment, layout, moco_views, sce_views, swav_views
+from src.augment.image import MultiScaleCrops
+from src.augment.image import to_rgb
+from src.augment.device import MultiCropAugment, layout, moco_views, sce_views, swav_views
 
 
 def draft_scale(boxes, width, height):
@@ -47,14 +47,14 @@ class CropsToUint8:
 
     Args:
         crops: callable ``(width, height) -> [((top, left, h, w), size), ...]``, e.g. ``MultiScaleCrops.boxes``.
-        augment: the device half (:class:`~src.device_augment.MultiCropAugment`), kept here so the two stay
+        augment: the device half (:class:`~src.augment.device.MultiCropAugment`), kept here so the two stay
             together (:func:`device_loader` reads it).
         draft: decode JPEGs at a reduced size when the crops allow it.
     Returns (when called):
         list of (3, s, s) uint8 tensors, one per crop.
     """
 
-    decodes_itself = True  # src.data hands it the image before decoding
+    decodes_itself = True  # src.data.folders hands it the image before decoding
 
     def __init__(self, crops, augment, draft=True):
         self.crops, self.device_augment, self.draft = crops, augment, draft
@@ -80,24 +80,24 @@ class CropsToUint8:
         return f"CropsToUint8({self.crops}, draft={self.draft}) -> {self.device_augment}"
 
 
-# ==== the split versions of the per-sample transforms (same arguments as in src.augment) ====
+# ==== the split versions of the per-sample transforms (same arguments as in src.augment.image) ====
 def swav_split_transform(size_crops, nmb_crops, min_scale_crops, max_scale_crops, blur_scale=1.0, pil_blur=True):
-    """Split form of :func:`src.augment.swav_multicrop_transform`."""
+    """Split form of :func:`src.augment.image.swav_multicrop_transform`."""
     crops = MultiScaleCrops(size_crops, nmb_crops, min_scale_crops, max_scale_crops)
     return CropsToUint8(crops.boxes, MultiCropAugment(swav_views(size_crops, nmb_crops, blur_scale, pil_blur)))
 
 
 def sce_split_transform(size_crops, nmb_crops, min_scale_crops, max_scale_crops, blur_probs=(1.0, 0.1, 0.5),
                         solarize_probs=(0.0, 0.2, 0.2), blur_scale=1.0):
-    """Split form of :func:`src.augment.sce_multicrop_transform`."""
+    """Split form of :func:`src.augment.image.sce_multicrop_transform`."""
     crops = MultiScaleCrops(size_crops, nmb_crops, min_scale_crops, max_scale_crops)
     return CropsToUint8(crops.boxes, MultiCropAugment(sce_views(nmb_crops, blur_probs, solarize_probs, blur_scale)))
 
 
 def moco_split_transform(crops, n_crops, aug_plus=True, jitter=(0.4, 0.4, 0.4, 0.1), grey_p=0.2, blur_p=0.5,
                          blur_sigma=(0.1, 2.0)):
-    """Split form of MoCo's views: ``crops`` (a :class:`~src.augment.MultiScaleCrops`: two crops of one size for
-    MoCo v1/v2, or the multi-crop geometry) then :func:`~src.device_augment.moco_views` on every crop."""
+    """Split form of MoCo's views: ``crops`` (a :class:`~src.augment.image.MultiScaleCrops`: two crops of one size for
+    MoCo v1/v2, or the multi-crop geometry) then :func:`~src.augment.device.moco_views` on every crop."""
     return CropsToUint8(crops.boxes, MultiCropAugment(moco_views(n_crops, aug_plus, jitter, grey_p, blur_p,
                                                                  blur_sigma)))
 
@@ -115,11 +115,11 @@ class DeviceLoader:
     and put in ``memory_format`` (its 3-D form for clips).
 
     The step index (for the augmentation seed) continues from the sampler's ``start_index`` when resuming
-    (:class:`src.data.ResumableSampler`). Other attributes are the DataLoader's.
+    (:class:`src.data.folders.ResumableSampler`). Other attributes are the DataLoader's.
 
     Args:
         loader: a DataLoader (or any iterable of batches). device: the training device.
-        augment: a :class:`~src.device_augment.MultiCropAugment`, or None.
+        augment: a :class:`~src.augment.device.MultiCropAugment`, or None.
         memory_format: of the image tensors (``torch.channels_last`` for channels-last models).
         seed, rank: seed the per-step generator.
     """

@@ -12,12 +12,12 @@ import os
 
 from torch import nn
 
-from ..args import add_arg
-from ..errors import UserError
-from .clips import ConstantClipsSampler, RandomMultiClipSampler
-from .dataset import VideoDataset, video_folder_samples
-from .splits import split_samples
-from .transforms import ClipTestTransform, eval_train_transform, sce_clip_split_views, sce_clip_views
+from src.run.args import add_arg
+from src.run.errors import UserError
+from src.data.video.clips import ConstantClipsSampler, RandomMultiClipSampler
+from src.data.video.dataset import VideoDataset, video_folder_samples
+from src.data.video.splits import split_samples
+from src.augment.video import ClipTestTransform, eval_train_transform, sce_clip_split_views, sce_clip_views
 
 
 def video_samples(root, split, splits_dir="", split_id=1):
@@ -48,7 +48,7 @@ def pretrain_set(root, size=224, num_frames=8, clip_duration=2.56, temporal_diff
                  split=False):
     """SCE pretraining: items ``([clip_1, clip_2], label)``, each (3, num_frames, size, size) (spec 5.2): float
     and fully augmented, or with ``split`` (``--device-aug``) uint8 crops whose transform's ``device_augment``
-    finishes them on the training device (``src.video.transforms.ClipCropToUint8``)."""
+    finishes them on the training device (``src.augment.video.ClipCropToUint8``)."""
     samples, classes = video_samples(root, "train")
     views = (sce_clip_split_views if split else sce_clip_views)(size, blur_probs, solarize_probs, scale, blur_scale)
     return VideoDataset(samples, classes, RandomMultiClipSampler(2, clip_duration), views, num_frames=num_frames,

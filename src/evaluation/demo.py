@@ -15,10 +15,10 @@ import time
 
 import torch
 
-from .augment import eval_transform
-from .data import build_dataset
-from .features import extract_features
-from .metrics import best_nn, weighted_knn
+from src.augment.image import eval_transform
+from src.data.folders import build_dataset
+from src.evaluation.features import extract_features
+from src.metrics import best_nn, weighted_knn
 
 
 def knn_vs_random_init(pretrained, random_init, root, eval_size, device, out_dir, checkpoint, t0):

@@ -1,6 +1,6 @@
 """Compute options shared by the method scripts (README "Speed options"): channels-last weights,
-``torch.compile`` with an eager fallback, fused optimizer steps. The AMP choice is ``src.args.autocast_dtype``
-and the input side (device augmentation, channels-last images, non-blocking copies) ``src.split_data``.
+``torch.compile`` with an eager fallback, fused optimizer steps. The AMP choice is ``src.run.args.autocast_dtype``
+and the input side (device augmentation, channels-last images, non-blocking copies) ``src.augment.split``.
 
     model = to_channels_last(model.to(device), args.channels_last)     # before DDP wraps it
     step_module = maybe_compile(ddp_model, args.compile, rank)         # what the training step calls
@@ -8,7 +8,7 @@ and the input side (device augmentation, channels-last images, non-blocking copi
 """
 import torch
 
-from .logging import print_rank0
+from src.run.logging import print_rank0
 
 
 def to_channels_last(model, enabled):
