@@ -46,7 +46,7 @@ from torch import nn
 from src.run import dist
 from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg, add_dist_args,
                       amp_dtype, autocast_dtype, bool_flag)
-from src.evaluation.classifier import (FeatureBatches, LinearClassifier, Results, ShardSampler, autocast, content_hash, evaluate,
+from src.evaluation.classifier import (FeatureBatches, LinearClassifier, Results, ShardSampler, content_hash, evaluate,
                             extract_shard, fingerprint, test_transform, train_transform)
 from src.data.folders import ResumableSampler, SafeImageFolder, build_loader
 from src.run.errors import UserError, exit_on_user_error
@@ -57,6 +57,7 @@ from src.evaluation.pretrained import add_pretrained_args
 from src.run.checkpoint import find_resume_checkpoint, load_checkpoint, save_checkpoint
 from src.run.launch import launch
 from src.run.loop import Run
+from src.run.speed import autocast
 from src.data.video.build import add_video_eval_args, eval_samples, eval_sets
 
 # Published recipes (spec evals.md A.14 / B.6, sce.md section 4). "lr" None: 0.1 x batch / 256 (SCE's scaler).

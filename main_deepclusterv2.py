@@ -22,23 +22,28 @@ One GPU or a CPU, no launcher needed; two processes with any launcher:
 import argparse
 import math
 import time
-from contextlib import nullcontext
 
 import torch
 
-from src.run import dist
-from src.run.args import (NONNEG, POSITIVE, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg, add_dist_args,
-                      add_speed_args, autocast_dtype)
-from src.run.errors import UserError
-from src.run.logging import print_rank0
+from src.augment.recipes import swav_recipe
+from src.augment.views import resolve_blur_scale
+from src.data.folders import pretrain_loader, resolve_split
 from src.methods.deepcluster import (IGNORE, MemoryBank, WithIndex, cluster_memory, deepcluster_loss,
                                      fill_memory_bank)
-from src.methods.swav import LossWatch, SwAVModel, cancel_prototype_grads, normalize_prototypes, uniform_loss
-from src.methods.swav_setup import (add_multicrop_args, add_optim_args, add_run_args, build_multicrop_data,
-                                    build_optimizer, check_multicrop_args, log_model, numbered_copy, wrap_model)
-from src.optim import set_lr
+from src.methods.swav import (LossWatch, SwAVModel, cancel_prototype_grads, normalize_prototypes, prepare_model,
+                              uniform_loss)
+from src.models import KNOWN_ARCHS
+from src.optim import cosine_schedule, set_lr, sgd_larc
+from src.run import dist
+from src.run.args import (NONNEG, POSITIVE, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg, add_dist_args,
+                          add_multicrop_args, add_speed_args, add_swav_optim_args, add_swav_run_args, autocast_dtype,
+                          check_multicrop_args)
+from src.run.checkpoint import swav_copy_name
+from src.run.errors import UserError
 from src.run.launch import cli, launch
+from src.run.logging import n_params, print_rank0
 from src.run.loop import Run
+from src.run.speed import autocast
 
 FREEZE_DEFAULT = {"deepcluster": 10 ** 10, "sela": 313}
 
@@ -69,9 +74,9 @@ def get_args_parser(add_help=True):
     add_arg(g, "--sela_rounding", default="balanced", choices=["balanced", "argmax"],
             help="sela: hard labels from the transport plan: balanced (every cluster gets floor/ceil(N/K) images, "
                  "SeLa's equipartition) or argmax (per image, as SeLa's code; not balanced)")
-    add_optim_args(parser, None, "iterations during which the prototypes get no SGD update (default: 1e10 = never "
+    add_swav_optim_args(parser, None, "iterations during which the prototypes get no SGD update (default: 1e10 = never "
                                  "for deepcluster, whose prototypes are the k-means centroids; 313 for sela)")
-    add_run_args(parser)
+    add_swav_run_args(parser, KNOWN_ARCHS)
     add_dist_args(parser)
     add_amp_args(parser)  # off by default: the reference trains DeepCluster-v2 in fp32
     add_speed_args(parser)
@@ -99,19 +104,28 @@ def train(args, info):
     run = Run(info, output_dir=args.dump_path, script="main_deepclusterv2.py", config=vars(args),
               resume=args.resume, seed=args.seed, lr_flag="--base_lr")
 
-    # ==== preparing data ====
-    loader, sampler, dataset, iters_per_epoch = build_multicrop_data(args, info, run.seed, wrap=WithIndex)
+    # ==== preparing data: SwAV's multi-crop, each item with its index (the memory bank's rows) ====
+    recipe = swav_recipe(args.size_crops, args.nmb_crops, args.min_scale_crops, args.max_scale_crops,
+                         blur_scale=resolve_blur_scale(args.blur_scale, args.size_crops[0]), pil_blur=args.use_pil_blur)
+    loader, sampler, dataset, iters_per_epoch = pretrain_loader(
+        resolve_split(args.data_path, "train"), recipe.transform(split=args.device_aug), args.batch_size, args.workers,
+        info, run.seed, channels_last=args.channels_last, wrap=WithIndex)
 
-    # ==== building model ====
-    model, ddp_model = wrap_model(SwAVModel(args.arch, args.feat_dim, args.hidden_mlp, list(args.nmb_prototypes),
-                                            cifar_stem=args.cifar_stem), args, info)
+    # ==== building model: prototype heads; SyncBN (CUDA), channels-last, DDP, torch.compile ====
+    model, ddp_model = prepare_model(SwAVModel(args.arch, args.feat_dim, args.hidden_mlp, list(args.nmb_prototypes),
+                                               cifar_stem=args.cifar_stem), info, args.sync_bn,
+                                     args.syncbn_process_group_size, args.channels_last, args.compile)
     dist.seed_everything(run.seed, info.rank)  # then one RNG stream per rank
-    optimizer, lr_schedule = build_optimizer(model, args, iters_per_epoch)
+    optimizer = sgd_larc(model.parameters(), args.base_lr, args.wd, device)  # every parameter, through LARC
+    lr_schedule = cosine_schedule(args.base_lr, args.final_lr, args.epochs, iters_per_epoch,
+                                  warmup_epochs=args.warmup_epochs, start_warmup_value=args.start_warmup)
     dtype = autocast_dtype(args, device, info.rank)
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+    amp = autocast(device, dtype)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    log_model(model, args, info, len(dataset), iters_per_epoch,
-              f", {args.mode}: {len(args.nmb_prototypes)} heads of {' '.join(map(str, args.nmb_prototypes))}")
+    print_rank0(f"=> {args.arch} ({n_params(model)}M parameters): {len(dataset)} images, {iters_per_epoch} "
+                f"iterations/epoch, batch {args.batch_size} x {info.world_size} processes, crops {recipe.describe()}, "
+                f"{args.mode}: {len(args.nmb_prototypes)} heads of {' '.join(map(str, args.nmb_prototypes))}",
+                rank=info.rank)
 
     # ==== resuming and saving: what a checkpoint holds ====
     labels = Labels()  # this epoch's cluster labels (a mid-epoch resume must reuse them)
@@ -131,7 +145,7 @@ def train(args, info):
         sampler.set_epoch(run.start_epoch)
         dataset.set_epoch(run.start_epoch)
         print_rank0("=> filling the memory banks (one pass over the data)", rank=info.rank)
-        fill_memory_bank(ddp_model, loader, bank, args.crops_for_assign, iters_per_epoch, device, autocast)
+        fill_memory_bank(ddp_model, loader, bank, args.crops_for_assign, iters_per_epoch, device, amp)
 
     # ==== training ====
     watch = LossWatch(uniform_loss(args.nmb_prototypes), device)
@@ -148,7 +162,7 @@ def train(args, info):
         logger.start_epoch(epoch, run.start_iter)
         watch.start_epoch()
         if not run.steps(train_one_epoch(model, ddp_model, bank, labels.value.to(device), loader, optimizer, scaler,
-                                         lr_schedule, epoch, run.start_iter, iters_per_epoch, args, device, autocast,
+                                         lr_schedule, epoch, run.start_iter, iters_per_epoch, args, device, amp,
                                          logger, watch)):
             break  # stopped (signal, --max_iters): checkpoint saved
         logger.end_epoch({"lr": float(lr_schedule[(epoch + 1) * iters_per_epoch - 1])})
@@ -156,7 +170,7 @@ def train(args, info):
         if warning:
             print_rank0(warning, rank=info.rank)
         run.end_epoch(dict(model.named_parameters()), what="weights and prototypes",
-                      numbered=numbered_copy(epoch, args.epochs, args.checkpoint_freq))
+                      numbered=swav_copy_name(epoch, args.epochs, args.checkpoint_freq))
     return model
 
 
@@ -191,7 +205,7 @@ def log_clusters(stats, sinkhorn, args, epoch, rank):
 
 
 def train_one_epoch(model, ddp_model, bank, assignments, loader, optimizer, scaler, lr_schedule, epoch, start_iter,
-                    iters_per_epoch, args, device, autocast, logger, watch):
+                    iters_per_epoch, args, device, amp, logger, watch):
     """One epoch of DeepCluster-v2 / SeLa-v2; a generator yielding ``(iteration, loss)`` after each step."""
     model.train()
     bs, n_crops = args.batch_size, sum(args.nmb_crops)
@@ -208,7 +222,7 @@ def train_one_epoch(model, ddp_model, bank, assignments, loader, optimizer, scal
         normalize_prototypes(model)
         index = index.to(device, non_blocking=True)
         crops = [c.to(device, non_blocking=True) for c in crops]
-        with autocast:
+        with amp:
             embedding, scores = ddp_model(crops)  # (V*B, D), list of (V*B, K_h); crop-major
         embedding = embedding.detach()
 

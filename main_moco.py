@@ -45,13 +45,13 @@ from torch import nn
 from src.run import dist
 from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg,
                       add_dist_args, add_speed_args, amp_dtype, autocast_dtype)
-from src.augment.image import (MultiCropTransform, MultiScaleCrops, MultiViewTransform, autoaugment_or,
-                         moco_color_transform, moco_transform, ssl_small_jitter)
-from src.data.folders import ResumableSampler, build_dataset, build_loader, resolve_split
+from src.augment.recipes import moco_multicrop_recipe, moco_recipe, ssl_small_jitter
+from src.augment.views import MOCO_V2_JITTER, relative_blur_scale
+from src.data.folders import pretrain_loader, resolve_split
 from src.run.errors import UserError
 from src.run.logging import print_rank0
 from src.losses import infonce_logits, knn_positive_loss
-from src.methods.common import check_queue_size, copy_params, momentum_update
+from src.methods.common import check_queue_size, copy_params, momentum_update, resolution_groups
 from src.methods.moco import MoCo, load_for_restart
 from src.models import KNOWN_ARCHS
 from src.models.heads import MOCO_HEADS
@@ -60,7 +60,6 @@ from src.evaluation.pretrained import TRUST_HELP, read_checkpoint
 from src.run.launch import cli, launch
 from src.run.loop import Run
 from src.run.speed import fused_kwargs, maybe_compile, to_channels_last
-from src.augment.split import device_loader, moco_split_transform
 
 def get_args_parser(add_help=True):
     parser = ArgumentParser("MoCo v1/v2 pretraining", add_help=add_help,
@@ -230,49 +229,33 @@ def build_data(args, info, seed):
         raise UserError(f"-b/--batch-size {args.batch_size} is the TOTAL batch and must be divisible by the "
                         f"{info.world_size} processes")
     per_rank_batch = args.batch_size // info.world_size
-    root = resolve_split(args.data, "train")  # a class-folder tree, or a flat folder of images (COCO train2017)
-    dataset = build_dataset(root, build_transform(args), seed=seed)
-    per_rank_samples = math.ceil(len(dataset) / info.world_size)
-    iters_per_epoch = per_rank_samples // per_rank_batch  # drop_last, as MoCo
-    if iters_per_epoch == 0:
-        raise UserError(f"{len(dataset)} images in '{root}' is fewer than one batch of {args.batch_size}: "
-                        "lower -b/--batch-size")
-    sampler = ResumableSampler(len(dataset), num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed)
-    workers = math.ceil(args.workers / dist.local_world_size())
-    loader = build_loader(dataset, per_rank_batch, sampler, workers, drop_last=True)
-    # the loader draws its workers' base seed from this generator, not from the global RNG, so that
-    # starting an epoch (or resuming) does not shift the RNG stream that shuffle-BN uses
-    loader.generator = torch.Generator().manual_seed(seed)
-    loader = device_loader(loader, dataset.transform, info.device, seed=seed, rank=info.rank,
-                           channels_last=args.channels_last)  # --device-aug, --channels-last
+    # a class-folder tree, or a flat folder of images (COCO train2017); -j is per node, split over its processes;
+    # the loader's worker seeds come from its own generator, so the RNG stream of shuffle-BN never shifts
+    loader, sampler, dataset, iters_per_epoch = pretrain_loader(
+        resolve_split(args.data, "train"), build_transform(args), per_rank_batch,
+        math.ceil(args.workers / dist.local_world_size()), info, seed, channels_last=args.channels_last,
+        flag="-b/--batch-size")
     return loader, sampler, dataset, per_rank_batch, iters_per_epoch
 
 
 def build_transform(args):
-    """Per-image transform: MoCo's two views of one augmentation (default), or the multi-crop geometry of
-    Van Gansbeke et al. 2021 followed by one colour augmentation per crop (MoCo v2's, or 50/50 with
-    AutoAugment for the ``--auto-augment`` crop indices)."""
-    jitter = ssl_small_jitter(args.cj) if args.cj is not None else (0.4, 0.4, 0.4, 0.1)
+    """Per-image (or, with ``--device-aug``, split) transform of the recipe the flags describe: MoCo's two views of one
+    augmentation (default), or the multi-crop geometry of Van Gansbeke et al. 2021 followed by one colour
+    augmentation per crop (MoCo v2's, or 50/50 with AutoAugment for the ``--auto-augment`` crop indices)."""
+    jitter = ssl_small_jitter(args.cj) if args.cj is not None else MOCO_V2_JITTER
     blur_p = 0.5 if args.gaussian_blur is None else args.gaussian_blur
     if args.num_crops:
-        crops = MultiScaleCrops(args.size_crops, args.num_crops, args.min_scale_crops, args.max_scale_crops,
-                                constrained=args.constrained_cropping, min_overlap=args.min_overlap)
-        if args.device_aug:  # split pipeline: the CPU crops (same geometry), the device does the rest
-            return moco_split_transform(crops, sum(args.num_crops), True, jitter, args.grey_scale, blur_p)
-        color = moco_color_transform(jitter, grey_p=args.grey_scale, blur_p=blur_p, blur_sigma=(0.1, 2.0))
-        return MultiCropTransform(crops, [autoaugment_or(color) if i in args.auto_augment else color
-                                          for i in range(sum(args.num_crops))])
-    # SSL-small's flags always mean its v2-style pipeline (its script has no --aug-plus)
-    aug_plus = args.aug_plus or args.cj is not None or args.gaussian_blur is not None
-    # blur sigma is defined for 224-px crops (0.1-2.0 px): scale it with the crop so small crops are not
-    # wiped out (identical to MoCo v2 at --crop-size 224)
-    sigma = (0.1 * args.crop_size / 224, 2.0 * args.crop_size / 224)
-    if args.device_aug:
-        crops = MultiScaleCrops([args.crop_size], [2], [args.min_scale], [1.0])
-        return moco_split_transform(crops, 2, aug_plus, jitter, args.grey_scale, blur_p, sigma)
-    view = moco_transform(args.crop_size, aug_plus=aug_plus, min_scale=args.min_scale, grey_p=args.grey_scale,
-                          blur_p=blur_p, blur_sigma=sigma, jitter=jitter)
-    return MultiViewTransform([view, view])
+        recipe = moco_multicrop_recipe(args.size_crops, args.num_crops, args.min_scale_crops, args.max_scale_crops,
+                                       constrained=args.constrained_cropping, min_overlap=args.min_overlap,
+                                       jitter=jitter, grey_p=args.grey_scale, blur_p=blur_p,
+                                       auto_augment=args.auto_augment)
+    else:
+        # SSL-small's flags always mean its v2-style pipeline (its script has no --aug-plus); the blur sigma
+        # (0.1-2.0 px at 224) follows the crop so small crops are not wiped out (MoCo v2's at --crop-size 224)
+        recipe = moco_recipe(args.crop_size, aug_plus=args.aug_plus or args.cj is not None or
+                             args.gaussian_blur is not None, min_scale=args.min_scale, jitter=jitter,
+                             grey_p=args.grey_scale, blur_p=blur_p, blur_scale=relative_blur_scale(args.crop_size))
+    return recipe.transform(split=args.device_aug)
 
 
 def build_model(args, info, per_rank_batch):
@@ -292,8 +275,7 @@ def build_model(args, info, per_rank_batch):
     model = to_channels_last(model, args.channels_last)
     encoder_q = model.encoder_q
     if info.distributed:
-        device_ids = [info.device.index] if info.device.type == "cuda" else None
-        encoder_q = nn.parallel.DistributedDataParallel(encoder_q, device_ids=device_ids)
+        encoder_q = dist.wrap_ddp(encoder_q, info.device)
         copy_params(model.encoder_q, model.encoder_k)  # DDP broadcast rank 0's weights: keys start from them too
     return model, maybe_compile(encoder_q, args.compile, info.rank), bn_splits
 
@@ -372,16 +354,12 @@ def encode_queries(encoder_q, crops, tap=None):
         q (V*B, dim), crop-major (rows v*B ... v*B+B-1 are crop v); h (V*B, F) unit-norm backbone
         features without gradient, or None without a tap.
     """
-    qs, hs, start = [], [], 0
-    while start < len(crops):
-        end = start + 1
-        while end < len(crops) and crops[end].shape[-2:] == crops[start].shape[-2:]:
-            end += 1
+    qs, hs = [], []
+    for start, end in resolution_groups(crops):
         x = crops[start] if end - start == 1 else torch.cat(crops[start:end])
         qs.append(F.normalize(encoder_q(x), dim=1))
         if tap is not None:
             hs.append(F.normalize(tap.take().float(), dim=1))
-        start = end
     q = qs[0] if len(qs) == 1 else torch.cat(qs)
     return q, (None if tap is None else torch.cat(hs))
 

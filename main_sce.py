@@ -32,7 +32,6 @@ CPU, the generated moving-shapes videos (README "Video SCE" has the evaluations 
 """
 import argparse
 import copy
-import math
 import os
 import sys
 import time
@@ -44,8 +43,9 @@ from torch import nn
 from src.run import dist
 from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg,
                       add_dist_args, add_speed_args, amp_dtype, autocast_dtype, bool_flag)
-from src.augment.image import sce_multicrop_transform
-from src.data.folders import ResumableSampler, build_dataset, build_loader, resolve_split
+from src.augment.recipes import sce_recipe
+from src.augment.views import relative_blur_scale
+from src.data.folders import pretrain_loader, resolve_split, train_loader
 from src.run.errors import UserError
 from src.run.logging import print_rank0
 from src.methods.common import check_queue_size
@@ -55,7 +55,7 @@ from src.optim import LARS, cosine_schedule, set_lr
 from src.run.launch import cli, launch
 from src.run.loop import Run
 from src.run.speed import maybe_compile, to_channels_last
-from src.augment.split import device_loader, sce_split_transform
+from src.augment.split import device_loader
 
 def get_args_parser(add_help=True):
     parser = ArgumentParser("SCE pretraining", add_help=add_help,
@@ -291,36 +291,27 @@ def crop_list(args):
 
 
 def build_data(args, info, seed):
-    """Every crop of SCE's asymmetric multi-crop augmentation per image; a resumable, per-rank sampler."""
+    """Every crop of SCE's asymmetric multi-crop augmentation per image (video: the two clips of each video); a
+    resumable, per-rank sampler. Returns ``(loader, sampler, dataset, iters_per_epoch)``."""
     if args.modality == "video":
         from src.data.video.build import pretrain_set
-        root = args.data_path
-        dataset = pretrain_set(root, args.size_crops[0], args.num_frames, args.clip_duration, args.temporal_diff_prob,
-                               (args.min_scale_crops[0], args.max_scale_crops[0]), args.blur_prob[:2],
-                               args.solarize_prob[:2], blur_scale=args.size_crops[0] / 224, seed=seed,
+        dataset = pretrain_set(args.data_path, args.size_crops[0], args.num_frames, args.clip_duration,
+                               args.temporal_diff_prob, (args.min_scale_crops[0], args.max_scale_crops[0]),
+                               args.blur_prob[:2], args.solarize_prob[:2],
+                               blur_scale=relative_blur_scale(args.size_crops[0]), seed=seed,
                                frames_fps=args.frames_fps, split=args.device_aug)
-        return _loader(args, info, seed, root, dataset, "videos", transform=dataset.transform)
-    root = resolve_split(args.data_path, "train")
+        loader, sampler, iters_per_epoch = train_loader(dataset, args.batch_size, args.workers, info.world_size,
+                                                        info.rank, seed)
+        loader = device_loader(loader, dataset.transform, info.device, seed=seed, rank=info.rank,
+                               channels_last=args.channels_last)  # --device-aug / --channels-last on clips
+        return loader, sampler, dataset, iters_per_epoch
     # blur kernel 23 and sigma 0.1-2 px are defined for 224-px global crops: scaled by size/224, which is the
     # reference at 224 and keeps small (CPU) crops from being erased
-    make = sce_split_transform if args.device_aug else sce_multicrop_transform  # --device-aug: CPU crops only
-    transform = make(args.size_crops, args.nmb_crops, args.min_scale_crops, args.max_scale_crops,
-                     blur_probs=args.blur_prob, solarize_probs=args.solarize_prob, blur_scale=args.size_crops[0] / 224)
-    dataset = build_dataset(root, transform, seed=seed)
-    return _loader(args, info, seed, root, dataset, "images", transform=transform)
-
-
-def _loader(args, info, seed, root, dataset, unit, transform):
-    iters_per_epoch = math.ceil(len(dataset) / info.world_size) // args.batch_size  # drop_last
-    if iters_per_epoch == 0:
-        raise UserError(f"{len(dataset)} {unit} in '{root}' is fewer than one batch of {args.batch_size} x "
-                        f"{info.world_size} processes: lower --batch_size")
-    sampler = ResumableSampler(len(dataset), num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed)
-    loader = build_loader(dataset, args.batch_size, sampler, args.workers, drop_last=True)
-    loader.generator = torch.Generator().manual_seed(seed)  # worker seeds do not touch the global RNG
-    # --device-aug / --channels-last wrap the loader (images and clips); else it is returned as it is
-    loader = device_loader(loader, transform, info.device, seed=seed, rank=info.rank, channels_last=args.channels_last)
-    return loader, sampler, dataset, iters_per_epoch
+    recipe = sce_recipe(args.size_crops, args.nmb_crops, args.min_scale_crops, args.max_scale_crops,
+                        blur_probs=args.blur_prob, solarize_probs=args.solarize_prob,
+                        blur_scale=relative_blur_scale(args.size_crops[0]))
+    return pretrain_loader(resolve_split(args.data_path, "train"), recipe.transform(split=args.device_aug),
+                           args.batch_size, args.workers, info, seed, channels_last=args.channels_last)
 
 
 def build_model(args, info):
@@ -344,8 +335,7 @@ def build_model(args, info):
     model = to_channels_last(model.to(info.device), args.channels_last)
     online = model.online_branch(args.mutual_pass)
     if info.distributed:
-        device_ids = [info.device.index] if info.device.type == "cuda" else None
-        online = nn.parallel.DistributedDataParallel(online, device_ids=device_ids)
+        online = dist.wrap_ddp(online, info.device)
         model.sync_target()  # DDP broadcast rank 0's weights: the target starts from them too
     return model, maybe_compile(online, args.compile, info.rank), model.target_branch(args.mutual_pass)
 

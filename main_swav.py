@@ -26,22 +26,26 @@ CPU, two processes, small crops (see README for the demo data):
 import argparse
 import os
 import time
-from contextlib import nullcontext
 
 import torch
 
-from src.run import dist
-from src.run.args import ArgumentParser, add_amp_args, add_arg, add_dist_args, add_speed_args, autocast_dtype
-from src.run.errors import UserError
-from src.run.logging import print_rank0
+from src.augment.recipes import swav_recipe
+from src.augment.views import resolve_blur_scale
+from src.data.folders import pretrain_loader, resolve_split
 from src.losses import distributed_sinkhorn, swav_loss
 from src.methods.swav import (LossWatch, SwAVModel, SwAVQueue, cancel_prototype_grads, code_entropies,
-                              normalize_prototypes, uniform_loss)
-from src.methods.swav_setup import (add_multicrop_args, add_optim_args, add_run_args, build_multicrop_data,
-                                    build_optimizer, check_multicrop_args, log_model, numbered_copy, wrap_model)
-from src.optim import set_lr
+                              normalize_prototypes, prepare_model, uniform_loss)
+from src.models import KNOWN_ARCHS
+from src.optim import cosine_schedule, set_lr, sgd_larc
+from src.run import dist
+from src.run.args import (ArgumentParser, add_amp_args, add_arg, add_dist_args, add_multicrop_args, add_speed_args,
+                          add_swav_optim_args, add_swav_run_args, autocast_dtype, check_multicrop_args)
+from src.run.checkpoint import swav_copy_name
+from src.run.errors import UserError
 from src.run.launch import cli, launch
+from src.run.logging import n_params, print_rank0
 from src.run.loop import Run
+from src.run.speed import autocast
 
 def get_args_parser(add_help=True):
     parser = ArgumentParser("SwAV pretraining", add_help=add_help,
@@ -60,9 +64,9 @@ def get_args_parser(add_help=True):
             help="embeddings kept to enlarge the Sinkhorn problem, over all processes; rounded down to a multiple "
                  "of the global batch (0: none; 3840 at batch 256)")
     add_arg(g, "--epoch_queue_starts", default=15, type=int, help="epoch from which the queue is used (15)")
-    add_optim_args(parser, 313, "iterations during which the prototypes get no update (313 = 1 epoch at "
+    add_swav_optim_args(parser, 313, "iterations during which the prototypes get no update (313 = 1 epoch at "
                                 "batch 4096; 5005 at batch 256)")
-    add_run_args(parser)
+    add_swav_run_args(parser, KNOWN_ARCHS)
     add_dist_args(parser)
     add_amp_args(parser)
     add_speed_args(parser)
@@ -97,20 +101,29 @@ def train(args, info):
               seed=args.seed, lr_flag="--base_lr",
               nan_hint="lower --base_lr, raise --epsilon (Sinkhorn) or turn AMP off (--use_fp16 false)")
 
-    # ==== preparing data ====
-    loader, sampler, dataset, iters_per_epoch = build_multicrop_data(args, info, run.seed)
+    # ==== preparing data: SwAV's multi-crop ====
+    recipe = swav_recipe(args.size_crops, args.nmb_crops, args.min_scale_crops, args.max_scale_crops,
+                         blur_scale=resolve_blur_scale(args.blur_scale, args.size_crops[0]), pil_blur=args.use_pil_blur)
+    loader, sampler, dataset, iters_per_epoch = pretrain_loader(
+        resolve_split(args.data_path, "train"), recipe.transform(split=args.device_aug), args.batch_size, args.workers,
+        info, run.seed, channels_last=args.channels_last)
 
-    # ==== building model ====
-    model, ddp_model = wrap_model(SwAVModel(args.arch, args.feat_dim, args.hidden_mlp, args.nmb_prototypes,
-                                            cifar_stem=args.cifar_stem), args, info)
+    # ==== building model: SyncBN (CUDA), channels-last, DDP, torch.compile ====
+    model, ddp_model = prepare_model(SwAVModel(args.arch, args.feat_dim, args.hidden_mlp, args.nmb_prototypes,
+                                               cifar_stem=args.cifar_stem), info, args.sync_bn,
+                                     args.syncbn_process_group_size, args.channels_last, args.compile)
     dist.seed_everything(run.seed, info.rank)  # then one RNG stream per rank
-    optimizer, lr_schedule = build_optimizer(model, args, iters_per_epoch)
+    optimizer = sgd_larc(model.parameters(), args.base_lr, args.wd, device)  # every parameter, through LARC
+    lr_schedule = cosine_schedule(args.base_lr, args.final_lr, args.epochs, iters_per_epoch,
+                                  warmup_epochs=args.warmup_epochs, start_warmup_value=args.start_warmup)
     dtype = autocast_dtype(args, device, info.rank)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     global_batch = args.batch_size * info.world_size
     queue_length = args.queue_length - args.queue_length % global_batch  # whole batches only (reference)
-    log_model(model, args, info, len(dataset), iters_per_epoch,
-              f", queue {queue_length} from epoch {args.epoch_queue_starts}" if queue_length else ", no queue")
+    print_rank0(f"=> {args.arch} ({n_params(model)}M parameters): {len(dataset)} images, {iters_per_epoch} "
+                f"iterations/epoch, batch {args.batch_size} x {info.world_size} processes, crops {recipe.describe()}"
+                + (f", queue {queue_length} from epoch {args.epoch_queue_starts}" if queue_length else ", no queue"),
+                rank=info.rank)
 
     # ==== resuming and saving: what a checkpoint holds ====
     run.track(state_dict=model, optimizer=optimizer, scaler=scaler)
@@ -145,7 +158,7 @@ def train(args, info):
         if warning:
             print_rank0(warning, rank=info.rank)
         run.end_epoch(dict(model.named_parameters()), what="weights and prototypes",
-                      numbered=numbered_copy(epoch, args.epochs, args.checkpoint_freq))
+                      numbered=swav_copy_name(epoch, args.epochs, args.checkpoint_freq))
     return model
 
 
@@ -153,7 +166,7 @@ def train_one_epoch(model, ddp_model, queue, loader, optimizer, scaler, lr_sched
                     iters_per_epoch, args, device, dtype, logger, watch):
     """One epoch of SwAV (spec A.3b); a generator that yields ``(iteration, loss)`` after each optimizer step."""
     model.train()
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+    amp = autocast(device, dtype)
     bs = args.batch_size
     t_end = time.time()
     for it, (crops, _) in enumerate(loader, start=start_iter):
@@ -167,7 +180,7 @@ def train_one_epoch(model, ddp_model, queue, loader, optimizer, scaler, lr_sched
         # prototypes back on the unit sphere (frozen or not), then one trunk pass per resolution
         normalize_prototypes(model)
         crops = [c.to(device, non_blocking=True) for c in crops]  # V crops, each (B, 3, s, s)
-        with autocast:
+        with amp:
             embedding, scores = ddp_model(crops)  # (V*B, D) unit rows, (V*B, K); crop-major
         embedding = embedding.detach()
 

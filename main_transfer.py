@@ -48,7 +48,7 @@ from src.run import dist
 from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg, add_dist_args,
                       amp_dtype, autocast_dtype)
 from src.data.cifar import CifarPickleDataset, find_cifar_folder
-from src.evaluation.classifier import (LinearClassifier, Results, ShardSampler, autocast, content_hash, evaluate, fingerprint,
+from src.evaluation.classifier import (LinearClassifier, Results, ShardSampler, content_hash, evaluate, fingerprint,
                             test_transform, train_transform)
 from src.data.folders import ResumableSampler, SafeImageFolder, build_loader
 from src.run.errors import UserError, exit_on_user_error
@@ -59,6 +59,7 @@ from src.evaluation.pretrained import add_pretrained_args
 from src.run.checkpoint import find_resume_checkpoint, save_checkpoint
 from src.run.launch import launch
 from src.run.loop import Run
+from src.run.speed import autocast
 from src.data.video.build import add_video_eval_args, eval_samples, eval_sets
 
 DATASETS = ("cifar10", "cifar100", "caltech101", "folder", "ucf101", "hmdb51")  # the last two: --modality video

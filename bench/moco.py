@@ -23,7 +23,7 @@ import torch
 import main_moco
 from bench.common import machine, peak_memory_mb, report
 from src.run import dist
-from src.augment.image import MultiViewTransform, moco_transform
+from src.augment.recipes import moco_recipe
 from src.run.errors import UserError
 from src.run.logging import ProgressLogger
 from src.optim import moco_lr_schedule
@@ -90,8 +90,7 @@ def bench_data(root, crop_size, n, recipe="v2"):
         main_moco.check_recipe_args(args)
         ds = build_dataset(root, main_moco.build_transform(args), seed=0)
     else:
-        view = moco_transform(crop_size, aug_plus=True)
-        ds = build_dataset(root, MultiViewTransform([view, view]), seed=0)
+        ds = build_dataset(root, moco_recipe(crop_size, aug_plus=True).per_image(), seed=0)
     n = min(n, len(ds))
     ds[0]
     t = time.time()

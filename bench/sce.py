@@ -19,7 +19,7 @@ import torch
 import main_sce
 from bench.common import machine, peak_memory_mb, report
 from src.run import dist
-from src.augment.image import sce_multicrop_transform
+from src.augment.recipes import sce_recipe
 from src.run.logging import ProgressLogger
 from src.optim import LARS
 
@@ -67,8 +67,8 @@ def bench_data(root, crop_size, crops, n):
     from src.data.folders import build_dataset
 
     args = main_sce.get_args_parser().parse_args(crop_flags(crops, crop_size))
-    tf = sce_multicrop_transform(args.size_crops, args.nmb_crops, args.min_scale_crops, args.max_scale_crops,
-                                 blur_scale=crop_size / 224)
+    tf = sce_recipe(args.size_crops, args.nmb_crops, args.min_scale_crops, args.max_scale_crops,
+                    blur_scale=crop_size / 224).per_image()
     ds = build_dataset(root, tf, seed=0)
     n = min(n, len(ds))
     ds[0]

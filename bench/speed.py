@@ -106,9 +106,7 @@ def bench_data(n_images, passes, device_batch=32):
     """Rows of part (a)."""
     from PIL import Image
 
-    from src.augment.device import MultiCropAugment, swav_views
-    from src.augment.split import moco_split_transform, swav_split_transform
-    from src.augment.image import MultiScaleCrops
+    from src.augment.recipes import moco_recipe, swav_recipe
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -122,8 +120,8 @@ def bench_data(n_images, passes, device_batch=32):
                 return Image.open(f).convert("RGB")
 
         swav_off, moco_off = official_swav_transform(), official_moco_v2_transform()
-        swav_split = swav_split_transform([224, 96], [2, 6], [0.14, 0.05], [1.0, 0.14])
-        moco_split = moco_split_transform(MultiScaleCrops([224], [2], [0.2], [1.0]), 2)
+        swav_split = swav_recipe([224, 96], [2, 6], [0.14, 0.05], [1.0, 0.14]).split()
+        moco_split = moco_recipe(224).split()
         cells = [("SwAV 2x224+6x96", "official per-sample PIL", lambda p: swav_off(pil_rgb(p))),
                  ("SwAV 2x224+6x96", "ours, split: CPU half", lambda p: swav_split(Image.open(p))),
                  ("MoCo v2 2x224", "official per-sample PIL", lambda p: moco_off(pil_rgb(p))),
@@ -135,7 +133,7 @@ def bench_data(n_images, passes, device_batch=32):
                      "cpu_ms_per_sample": None, "drafted": f"{swav_split.n_drafted}/{swav_split.n_images}"})
     rows += bench_video_data(n_clips=min(n_images, 4), passes=passes)
     # the device half, run on this CPU (batched, 1 thread): only meaningful as a reference without a GPU
-    augment = MultiCropAugment(swav_views([224, 96], [2, 6]))
+    augment = swav_recipe([224, 96], [2, 6], [0.14, 0.05], [1.0, 0.14]).device()
     crops = [torch.randint(0, 256, (device_batch, 3, s, s), dtype=torch.uint8) for s in [224] * 2 + [96] * 6]
     g = torch.Generator().manual_seed(0)
     augment(crops, g)
@@ -194,7 +192,8 @@ def make_step(method, arch, batch_size, sizes, nmb, device, device_aug, amp, cha
     ``sce_video``: ``main_sce.py --modality video`` on 2 clips of ``frames`` frames at ``sizes[0]``."""
     from src.run import dist
     from src.run.args import autocast_dtype
-    from src.augment.device import MultiCropAugment, moco_views, sce_views, swav_views
+    from src.augment.device import MultiCropAugment
+    from src.augment.recipes import moco_views, sce_views, swav_views
     from src.run.logging import ProgressLogger
     from src.augment.split import DeviceLoader
 
@@ -210,7 +209,8 @@ def make_step(method, arch, batch_size, sizes, nmb, device, device_aug, amp, cha
         import main_swav
         from src.methods.deepcluster import MemoryBank
         from src.methods.swav import LossWatch, SwAVModel, uniform_loss
-        from src.methods.swav_setup import build_optimizer, wrap_model
+        from src.methods.swav import prepare_model
+        from src.optim import cosine_schedule, sgd_larc
 
         script = main_swav if method == "swav" else main_deepclusterv2
         args = script.get_args_parser().parse_args(["--arch", arch, "--batch_size", str(batch_size), "--print_freq",
@@ -219,8 +219,10 @@ def make_step(method, arch, batch_size, sizes, nmb, device, device_aug, amp, cha
         if method == "deepclusterv2":
             main_deepclusterv2.check_args(args)
         heads = args.nmb_prototypes if method == "swav" else list(args.nmb_prototypes)
-        model, step_model = wrap_model(SwAVModel(arch, args.feat_dim, args.hidden_mlp, heads), args, info)
-        optimizer, schedule = build_optimizer(model, args, max_steps)
+        model, step_model = prepare_model(SwAVModel(arch, args.feat_dim, args.hidden_mlp, heads), info, args.sync_bn,
+                                          args.syncbn_process_group_size, args.channels_last, args.compile)
+        optimizer = sgd_larc(model.parameters(), args.base_lr, args.wd, device)
+        schedule = cosine_schedule(args.base_lr, args.final_lr, args.epochs, max_steps)
         dtype = autocast_dtype(args, device)
         scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
         watch = LossWatch(uniform_loss(args.nmb_prototypes), device)

@@ -22,7 +22,8 @@ from src.run import dist
 from src.run.args import autocast_dtype
 from src.run.logging import ProgressLogger
 from src.methods.swav import LossWatch, SwAVModel, SwAVQueue
-from src.methods.swav_setup import build_optimizer, wrap_model
+from src.methods.swav import prepare_model
+from src.optim import cosine_schedule, sgd_larc
 
 
 def bench_step(arch, batch_size, size_crops, nmb_crops, steps, amp, device, nmb_prototypes=3000, queue_length=0):
@@ -36,9 +37,10 @@ def bench_step(arch, batch_size, size_crops, nmb_crops, steps, amp, device, nmb_
                          launcher="none")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    model, ddp_model = wrap_model(SwAVModel(arch, 128, args.hidden_mlp, nmb_prototypes), args, info)
+    model, ddp_model = prepare_model(SwAVModel(arch, 128, args.hidden_mlp, nmb_prototypes), info)
     warmup = 2
-    optimizer, schedule = build_optimizer(model, args, steps + warmup)
+    optimizer = sgd_larc(model.parameters(), args.base_lr, args.wd, device)
+    schedule = cosine_schedule(args.base_lr, args.final_lr, args.epochs, steps + warmup)
     dtype = autocast_dtype(args, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     queue = None
@@ -66,11 +68,11 @@ def bench_step(arch, batch_size, size_crops, nmb_crops, steps, amp, device, nmb_
 
 def bench_data(root, size_crops, nmb_crops, n):
     """Per-sample multi-crop augmentation speed, one process (what one loader worker delivers)."""
-    from src.augment.image import swav_multicrop_transform
+    from src.augment.recipes import swav_recipe
     from src.data.folders import build_dataset
 
-    transform = swav_multicrop_transform(size_crops, nmb_crops, [0.14, 0.05][:len(size_crops)],
-                                         [1.0, 0.14][:len(size_crops)], blur_scale=size_crops[0] / 224)
+    transform = swav_recipe(size_crops, nmb_crops, [0.14, 0.05][:len(size_crops)], [1.0, 0.14][:len(size_crops)],
+                            blur_scale=size_crops[0] / 224).per_image()
     ds = build_dataset(root, transform, seed=0)
     n = min(n, len(ds))
     ds[0]

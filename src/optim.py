@@ -8,6 +8,8 @@ import math
 import numpy as np
 import torch
 
+from src.run.speed import fused_kwargs
+
 
 def cosine_schedule(base_value, final_value, epochs, iters_per_epoch, warmup_epochs=0, start_warmup_value=0):
     """Linear warmup then half-cosine, one value per iteration (SwAV / DINO formula).
@@ -178,3 +180,10 @@ def set_lr(optimizer, lr):
     """Set ``lr`` on every parameter group (``lr_scale`` in a group multiplies it)."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def sgd_larc(params, lr, weight_decay, device):
+    """SwAV's optimizer: SGD (momentum 0.9, ``weight_decay``) on every parameter, wrapped in LARC (eta 1e-3, no
+    clipping; facebookresearch/swav ``main_swav.py``); the fused SGD kernel on CUDA."""
+    return LARC(torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay, **fused_kwargs(device)),
+                trust_coefficient=0.001, clip=False, eps=1e-8)

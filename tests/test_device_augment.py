@@ -13,9 +13,10 @@ from PIL import Image, ImageFilter
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from src.augment.device import (BRIGHTNESS, CONTRAST, HUE, SATURATION, MultiCropAugment, ViewAug, _blend_step,
-                                adjust_hue, apply_view, draw_params, gaussian_blur, gaussian_kernels, luma,
-                                moco_views, sce_views, swav_views)
+from src.augment.device import (BRIGHTNESS, CONTRAST, HUE, SATURATION, MultiCropAugment, _blend_step, adjust_hue,
+                                apply_view, draw_params, gaussian_blur, gaussian_kernels, luma)
+from src.augment.recipes import moco_views, sce_views, swav_views
+from src.augment.views import ViewAug
 
 LEVEL = 1 / 255
 

@@ -9,7 +9,7 @@ from torch import nn
 
 import main_sce
 from src.run import dist
-from src.augment.image import sce_multicrop_transform
+from src.augment.recipes import sce_recipe
 from src.run.logging import ProgressLogger
 from src.methods.sce import SCE
 from src.models import build_backbone
@@ -78,8 +78,8 @@ def test_momentum_update_parameters_only():
 
 
 def test_views_order_sizes_and_asymmetric_probabilities():
-    tf = sce_multicrop_transform([224, 192, 160, 128, 96], [2, 1, 1, 1, 1], [0.2, 0.172, 0.143, 0.114, 0.086],
-                                 [1.0, 0.86, 0.715, 0.571, 0.429])
+    tf = sce_recipe([224, 192, 160, 128, 96], [2, 1, 1, 1, 1], [0.2, 0.172, 0.143, 0.114, 0.086],
+                    [1.0, 0.86, 0.715, 0.571, 0.429]).per_image()
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 260, 3), dtype=np.uint8))
     views = tf(img)
     assert [v.shape[-1] for v in views] == [224, 224, 192, 160, 128, 96]
@@ -99,7 +99,7 @@ def test_views_order_sizes_and_asymmetric_probabilities():
     jitter = tf.transforms[0].transforms[1]
     assert jitter.p == 0.8 and jitter.transforms[0].saturation == (0.8, 1.2) and jitter.transforms[0].hue == (-0.1, 0.1)
     # small crops: blur scaled with the global crop size (kernel 3 at 32 px)
-    small = sce_multicrop_transform([32], [2], [0.2], [1.0], blur_scale=32 / 224)
+    small = sce_recipe([32], [2], [0.2], [1.0], blur_scale=32 / 224).per_image()
     assert probs(small.transforms[0])[2] == (3, 3)
 
 

@@ -5,11 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
-from src.augment.image import MultiScaleCrops
+from src.augment.crops import MultiScaleCrops
+from src.augment.device import MultiCropAugment
+from src.augment.recipes import sce_recipe, swav_recipe, swav_views
+from src.augment.split import CropsToUint8, DeviceLoader, device_loader, draft_scale
 from src.data.folders import build_dataset
-from src.augment.device import MultiCropAugment, swav_views
-from src.augment.split import (CropsToUint8, DeviceLoader, device_loader, draft_scale, sce_split_transform,
-                            swav_split_transform)
 
 from tests.helpers import assert_ok, one_error_line, py, run, tiny_dataset
 
@@ -55,7 +55,7 @@ def test_dataset_items_seeded_and_unreadable_skipped(tmp_path):
     for i in range(3):
         write_jpeg(root / f"{i}.jpg", 200, 150, seed=i)
     (root / "3.jpg").write_bytes(b"not a jpeg")
-    transform = swav_split_transform([32, 16], [2, 2], [0.14, 0.05], [1.0, 0.14])
+    transform = swav_recipe([32, 16], [2, 2], [0.14, 0.05], [1.0, 0.14]).split()
     ds = build_dataset(tmp_path / "imgs", transform, seed=0)
     crops, target = ds[1]
     assert target == 0 and [t.shape for t in crops] == [(3, 32, 32)] * 2 + [(3, 16, 16)] * 2
@@ -84,7 +84,7 @@ def test_device_loader_augments_and_seeds_by_step():
 def test_device_loader_is_identity_for_the_plain_path():
     loader = [1, 2]
     assert device_loader(loader, transform=None, device="cpu") is loader
-    wrapped = device_loader(loader, sce_split_transform([16], [2], [0.2], [1.0]), "cpu")
+    wrapped = device_loader(loader, sce_recipe([16], [2], [0.2], [1.0]).split(), "cpu")
     assert isinstance(wrapped, DeviceLoader) and len(wrapped.augment.views) == 2
 
 

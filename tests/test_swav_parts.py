@@ -10,8 +10,8 @@ from src.run import dist
 from src.run.errors import UserError
 from src.run.logging import ProgressLogger
 from src.losses import distributed_sinkhorn, swav_loss
-from src.methods.swav import LossWatch, SwAVModel, SwAVQueue, code_entropies, resolution_groups
-from src.methods.swav_setup import build_optimizer, wrap_model
+from src.methods.swav import LossWatch, SwAVModel, SwAVQueue, code_entropies, prepare_model, resolution_groups
+from src.optim import cosine_schedule, sgd_larc
 from src.run.health import Health
 
 CPU = dist.DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), distributed=False, backend=None,
@@ -99,10 +99,17 @@ def _tiny_args(extra=()):
          "--epochs", "1", "--print_freq", "1000", "--use_fp16", "false", *extra])
 
 
+def build_optimizer(model, args, iters_per_epoch):
+    """main_swav.py's optimizer and lr schedule."""
+    return sgd_larc(model.parameters(), args.base_lr, args.wd, "cpu"), cosine_schedule(
+        args.base_lr, args.final_lr, args.epochs, iters_per_epoch, warmup_epochs=args.warmup_epochs,
+        start_warmup_value=args.start_warmup)
+
+
 def _steps(args, n, model=None, start=0):
     torch.manual_seed(0)
     if model is None:
-        model, _ = wrap_model(SwAVModel("resnet18", 8, 16, 6), args, CPU)
+        model, _ = prepare_model(SwAVModel("resnet18", 8, 16, 6), CPU)
     optimizer, sched = build_optimizer(model, args, n)
     g = torch.Generator().manual_seed(1)
     loader = [([torch.randn(4, 3, 32, 32, generator=g), torch.randn(4, 3, 32, 32, generator=g),
@@ -119,7 +126,7 @@ def _steps(args, n, model=None, start=0):
 def test_frozen_prototypes_unchanged_before_threshold():
     args = _tiny_args(["--freeze_prototypes_niters", "3"])
     torch.manual_seed(0)
-    model, _ = wrap_model(SwAVModel("resnet18", 8, 16, 6), args, CPU)
+    model, _ = prepare_model(SwAVModel("resnet18", 8, 16, 6), CPU)
     init_trunk = model.backbone.conv1.weight.detach().clone()
     normalized = F.normalize(model.prototypes.weight.detach(), dim=1)
     model, opt = _steps(args, 3, model)
@@ -135,8 +142,8 @@ def test_amp_scaler_unscales_before_larc():
     """The LARC trust ratio sees unscaled gradients: a scaler with a huge scale gives the same update as none."""
     args = _tiny_args(["--freeze_prototypes_niters", "0"])
     torch.manual_seed(0)
-    a, _ = wrap_model(SwAVModel("resnet18", 8, 16, 6), args, CPU)
-    b, _ = wrap_model(SwAVModel("resnet18", 8, 16, 6), args, CPU)
+    a, _ = prepare_model(SwAVModel("resnet18", 8, 16, 6), CPU)
+    b, _ = prepare_model(SwAVModel("resnet18", 8, 16, 6), CPU)
     b.load_state_dict(a.state_dict())
     crops = [torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32), torch.randn(4, 3, 16, 16)]
     for model, scale in ((a, None), (b, 2.0 ** 14)):

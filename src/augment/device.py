@@ -28,59 +28,16 @@ so the two differ by less than the rounding (tests: within 1/255 of torchvision'
 Nothing here synchronises the host with the device: the choices (apply or not, which op comes next) are
 tensors used in ``torch.where`` blends, never Python branches on values.
 
-    views = swav_views([224, 96], [2, 6])
-    augment = MultiCropAugment(views)
+    augment = swav_recipe([224, 96], [2, 6], [0.14, 0.05], [1, 0.14]).device()   # src.augment.recipes
     g = torch.Generator(device).manual_seed(0)
     crops = augment([c.to(device) for c in uint8_crops], g)   # list of (B, 3, s, s) float, normalised
 """
-import math
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-from src.augment.image import IMAGENET_MEAN, IMAGENET_STD, SCE_JITTER, SWAV_STD
 
 LUMA = (0.2989, 0.587, 0.114)  # ITU-R 601-2, the weights of torchvision's rgb_to_grayscale
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3  # op ids in a jitter order
-
-
-@dataclass(frozen=True)
-class ViewAug:
-    """What happens to one crop after cropping (hashable: equal views of equal size are batched together).
-
-    Args:
-        jitter: ColorJitter strengths (brightness, contrast, saturation, hue); 0 turns one op off.
-        jitter_p: probability of applying the jitter (RandomApply).
-        grey_p: RandomGrayscale probability.
-        grey_first: grayscale before the jitter (MoCo v1) instead of after it (SimCLR, MoCo v2, SwAV, SCE).
-        blur_p: Gaussian blur probability; blur_sigma: (min, max) of the uniform sigma, pixels.
-        blur_kernel: odd kernel side of a torchvision-style blur; 0: 2 ceil(3 sigma_max) + 1 (PIL-style radius).
-        solarize_p: solarization probability; solarize_threshold: on [0, 1] values (128/255).
-        flip_p: horizontal flip probability.
-        mean, std: per-channel normalisation.
-    """
-    jitter: tuple = (0.4, 0.4, 0.4, 0.1)
-    jitter_p: float = 0.8
-    grey_p: float = 0.2
-    grey_first: bool = False
-    blur_p: float = 0.5
-    blur_sigma: tuple = (0.1, 2.0)
-    blur_kernel: int = 0
-    solarize_p: float = 0.0
-    solarize_threshold: float = 128 / 255
-    flip_p: float = 0.5
-    mean: tuple = IMAGENET_MEAN
-    std: tuple = IMAGENET_STD
-
-    def ranges(self):
-        """The uniform ranges of (brightness, contrast, saturation, hue), as torchvision's ColorJitter."""
-        b, c, s, h = self.jitter
-        return [(max(0.0, 1 - b), 1 + b), (max(0.0, 1 - c), 1 + c), (max(0.0, 1 - s), 1 + s), (-h, h)]
-
-    def kernel_size(self):
-        """Blur kernel side: ``blur_kernel``, or 2 ceil(3 sigma_max) + 1."""
-        return self.blur_kernel or 2 * math.ceil(3 * self.blur_sigma[1]) + 1
 
 
 def _uniform(n, lo, hi, generator, device):
@@ -300,38 +257,3 @@ class MultiCropAugment:
 
     def __repr__(self):
         return f"MultiCropAugment({self.views})"
-
-
-# ==== the views of each method: the same settings as the per-sample pipelines of src.augment.image ====
-def swav_views(size_crops, nmb_crops, blur_scale=1.0, pil_blur=True):
-    """SwAV: ColorJitter(0.8, 0.8, 0.8, 0.2) p 0.8, grayscale 0.2, blur p 0.5 sigma 0.1-2 (x ``blur_scale``),
-    flip 0.5, std (0.228, 0.224, 0.225); as :func:`src.augment.image.swav_multicrop_transform`."""
-    kernel = 0 if pil_blur else max(3, int(round(23 * blur_scale)) | 1)
-    view = ViewAug(jitter=(0.8, 0.8, 0.8, 0.2), blur_sigma=(0.1 * blur_scale, 2.0 * blur_scale), blur_kernel=kernel,
-                   std=SWAV_STD)
-    return [view] * sum(nmb_crops)
-
-
-def moco_views(n_crops, aug_plus=True, jitter=(0.4, 0.4, 0.4, 0.1), grey_p=0.2, blur_p=0.5, blur_sigma=(0.1, 2.0)):
-    """MoCo v2 (``aug_plus``): jitter p 0.8, grayscale, PIL-style blur, flip; MoCo v1: grayscale, then
-    ColorJitter(0.4, 0.4, 0.4, 0.4) always, flip; as :func:`src.augment.image.moco_transform`."""
-    if aug_plus:
-        view = ViewAug(jitter=tuple(jitter), jitter_p=0.8, grey_p=grey_p, blur_p=blur_p, blur_sigma=tuple(blur_sigma))
-    else:
-        view = ViewAug(jitter=(0.4, 0.4, 0.4, 0.4), jitter_p=1.0, grey_p=grey_p, grey_first=True, blur_p=0.0)
-    return [view] * n_crops
-
-
-def sce_views(nmb_crops, blur_probs=(1.0, 0.1, 0.5), solarize_probs=(0.0, 0.2, 0.2), blur_scale=1.0):
-    """SCE: ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8, grayscale 0.2, torchvision blur (kernel 23, sigma 0.1-2, both
-    x ``blur_scale``) and solarization with the probabilities of global view 1, global view 2 and the local
-    crops, flip; as :func:`src.augment.image.sce_multicrop_transform`."""
-    kernel = max(3, int(round(23 * blur_scale)) | 1)
-    views = []
-    for i in range(sum(nmb_crops)):
-        which = min(i, 2)
-        views.append(ViewAug(jitter=SCE_JITTER, blur_p=blur_probs[which], blur_sigma=(0.1 * blur_scale,
-                                                                                     2.0 * blur_scale),
-                             blur_kernel=kernel, solarize_p=solarize_probs[which]))
-    return views
-

@@ -10,8 +10,8 @@ antialiased, as torchvision on PIL images) and returned as a (3, s, s) uint8 ten
 it with one random generator per step, seeded from (seed, epoch, step, rank), so a resumed run draws the same
 augmentations.
 
-    transform = swav_split_transform([224, 96], [2, 6], [0.14, 0.05], [1, 0.14])  # same arguments as the
-    dataset = build_dataset(root, transform, seed=seed)                              # per-sample transform
+    transform = swav_recipe([224, 96], [2, 6], [0.14, 0.05], [1, 0.14]).split()  # src.augment.recipes
+    dataset = build_dataset(root, transform, seed=seed)
     loader = device_loader(build_loader(dataset, ...), transform, device, seed=seed, rank=rank)
     for crops, _ in loader:  # list of (B, 3, s, s) float on the device, augmented and normalised
 """
@@ -22,9 +22,8 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
-from src.augment.image import MultiScaleCrops
+from src.augment.device import layout
 from src.augment.image import to_rgb
-from src.augment.device import MultiCropAugment, layout, moco_views, sce_views, swav_views
 
 
 def draft_scale(boxes, width, height):
@@ -78,28 +77,6 @@ class CropsToUint8:
 
     def __repr__(self):
         return f"CropsToUint8({self.crops}, draft={self.draft}) -> {self.device_augment}"
-
-
-# ==== the split versions of the per-sample transforms (same arguments as in src.augment.image) ====
-def swav_split_transform(size_crops, nmb_crops, min_scale_crops, max_scale_crops, blur_scale=1.0, pil_blur=True):
-    """Split form of :func:`src.augment.image.swav_multicrop_transform`."""
-    crops = MultiScaleCrops(size_crops, nmb_crops, min_scale_crops, max_scale_crops)
-    return CropsToUint8(crops.boxes, MultiCropAugment(swav_views(size_crops, nmb_crops, blur_scale, pil_blur)))
-
-
-def sce_split_transform(size_crops, nmb_crops, min_scale_crops, max_scale_crops, blur_probs=(1.0, 0.1, 0.5),
-                        solarize_probs=(0.0, 0.2, 0.2), blur_scale=1.0):
-    """Split form of :func:`src.augment.image.sce_multicrop_transform`."""
-    crops = MultiScaleCrops(size_crops, nmb_crops, min_scale_crops, max_scale_crops)
-    return CropsToUint8(crops.boxes, MultiCropAugment(sce_views(nmb_crops, blur_probs, solarize_probs, blur_scale)))
-
-
-def moco_split_transform(crops, n_crops, aug_plus=True, jitter=(0.4, 0.4, 0.4, 0.1), grey_p=0.2, blur_p=0.5,
-                         blur_sigma=(0.1, 2.0)):
-    """Split form of MoCo's views: ``crops`` (a :class:`~src.augment.image.MultiScaleCrops`: two crops of one size for
-    MoCo v1/v2, or the multi-crop geometry) then :func:`~src.augment.device.moco_views` on every crop."""
-    return CropsToUint8(crops.boxes, MultiCropAugment(moco_views(n_crops, aug_plus, jitter, grey_p, blur_p,
-                                                                 blur_sigma)))
 
 
 # ==== training side ====

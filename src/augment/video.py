@@ -26,8 +26,9 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from src.augment.image import rrc_box
-from src.augment.device import MultiCropAugment, ViewAug
+from src.augment.crops import rrc_box
+from src.augment.device import MultiCropAugment
+from src.augment.views import ViewAug, scaled_blur
 
 VIDEO_MEAN, VIDEO_STD = 0.45, 0.225
 SOLARIZE_THRESHOLD = 0.5  # on [0, 1] values: x >= 0.5 becomes 1 - x (spec 5.2)
@@ -192,8 +193,7 @@ def sce_clip_views(size, blur_probs=(1.0, 0.1), solarize_probs=(0.0, 0.2), scale
         blur_scale: multiplies the blur kernel (odd, at least 3) and sigma range, as the image recipe does for
             crops smaller than 224 (1 is the reference).
     """
-    kernel = max(3, int(round(23 * blur_scale)) | 1)
-    sigma = (0.1 * blur_scale, 2.0 * blur_scale)
+    kernel, sigma = scaled_blur(blur_scale)
     return ViewTransforms([ClipAugment(size, "rrc", scale=scale, blur_p=bp, solarize_p=sp, blur_kernel=kernel,
                                        blur_sigma=sigma) for bp, sp in zip(blur_probs, solarize_probs)])
 

@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from src.augment.image import to_rgb
+from src.augment.split import device_loader
 from src.run.errors import UserError
 from src.run.signals import ignore_stop_signals, track_loader
 
@@ -343,3 +344,50 @@ def build_loader(dataset, batch_size, sampler, workers, drop_last=True, pin_memo
                                                     num_workers=workers, pin_memory=pin_memory, drop_last=drop_last,
                                                     persistent_workers=persistent and workers > 0,
                                                     worker_init_fn=ignore_stop_signals))
+
+
+def train_loader(dataset, batch_size, workers, world_size=1, rank=0, seed=0, flag="--batch_size"):
+    """The training loader of every pretraining script: a :class:`ResumableSampler` over this rank's share, batches
+    of ``batch_size`` without the last incomplete one (the references' drop_last), the workers' base seed from a
+    generator of its own (so starting an epoch, or resuming, does not shift the global RNG stream).
+
+    Args:
+        dataset: map-style dataset (``set_epoch`` is the caller's). batch_size: per process. workers: loader workers.
+        world_size, rank: the process group. seed: the run seed. flag: the batch flag's name, for the error.
+    Returns:
+        ``(loader, sampler, iters_per_epoch)``.
+    Raises:
+        UserError: fewer samples than one global batch.
+    """
+    iters_per_epoch = math.ceil(len(dataset) / world_size) // batch_size
+    if iters_per_epoch == 0:
+        root = getattr(dataset, "root", "") or getattr(getattr(dataset, "dataset", None), "root", "")
+        raise UserError(f"{len(dataset)} samples in '{root}' are fewer than one batch of {batch_size} x {world_size} "
+                        f"processes: lower {flag}")
+    sampler = ResumableSampler(len(dataset), num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    loader = build_loader(dataset, batch_size, sampler, workers, drop_last=True)
+    loader.generator = torch.Generator().manual_seed(seed)
+    return loader, sampler, iters_per_epoch
+
+
+def pretrain_loader(root, transform, batch_size, workers, info, seed, channels_last=False, wrap=None,
+                    flag="--batch_size"):
+    """What every pretraining script reads: the image folder of ``root`` (class folders or flat) with ``transform``
+    seeded per sample, :func:`train_loader`, and, for a split ``transform`` or channels-last, the device wrapper
+    that finishes the batches on the training device (``src.augment.split.device_loader``).
+
+    Args:
+        root: split folder (:func:`resolve_split`). transform: per-image or split (``src.augment.recipes``).
+        batch_size, workers: per process. info: ``src.run.dist.DistInfo``. seed: the run seed.
+        channels_last: batches in channels-last layout. wrap: optional dataset -> dataset (DeepCluster's indices).
+        flag: the batch flag's name, for the error.
+    Returns:
+        ``(loader, sampler, dataset, iters_per_epoch)``.
+    """
+    dataset = build_dataset(root, transform, seed=seed)
+    if wrap is not None:
+        dataset = wrap(dataset)
+    loader, sampler, iters_per_epoch = train_loader(dataset, batch_size, workers, info.world_size, info.rank, seed,
+                                                    flag)
+    loader = device_loader(loader, transform, info.device, seed=seed, rank=info.rank, channels_last=channels_last)
+    return loader, sampler, dataset, iters_per_epoch

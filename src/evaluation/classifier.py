@@ -11,7 +11,6 @@
 * :func:`fingerprint`: a checksum of a frozen module, so a run can assert that it never changed (MoCo's
   ``sanity_check``); :func:`content_hash`: what resumes and feature caches are keyed on.
 """
-import contextlib
 import math
 import time
 
@@ -22,11 +21,12 @@ from torch import nn
 
 from src.run import dist
 from src.run.errors import UserError
-from src.augment.image import IMAGENET_MEAN
+from src.augment.views import IMAGENET_MEAN
 from src.data.folders import sample_seed
 from src.data.folders import build_loader
 from src.evaluation.features import iter_features
 from src.run.health import check_finite_features
+from src.run.speed import autocast
 
 
 class LinearClassifier(nn.Module):
@@ -71,13 +71,6 @@ def test_transform(resize=256, crop_size=224, std=(0.229, 0.224, 0.225), interpo
 
 
 # ==== evaluation ====
-def autocast(device, amp_dtype):
-    """``torch.autocast`` on ``device`` with ``amp_dtype``, or a no-op context when it is None."""
-    if amp_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=amp_dtype)
-
-
 class ShardSampler(torch.utils.data.Sampler):
     """Indices ``rank, rank + world, rank + 2 world, ...`` of ``range(n)``: disjoint, no padding, in order.
 

@@ -4,19 +4,12 @@
 Progress is either a tqdm bar (``show_progress=True``) or, with ``progress="name"``, a plain line
 every ``log_interval`` seconds with images/s, which reads better in log files of batch jobs.
 """
-import contextlib
 import time
 
 import torch
 
 from src.run.health import check_finite_features
-
-
-def _autocast(device, amp_dtype):
-    """``torch.autocast`` for ``amp_dtype`` on ``device``, or a no-op context when amp_dtype is None."""
-    if amp_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=amp_dtype)
+from src.run.speed import autocast
 
 
 @torch.no_grad()
@@ -58,7 +51,7 @@ def iter_features(model, loader, device, amp_dtype=None, show_progress=False, pr
         if not len(labels):
             continue
         images = images.to(device, non_blocking=True)
-        with _autocast(device, amp_dtype):
+        with autocast(device, amp_dtype):
             feats = check_finite_features(model(images).float())
         yield feats, labels.to(device).long()
         now = time.time()

@@ -24,7 +24,7 @@ from torch import nn
 from src.losses import sce_loss
 from src.models import build_backbone
 from src.models.heads import build_mlp
-from src.methods.common import KeyQueue, copy_params, momentum_update
+from src.methods.common import KeyQueue, copy_params, momentum_update, resolution_groups
 
 
 def build_projector(in_dim, hidden_dim=4096, out_dim=256):
@@ -59,14 +59,7 @@ class Branch(nn.Module):
 
     def forward(self, crops):
         """crops: list of (B, 3, H_i, W_i) -> list of (B, D) unit-norm outputs, one per crop, in order."""
-        if self.mutual_pass:
-            groups, start = [], 0
-            for end in range(1, len(crops) + 1):
-                if end == len(crops) or crops[end].shape[-2:] != crops[start].shape[-2:]:
-                    groups.append((start, end))
-                    start = end
-        else:
-            groups = [(i, i + 1) for i in range(len(crops))]
+        groups = resolution_groups(crops) if self.mutual_pass else [(i, i + 1) for i in range(len(crops))]
         out = []
         for start, end in groups:
             z = F.normalize(self.heads(self.trunk(torch.cat(crops[start:end]))), dim=1)  # (n * B, D)

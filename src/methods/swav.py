@@ -18,25 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from src.methods.common import resolution_groups
+from src.run import dist
 from src.run.errors import UserError
+from src.run.speed import maybe_compile, to_channels_last
 from src.models import build_backbone
 from src.models.heads import build_mlp
-
-
-def resolution_groups(crops):
-    """(start, end) index pairs of consecutive crops with the same spatial size.
-
-    Args:
-        crops: list of (B, 3, H_i, W_i) tensors, e.g. 2 x 224 then 6 x 96.
-    Returns:
-        list of (start, end) pairs, e.g. [(0, 2), (2, 8)].
-    """
-    groups, start = [], 0
-    for end in range(1, len(crops) + 1):
-        if end == len(crops) or crops[end].shape[-2:] != crops[start].shape[-2:]:
-            groups.append((start, end))
-            start = end
-    return groups
 
 
 class SwAVModel(nn.Module):
@@ -128,6 +115,16 @@ def convert_sync_bn(model, mode, group_size, info):
                   for s in range(0, info.world_size, group_size)]
         group = groups[info.rank // group_size]
     return nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group=group)
+
+
+def prepare_model(model, info, sync_bn="pytorch", group_size=8, channels_last=False, compile=False):
+    """A SwAV-family model ready to train: SyncBN (:func:`convert_sync_bn`), on the device, channels-last weights,
+    DDP under a process group, ``torch.compile``.
+
+    Returns: ``(model, step_model)``: the module whose state is saved, and what the training step calls.
+    """
+    model = to_channels_last(convert_sync_bn(model, sync_bn, group_size, info).to(info.device), channels_last)
+    return model, maybe_compile(dist.wrap_ddp(model, info.device), compile, info.rank)
 
 
 class SwAVQueue:

@@ -165,6 +165,13 @@ def load_state_strict(module, state, what, path):
     module.load_state_dict(state)
 
 
+def swav_copy_name(epoch, epochs, checkpoint_freq):
+    """facebookresearch/swav's numbered copies: ``checkpoints/ckp-{epoch}.pth`` (``epoch`` 0-based, just finished)
+    when ``epoch % checkpoint_freq == 0`` or at the last epoch. Returns: the file name, or False."""
+    keep = epoch == epochs - 1 or (checkpoint_freq > 0 and epoch % checkpoint_freq == 0)
+    return f"checkpoints/ckp-{epoch}.pth" if keep else False
+
+
 # ==== per-rank side files (SwAV's queue{rank}.pth, DeepCluster-v2's mb{rank}.pth) ====
 def save_rank_file(folder, name, rank, tensors, epoch, it):
     """Every rank: ``folder/{name}{rank}.pth`` holding ``tensors`` stamped with the step they belong to.

@@ -268,6 +268,15 @@ def local_world_size():
     return get_world_size()
 
 
+def wrap_ddp(module, device):
+    """``module`` in DistributedDataParallel when a process group exists (bound to ``device`` on CUDA), else itself.
+    DDP broadcasts rank 0's parameters: a copy of them made before (a momentum encoder) must be refreshed after."""
+    if not is_dist():
+        return module
+    device = torch.device(device)
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 def is_main_process():
     """Returns: True on rank 0 (the one that logs and writes checkpoints)."""
     return get_rank() == 0

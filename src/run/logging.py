@@ -18,6 +18,11 @@ def print_rank0(*args, rank=0, **kwargs):
         print(*args, **kwargs, flush=True)
 
 
+def n_params(module):
+    """Parameters of ``module`` in millions, as text: ``23.5``."""
+    return f"{sum(p.numel() for p in module.parameters()) / 1e6:.1f}"
+
+
 def format_eta(seconds):
     return str(datetime.timedelta(seconds=int(max(seconds, 0))))
 

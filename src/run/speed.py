@@ -1,14 +1,25 @@
-"""Compute options shared by the method scripts (README "Speed options"): channels-last weights,
-``torch.compile`` with an eager fallback, fused optimizer steps. The AMP choice is ``src.run.args.autocast_dtype``
-and the input side (device augmentation, channels-last images, non-blocking copies) ``src.augment.split``.
+"""Compute options shared by the scripts (README "Speed options"): mixed precision (:func:`autocast`, the dtype
+chosen by ``src.run.args.autocast_dtype``), channels-last weights, ``torch.compile`` with an eager fallback, fused
+optimizer steps. The input side (device augmentation, channels-last images, non-blocking copies) is
+``src.augment.split``.
 
     model = to_channels_last(model.to(device), args.channels_last)     # before DDP wraps it
     step_module = maybe_compile(ddp_model, args.compile, rank)         # what the training step calls
     optimizer = torch.optim.SGD(params, lr, **fused_kwargs(device))
 """
+import contextlib
+
 import torch
 
 from src.run.logging import print_rank0
+
+
+def autocast(device, dtype):
+    """``torch.autocast`` on ``device``'s type with ``dtype`` (fp16 / bf16), or a no-op context for None (fp32).
+    Losses are computed outside it, in fp32."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
 def to_channels_last(model, enabled):
