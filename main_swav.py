@@ -246,11 +246,12 @@ def run_demo(args):
 # 2x64 + 4x32 crops of the 64-px demo images (scales 0.5-1 and 0.14-0.5), 30 prototypes, epsilon 0.03, prototypes
 # frozen for 2 epochs, a queue of 8 batches from epoch 3, LARC base lr 0.6, 15 epochs. The 2026-11-22 recipe
 # (resnet18, 2x32 + 4x16, epsilon 0.05, 5 epochs) collapsed to uniform codes on this data. README "Demo" has both.
+# The blur follows the 64-px crops (--blur_scale relative), as when these figures were measured.
 DEMO = dict(arch="resnet_tiny", cifar_stem=False, hidden_mlp=512, feat_dim=128, nmb_prototypes=30, epochs=15,
             batch_size=128, base_lr=0.6, final_lr=0.0006, warmup_epochs=0, start_warmup=0.0,
             freeze_prototypes_niters=46, size_crops=[64, 32], nmb_crops=[2, 4], min_scale_crops=[0.5, 0.14],
             max_scale_crops=[1.0, 0.5], queue_length=1024, epoch_queue_starts=3, epsilon=0.03, use_fp16=False,
-            workers=1, print_freq=23, checkpoint_freq=0, max_iters=0, eval_size=64)
+            workers=1, print_freq=23, checkpoint_freq=0, max_iters=0, eval_size=64, blur_scale="relative")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ srun --kill-on-bad-exit=1 python -u main_deepclusterv2.py \
   --min_scale_crops 0.08 \
   --max_scale_crops 1. \
   --crops_for_assign 0 1 \
+  --blur_scale 1 \
   --temperature 0.1 \
   --feat_dim 128 \
   --nmb_prototypes 3000 3000 3000 \

@@ -36,6 +36,7 @@ srun --kill-on-bad-exit=1 python -u main_swav.py \
   --min_scale_crops 0.08 \
   --max_scale_crops 1. \
   --crops_for_assign 0 1 \
+  --blur_scale 1 \
   --temperature 0.1 \
   --epsilon 0.05 \
   --sinkhorn_iterations 3 \
