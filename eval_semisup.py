@@ -31,6 +31,7 @@ DUMP_PATH/checkpoint.pth.tar (same pretrained weights and the same labelled imag
     python -m torch.distributed.launch --nproc_per_node=8 eval_semisup.py --data_path /datasets/imagenet \
         --pretrained swav_800ep_pretrain.pth.tar --labels_perc 10 --lr 0.01 --lr_last_layer 0.2
 """
+import functools
 import json
 import math
 import os
@@ -95,7 +96,8 @@ def get_args_parser(add_help=False):
     g = parser.add_argument_group("images")
     add_arg(g, "--crop_size", default=224, type=POSITIVE_INT,
             help="train crop and test centre crop side in px (224; 32-64 for CPU smoke runs)")
-    add_arg(g, "--resize", default=256, type=POSITIVE_INT, help="test images: shorter side before the centre crop (256)")
+    add_arg(g, "--resize", default=256, type=POSITIVE_INT,
+            help="test images: shorter side before the centre crop (256)")
     g = parser.add_argument_group("run")
     add_arg(g, "--resume", default="", help="checkpoint to resume from (default: DUMP_PATH/checkpoint.pth.tar if any)")
     add_arg(g, "-p", "--print_freq", default=50, type=POSITIVE_INT, help="progress line every N iterations (50)")
@@ -109,7 +111,7 @@ def get_args_parser(add_help=False):
 
 
 # ==================================================================================================
-@exit_on_user_error
+@functools.partial(exit_on_user_error, collective=True)  # every process checks the same flags: rank 0 says it once
 def main(args):
     fill_recipe(args)
     for split in ("train", "val"):  # before processes start, so a typo gives one error line, not one per process
@@ -270,7 +272,8 @@ def build_model(args, device, num_classes, seed, info):
 def build_optimizer(net, args):
     """SGD with SwAV's two parameter groups: the trunk at ``--lr``, the head at ``--lr_last_layer``. (SwAV picks the
     head as the parameters whose name contains "head"; here it is the head module, so a trunk with a "head" in a
-    parameter name stays in the trunk group.) Parameters a trunk keeps frozen (deit_tiny's patch projection) stay out."""
+    parameter name stays in the trunk group.) Parameters a trunk keeps frozen (deit_tiny's patch projection) stay
+    out."""
     return torch.optim.SGD([{"params": [p for p in net.trunk.parameters() if p.requires_grad]},
                             {"params": list(net.head.parameters()), "lr": args.lr_last_layer}],
                            lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
