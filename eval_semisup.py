@@ -1,0 +1,314 @@
+#!/usr/bin/env python
+"""Semi-supervised evaluation: fine-tune the whole network on 1% or 10% of ImageNet's labels (SwAV ``eval_semisup.py``,
+facebookresearch/swav; the subsets are SimCLR's, google-research/simclr ``imagenet_subsets/``).
+
+The labelled images are the lines of ``--labels_file`` (default: ``data_lists/imagenet_{1,10}percent.txt`` shipped
+with this repository, 12,811 / 128,116 names; nothing is downloaded), each ``n01440764_10026.JPEG`` read from
+``DATA/train/n01440764/`` and labelled with its folder's index among all class folders of ``DATA/train`` (ImageFolder's
+order); every image of the list must be there (else one line naming how many are missing and the first few). The
+network is the pretrained trunk followed by one ``Linear(D, classes)`` head (PyTorch's default init, as SwAV's
+``resnet50(output_dim=1000)`` projection head), all of it trained in train mode (SyncBatchNorm across the processes
+on CUDA). SGD, momentum 0.9, weight decay 0, two parameter groups: the trunk at ``--lr``, the head at
+``--lr_last_layer``; both multiplied by ``--gamma 0.2`` at epochs 12 and 16 (MultiStepLR), 20 epochs, batch 32 PER
+PROCESS (SwAV's 8 GPUs: 256). Train: RandomResizedCrop(224) + flip; test: Resize(256) + CenterCrop(224) of
+``DATA/val``; ImageNet mean, std 0.228 0.224 0.225 (SwAV's).
+
+    --labels_perc   --lr   --lr_last_layer   (SwAV README; its argparse defaults are the 10% values)
+    10              0.01   0.2
+    1               0.02   5
+
+Every epoch prints SwAV's ``Test: Time .. Loss .. Acc@1 .. Best Acc@1 so far ..`` and `` * Acc@1 .. Acc@5 ..``; the
+end writes DUMP_PATH/eval_semisup.json, then prints SwAV's ``Fine-tuning with 10% of labels completed.`` /
+``Test accuracies: top-1 .., top-5 ..`` (the epoch of best top-1) and the best and last epochs. Runs resume from
+DUMP_PATH/checkpoint.pth.tar (same pretrained weights and the same labelled images only).
+
+    # CPU smoke run: a small ImageNet-style folder with its own list, the tiny ResNet at 32 px
+    python eval_semisup.py --data_path data/mini --labels_file data/mini/list.txt -a resnet_tiny --cifar_stem \
+        --resize 32 --crop_size 32 --batch_size 8 --workers 0 --epochs 2 --dump_path runs/semisup_cpu
+    # one GPU, 1% of the labels
+    python eval_semisup.py --data_path /datasets/imagenet --pretrained swav_800ep_pretrain.pth.tar --labels_perc 1
+    # 8 GPUs (torch.distributed.launch as in SwAV's README, or torchrun / srun / --multiprocessing-distributed)
+    python -m torch.distributed.launch --nproc_per_node=8 eval_semisup.py --data_path /datasets/imagenet \
+        --pretrained swav_800ep_pretrain.pth.tar --labels_perc 10 --lr 0.01 --lr_last_layer 0.2
+"""
+import functools
+import json
+import math
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from src.data.folders import ResumableSampler, SafeImageFolder, build_loader
+from src.data.subsets import LabelledSubset, read_list
+from src.evaluation.classifier import (Results, ShardSampler, autocast, content_hash, evaluate, test_transform,
+                                       train_transform)
+from src.evaluation.pair_eval import build_trunk
+from src.evaluation.pretrained import add_pretrained_args
+from src.optim import moco_lr_schedule
+from src.run import dist
+from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg,
+                          add_dist_args, amp_dtype, autocast_dtype)
+from src.run.checkpoint import atomic_write
+from src.run.errors import UserError, exit_on_user_error
+from src.run.launch import launch
+from src.run.logging import print_rank0
+from src.run.loop import Run
+
+LISTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data_lists")
+# SwAV README commands; its argparse defaults (0.01 / 0.2) are the 10% ones
+RECIPES = {"10": dict(lr=0.01, lr_last_layer=0.2), "1": dict(lr=0.02, lr_last_layer=5.0)}
+NORM_STD = (0.228, 0.224, 0.225)  # SwAV's eval scripts (torchvision's is 0.229)
+
+
+def get_args_parser(add_help=False):
+    parser = ArgumentParser("Semi-supervised evaluation", add_help=add_help)
+    parser.add_argument("data", nargs="?", default=None, metavar="DIR",
+                        help="ImageNet folder holding train/ and val/, one subfolder per class (or --data_path)")
+    g = parser.add_argument_group("main")
+    add_arg(g, "--labels_perc", default="10", choices=["1", "10"],
+            help="fine-tune on 1%% or 10%% of the labels: picks the default --labels_file and --lr / "
+                 "--lr_last_layer (10)")
+    add_arg(g, "--labels_file", default="",
+            help="list of the labelled training images, one name like n01440764_10026.JPEG per line (default: "
+                 "data_lists/imagenet_<labels_perc>percent.txt, SimCLR's subsets)")
+    add_arg(g, "--data_path", default=None, help="SwAV spelling of DIR")
+    add_arg(g, "--dump_path", "--output_dir", default=".", dest="dump_path",
+            help="where checkpoint.pth.tar, eval_semisup.json, args.json and log.txt go (.)")
+    add_arg(g, "--seed", default=31, type=int, help="seed of the head init, sampling, augmentation, random trunk (31)")
+    add_arg(g, "-j", "--workers", default=10, type=NONNEG_INT, help="data loading workers per process (10)")
+    g = parser.add_argument_group("model")
+    add_pretrained_args(g, snake=True)
+    g = parser.add_argument_group("optim (unset learning rates: SwAV's values for --labels_perc)")
+    add_arg(g, "--epochs", default=20, type=POSITIVE_INT, help="fine-tuning epochs (20)")
+    add_arg(g, "--batch_size", default=32, type=POSITIVE_INT,
+            help="images per process and step, as in SwAV (32; x8 GPUs = 256)")
+    add_arg(g, "--lr", default=None, type=POSITIVE, help="initial learning rate of the trunk (10%%: 0.01, 1%%: 0.02)")
+    add_arg(g, "--lr_last_layer", default=None, type=POSITIVE,
+            help="initial learning rate of the head (10%%: 0.2, 1%%: 5)")
+    add_arg(g, "--decay_epochs", default=[12, 16], type=NONNEG_INT, nargs="+",
+            help="epochs at which both learning rates are multiplied by --gamma (12 16)")
+    add_arg(g, "--gamma", default=0.2, type=POSITIVE, help="learning-rate decay factor (0.2)")
+    add_arg(g, "--momentum", default=0.9, type=MOMENTUM, help="SGD momentum (0.9)")
+    add_arg(g, "--wd", "--weight_decay", default=0.0, type=NONNEG, dest="weight_decay", help="weight decay (0)")
+    g = parser.add_argument_group("images")
+    add_arg(g, "--crop_size", default=224, type=POSITIVE_INT,
+            help="train crop and test centre crop side in px (224; 32-64 for CPU smoke runs)")
+    add_arg(g, "--resize", default=256, type=POSITIVE_INT,
+            help="test images: shorter side before the centre crop (256)")
+    g = parser.add_argument_group("run")
+    add_arg(g, "--resume", default="", help="checkpoint to resume from (default: DUMP_PATH/checkpoint.pth.tar if any)")
+    add_arg(g, "-p", "--print_freq", default=50, type=POSITIVE_INT, help="progress line every N iterations (50)")
+    add_arg(g, "--save_every_iters", default=0, type=NONNEG_INT,
+            help="also refresh checkpoint.pth.tar every N iterations inside an epoch (0: epoch ends only)")
+    add_arg(g, "--max_iters", default=0, type=NONNEG_INT,
+            help="stop with a checkpoint once this many iterations are done in total (smoke tests; 0: off)")
+    add_dist_args(parser)
+    add_amp_args(parser)
+    return parser
+
+
+# ==================================================================================================
+@functools.partial(exit_on_user_error, collective=True)  # every process checks the same flags: rank 0 says it once
+def main(args):
+    fill_recipe(args)
+    for split in ("train", "val"):  # before processes start, so a typo gives one error line, not one per process
+        if not os.path.isdir(os.path.join(args.data, split)):
+            raise UserError(f"data folder '{os.path.join(args.data, split)}' does not exist: pass the ImageNet folder "
+                            "that holds train/ and val/, one subfolder per class (--data_path)")
+    read_list(args.labels_file)  # a malformed list is one line now; its images are checked by every process
+    return launch(semisup, args)
+
+
+def fill_recipe(args):
+    """The dataset folder, the list and the learning rates left unset, from ``--labels_perc`` (idempotent)."""
+    args.data = args.data or args.data_path
+    if not args.data:
+        raise UserError("no dataset given: pass DIR (or --data_path DIR) holding train/ and val/")
+    recipe = RECIPES[args.labels_perc]
+    args.lr = recipe["lr"] if args.lr is None else args.lr
+    args.lr_last_layer = recipe["lr_last_layer"] if args.lr_last_layer is None else args.lr_last_layer
+    args.labels_file = args.labels_file or os.path.join(LISTS, f"imagenet_{args.labels_perc}percent.txt")
+
+
+def semisup(args, info):
+    """Fine-tune and test; returns the :class:`Results` summary dict (None when stopped early)."""
+    device, rank = info.device, info.rank
+    autocast_dtype(args, device, rank)  # fp16 without CUDA: fp32 with one warning line; later amp_dtype() agrees
+    run = Run(info, output_dir=args.dump_path, script="eval_semisup.py", config=vars(args), resume=args.resume,
+              seed=args.seed, lr_flag="--lr / --lr_last_layer")
+    print_rank0(f"semi-supervised fine-tuning, {args.labels_perc}% labels: lr {args.lr:g} trunk / "
+                f"{args.lr_last_layer:g} head, x{args.gamma:g} at epochs {' '.join(map(str, args.decay_epochs))}, "
+                f"{args.epochs} epochs, batch {args.batch_size} x {info.world_size} processes, momentum "
+                f"{args.momentum:g}, wd {args.weight_decay:g}", rank=rank)
+
+    # ==== preparing data ====
+    train_set, val_set = build_datasets(args, run.seed)
+    print_rank0(f"data: {len(train_set)} labelled train images from '{args.labels_file}' "
+                f"({len({t for t in train_set.targets})} classes) / {len(val_set)} val images, "
+                f"{len(train_set.classes)} classes", rank=rank)
+    sampler = ResumableSampler(len(train_set), info.world_size, rank, shuffle=True, seed=run.seed)
+    loader = build_loader(train_set, args.batch_size, sampler, args.workers, drop_last=False)
+    val_loader = build_loader(val_set, args.batch_size, ShardSampler(len(val_set), info.world_size, rank),
+                              args.workers, drop_last=False)
+    iters_per_epoch = math.ceil(sampler.num_samples / args.batch_size)
+
+    # ==== building the network: trunk -> Linear head, all trained ====
+    net = build_model(args, device, len(train_set.classes), run.seed, info)
+    trunk_hash = content_hash(net.trunk)  # the pretrained weights this run started from
+    model = nn.parallel.DistributedDataParallel(
+        net, device_ids=[device.index] if device.type == "cuda" else None) if info.distributed else net
+    optimizer = build_optimizer(net, args)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(args) == torch.float16)
+    # MultiStepLR stepped once per epoch, as one value per iteration: [trunk group, head group]
+    schedules = [moco_lr_schedule(base, args.epochs, iters_per_epoch, milestones=args.decay_epochs, gamma=args.gamma)
+                 for base in (args.lr, args.lr_last_layer)]
+
+    # ==== resuming: only from the same pretrained weights and the same labelled images ====
+    results = Results()
+    run.require("pretrained_sha256", trunk_hash, "--pretrained (its weights)")
+    run.require("labels_sha256", train_set.digest, "--labels_file / --labels_perc (the labelled images)")
+    run.track(state_dict=net, optimizer=optimizer, scaler=scaler, results=results)
+
+    # ==== fine-tuning ====
+    logger = run.progress(iters_per_epoch, args.epochs, args.batch_size * info.world_size, args.print_freq,
+                          max_iters=args.max_iters, save_every=args.save_every_iters, scaled=scaler.is_enabled(),
+                          formats={"Loss": ".4f", "Acc@1": "6.2f", "Acc@5": "6.2f", "lr_head": ".5f"})
+    for epoch in run.epochs():
+        sampler.set_epoch(epoch, start_index=run.start_iter * args.batch_size)
+        train_set.set_epoch(epoch)
+        logger.start_epoch(epoch, run.start_iter)
+        if not run.steps(train_one_epoch(model, loader, optimizer, scaler, schedules, epoch, run.start_iter,
+                                         iters_per_epoch, device, amp_dtype(args), logger)):
+            return None  # stopped (signal, --max_iters): checkpoint saved
+        logger.end_epoch()
+        run.check()  # a diverged network is an error line, not a test score
+        test(net, val_loader, args, info, results, epoch, run.write_log)
+        run.end_epoch()
+    return report(args, results, train_set, rank) if run.finished else None
+
+
+def train_one_epoch(model, loader, optimizer, scaler, schedules, epoch, start_iter, iters_per_epoch, device, amp,
+                    logger):
+    """One epoch of fine-tuning; a generator yielding ``(iteration, loss)`` after each step.
+
+    The whole network is in train mode (BatchNorm statistics update), set at every epoch since testing switched it
+    to eval mode; ``schedules[g][step]`` is the learning rate of parameter group ``g`` (trunk, head)."""
+    model.train()
+    t_end = time.time()
+    for it, (images, target) in enumerate(loader, start=start_iter):
+        t_data = time.time() - t_end
+        step = epoch * iters_per_epoch + it
+        for group, schedule in zip(optimizer.param_groups, schedules):
+            group["lr"] = float(schedule[step])
+        images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
+        with autocast(device, amp):
+            logits = model(images).float()  # (B, C)
+        loss = F.cross_entropy(logits, target)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+        with torch.no_grad():
+            hits = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(target[:, None])  # (B, k)
+        logger.update(data_time=t_data, step_time=time.time() - t_end, Loss=loss.detach(),
+                      **{"Acc@1": hits[:, 0].float().mean() * 100, "Acc@5": hits.any(dim=1).float().mean() * 100},
+                      lr_head=optimizer.param_groups[1]["lr"])
+        logger.maybe_print(it, optimizer.param_groups[0]["lr"])
+        yield it, loss.detach()
+        t_end = time.time()
+
+
+# ==================================================================================================
+def build_datasets(args, seed):
+    """The labelled subset of ``DATA/train`` (train transform, seeded per sample) and ``DATA/val`` (test transform)."""
+    try:  # every process sees the same files: the same error everywhere, said once
+        names = read_list(args.labels_file)
+        train_set = LabelledSubset(os.path.join(args.data, "train"), names,
+                                   train_transform(args.crop_size, (0.08, 1.0), NORM_STD), seed=seed,
+                                   source=f"--labels_file '{args.labels_file}'")
+        val_set = SafeImageFolder(os.path.join(args.data, "val"),
+                                  test_transform(args.resize, args.crop_size, NORM_STD), skip_unreadable=True)
+    except UserError as exc:
+        exc.collective = True
+        raise
+    if train_set.classes != val_set.classes:
+        raise UserError(f"train/ and val/ of '{args.data}' have different class folders ({len(train_set.classes)} "
+                        f"vs {len(val_set.classes)}): labels would not match", collective=True)
+    return train_set, val_set
+
+
+class FineTuneNet(nn.Module):
+    """``head(trunk(x))``: (B, 3, H, W) -> (B, C) logits. State-dict keys ``trunk.*`` and ``head.*``, so the
+    fine-tuned trunk can be given back to any evaluation as ``--pretrained`` (its ``trunk.`` prefix is found)."""
+
+    def __init__(self, trunk, head):
+        super().__init__()
+        self.trunk, self.head = trunk, head
+
+    def forward(self, x):
+        return self.head(self.trunk(x))
+
+
+def build_model(args, device, num_classes, seed, info):
+    """Pretrained trunk (arch / stem from the checkpoint unless given) and a ``Linear(D, C)`` head, on ``device``;
+    SyncBatchNorm when several CUDA processes train (gloo on a CPU cannot sync BN: each process keeps its own)."""
+    trunk, args.arch, args.cifar_stem = build_trunk(
+        args.pretrained, args.arch, args.cifar_stem, args.trunk_pattern, args.trust_checkpoint, seed,
+        image_size=args.crop_size, log=lambda line: print_rank0(line, rank=info.rank))
+    trunk = trunk.to(device)
+    with torch.no_grad():
+        dim = trunk.eval()(torch.zeros(1, 3, args.crop_size, args.crop_size, device=device)).shape[1]
+    dist.seed_everything(seed, 0)  # the same head on every rank
+    net = FineTuneNet(trunk, nn.Linear(dim, num_classes)).to(device)  # PyTorch's default init, as SwAV's head
+    if info.distributed and device.type == "cuda":
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    return net
+
+
+def build_optimizer(net, args):
+    """SGD with SwAV's two parameter groups: the trunk at ``--lr``, the head at ``--lr_last_layer``. (SwAV picks the
+    head as the parameters whose name contains "head"; here it is the head module, so a trunk with a "head" in a
+    parameter name stays in the trunk group.) Parameters a trunk keeps frozen (deit_tiny's patch projection) stay
+    out."""
+    return torch.optim.SGD([{"params": [p for p in net.trunk.parameters() if p.requires_grad]},
+                            {"params": list(net.head.parameters()), "lr": args.lr_last_layer}],
+                           lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+
+
+def test(net, loader, args, info, results, epoch, log):
+    """Test in eval mode, print SwAV's and MoCo's lines and ``log`` the numbers."""
+    net.eval()
+    res = evaluate(net.head, loader, info.device, features=net.trunk, amp_dtype=amp_dtype(args))
+    results.add(epoch, res)
+    if info.rank == 0:
+        print(f"Test:\tTime {res['seconds'] / max(len(loader), 1):.3f}\tLoss {res['loss']:.4f}\t"
+              f"Acc@1 {res['top1']:.3f}\tBest Acc@1 so far {results.best['top1']:.1f}\t({res['n']} images, "
+              f"{res['n'] / max(res['seconds'], 1e-9):.1f} img/s)", flush=True)
+        print(f" * Acc@1 {res['top1']:.3f} Acc@5 {res['top5']:.3f}", flush=True)
+        if res["skipped"]:
+            print(f"skipped {res['skipped']} unreadable test images (warnings above): the accuracies are over the "
+                  "rest", flush=True)
+    log({"type": "test", "epoch": epoch, **res})
+
+
+def report(args, results, train_set, rank):
+    """DUMP_PATH/eval_semisup.json, then the final lines (rank 0); returns the summary dict."""
+    summary = {**results.summary(), "labels_perc": args.labels_perc, "labels_file": args.labels_file,
+               "labelled_images": len(train_set), "labels_sha256": train_set.digest, "pretrained": args.pretrained,
+               "arch": args.arch, "args": vars(args)}
+    if rank == 0 and results.best is not None:
+        out = os.path.join(args.dump_path, "eval_semisup.json")
+        atomic_write(out, lambda f: f.write(json.dumps(summary, indent=2).encode()), "--dump_path")
+        print(f"Fine-tuning with {args.labels_perc}% of labels completed.", flush=True)
+        print(f"Test accuracies: top-1 {results.best['top1']:.1f}, top-5 {results.best['top5']:.1f}", flush=True)
+        print(results.final_line(), flush=True)
+        print(f"results written to {out}", flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    main(ArgumentParser("Semi-supervised evaluation", parents=[get_args_parser()]).parse_args())
