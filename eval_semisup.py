@@ -43,8 +43,7 @@ from torch import nn
 
 from src.data.folders import ResumableSampler, SafeImageFolder, build_loader
 from src.data.subsets import LabelledSubset, read_list
-from src.evaluation.classifier import (Results, ShardSampler, autocast, content_hash, evaluate, test_transform,
-                                       train_transform)
+from src.evaluation.classifier import Results, ShardSampler, content_hash, evaluate, test_transform, train_transform
 from src.evaluation.pair_eval import build_trunk
 from src.evaluation.pretrained import add_pretrained_args
 from src.optim import moco_lr_schedule
@@ -56,6 +55,7 @@ from src.run.errors import UserError, exit_on_user_error
 from src.run.launch import launch
 from src.run.logging import print_rank0
 from src.run.loop import Run
+from src.run.speed import autocast
 
 LISTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data_lists")
 # SwAV README commands; its argparse defaults (0.01 / 0.2) are the 10% ones

@@ -2,7 +2,6 @@
 folder, missing images in one line), SwAV's defaults per --labels_perc, the two parameter groups and their MultiStepLR
 schedule against torch's, a few CPU iterations on a generated ImageNet-style folder, a --max_iters stop + resume that
 ends bit for bit where an uninterrupted run does, bad layouts and NaN as one line, the shipped lists and recipes."""
-import argparse
 import hashlib
 import json
 import os
