@@ -34,6 +34,7 @@ and writes the same numbers to DUMP_PATH/eval_linear.json. Runs resume from DUMP
     torchrun --nproc_per_node=8 eval_linear.py /datasets/kinetics400 --modality video --num_frames 8 \
         --pretrained runs/video_sce_r3d50/checkpoint.pth.tar --dump_path runs/video_linear
 """
+import functools
 import json
 import math
 import os
@@ -58,7 +59,7 @@ from src.run.checkpoint import find_resume_checkpoint, load_checkpoint, save_che
 from src.run.launch import launch
 from src.run.loop import Run
 from src.run.speed import autocast
-from src.data.video.build import add_video_eval_args, eval_samples, eval_sets
+from src.data.video.build import VideoEval, add_video_eval_args, eval_samples, eval_sets
 
 # Published recipes (spec evals.md A.14 / B.6, sce.md section 4). "lr" None: 0.1 x batch / 256 (SCE's scaler).
 PROTOCOLS = {
@@ -142,14 +143,14 @@ def get_args_parser(add_help=False):
 
 
 # ==================================================================================================
-@exit_on_user_error
+@functools.partial(exit_on_user_error, collective=True)  # every process checks the same flags: rank 0 says it once
 def main(args):
     args.data = args.data or args.data_path
     if not args.data:
         raise UserError("no dataset given: pass DIR (or --data_path DIR) holding train/ and val/")
     apply_protocol(args)
     if args.modality == "video":  # before processes start, so a typo gives one error line, not one per process
-        eval_samples(args, args.data)
+        eval_samples(VideoEval.from_flags(args), args.data)
         return launch(linear_eval, args)
     for split in ("train", "val"):  # before processes start, so a typo gives one error line, not one per process
         if not os.path.isdir(os.path.join(args.data, split)):
@@ -283,7 +284,7 @@ def train_one_epoch(head, trunk, batches, optimizer, schedule, epoch, start_iter
 def build_datasets(args):
     """``DIR/train`` with the train transform (seeded per sample) and ``DIR/val`` with the test transform."""
     if args.modality == "video":  # 1 random clip / 10 clips x 3 crops of every video (src.data.video.build)
-        return eval_sets(args, args.data, args.resize, args.crop_size, args.seed)
+        return eval_sets(VideoEval.from_flags(args), args.data, args.resize, args.crop_size, args.seed)
     tf_train = train_transform(args.crop_size, (args.min_scale, 1.0), args.norm_std)
     tf_test = test_transform(args.resize, args.crop_size, args.norm_std)
     # --precompute_features: the training images go through the test transform, once

@@ -35,6 +35,7 @@ grey, flip) to train, 10 clips x 3 crops of 256 px with averaged softmax to test
     torchrun --nproc_per_node=8 main_transfer.py /datasets/UCF-101 --modality video --dataset ucf101 --finetune \
         --splits_dir /datasets/ucfTrainTestlist --split_id 1 --pretrained runs/video_sce_r3d50/checkpoint.pth.tar
 """
+import functools
 import json
 import math
 import os
@@ -60,7 +61,7 @@ from src.run.checkpoint import find_resume_checkpoint, save_checkpoint
 from src.run.launch import launch
 from src.run.loop import Run
 from src.run.speed import autocast
-from src.data.video.build import add_video_eval_args, eval_samples, eval_sets
+from src.data.video.build import VideoEval, add_video_eval_args, eval_samples, eval_sets
 
 DATASETS = ("cifar10", "cifar100", "caltech101", "folder", "ucf101", "hmdb51")  # the last two: --modality video
 # the published commands (SSL-small tools/transfer.sh, transfer_cal101.sh, transfer_finetune.sh)
@@ -114,11 +115,11 @@ def get_args_parser(add_help=False):
 
 
 # ==================================================================================================
-@exit_on_user_error
+@functools.partial(exit_on_user_error, collective=True)  # every process checks the same flags: rank 0 says it once
 def main(args):
     fill_recipe(args)
     if args.modality == "video":  # before processes start, so a wrong path gives one error line, not one per process
-        eval_samples(args, args.data)
+        eval_samples(VideoEval.from_flags(args), args.data)
         return launch(transfer, args)
     find_test_split(args)  # before processes start, so a wrong path gives one error line, not one per process
     return launch(transfer, args)
@@ -268,7 +269,7 @@ def train_one_epoch(trunk, head, model, loader, optimizer, scaler, schedule, epo
 def build_datasets(args):
     """Train set (random crops, seeded per sample) and test set of ``--dataset``."""
     if args.modality == "video":  # 1 random clip with colour / 10 clips x 3 crops of every video (src.data.video.build)
-        return eval_sets(args, args.data, args.resize, args.crop_size, args.seed, finetune=True)
+        return eval_sets(VideoEval.from_flags(args), args.data, args.resize, args.crop_size, args.seed, finetune=True)
     train_tf = train_transform(args.crop_size, (args.min_scale, 1.0), interpolation="bicubic")
     if args.dataset.startswith("cifar"):
         test_tf = test_transform(args.crop_size, None, interpolation="bicubic")  # square 32 px images: no crop

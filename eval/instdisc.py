@@ -25,9 +25,10 @@ import argparse
 import torch
 
 from src.run.args import ArgumentParser, amp_dtype
+from src.run import dist
 from src.run.errors import UserError, exit_on_user_error
 from src.metrics import instdisc_topk
-from src.evaluation.pair_eval import add_pair_eval_args, build_trunk, embed_views, pick_device, results_file, write_json
+from src.evaluation.pair_eval import add_pair_eval_args, build_trunk, embed_views, results_file, write_json
 from src.data.pairs import PositivePairDataset
 
 MODES = ("d-sd", "sd-sd")
@@ -66,7 +67,7 @@ def main(args):
                                       log=lambda line: print(line, flush=True))
 
     # ==== embedding and retrieval ====
-    device = pick_device(args.device, args.gpu)
+    device = dist.pick_device(args.device, args.gpu)
     feats, _ = embed_views(model, pairs, (query_view, pos_view), args.batch_size, args.workers, device,
                            amp_dtype(args))
     with torch.no_grad():

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from src.run.args import ArgumentParser, add_amp_args, add_arg, amp_dtype
 from src.augment.image import eval_transform
 from src.data.folders import SafeImageFolder
+from src.run import dist
 from src.run.errors import UserError, exit_on_user_error
 from src.evaluation.features import iter_features
 from src.metrics import (REP_SPACES, StreamingKNN, best_nn_from_candidates, feature_mean, feature_sum,
@@ -226,15 +227,9 @@ def shard_bounds(n, g):
     return [(i * n // g, (i + 1) * n // g) for i in range(g)]
 
 
-def _pick_device(args, rank):
-    if args.device == "cpu" or (not args.device and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    return torch.device("cuda", rank % max(torch.cuda.device_count(), 1))
-
-
 def _shard_setup(rank, args, bounds):
     """Device, (train shard, val) loaders in folder order and the log tag of one shard process."""
-    device = _pick_device(args, rank)
+    device = dist.pick_device(args.device, local_rank=rank)
     if device.type == "cpu" and len(bounds) > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // len(bounds)))
     train_set, val_set = build_datasets(args)
@@ -302,7 +297,7 @@ def run_shards(model, args, n_train):
     g = min(args.gpus, n_train)
     if g < 1:
         raise UserError(f"-g/--gpus must be >= 1, got {args.gpus}")
-    if _pick_device(args, 0).type == "cuda" and g > torch.cuda.device_count():
+    if dist.pick_device(args.device).type == "cuda" and g > torch.cuda.device_count():
         raise UserError(f"-g {g} needs {g} GPUs but {torch.cuda.device_count()} are visible: lower -g")
     bounds = shard_bounds(n_train, g)
     bank_mean = None

@@ -28,14 +28,15 @@ import torch
 from src.run.args import ArgumentParser, add_amp_args, add_arg, amp_dtype
 from src.augment.image import eval_transform
 from src.data.folders import SafeImageFolder
+from src.run import dist
 from src.run.errors import UserError, exit_on_user_error
 from src.evaluation.features import extract_features
 from src.metrics import RETRIEVAL_KS, retrieval_at_k
-from src.evaluation.pair_eval import build_trunk, pick_device, write_json
+from src.evaluation.pair_eval import build_trunk, write_json
 from src.evaluation.pretrained import add_pretrained_args
 from src.run.checkpoint import check_writable, load_checkpoint, save_checkpoint
 from src.run.health import check_finite_features
-from src.data.video.build import ViewAverage, add_video_eval_args, bank_sets
+from src.data.video.build import VideoEval, ViewAverage, add_video_eval_args, bank_sets
 
 
 def get_args_parser(add_help=False):
@@ -66,11 +67,11 @@ def extract_bank(args):
     trunk, saved to OUTPUT_DIR."""
     if not args.data:
         raise UserError("no dataset given: pass DIR, or --from_bank with saved features")
-    device = pick_device(args.device)
+    device = dist.pick_device(args.device)
     trunk, args.arch, _ = build_trunk(args.pretrained, args.arch, args.cifar_stem, args.trunk_pattern,
                                       args.trust_checkpoint, args.seed, image_size=args.crop_size)
     if args.modality == "video":
-        sets = bank_sets(args, args.data, args.resize)
+        sets = bank_sets(VideoEval.from_flags(args), args.data, args.resize)
         model = ViewAverage(trunk)
     else:
         tf = eval_transform(args.resize, args.crop_size)

@@ -33,9 +33,10 @@ import argparse
 import torch
 
 from src.run.args import ArgumentParser, add_arg, amp_dtype
+from src.run import dist
 from src.run.errors import UserError, exit_on_user_error
 from src.metrics import align, intra_class_align, uniformity
-from src.evaluation.pair_eval import add_pair_eval_args, build_trunk, embed_views, pick_device, results_file, write_json
+from src.evaluation.pair_eval import add_pair_eval_args, build_trunk, embed_views, results_file, write_json
 from src.data.pairs import PositivePairDataset
 
 COLUMNS = ("D-SD align", "SD-SD align", "D cls-align", "SD cls-align", "D uniform", "SD uniform")
@@ -94,7 +95,7 @@ def main(args):
                                       log=lambda line: print(line, flush=True))
 
     # ==== embedding and statistics ====
-    device = pick_device(args.device, args.gpu)
+    device = dist.pick_device(args.device, args.gpu)
     feats, labels = embed_views(model, pairs, pairs.views[:3], args.batch_size, args.workers, device,
                                 amp_dtype(args))
     r0, r1, r2 = (feats[v].to(device).double() for v in pairs.views[:3])  # float64: sums of many small terms

@@ -31,9 +31,10 @@ from sklearn.svm import LinearSVC
 
 from src.run.args import ArgumentParser, add_amp_args, add_arg, amp_dtype
 from src.augment.image import eval_transform
+from src.run import dist
 from src.run.errors import UserError, exit_on_user_error
 from src.evaluation.features import extract_features
-from src.evaluation.pair_eval import build_trunk, pick_device, results_file, write_json
+from src.evaluation.pair_eval import build_trunk, results_file, write_json
 from src.evaluation.pretrained import add_pretrained_args
 from src.data.voc import VOCImages, find_voc_dir, read_split, voc_ap, voc_classes
 
@@ -116,7 +117,7 @@ def main(args):
           f"{len(classes)} classes (labels from {source})", flush=True)
 
     # ==== embedding ====
-    device = pick_device(args.device, args.gpu)
+    device = dist.pick_device(args.device, args.gpu)
     model, args.arch, _ = build_trunk(args.pretrained, args.arch, args.cifar_stem, args.trunk_pattern,
                                       args.trust_checkpoint, args.seed, image_size=args.crop_size,
                                       log=lambda line: print(line, flush=True))

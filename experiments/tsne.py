@@ -29,9 +29,10 @@ import os
 import numpy as np
 
 from src.run.args import ArgumentParser, add_arg, amp_dtype
+from src.run import dist
 from src.run.errors import UserError, exit_on_user_error
 from src.run.checkpoint import check_writable
-from src.evaluation.pair_eval import add_pair_eval_args, build_trunk, embed_views, pick_device
+from src.evaluation.pair_eval import add_pair_eval_args, build_trunk, embed_views
 from src.data.pairs import PositivePairDataset
 
 
@@ -179,7 +180,7 @@ def main(args):
                                       args.trust_checkpoint, args.seed, args.crop_size,
                                       log=lambda line: print(line, flush=True))
     feats, labels = embed_views(model, pairs, views, args.batch_size, args.workers,
-                                pick_device(args.device, args.gpu), amp_dtype(args))
+                                dist.pick_device(args.device, args.gpu), amp_dtype(args))
 
     # ==== t-SNE ====
     x = np.concatenate([feats[v].numpy() for v in views]).astype(np.float64)

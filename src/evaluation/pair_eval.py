@@ -57,17 +57,6 @@ def add_pair_eval_args(parser, per_class_default, per_class_help):
     return parser
 
 
-def pick_device(device="", gpu=None):
-    """``device`` if given, else ``cuda:<gpu>`` / ``cuda`` when available, else the CPU."""
-    if device:
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError(f"--device {device}: no CUDA device is visible; use --device cpu")
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", gpu or 0)
-    return torch.device("cpu")
-
-
 def build_trunk(pretrained="", arch=None, cifar_stem=None, trunk_pattern=None, trust=False, seed=0,
                 image_size=224, log=print):
     """A trunk with pretrained (or seeded random-init) weights, on the CPU, in eval mode.

@@ -85,16 +85,23 @@ def slurm_master_addr(nodelist):
     return first_slurm_host(nodelist)
 
 
-def _pick_device(device, local_rank):
-    """The device this process computes on.
+def pick_device(device=None, gpu=None, local_rank=0):
+    """The device this process computes on: the one place that chooses it (scripts, evaluations, demos).
 
     Args:
         device: "cpu", "cuda", "cuda:1" or None/"" (auto); bare "cuda" means ``cuda:local_rank``.
+        gpu: MoCo's ``--gpu`` id, used when ``device`` is not given.
         local_rank: index of this process on its node.
     Returns: torch.device (``cuda:local_rank % #GPUs`` when CUDA exists and nothing was forced, else cpu).
+    Raises:
+        UserError: a CUDA device is asked for and none is visible (collective: every rank sees the same).
     """
+    if not device and gpu is not None:
+        device = f"cuda:{gpu}"
     if device:
         dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"--device {device}: no CUDA device is visible; use --device cpu", collective=True)
         if dev.type == "cuda" and dev.index is None:
             dev = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
         return dev
@@ -103,7 +110,7 @@ def _pick_device(device, local_rank):
     return torch.device("cpu")
 
 
-def init_distributed(dist_url=None, world_size=-1, rank=-1, local_rank=None, backend=None, device=None,
+def init_distributed(dist_url=None, world_size=-1, rank=-1, local_rank=None, backend=None, device=None, gpu=None,
                      timeout_s=1800):
     """Detect the launcher, pick the device, create the process group when world_size > 1.
 
@@ -114,6 +121,7 @@ def init_distributed(dist_url=None, world_size=-1, rank=-1, local_rank=None, bac
         local_rank: from ``--local-rank`` (torch.distributed.launch) or :func:`spawn_workers`; None otherwise.
         backend: force "nccl" or "gloo"; default nccl on CUDA, gloo otherwise.
         device: force "cpu", "cuda" or "cuda:1"; default ``cuda:local_rank`` when CUDA exists, else cpu.
+        gpu: MoCo's ``--gpu`` id (when ``device`` is not given).
         timeout_s: collective timeout in seconds.
     Returns: DistInfo. Rank 0 prints one line ``distributed: launcher=..., world_size=..., ...``.
     """
@@ -139,7 +147,7 @@ def init_distributed(dist_url=None, world_size=-1, rank=-1, local_rank=None, bac
         launcher, init_method = "none", None
         rank, world_size, local_rank = 0, 1, local_rank or 0
 
-    dev = _pick_device(device, local_rank)
+    dev = pick_device(device, gpu, local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     distributed = world_size > 1

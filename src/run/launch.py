@@ -52,13 +52,12 @@ def _worker(local_rank, rank, world_size, dist_url, fn, args):
     if rank is None:  # not spawned here: torchrun / launch / srun / plain python / MoCo-style manual ranks
         local_rank, rank, world_size = args.local_rank, args.rank, args.world_size
         dist_url = args.dist_url if args.dist_url != "env://" else None
-    device = args.device or (f"cuda:{args.gpu}" if args.gpu is not None else None)
-    if device and device.startswith("cuda") and not torch.cuda.is_available():
-        report(UserError(f"--device {device}: no CUDA device is visible; use --device cpu", collective=True),
-               rank if rank is not None and rank >= 0 else None)
+    try:
+        info = dist.init_distributed(dist_url=dist_url, world_size=world_size, rank=rank, local_rank=local_rank,
+                                     backend=args.dist_backend or None, device=args.device or None, gpu=args.gpu)
+    except UserError as exc:  # e.g. --device cuda on a machine without one
+        report(exc, rank if rank is not None and rank >= 0 else None)
         sys.exit(2)
-    info = dist.init_distributed(dist_url=dist_url, world_size=world_size, rank=rank, local_rank=local_rank,
-                                 backend=args.dist_backend or None, device=device)
     try:
         out = fn(args, info)
     except UserError as exc:

@@ -5,10 +5,12 @@
 * :func:`train_set`: 1 random clip, random short side + crop + flip (+ colour for fine-tuning);
 * :func:`test_set`: 10 clips x 3 crops of the short-side-resized video, stacked as (30, 3, T, S, S);
 * :func:`video_samples`: a split, from ``ROOT/<split>/<class>/`` folders or from official split files;
-* :func:`add_video_eval_args` / :func:`eval_sets`: the flags and datasets of the evaluation scripts run with
-  ``--modality video`` (``eval_linear.py``, ``main_transfer.py``, ``eval/retrieval.py``).
+* :func:`add_video_eval_args`, :class:`VideoEval` (those flags, read once) and :func:`eval_sets` / :func:`bank_sets`:
+  the flags and datasets of the evaluation scripts run with ``--modality video`` (``eval_linear.py``,
+  ``main_transfer.py``, ``eval/retrieval.py``).
 """
 import os
+from dataclasses import dataclass, fields
 
 from torch import nn
 
@@ -95,37 +97,63 @@ def add_video_eval_args(parser):
     return g
 
 
-def frames_fps(args):
-    """--frames_fps, else 25 for UCF101 (its frames are extracted at 25 fps in the reference), else 30."""
-    if args.frames_fps is not None:
-        return args.frames_fps
-    return 25.0 if getattr(args, "dataset", "") == "ucf101" else 30.0
+@dataclass(frozen=True)
+class VideoEval:
+    """The video settings of an evaluation (the flags of :func:`add_video_eval_args`, read once by
+    :meth:`from_flags`): frames and clip length, the split, the test views."""
+
+    num_frames: int = 8
+    clip_duration: float = 2.56
+    frames_fps: float = None
+    splits_dir: str = ""
+    split_id: int = 1
+    test_clips: int = 10
+    test_crops: int = 3
+    test_videos_per_batch: int = 4
+    dataset: str = ""
+
+    @classmethod
+    def from_flags(cls, flags):
+        """The fields of a parsed-flags namespace (those it has; the rest keep their defaults)."""
+        return cls(**{f.name: getattr(flags, f.name) for f in fields(cls) if hasattr(flags, f.name)})
+
+    @property
+    def fps(self):
+        """--frames_fps, else 25 for UCF101 (its frames are extracted at 25 fps in the reference), else 30."""
+        if self.frames_fps is not None:
+            return self.frames_fps
+        return 25.0 if self.dataset == "ucf101" else 30.0
+
+    @property
+    def views(self):
+        """Views per test video: test_clips x test_crops."""
+        return self.test_clips * self.test_crops
 
 
-def eval_samples(args, data):
-    """``(train samples, test samples, classes)`` of an evaluation run; UserError when the splits disagree."""
-    train, classes = video_samples(data, "train", args.splits_dir, args.split_id)
-    test, test_classes = video_samples(data, "val", args.splits_dir, args.split_id)
+def eval_samples(cfg, data):
+    """``(train samples, test samples, classes)`` of an evaluation run (``cfg``: :class:`VideoEval`); UserError when
+    the splits disagree."""
+    train, classes = video_samples(data, "train", cfg.splits_dir, cfg.split_id)
+    test, test_classes = video_samples(data, "val", cfg.splits_dir, cfg.split_id)
     if classes != test_classes:
         raise UserError(f"the train and test splits of '{data}' have different classes ({len(classes)} vs "
                         f"{len(test_classes)}): labels would not match")
     return train, test, classes
 
 
-def eval_sets(args, data, resize, crop_size, seed, finetune=False):
+def eval_sets(cfg, data, resize, crop_size, seed, finetune=False):
     """``(train set, test set)`` of an evaluation: 1 random clip (short side in [resize, 1.25 resize], random
     ``crop_size`` crop, flip; colour too when fine-tuning) and the ``test_clips`` x ``test_crops`` views at
     ``resize``."""
-    if args.num_frames < 1 or args.clip_duration <= 0 or args.test_clips < 1 or args.test_videos_per_batch < 1:
+    if cfg.num_frames < 1 or cfg.clip_duration <= 0 or cfg.test_clips < 1 or cfg.test_videos_per_batch < 1:
         raise UserError("need --num_frames, --test_clips, --test_videos_per_batch >= 1 and --clip_duration > 0")
     if crop_size > resize:
         raise UserError(f"--crop_size {crop_size} is larger than --resize {resize} (the short side)")
-    train, test, classes = eval_samples(args, data)
-    fps = frames_fps(args)
-    return (train_set(train, classes, crop_size, (resize, int(round(1.25 * resize))), finetune, args.num_frames,
-                      args.clip_duration, seed=seed, frames_fps=fps),
-            test_set(test, classes, resize, resize, args.test_clips, args.test_crops, args.num_frames,
-                     args.clip_duration, frames_fps=fps))
+    train, test, classes = eval_samples(cfg, data)
+    return (train_set(train, classes, crop_size, (resize, int(round(1.25 * resize))), finetune, cfg.num_frames,
+                      cfg.clip_duration, seed=seed, frames_fps=cfg.fps),
+            test_set(test, classes, resize, resize, cfg.test_clips, cfg.test_crops, cfg.num_frames,
+                     cfg.clip_duration, frames_fps=cfg.fps))
 
 
 class ViewAverage(nn.Module):
@@ -143,14 +171,8 @@ class ViewAverage(nn.Module):
         return feats.view(x.shape[0], x.shape[1], -1).mean(dim=1)
 
 
-def num_views(args):
-    """Views per test video: --test_clips x --test_crops."""
-    return args.test_clips * args.test_crops
-
-
-def bank_sets(args, data, resize):
+def bank_sets(cfg, data, resize):
     """``(train set, test set)`` both through the test protocol (the bank and the queries of retrieval)."""
-    train, test, classes = eval_samples(args, data)
-    fps = frames_fps(args)
-    return tuple(test_set(s, classes, resize, resize, args.test_clips, args.test_crops, args.num_frames,
-                          args.clip_duration, frames_fps=fps) for s in (train, test))
+    train, test, classes = eval_samples(cfg, data)
+    return tuple(test_set(s, classes, resize, resize, cfg.test_clips, cfg.test_crops, cfg.num_frames,
+                          cfg.clip_duration, frames_fps=cfg.fps) for s in (train, test))
