@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.run import dist
-from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg, add_dist_args,
+from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg, add_run_args, add_dist_args,
                       amp_dtype, autocast_dtype, bool_flag)
 from src.evaluation.classifier import (FeatureBatches, LinearClassifier, Results, ShardSampler, content_hash, evaluate,
                             extract_shard, fingerprint, test_transform, train_transform)
@@ -126,16 +126,9 @@ def get_args_parser(add_help=False):
                  "the training images are never randomly cropped or flipped, so the head sees one fixed view per "
                  "image and overfits sooner; the accuracies are not those of the published protocol (by how much "
                  "is not measured here) and do not belong next to published tables")
-    g = parser.add_argument_group("run")
-    add_arg(g, "--dump_path", "--output_dir", default=".", dest="dump_path",
-            help="where checkpoint.pth.tar, model_best.pth.tar, eval_linear.json and log.txt go (.)")
-    add_arg(g, "--resume", default="", help="checkpoint to resume from (default: DUMP_PATH/checkpoint.pth.tar if any)")
+    g = add_run_args(parser, ("--dump_path", "--output_dir"),
+                     "where checkpoint.pth.tar, model_best.pth.tar, eval_linear.json and log.txt go", short_print=True)
     add_arg(g, "-e", "--evaluate", action="store_true", help="only test the head of the resumed checkpoint")
-    add_arg(g, "-p", "--print_freq", default=10, type=POSITIVE_INT, help="progress line every N iterations (10)")
-    add_arg(g, "--save_every_iters", default=0, type=NONNEG_INT,
-            help="also refresh checkpoint.pth.tar every N iterations inside an epoch (0: epoch ends only)")
-    add_arg(g, "--max_iters", default=0, type=NONNEG_INT,
-            help="stop with a checkpoint once this many iterations are done in total (smoke tests; 0: off)")
     add_video_eval_args(parser)
     add_dist_args(parser)
     add_amp_args(parser)
@@ -259,8 +252,7 @@ def train_one_epoch(head, trunk, batches, optimizer, schedule, epoch, start_iter
     t_end = time.time()
     for it, (x, y) in enumerate(batches, start=start_iter):
         t_data = time.time() - t_end
-        lr = float(schedule[epoch * iters_per_epoch + it])
-        set_lr(optimizer, lr)
+        lr = set_lr(optimizer, schedule[epoch * iters_per_epoch + it])
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if x.ndim >= 4:  # images (B, 3, H, W) or clips (B, 3, T, H, W): frozen features (B, D)
             with torch.no_grad(), autocast(device, amp):

@@ -48,7 +48,7 @@ from src.evaluation.pair_eval import build_trunk
 from src.evaluation.pretrained import add_pretrained_args
 from src.optim import moco_lr_schedule
 from src.run import dist
-from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg,
+from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg, add_run_args,
                           add_dist_args, amp_dtype, autocast_dtype)
 from src.run.checkpoint import atomic_write
 from src.run.errors import UserError, exit_on_user_error
@@ -75,8 +75,6 @@ def get_args_parser(add_help=False):
             help="list of the labelled training images, one name like n01440764_10026.JPEG per line (default: "
                  "data_lists/imagenet_<labels_perc>percent.txt, SimCLR's subsets)")
     add_arg(g, "--data_path", default=None, help="SwAV spelling of DIR")
-    add_arg(g, "--dump_path", "--output_dir", default=".", dest="dump_path",
-            help="where checkpoint.pth.tar, eval_semisup.json, args.json and log.txt go (.)")
     add_arg(g, "--seed", default=31, type=int, help="seed of the head init, sampling, augmentation, random trunk (31)")
     add_arg(g, "-j", "--workers", default=10, type=NONNEG_INT, help="data loading workers per process (10)")
     g = parser.add_argument_group("model")
@@ -98,13 +96,8 @@ def get_args_parser(add_help=False):
             help="train crop and test centre crop side in px (224; 32-64 for CPU smoke runs)")
     add_arg(g, "--resize", default=256, type=POSITIVE_INT,
             help="test images: shorter side before the centre crop (256)")
-    g = parser.add_argument_group("run")
-    add_arg(g, "--resume", default="", help="checkpoint to resume from (default: DUMP_PATH/checkpoint.pth.tar if any)")
-    add_arg(g, "-p", "--print_freq", default=50, type=POSITIVE_INT, help="progress line every N iterations (50)")
-    add_arg(g, "--save_every_iters", default=0, type=NONNEG_INT,
-            help="also refresh checkpoint.pth.tar every N iterations inside an epoch (0: epoch ends only)")
-    add_arg(g, "--max_iters", default=0, type=NONNEG_INT,
-            help="stop with a checkpoint once this many iterations are done in total (smoke tests; 0: off)")
+    add_run_args(parser, ("--dump_path", "--output_dir"), "where checkpoint.pth.tar, eval_semisup.json, args.json and "
+                 "log.txt go", print_freq=50, short_print=True)
     add_dist_args(parser)
     add_amp_args(parser)
     return parser

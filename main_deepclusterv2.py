@@ -22,6 +22,7 @@ One GPU or a CPU, no launcher needed; two processes with any launcher:
 import argparse
 import math
 import time
+from itertools import islice
 
 import torch
 
@@ -210,13 +211,10 @@ def train_one_epoch(model, ddp_model, bank, assignments, loader, optimizer, scal
     model.train()
     bs, n_crops = args.batch_size, sum(args.nmb_crops)
     t_end = time.time()
-    for it, (index, crops) in enumerate(loader, start=start_iter):
-        if it >= iters_per_epoch:
-            break
+    for it, (index, crops) in enumerate(islice(loader, iters_per_epoch - start_iter), start=start_iter):
         t_data = time.time() - t_end
         step = epoch * iters_per_epoch + it
-        lr = float(lr_schedule[step])
-        set_lr(optimizer, lr)
+        lr = set_lr(optimizer, lr_schedule[step])
 
         # prototypes on the unit sphere, then one trunk pass per resolution
         normalize_prototypes(model)

@@ -36,14 +36,14 @@ import math
 import os
 import sys
 import time
-from contextlib import nullcontext
+from itertools import islice
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from src.run import dist
-from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg,
+from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg, add_run_args,
                       add_dist_args, add_speed_args, amp_dtype, autocast_dtype)
 from src.augment.recipes import moco_multicrop_recipe, moco_recipe, ssl_small_jitter
 from src.augment.views import MOCO_V2_JITTER, relative_blur_scale
@@ -57,9 +57,10 @@ from src.models import KNOWN_ARCHS
 from src.models.heads import MOCO_HEADS
 from src.optim import moco_lr_schedule, set_lr
 from src.evaluation.pretrained import TRUST_HELP, read_checkpoint
+from src.evaluation import demo
 from src.run.launch import cli, launch
 from src.run.loop import Run
-from src.run.speed import fused_kwargs, maybe_compile, to_channels_last
+from src.run.speed import autocast, fused_kwargs, maybe_compile, to_channels_last
 
 def get_args_parser(add_help=True):
     parser = ArgumentParser("MoCo v1/v2 pretraining", add_help=add_help,
@@ -77,9 +78,6 @@ def get_args_parser(add_help=True):
     add_arg(g, "--schedule", default=[120, 160], nargs="*", type=int, help="epochs where lr drops x0.1 (without --cos)")
     add_arg(g, "--momentum", default=0.9, type=MOMENTUM, help="SGD momentum")
     add_arg(g, "--wd", "--weight-decay", default=1e-4, type=NONNEG, dest="weight_decay", help="weight decay (1e-4)")
-    add_arg(g, "-p", "--print-freq", default=10, type=POSITIVE_INT, help="print / log every N iterations")
-    add_arg(g, "--resume", default="", type=str,
-            help="checkpoint to resume from (default: OUTPUT_DIR/checkpoint.pth.tar if it exists)")
     add_arg(g, "--restart", action="store_true",
             help="with --resume: load the weights only (SSL-small): tensors whose shape differs from this model "
                  "are dropped with a warning, encoder_k is copied from encoder_q, optimizer and epoch start "
@@ -142,15 +140,11 @@ def get_args_parser(add_help=True):
             help="epochs without the nearest-neighbour loss while the feature queue fills (paper 5 / 20 for "
                  "200 / 800 epochs)")
 
-    g = parser.add_argument_group("output and checkpoints")
-    add_arg(g, "--output-dir", "--dump-path", "--ckpt-dir", default=".", type=str, dest="output_dir",
-            help="where checkpoints, args.json and the JSON log go (MoCo writes to the working directory; "
-                 "--ckpt-dir is SSL-small's name)")
-    add_arg(g, "--save-freq", default=1, type=NONNEG_INT, help="keep a numbered checkpoint_EEEE.pth.tar every N epochs (0: never)")
-    add_arg(g, "--save-every-iters", default=0, type=NONNEG_INT,
-            help="also refresh checkpoint.pth.tar every N iterations inside an epoch (0: epoch ends only)")
-    add_arg(g, "--max-iters", default=0, type=NONNEG_INT,
-            help="stop (with a checkpoint) after this many iterations in total; for smoke tests (0: off)")
+    g = add_run_args(parser, ("--output-dir", "--dump-path", "--ckpt-dir"),
+                     "where checkpoints, trunk.pth, args.json and the JSON log go (MoCo writes to the working directory; "
+                     "--ckpt-dir is SSL-small's name)", dash=True, short_print=True)
+    add_arg(g, "--save-freq", default=1, type=NONNEG_INT,
+            help="keep a numbered checkpoint_EEEE.pth.tar every N epochs (0: never)")
     add_dist_args(parser)
     add_amp_args(parser)
     add_speed_args(parser)
@@ -290,20 +284,17 @@ def train_one_epoch(model, encoder_q, loader, optimizer, scaler, lr_schedule, ep
     model.train()
     use_aux = args.aux_weight > 0 and epoch >= args.warmup_epochs
     dtype = amp_dtype(args)
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+    amp = autocast(device, dtype)
     t_end = time.time()
-    for it, (images, _) in enumerate(loader, start=start_iter):
-        if it >= iters_per_epoch:
-            break
+    for it, (images, _) in enumerate(islice(loader, iters_per_epoch - start_iter), start=start_iter):
         t_data = time.time() - t_end
-        lr = float(lr_schedule[epoch * iters_per_epoch + it])
-        set_lr(optimizer, lr)
+        lr = set_lr(optimizer, lr_schedule[epoch * iters_per_epoch + it])
         images = [im.to(device, non_blocking=True) for im in images]
         im_k, crops_q = images[1], [images[0]] + images[2:]
 
         # momentum update of the key encoder, then queries (with grad) and shuffled keys (no grad)
         momentum_update(model.encoder_q, model.encoder_k, args.moco_m)
-        with autocast:
+        with amp:
             q, h_q = encode_queries(encoder_q, crops_q, model.tap_q)  # (V*B, dim), crop-major; h_q (V*B, F) or None
             with torch.no_grad():  # (B, dim): shuffle-BN across processes (or split-BN on one)
                 k, h_k = model.key(im_k, with_features=True) if model.tap_k else (model.key(im_k), None)
@@ -444,38 +435,16 @@ def moco_head(args):
 # ==================================================================================================
 def run_demo(args):
     """Build the demo data, pretrain resnet_tiny on the CPU for a few minutes, compare kNN top-1 of the
-    pretrained trunk with the same trunk at its random initialisation."""
-    from src.evaluation.demo import knn_vs_random_init
-    from src.data.demo import make_demo_dataset
+    pretrained trunk with the same trunk at its random initialisation (src.evaluation.demo)."""
+    def trunks(model, args):
+        init = MoCo(args.arch, dim=args.moco_dim, K=args.moco_k, head=moco_head(args)).encoder_q
+        out = [copy.deepcopy(encoder) for encoder in (model.encoder_q, init)]
+        for trunk in out:
+            trunk.fc = nn.Identity()  # the trunk without the projection head
+        return out
 
-    t0 = time.time()
-    root = make_demo_dataset(args.demo_dir)
-    demo = dict(data=str(root), arch=DEMO["arch"], cifar_stem=DEMO["cifar_stem"], epochs=DEMO["epochs"], batch_size=DEMO["batch_size"],
-                lr=DEMO["lr"], moco_k=DEMO["moco_k"], moco_t=DEMO["moco_t"], moco_m=DEMO["moco_m"],
-                mlp=DEMO["mlp"], aug_plus=True, cos=True, crop_size=DEMO["crop_size"], workers=DEMO["workers"],
-                seed=args.seed if args.seed is not None else 0, print_freq=DEMO["print_freq"],
-                weight_decay=DEMO["weight_decay"], bn_splits=DEMO["bn_splits"], min_scale=DEMO["min_scale"],
-                save_freq=0, max_iters=0)
-    if args.output_dir == ".":
-        demo["output_dir"] = "runs/moco-demo"
-    for k, v in demo.items():
-        setattr(args, k, v)
-    print(f"demo: data in {root}, run in {args.output_dir}", flush=True)
-    info = dist.init_distributed(device=args.device or None)
-    model = train(args, info)
-
-    # the same trunk at random init: rebuilding with the run's seed reproduces the initial weights
-    dist.seed_everything(args.seed, 0)
-    init = MoCo(args.arch, dim=args.moco_dim, K=args.moco_k, head=moco_head(args)).encoder_q
-    trunks = []
-    for enc in (model.encoder_q, init):
-        trunk = copy.deepcopy(enc)
-        trunk.fc = nn.Identity()
-        trunks.append(trunk)
-    results = knn_vs_random_init(*trunks, root, DEMO["eval_size"], info.device, args.output_dir,
-                                 os.path.join(args.output_dir, "checkpoint.pth.tar"), t0)
-    dist.cleanup()
-    return results
+    args.seed = 0 if args.seed is None else args.seed
+    return demo.run_demo(args, DEMO, train, trunks, "data", "output_dir", "runs/moco-demo")
 
 
 # Demo recipe for 2 CPU cores: MoCo v2 (MLP head, T 0.2, blur, cosine lr) with resnet_tiny (0.3M parameters) on
@@ -483,7 +452,7 @@ def run_demo(args):
 # Measured (Best-NN, pretrained vs random init): 31.90% vs 20.80% (seed 0), 32.20% vs 23.20% (seed 1).
 DEMO = dict(arch="resnet_tiny", cifar_stem=False, epochs=6, batch_size=128, lr=0.06, moco_k=1024, moco_t=0.2,
             moco_m=0.99, crop_size=64, eval_size=64, workers=1, print_freq=10, weight_decay=1e-4, bn_splits=8,
-            min_scale=0.5, mlp="simple")
+            min_scale=0.5, mlp="simple", aug_plus=True, cos=True, save_freq=0, max_iters=0)
 
 
 if __name__ == "__main__":

@@ -32,16 +32,15 @@ CPU, the generated moving-shapes videos (README "Video SCE" has the evaluations 
 """
 import argparse
 import copy
-import os
 import sys
 import time
-from contextlib import nullcontext
+from itertools import islice
 
 import torch
 from torch import nn
 
 from src.run import dist
-from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg,
+from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg, add_run_args,
                       add_dist_args, add_speed_args, amp_dtype, autocast_dtype, bool_flag)
 from src.augment.recipes import sce_recipe
 from src.augment.views import relative_blur_scale
@@ -52,9 +51,10 @@ from src.methods.common import check_queue_size
 from src.methods.sce import SCE, momentum_schedule, multicrop_sce_loss
 from src.models import KNOWN_ARCHS, VIDEO_ARCHS
 from src.optim import LARS, cosine_schedule, set_lr
+from src.evaluation import demo
 from src.run.launch import cli, launch
 from src.run.loop import Run
-from src.run.speed import maybe_compile, to_channels_last
+from src.run.speed import autocast, maybe_compile, to_channels_last
 from src.augment.split import device_loader
 
 def get_args_parser(add_help=True):
@@ -118,18 +118,10 @@ def get_args_parser(add_help=True):
                  "on a CPU run with several processes)")
     add_arg(g, "--seed", default=42, type=int, help="seed for init, sampling and augmentation (42)")
 
-    g = parser.add_argument_group("output and checkpoints")
-    add_arg(g, "--dump_path", "--output_dir", default=".", type=str, dest="dump_path",
-            help="where checkpoint.pth.tar, trunk.pth (torchvision layout), args.json and log.txt go")
+    g = add_run_args(parser, ("--dump_path", "--output_dir"),
+                     "where checkpoint.pth.tar, trunk.pth (torchvision layout), args.json and log.txt go")
     add_arg(g, "--checkpoint_freq", default=25, type=NONNEG_INT,
             help="keep a numbered checkpoint_EEEE.pth.tar every N epochs (0: never)")
-    add_arg(g, "--save_every_iters", default=0, type=NONNEG_INT,
-            help="also refresh checkpoint.pth.tar every N iterations inside an epoch (0: epoch ends only)")
-    add_arg(g, "--max_iters", default=0, type=NONNEG_INT,
-            help="stop (with a checkpoint) after this many iterations in total; for smoke tests (0: off)")
-    add_arg(g, "--resume", default="", type=str,
-            help="checkpoint to resume from (default: DUMP_PATH/checkpoint.pth.tar if it exists)")
-    add_arg(g, "--print_freq", default=10, type=POSITIVE_INT, help="print / log every N iterations")
     add_dist_args(parser)
     add_amp_args(parser)
     add_speed_args(parser)
@@ -350,20 +342,18 @@ def train_one_epoch(model, online, target, loader, optimizer, scaler, lr_schedul
     """One epoch of SCE; a generator that yields ``(iteration, loss)`` after each optimizer step."""
     model.train()  # the target branch too: its BN uses batch statistics, as in the reference
     dtype = amp_dtype(args)
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+    amp = autocast(device, dtype)
     t_end = time.time()
-    for it, (crops, _) in enumerate(loader, start=start_iter):
-        if it >= iters_per_epoch:
-            break
+    for it, (crops, _) in enumerate(islice(loader, iters_per_epoch - start_iter), start=start_iter):
         t_data = time.time() - t_end
         step = epoch * iters_per_epoch + it
-        set_lr(optimizer, float(lr_schedule[step]))
+        lr = set_lr(optimizer, lr_schedule[step])
         crops = [c.to(device, non_blocking=True) for c in crops]  # [g1, g2, l1, ..., lL], each (B, 3, s, s)
         # (video: the 2 clips, each (B, 3, T, s, s))
 
         # one queue snapshot for every pair of this step; queries for every crop, keys for the 2 global crops
         queue = model.queue.queue.clone()  # (K, D)
-        with autocast:
+        with amp:
             queries = online(crops)  # list of (B, D), unit norm
             with torch.no_grad():
                 keys = target(crops[:2])  # list of 2 (B, D), unit norm
@@ -384,7 +374,7 @@ def train_one_epoch(model, online, target, loader, optimizer, scaler, lr_schedul
         model.queue.enqueue(torch.cat([dist.concat_all_gather(k.float()) for k in keys]))
 
         logger.update(data_time=t_data, step_time=time.time() - t_end, Loss=loss.detach(), m=float(m_schedule[step]))
-        logger.maybe_print(it, float(lr_schedule[step]))
+        logger.maybe_print(it, lr)
         yield it, loss.detach()
         t_end = time.time()
 
@@ -392,31 +382,13 @@ def train_one_epoch(model, online, target, loader, optimizer, scaler, lr_schedul
 # ==================================================================================================
 def run_demo(args):
     """Build the demo data, pretrain resnet_tiny with SCE on the CPU for about 2 minutes, compare kNN top-1 of
-    the pretrained trunk with the same trunk at its random initialisation."""
-    from src.evaluation.demo import knn_vs_random_init
-    from src.data.demo import make_demo_dataset
+    the pretrained trunk with the same trunk at its random initialisation (src.evaluation.demo)."""
+    def trunks(model, args):
+        init = SCE(args.arch, dim=args.feat_dim, proj_hidden_dim=args.proj_hidden_dim,
+                   pred_hidden_dim=args.pred_hidden_dim, queue_size=args.queue_size, cifar_stem=args.cifar_stem)
+        return model.trunk, init.trunk
 
-    t0 = time.time()
-    root = make_demo_dataset(args.demo_dir)
-    for k, v in DEMO.items():
-        if k != "eval_size":
-            setattr(args, k, v)
-    args.data_path = str(root)
-    if args.dump_path == ".":
-        args.dump_path = "runs/sce-demo"
-    check_args(args)
-    print(f"demo: data in {root}, run in {args.dump_path}", flush=True)
-    info = dist.init_distributed(device=args.device or None)
-    model = train(args, info)
-
-    # the same trunk at random init: rebuilding with the run's seed reproduces the initial weights
-    dist.seed_everything(args.seed, 0)
-    init = SCE(args.arch, dim=args.feat_dim, proj_hidden_dim=args.proj_hidden_dim,
-               pred_hidden_dim=args.pred_hidden_dim, queue_size=args.queue_size, cifar_stem=args.cifar_stem).trunk
-    results = knn_vs_random_init(model.trunk, init, root, DEMO["eval_size"], info.device, args.dump_path,
-                                 os.path.join(args.dump_path, "checkpoint.pth.tar"), t0)
-    dist.cleanup()
-    return results
+    return demo.run_demo(args, DEMO, train, trunks, "data_path", "dump_path", "runs/sce-demo", check=check_args)
 
 
 # Demo recipe for 2 CPU cores (about 2 minutes): resnet_tiny (0.3M parameters) on 2 x 64-px crops of at least half

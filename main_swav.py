@@ -24,8 +24,8 @@ CPU, two processes, small crops (see README for the demo data):
         --freeze_prototypes_niters 20 --epochs 2 --workers 1 --use_fp16 false --dump_path runs/swav-cpu
 """
 import argparse
-import os
 import time
+from itertools import islice
 
 import torch
 
@@ -42,6 +42,7 @@ from src.run.args import (ArgumentParser, add_amp_args, add_arg, add_dist_args, 
                           add_swav_optim_args, add_swav_run_args, autocast_dtype, check_multicrop_args)
 from src.run.checkpoint import swav_copy_name
 from src.run.errors import UserError
+from src.evaluation import demo
 from src.run.launch import cli, launch
 from src.run.logging import n_params, print_rank0
 from src.run.loop import Run
@@ -169,13 +170,10 @@ def train_one_epoch(model, ddp_model, queue, loader, optimizer, scaler, lr_sched
     amp = autocast(device, dtype)
     bs = args.batch_size
     t_end = time.time()
-    for it, (crops, _) in enumerate(loader, start=start_iter):
-        if it >= iters_per_epoch:
-            break
+    for it, (crops, _) in enumerate(islice(loader, iters_per_epoch - start_iter), start=start_iter):
         t_data = time.time() - t_end
         step = epoch * iters_per_epoch + it
-        lr = float(lr_schedule[step])
-        set_lr(optimizer, lr)
+        lr = set_lr(optimizer, lr_schedule[step])
 
         # prototypes back on the unit sphere (frozen or not), then one trunk pass per resolution
         normalize_prototypes(model)
@@ -219,27 +217,11 @@ def train_one_epoch(model, ddp_model, queue, loader, optimizer, scaler, lr_sched
 def run_demo(args):
     """Build the demo data, pretrain resnet_tiny with SwAV on the CPU for a few minutes, compare kNN top-1 of the
     pretrained trunk with the same trunk at its random initialisation (src.evaluation.demo)."""
-    from src.evaluation.demo import knn_vs_random_init
-    from src.data.demo import make_demo_dataset
+    def trunks(model, args):
+        init = SwAVModel(args.arch, args.feat_dim, args.hidden_mlp, args.nmb_prototypes, cifar_stem=args.cifar_stem)
+        return model.backbone, init.backbone
 
-    t0 = time.time()
-    root = make_demo_dataset(args.demo_dir)
-    for k, v in DEMO.items():
-        if k != "eval_size":
-            setattr(args, k, v)
-    args.data_path = str(root)
-    if args.dump_path == ".":
-        args.dump_path = "runs/swav-demo"
-    check_args(args)
-    print(f"demo: data in {root}, run in {args.dump_path}", flush=True)
-    info = dist.init_distributed(device=args.device or None)
-    model = train(args, info)
-    dist.seed_everything(args.seed, 0)  # rebuilding with the run's seed reproduces the initial weights
-    init = SwAVModel(args.arch, args.feat_dim, args.hidden_mlp, args.nmb_prototypes, cifar_stem=args.cifar_stem)
-    results = knn_vs_random_init(model.backbone, init.backbone, root, DEMO["eval_size"], info.device, args.dump_path,
-                                 os.path.join(args.dump_path, "checkpoint.pth.tar"), t0)
-    dist.cleanup()
-    return results
+    return demo.run_demo(args, DEMO, train, trunks, "data_path", "dump_path", "runs/swav-demo", check=check_args)
 
 
 # Demo recipe for 2 CPU cores (about 6 minutes): resnet_tiny (0.4M parameters with the head, standard stem) on

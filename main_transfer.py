@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.run import dist
-from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg, add_dist_args,
+from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg, add_run_args, add_dist_args,
                       amp_dtype, autocast_dtype)
 from src.data.cifar import CifarPickleDataset, find_cifar_folder
 from src.evaluation.classifier import (LinearClassifier, Results, ShardSampler, content_hash, evaluate, fingerprint,
@@ -99,15 +99,9 @@ def get_args_parser(add_help=False):
             help="epochs where the lr drops x0.1 (linear) / x0.2 (fine-tune) (linear 40; fine-tune 40 70)")
     add_arg(g, "--momentum", default=0.9, type=MOMENTUM, help="SGD momentum (0.9)")
     add_arg(g, "--wd", "--weight-decay", default=0.0, type=NONNEG, dest="weight_decay", help="weight decay (0)")
-    g = parser.add_argument_group("run")
-    add_arg(g, "--output-dir", default=".", help="checkpoint.pth.tar, model_best.pth.tar, transfer.json, log.txt (.)")
-    add_arg(g, "--resume", default="", help="checkpoint to resume (default: OUTPUT_DIR/checkpoint.pth.tar if any)")
+    g = add_run_args(parser, ("--output-dir",), "checkpoint.pth.tar, model_best.pth.tar, transfer.json, log.txt",
+                     dash=True, short_print=True)
     add_arg(g, "-e", "--evaluate", action="store_true", help="only test the network of the resumed checkpoint")
-    add_arg(g, "-p", "--print-freq", default=10, type=POSITIVE_INT, help="progress line every N iterations (10)")
-    add_arg(g, "--save-every-iters", default=0, type=NONNEG_INT,
-            help="also refresh checkpoint.pth.tar every N iterations inside an epoch (0: epoch ends only)")
-    add_arg(g, "--max-iters", default=0, type=NONNEG_INT,
-            help="stop with a checkpoint once this many iterations are done in total (smoke tests; 0: off)")
     add_video_eval_args(parser)
     add_dist_args(parser)
     add_amp_args(parser)
@@ -240,8 +234,7 @@ def train_one_epoch(trunk, head, model, loader, optimizer, scaler, schedule, epo
     t_end = time.time()
     for it, (images, target) in enumerate(loader, start=start_iter):
         t_data = time.time() - t_end
-        lr = float(schedule[epoch * iters_per_epoch + it])
-        set_lr(optimizer, lr)
+        lr = set_lr(optimizer, schedule[epoch * iters_per_epoch + it])
         images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
         with autocast(device, amp):
             if args.finetune:

@@ -177,9 +177,11 @@ def exclude_from_wd_groups(named_params, weight_decay):
 
 
 def set_lr(optimizer, lr):
-    """Set ``lr`` on every parameter group (``lr_scale`` in a group multiplies it)."""
+    """Set ``lr`` on every parameter group (``lr_scale`` in a group multiplies it). Returns: ``lr`` as a float."""
+    lr = float(lr)
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
+    return lr
 
 
 def sgd_larc(params, lr, weight_decay, device):

@@ -16,9 +16,46 @@ import time
 import torch
 
 from src.augment.image import eval_transform
+from src.data.demo import make_demo_dataset
 from src.data.folders import build_dataset
 from src.evaluation.features import extract_features
 from src.metrics import best_nn, weighted_knn
+from src.run import dist
+
+
+def run_demo(args, recipe, train, trunks, data_flag, output_flag, default_output, check=None):
+    """A whole ``main_<method>.py --demo`` in this process: the demo data, the recipe's flags, training, then
+    :func:`knn_vs_random_init` on the trunk of the trained model and on the same trunk at initialisation.
+
+    Args:
+        args: the script's flags (updated with ``recipe``). recipe: {flag dest: value}, with ``eval_size``.
+        train: the script's ``train(args, info)`` (returns the model). trunks: ``(model, args) -> (trained trunk,
+            random-init trunk)``, called right after the run's seed is set again (so a rebuilt model has the
+            run's initial weights). data_flag / output_flag: dests of the data folder and output folder flags.
+        default_output: the output folder when none was given. check: optional flag check to run first.
+    Returns:
+        :func:`knn_vs_random_init`'s results.
+    """
+    t0 = time.time()
+    root = make_demo_dataset(args.demo_dir)
+    for key, value in recipe.items():
+        if key != "eval_size":
+            setattr(args, key, value)
+    setattr(args, data_flag, str(root))
+    if getattr(args, output_flag) == ".":
+        setattr(args, output_flag, default_output)
+    if check is not None:
+        check(args)
+    out = getattr(args, output_flag)
+    print(f"demo: data in {root}, run in {out}", flush=True)
+    info = dist.init_distributed(device=args.device or None)
+    model = train(args, info)
+    dist.seed_everything(args.seed, 0)  # rebuilding with the run's seed reproduces the initial weights
+    pretrained, random_init = trunks(model, args)
+    results = knn_vs_random_init(pretrained, random_init, root, recipe["eval_size"], info.device, out,
+                                 os.path.join(out, "checkpoint.pth.tar"), t0)
+    dist.cleanup()
+    return results
 
 
 def knn_vs_random_init(pretrained, random_init, root, eval_size, device, out_dir, checkpoint, t0):

@@ -155,6 +155,36 @@ def amp_dtype(args):
     return {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[_amp_name(args)]
 
 
+def add_run_args(parser, output=("--dump_path", "--output_dir"), output_help="the run's folder", print_freq=10,
+                 dash=False, short_print=False):
+    """The run skeleton's flags (``src.run.loop.Run``), one group in every training script: the output folder,
+    ``--resume``, ``--print_freq`` (also the stop / NaN check interval), ``--save_every_iters``, ``--max_iters``.
+
+    Args:
+        parser: the script's parser. output: the output folder's names (the first gives the dest).
+        output_help: what the folder holds. print_freq: its default. dash: show dash-case names first (MoCo's
+            scripts; both spellings always work). short_print: also ``-p``.
+    Returns:
+        the argument group (scripts add their own checkpoint flags to it).
+    """
+    def name(snake):
+        return snake.replace("_", "-") if dash else snake
+
+    g = parser.add_argument_group("run: output, resume, checkpoints (src.run)")
+    dest = output[0].lstrip("-").replace("-", "_")
+    add_arg(g, *output, default=".", type=str, dest=dest, help=output_help + " (.)")
+    add_arg(g, "--resume", default="", type=str,
+            help=f"checkpoint to resume from (default: {dest.upper()}/checkpoint.pth.tar if it exists: auto-resume)")
+    add_arg(g, *(("-p",) if short_print else ()), name("--print_freq"), default=print_freq, type=POSITIVE_INT,
+            help=f"progress line, and the stop-signal / NaN check, every N iterations ({print_freq})")
+    add_arg(g, name("--save_every_iters"), default=0, type=NONNEG_INT,
+            help="also refresh checkpoint.pth.tar every N iterations inside an epoch (0: epoch ends only)")
+    add_arg(g, name("--max_iters"), default=0, type=NONNEG_INT,
+            help="stop with a checkpoint once this many iterations are done in total, counted over every resume "
+                 "(smoke tests; 0: off)")
+    return g
+
+
 def blur_scale_arg(text):
     """``--blur_scale``: a positive number, or ``relative`` (``src.augment.views.resolve_blur_scale``)."""
     if text == "relative":
@@ -217,18 +247,10 @@ def add_swav_run_args(parser, archs, checkpoint_freq=25):
                  "ranks (torch's SyncBatchNorm, no apex needed); anything else: per-process BN. CUDA only")
     add_arg(g, "--syncbn_process_group_size", default=8, type=POSITIVE_INT, help="ranks per BN group with --sync_bn apex (8)")
     add_arg(g, "--seed", default=31, type=int, help="seed for init, sampling and augmentation (31)")
-    g = parser.add_argument_group("output and checkpoints")
-    add_arg(g, "--dump_path", "--output_dir", default=".", type=str, dest="dump_path",
-            help="experiment folder: checkpoint.pth.tar, checkpoints/ckp-E.pth, args.json, log.txt, per-rank files")
+    g = add_run_args(parser, ("--dump_path", "--output_dir"), "experiment folder: checkpoint.pth.tar, "
+                     "checkpoints/ckp-E.pth, trunk.pth, args.json, log.txt, per-rank files", print_freq=50)
     add_arg(g, "--checkpoint_freq", default=checkpoint_freq, type=NONNEG_INT,
             help="copy the checkpoint to checkpoints/ckp-E.pth every N epochs and at the last one (25; 0: last only)")
-    add_arg(g, "--print_freq", default=50, type=POSITIVE_INT, help="log every N iterations (50, as the reference)")
-    add_arg(g, "--save_every_iters", default=0, type=NONNEG_INT,
-            help="also refresh checkpoint.pth.tar every N iterations inside an epoch (0: epoch ends only)")
-    add_arg(g, "--max_iters", default=0, type=NONNEG_INT,
-            help="stop (with a checkpoint) after this many iterations in total; for smoke tests (0: off)")
-    add_arg(g, "--resume", default="", type=str,
-            help="checkpoint to resume from (default: DUMP_PATH/checkpoint.pth.tar if it exists: auto-resume)")
     return g
 
 

@@ -293,8 +293,8 @@ class Run:
         self.save(self.epoch + 1, 0, numbered=numbered)
         if self._stop_reason is None and self._signalled:  # a signal during the epoch's last steps
             self._stop_reason = f"signal {self.stop.name}"
-        if self._stop_reason is not None and self.epoch + 1 < self.epochs_total:
-            self._stopped(self.iters_per_epoch)
+        if self._stop_reason is not None:  # at the last epoch's end the run is complete all the same
+            self._stopped(self.iters_per_epoch, last=self.epoch + 1 >= self.epochs_total)
 
     def check(self):
         """The stop / NaN check now (a collective), e.g. before an evaluation that would print a score: raises on a
@@ -316,10 +316,11 @@ class Run:
             raise UserError(f"'{self.resume_path}' was made with another {flag} ({key} {self.ckpt[key]!r}, this run "
                             f"has {value!r}): pass another {self.output_flag}, or the same {flag}", collective=True)
 
-    def _stopped(self, it):
-        self.stopped = True
-        print_rank0(f"=> stopped by {self._stop_reason} at epoch {self.epoch}, iteration {it}; checkpoint saved, run "
-                    "the same command to resume", rank=self.rank)
+    def _stopped(self, it, last=False):
+        self.stopped = not last
+        then = "the run is complete" if last else "run the same command to resume"
+        print_rank0(f"=> stopped by {self._stop_reason} at epoch {self.epoch}, iteration {it}; checkpoint saved, {then}",
+                    rank=self.rank)
 
     def _check(self):
         """One MAX all-reduce of [stop flag, health flags]; raises on a non-finite loss / BN statistic.
