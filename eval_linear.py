@@ -34,11 +34,9 @@ and writes the same numbers to DUMP_PATH/eval_linear.json. Runs resume from DUMP
     torchrun --nproc_per_node=8 eval_linear.py /datasets/kinetics400 --modality video --num_frames 8 \
         --pretrained runs/video_sce_r3d50/checkpoint.pth.tar --dump_path runs/video_linear
 """
-import functools
 import json
 import math
 import os
-import time
 
 import torch
 import torch.nn.functional as F
@@ -50,12 +48,13 @@ from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE_INT, ArgumentPa
 from src.evaluation.classifier import (FeatureBatches, LinearClassifier, Results, ShardSampler, content_hash, evaluate,
                             extract_shard, fingerprint, test_transform, train_transform)
 from src.data.folders import ResumableSampler, SafeImageFolder, build_loader
-from src.run.errors import UserError, exit_on_user_error
+from src.run.errors import UserError, cli_main
 from src.run.logging import print_rank0
+from src.metrics import topk_rates
 from src.optim import cosine_schedule, moco_lr_schedule, set_lr
 from src.evaluation.pair_eval import build_trunk
 from src.evaluation.pretrained import add_pretrained_args
-from src.run.checkpoint import find_resume_checkpoint, load_checkpoint, save_checkpoint
+from src.run.checkpoint import load_checkpoint, save_checkpoint
 from src.run.launch import launch
 from src.run.loop import Run
 from src.run.speed import autocast
@@ -136,7 +135,7 @@ def get_args_parser(add_help=False):
 
 
 # ==================================================================================================
-@functools.partial(exit_on_user_error, collective=True)  # every process checks the same flags: rank 0 says it once
+@cli_main
 def main(args):
     args.data = args.data or args.data_path
     if not args.data:
@@ -175,15 +174,10 @@ def linear_eval(args, info):
     """Train and test the linear head; returns the :class:`Results` summary dict (None when stopped early)."""
     device, rank = info.device, info.rank
     autocast_dtype(args, device, rank)  # fp16 without CUDA: fp32 with one warning line; later amp_dtype() agrees
-    if args.batch_size % info.world_size:
-        raise UserError(f"-b/--batch_size {args.batch_size} is the TOTAL batch: make it divisible by the "
-                        f"{info.world_size} processes", collective=True)
-    per_rank_batch = args.batch_size // info.world_size
-    if args.evaluate and find_resume_checkpoint(args.dump_path, args.resume) is None:
-        raise UserError(f"-e/--evaluate needs a trained head: none in '{args.dump_path}' and no --resume given",
-                        collective=True)
+    per_rank_batch = dist.split_batch(args.batch_size, info.world_size, "-b/--batch_size")
     run = Run(info, output_dir=args.dump_path, script="eval_linear.py", config=vars(args), resume=args.resume,
-              seed=args.seed, lr_flag="--lr")
+              seed=args.seed, lr_flag="--lr", must_resume="-e/--evaluate needs a trained head" if args.evaluate
+              else None)
     print_rank0(f"protocol {args.protocol}: lr {args.lr:g}, {args.scheduler_type} schedule, {args.epochs} epochs, "
                 f"batch {args.batch_size} ({per_rank_batch} x {info.world_size} processes), wd {args.weight_decay:g}, "
                 f"momentum {args.momentum:g}" + (f", warmup {args.warmup_epochs:g} epochs" if args.warmup_epochs else "")
@@ -249,9 +243,7 @@ def train_one_epoch(head, trunk, batches, optimizer, schedule, epoch, start_iter
     then unused). The trunk stays in eval mode: BatchNorm uses its running statistics and never updates them."""
     head.train()
     trunk.eval()
-    t_end = time.time()
-    for it, (x, y) in enumerate(batches, start=start_iter):
-        t_data = time.time() - t_end
+    for it, (x, y) in logger.batches(batches, start_iter):
         lr = set_lr(optimizer, schedule[epoch * iters_per_epoch + it])
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if x.ndim >= 4:  # images (B, 3, H, W) or clips (B, 3, T, H, W): frozen features (B, D)
@@ -263,13 +255,9 @@ def train_one_epoch(head, trunk, batches, optimizer, schedule, epoch, start_iter
         loss.backward()
         optimizer.step()
 
-        with torch.no_grad():
-            hits = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(y[:, None])
-        logger.update(data_time=t_data, step_time=time.time() - t_end, Loss=loss.detach(),
-                      **{"Acc@1": hits[:, 0].float().mean() * 100, "Acc@5": hits.any(dim=1).float().mean() * 100})
+        logger.update(Loss=loss.detach(), **topk_rates(logits, y))
         logger.maybe_print(it, lr)
         yield it, loss.detach()
-        t_end = time.time()
 
 
 # ==================================================================================================

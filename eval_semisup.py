@@ -31,11 +31,9 @@ DUMP_PATH/checkpoint.pth.tar (same pretrained weights and the same labelled imag
     python -m torch.distributed.launch --nproc_per_node=8 eval_semisup.py --data_path /datasets/imagenet \
         --pretrained swav_800ep_pretrain.pth.tar --labels_perc 10 --lr 0.01 --lr_last_layer 0.2
 """
-import functools
 import json
 import math
 import os
-import time
 
 import torch
 import torch.nn.functional as F
@@ -46,12 +44,13 @@ from src.data.subsets import LabelledSubset, read_list
 from src.evaluation.classifier import Results, ShardSampler, content_hash, evaluate, test_transform, train_transform
 from src.evaluation.pair_eval import build_trunk
 from src.evaluation.pretrained import add_pretrained_args
+from src.metrics import topk_rates
 from src.optim import moco_lr_schedule
 from src.run import dist
 from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg, add_run_args,
                           add_dist_args, amp_dtype, autocast_dtype)
 from src.run.checkpoint import atomic_write
-from src.run.errors import UserError, exit_on_user_error
+from src.run.errors import UserError, cli_main
 from src.run.launch import launch
 from src.run.logging import print_rank0
 from src.run.loop import Run
@@ -104,7 +103,7 @@ def get_args_parser(add_help=False):
 
 
 # ==================================================================================================
-@functools.partial(exit_on_user_error, collective=True)  # every process checks the same flags: rank 0 says it once
+@cli_main
 def main(args):
     fill_recipe(args)
     for split in ("train", "val"):  # before processes start, so a typo gives one error line, not one per process
@@ -190,9 +189,7 @@ def train_one_epoch(model, loader, optimizer, scaler, schedules, epoch, start_it
     The whole network is in train mode (BatchNorm statistics update), set at every epoch since testing switched it
     to eval mode; ``schedules[g][step]`` is the learning rate of parameter group ``g`` (trunk, head)."""
     model.train()
-    t_end = time.time()
-    for it, (images, target) in enumerate(loader, start=start_iter):
-        t_data = time.time() - t_end
+    for it, (images, target) in logger.batches(loader, start_iter):
         step = epoch * iters_per_epoch + it
         for group, schedule in zip(optimizer.param_groups, schedules):
             group["lr"] = float(schedule[step])
@@ -205,14 +202,10 @@ def train_one_epoch(model, loader, optimizer, scaler, schedules, epoch, start_it
         scaler.step(optimizer)
         scaler.update()
 
-        with torch.no_grad():
-            hits = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(target[:, None])  # (B, k)
-        logger.update(data_time=t_data, step_time=time.time() - t_end, Loss=loss.detach(),
-                      **{"Acc@1": hits[:, 0].float().mean() * 100, "Acc@5": hits.any(dim=1).float().mean() * 100},
+        logger.update(Loss=loss.detach(), **topk_rates(logits, target),
                       lr_head=optimizer.param_groups[1]["lr"])
         logger.maybe_print(it, optimizer.param_groups[0]["lr"])
         yield it, loss.detach()
-        t_end = time.time()
 
 
 # ==================================================================================================

@@ -21,8 +21,6 @@ One GPU or a CPU, no launcher needed; two processes with any launcher:
 """
 import argparse
 import math
-import time
-from itertools import islice
 
 import torch
 
@@ -34,7 +32,7 @@ from src.methods.deepcluster import (IGNORE, MemoryBank, WithIndex, cluster_memo
 from src.methods.swav import (LossWatch, SwAVModel, cancel_prototype_grads, normalize_prototypes, prepare_model,
                               uniform_loss)
 from src.models import KNOWN_ARCHS
-from src.optim import cosine_schedule, set_lr, sgd_larc
+from src.optim import set_lr, swav_optimizer
 from src.run import dist
 from src.run.args import (NONNEG, POSITIVE, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg, add_dist_args,
                           add_multicrop_args, add_speed_args, add_swav_optim_args, add_swav_run_args, autocast_dtype,
@@ -117,9 +115,8 @@ def train(args, info):
                                                cifar_stem=args.cifar_stem), info, args.sync_bn,
                                      args.syncbn_process_group_size, args.channels_last, args.compile)
     dist.seed_everything(run.seed, info.rank)  # then one RNG stream per rank
-    optimizer = sgd_larc(model.parameters(), args.base_lr, args.wd, device)  # every parameter, through LARC
-    lr_schedule = cosine_schedule(args.base_lr, args.final_lr, args.epochs, iters_per_epoch,
-                                  warmup_epochs=args.warmup_epochs, start_warmup_value=args.start_warmup)
+    optimizer, lr_schedule = swav_optimizer(model.parameters(), args.base_lr, args.final_lr, args.wd, args.epochs,
+                                            iters_per_epoch, args.warmup_epochs, args.start_warmup, device)
     dtype = autocast_dtype(args, device, info.rank)
     amp = autocast(device, dtype)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -210,9 +207,7 @@ def train_one_epoch(model, ddp_model, bank, assignments, loader, optimizer, scal
     """One epoch of DeepCluster-v2 / SeLa-v2; a generator yielding ``(iteration, loss)`` after each step."""
     model.train()
     bs, n_crops = args.batch_size, sum(args.nmb_crops)
-    t_end = time.time()
-    for it, (index, crops) in enumerate(islice(loader, iters_per_epoch - start_iter), start=start_iter):
-        t_data = time.time() - t_end
+    for it, (index, crops) in logger.batches(loader, start_iter):
         step = epoch * iters_per_epoch + it
         lr = set_lr(optimizer, lr_schedule[step])
 
@@ -241,10 +236,9 @@ def train_one_epoch(model, ddp_model, bank, assignments, loader, optimizer, scal
 
         watch.update(loss)
         known = (targets[0][:bs] != IGNORE).float().mean() * 100
-        logger.update(data_time=t_data, step_time=time.time() - t_end, Loss=loss.detach(), **{"labelled%": known})
+        logger.update(Loss=loss.detach(), **{"labelled%": known})
         logger.maybe_print(it, lr)
         yield it, loss.detach()
-        t_end = time.time()
 
 
 if __name__ == "__main__":

@@ -35,15 +35,13 @@ import copy
 import math
 import os
 import sys
-import time
-from itertools import islice
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from src.run import dist
-from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg, add_run_args,
+from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg, add_demo_args, add_run_args,
                       add_dist_args, add_speed_args, amp_dtype, autocast_dtype)
 from src.augment.recipes import moco_multicrop_recipe, moco_recipe, ssl_small_jitter
 from src.augment.views import MOCO_V2_JITTER, relative_blur_scale
@@ -55,6 +53,7 @@ from src.methods.common import check_queue_size, copy_params, momentum_update, r
 from src.methods.moco import MoCo, load_for_restart
 from src.models import KNOWN_ARCHS
 from src.models.heads import MOCO_HEADS
+from src.metrics import topk_rates
 from src.optim import moco_lr_schedule, set_lr
 from src.evaluation.pretrained import TRUST_HELP, read_checkpoint
 from src.evaluation import demo
@@ -148,9 +147,7 @@ def get_args_parser(add_help=True):
     add_dist_args(parser)
     add_amp_args(parser)
     add_speed_args(parser)
-    g = parser.add_argument_group("demo")
-    add_arg(g, "--demo", action="store_true", help="build the demo dataset, pretrain on CPU, report kNN vs random init")
-    add_arg(g, "--demo-dir", default="./data/demo", type=str, help="where the demo dataset is written")
+    add_demo_args(parser, dash=True)
     return parser
 
 
@@ -219,10 +216,7 @@ def train(args, info):
 
 def build_data(args, info, seed):
     """Two views of the same MoCo augmentation per image; a resumable, per-rank sampler."""
-    if args.batch_size % info.world_size != 0:
-        raise UserError(f"-b/--batch-size {args.batch_size} is the TOTAL batch and must be divisible by the "
-                        f"{info.world_size} processes")
-    per_rank_batch = args.batch_size // info.world_size
+    per_rank_batch = dist.split_batch(args.batch_size, info.world_size)
     # a class-folder tree, or a flat folder of images (COCO train2017); -j is per node, split over its processes;
     # the loader's worker seeds come from its own generator, so the RNG stream of shuffle-BN never shifts
     loader, sampler, dataset, iters_per_epoch = pretrain_loader(
@@ -285,9 +279,7 @@ def train_one_epoch(model, encoder_q, loader, optimizer, scaler, lr_schedule, ep
     use_aux = args.aux_weight > 0 and epoch >= args.warmup_epochs
     dtype = amp_dtype(args)
     amp = autocast(device, dtype)
-    t_end = time.time()
-    for it, (images, _) in enumerate(islice(loader, iters_per_epoch - start_iter), start=start_iter):
-        t_data = time.time() - t_end
+    for it, (images, _) in logger.batches(loader, start_iter):
         lr = set_lr(optimizer, lr_schedule[epoch * iters_per_epoch + it])
         images = [im.to(device, non_blocking=True) for im in images]
         im_k, crops_q = images[1], [images[0]] + images[2:]
@@ -322,15 +314,10 @@ def train_one_epoch(model, encoder_q, loader, optimizer, scaler, lr_schedule, ep
         if h_k is not None:  # their backbone features, at the same rows of the second queue
             model.queue_backbone.enqueue(dist.concat_all_gather(h_k))
 
-        with torch.no_grad():  # (K+1)-way instance accuracy, as MoCo prints it
-            top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            acc1 = (top5[:, 0] == 0).float().mean() * 100
-            acc5 = (top5 == 0).any(dim=1).float().mean() * 100
-        logger.update(data_time=t_data, step_time=time.time() - t_end, Loss=loss.detach(), **extra,
-                      **{"Acc@1": acc1, "Acc@5": acc5})
+        # (K+1)-way instance accuracy, as MoCo prints it: the positive is column 0
+        logger.update(Loss=loss.detach(), **extra, **topk_rates(logits, labels))
         logger.maybe_print(it, lr)
         yield it, loss.detach()
-        t_end = time.time()
 
 
 def encode_queries(encoder_q, crops, tap=None):

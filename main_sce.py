@@ -33,14 +33,12 @@ CPU, the generated moving-shapes videos (README "Video SCE" has the evaluations 
 import argparse
 import copy
 import sys
-import time
-from itertools import islice
 
 import torch
 from torch import nn
 
 from src.run import dist
-from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg, add_run_args,
+from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg, add_demo_args, add_run_args,
                       add_dist_args, add_speed_args, amp_dtype, autocast_dtype, bool_flag)
 from src.augment.recipes import sce_recipe
 from src.augment.views import relative_blur_scale
@@ -125,9 +123,7 @@ def get_args_parser(add_help=True):
     add_dist_args(parser)
     add_amp_args(parser)
     add_speed_args(parser)
-    g = parser.add_argument_group("demo")
-    add_arg(g, "--demo", action="store_true", help="build the demo dataset, pretrain on CPU, report kNN vs random init")
-    add_arg(g, "--demo_dir", default="./data/demo", type=str, help="where the demo dataset is written")
+    add_demo_args(parser)
     g = parser.add_argument_group("video (MVAP 2023; spec sce.md section 5)")
     add_arg(g, "--modality", default="image", choices=["image", "video"],
             help="image, or video: --data_path holds videos (files decoded with PyAV, or folders of frames) in "
@@ -343,9 +339,7 @@ def train_one_epoch(model, online, target, loader, optimizer, scaler, lr_schedul
     model.train()  # the target branch too: its BN uses batch statistics, as in the reference
     dtype = amp_dtype(args)
     amp = autocast(device, dtype)
-    t_end = time.time()
-    for it, (crops, _) in enumerate(islice(loader, iters_per_epoch - start_iter), start=start_iter):
-        t_data = time.time() - t_end
+    for it, (crops, _) in logger.batches(loader, start_iter):
         step = epoch * iters_per_epoch + it
         lr = set_lr(optimizer, lr_schedule[step])
         crops = [c.to(device, non_blocking=True) for c in crops]  # [g1, g2, l1, ..., lL], each (B, 3, s, s)
@@ -373,10 +367,9 @@ def train_one_epoch(model, online, target, loader, optimizer, scaler, lr_schedul
         model.momentum_update(float(m_schedule[step]))
         model.queue.enqueue(torch.cat([dist.concat_all_gather(k.float()) for k in keys]))
 
-        logger.update(data_time=t_data, step_time=time.time() - t_end, Loss=loss.detach(), m=float(m_schedule[step]))
+        logger.update(Loss=loss.detach(), m=float(m_schedule[step]))
         logger.maybe_print(it, lr)
         yield it, loss.detach()
-        t_end = time.time()
 
 
 # ==================================================================================================

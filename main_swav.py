@@ -24,8 +24,6 @@ CPU, two processes, small crops (see README for the demo data):
         --freeze_prototypes_niters 20 --epochs 2 --workers 1 --use_fp16 false --dump_path runs/swav-cpu
 """
 import argparse
-import time
-from itertools import islice
 
 import torch
 
@@ -36,9 +34,9 @@ from src.losses import distributed_sinkhorn, swav_loss
 from src.methods.swav import (LossWatch, SwAVModel, SwAVQueue, cancel_prototype_grads, code_entropies,
                               normalize_prototypes, prepare_model, uniform_loss)
 from src.models import KNOWN_ARCHS
-from src.optim import cosine_schedule, set_lr, sgd_larc
+from src.optim import set_lr, swav_optimizer
 from src.run import dist
-from src.run.args import (ArgumentParser, add_amp_args, add_arg, add_dist_args, add_multicrop_args, add_speed_args,
+from src.run.args import (ArgumentParser, add_amp_args, add_arg, add_demo_args, add_dist_args, add_multicrop_args, add_speed_args,
                           add_swav_optim_args, add_swav_run_args, autocast_dtype, check_multicrop_args)
 from src.run.checkpoint import swav_copy_name
 from src.run.errors import UserError
@@ -72,9 +70,7 @@ def get_args_parser(add_help=True):
     add_amp_args(parser)
     add_speed_args(parser)
     parser.set_defaults(use_fp16=True)  # the reference's default; a CPU run falls back to fp32 (one note line)
-    g = parser.add_argument_group("demo")
-    add_arg(g, "--demo", action="store_true", help="build the demo dataset, pretrain on CPU, report kNN vs random init")
-    add_arg(g, "--demo_dir", default="./data/demo", type=str, help="where the demo dataset is written")
+    add_demo_args(parser)
     return parser
 
 
@@ -114,9 +110,8 @@ def train(args, info):
                                                cifar_stem=args.cifar_stem), info, args.sync_bn,
                                      args.syncbn_process_group_size, args.channels_last, args.compile)
     dist.seed_everything(run.seed, info.rank)  # then one RNG stream per rank
-    optimizer = sgd_larc(model.parameters(), args.base_lr, args.wd, device)  # every parameter, through LARC
-    lr_schedule = cosine_schedule(args.base_lr, args.final_lr, args.epochs, iters_per_epoch,
-                                  warmup_epochs=args.warmup_epochs, start_warmup_value=args.start_warmup)
+    optimizer, lr_schedule = swav_optimizer(model.parameters(), args.base_lr, args.final_lr, args.wd, args.epochs,
+                                            iters_per_epoch, args.warmup_epochs, args.start_warmup, device)
     dtype = autocast_dtype(args, device, info.rank)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     global_batch = args.batch_size * info.world_size
@@ -169,9 +164,7 @@ def train_one_epoch(model, ddp_model, queue, loader, optimizer, scaler, lr_sched
     model.train()
     amp = autocast(device, dtype)
     bs = args.batch_size
-    t_end = time.time()
-    for it, (crops, _) in enumerate(islice(loader, iters_per_epoch - start_iter), start=start_iter):
-        t_data = time.time() - t_end
+    for it, (crops, _) in logger.batches(loader, start_iter):
         step = epoch * iters_per_epoch + it
         lr = set_lr(optimizer, lr_schedule[step])
 
@@ -206,11 +199,10 @@ def train_one_epoch(model, ddp_model, queue, loader, optimizer, scaler, lr_sched
 
         h_avg, h_code = code_entropies(codes)
         watch.update(loss)
-        logger.update(data_time=t_data, step_time=time.time() - t_end, Loss=loss.detach(),
+        logger.update(Loss=loss.detach(),
                       **{"H(avg code)": h_avg, "H(code)": h_code})
         logger.maybe_print(it, lr)
         yield it, loss.detach()
-        t_end = time.time()
 
 
 # ==================================================================================================

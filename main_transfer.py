@@ -35,11 +35,9 @@ grey, flip) to train, 10 clips x 3 crops of 256 px with averaged softmax to test
     torchrun --nproc_per_node=8 main_transfer.py /datasets/UCF-101 --modality video --dataset ucf101 --finetune \
         --splits_dir /datasets/ucfTrainTestlist --split_id 1 --pretrained runs/video_sce_r3d50/checkpoint.pth.tar
 """
-import functools
 import json
 import math
 import os
-import time
 
 import torch
 import torch.nn.functional as F
@@ -52,12 +50,13 @@ from src.data.cifar import CifarPickleDataset, find_cifar_folder
 from src.evaluation.classifier import (LinearClassifier, Results, ShardSampler, content_hash, evaluate, fingerprint,
                             test_transform, train_transform)
 from src.data.folders import ResumableSampler, SafeImageFolder, build_loader
-from src.run.errors import UserError, exit_on_user_error
+from src.run.errors import UserError, cli_main
 from src.run.logging import print_rank0
+from src.metrics import topk_rates
 from src.optim import cosine_schedule, moco_lr_schedule, set_lr
 from src.evaluation.pair_eval import build_trunk
 from src.evaluation.pretrained import add_pretrained_args
-from src.run.checkpoint import find_resume_checkpoint, save_checkpoint
+from src.run.checkpoint import save_checkpoint
 from src.run.launch import launch
 from src.run.loop import Run
 from src.run.speed import autocast
@@ -109,7 +108,7 @@ def get_args_parser(add_help=False):
 
 
 # ==================================================================================================
-@functools.partial(exit_on_user_error, collective=True)  # every process checks the same flags: rank 0 says it once
+@cli_main
 def main(args):
     fill_recipe(args)
     if args.modality == "video":  # before processes start, so a wrong path gives one error line, not one per process
@@ -145,15 +144,10 @@ def transfer(args, info):
     """Train and test; returns the :class:`Results` summary dict (None when stopped early)."""
     device, rank = info.device, info.rank
     autocast_dtype(args, device, rank)  # fp16 without CUDA: fp32 with one warning line; later amp_dtype() agrees
-    if args.batch_size % info.world_size:
-        raise UserError(f"-b/--batch-size {args.batch_size} is the TOTAL batch: make it divisible by the "
-                        f"{info.world_size} processes", collective=True)
-    per_rank_batch = args.batch_size // info.world_size
-    if args.evaluate and find_resume_checkpoint(args.output_dir, args.resume) is None:
-        raise UserError(f"-e/--evaluate needs a trained network: none in '{args.output_dir}' and no --resume given",
-                        collective=True)
+    per_rank_batch = dist.split_batch(args.batch_size, info.world_size)
     run = Run(info, output_dir=args.output_dir, script="main_transfer.py", config=vars(args), resume=args.resume,
-              seed=args.seed, output_flag="--output-dir", lr_flag="--lr", max_iters_flag="--max-iters")
+              seed=args.seed, output_flag="--output-dir", lr_flag="--lr", max_iters_flag="--max-iters",
+              must_resume="-e/--evaluate needs a trained network" if args.evaluate else None)
     mode = "finetune" if args.finetune else "linear"
     lr_words = (f"lr {args.lr:g} cosine per iteration" if args.modality == "video" else
                 f"lr {args.lr:g} x{args.gamma:g} at epochs {' '.join(map(str, args.schedule)) or '-'}")
@@ -231,9 +225,7 @@ def train_one_epoch(trunk, head, model, loader, optimizer, scaler, schedule, epo
     trunk.train(args.finetune)
     head.train()
     amp = amp_dtype(args)
-    t_end = time.time()
-    for it, (images, target) in enumerate(loader, start=start_iter):
-        t_data = time.time() - t_end
+    for it, (images, target) in logger.batches(loader, start_iter):
         lr = set_lr(optimizer, schedule[epoch * iters_per_epoch + it])
         images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
         with autocast(device, amp):
@@ -249,13 +241,9 @@ def train_one_epoch(trunk, head, model, loader, optimizer, scaler, schedule, epo
         scaler.step(optimizer)
         scaler.update()
 
-        with torch.no_grad():
-            hits = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(target[:, None])
-        logger.update(data_time=t_data, step_time=time.time() - t_end, Loss=loss.detach(),
-                      **{"Acc@1": hits[:, 0].float().mean() * 100, "Acc@5": hits.any(dim=1).float().mean() * 100})
+        logger.update(Loss=loss.detach(), **topk_rates(logits, target))
         logger.maybe_print(it, lr)
         yield it, loss.detach()
-        t_end = time.time()
 
 
 # ==================================================================================================

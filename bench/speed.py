@@ -210,7 +210,7 @@ def make_step(method, arch, batch_size, sizes, nmb, device, device_aug, amp, cha
         from src.methods.deepcluster import MemoryBank
         from src.methods.swav import LossWatch, SwAVModel, uniform_loss
         from src.methods.swav import prepare_model
-        from src.optim import cosine_schedule, sgd_larc
+        from src.optim import swav_optimizer
 
         script = main_swav if method == "swav" else main_deepclusterv2
         args = script.get_args_parser().parse_args(["--arch", arch, "--batch_size", str(batch_size), "--print_freq",
@@ -221,8 +221,8 @@ def make_step(method, arch, batch_size, sizes, nmb, device, device_aug, amp, cha
         heads = args.nmb_prototypes if method == "swav" else list(args.nmb_prototypes)
         model, step_model = prepare_model(SwAVModel(arch, args.feat_dim, args.hidden_mlp, heads), info, args.sync_bn,
                                           args.syncbn_process_group_size, args.channels_last, args.compile)
-        optimizer = sgd_larc(model.parameters(), args.base_lr, args.wd, device)
-        schedule = cosine_schedule(args.base_lr, args.final_lr, args.epochs, max_steps)
+        optimizer, schedule = swav_optimizer(model.parameters(), args.base_lr, args.final_lr, args.wd, args.epochs,
+                                             max_steps, device=device)
         dtype = autocast_dtype(args, device)
         scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
         watch = LossWatch(uniform_loss(args.nmb_prototypes), device)

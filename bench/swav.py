@@ -23,7 +23,7 @@ from src.run.args import autocast_dtype
 from src.run.logging import ProgressLogger
 from src.methods.swav import LossWatch, SwAVModel, SwAVQueue
 from src.methods.swav import prepare_model
-from src.optim import cosine_schedule, sgd_larc
+from src.optim import swav_optimizer
 
 
 def bench_step(arch, batch_size, size_crops, nmb_crops, steps, amp, device, nmb_prototypes=3000, queue_length=0):
@@ -39,8 +39,8 @@ def bench_step(arch, batch_size, size_crops, nmb_crops, steps, amp, device, nmb_
         torch.cuda.reset_peak_memory_stats(device)
     model, ddp_model = prepare_model(SwAVModel(arch, 128, args.hidden_mlp, nmb_prototypes), info)
     warmup = 2
-    optimizer = sgd_larc(model.parameters(), args.base_lr, args.wd, device)
-    schedule = cosine_schedule(args.base_lr, args.final_lr, args.epochs, steps + warmup)
+    optimizer, schedule = swav_optimizer(model.parameters(), args.base_lr, args.final_lr, args.wd, args.epochs,
+                                         steps + warmup, device=device)
     dtype = autocast_dtype(args, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     queue = None

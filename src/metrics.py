@@ -315,6 +315,20 @@ def accuracy(output, target, topk=(1,)):
     return [100.0 * hit[:, :min(k, maxk)].any(dim=1).float().sum().item() / max(target.shape[0], 1) for k in topk]
 
 
+@torch.no_grad()
+def topk_hits(logits, target, k=5):
+    """(B, min(k, C)) bool: whether the j-th highest score of each row is its target (column 0: the top-1)."""
+    return logits.topk(min(k, logits.shape[1]), dim=1).indices.eq(target[:, None])
+
+
+@torch.no_grad()
+def topk_rates(logits, target):
+    """``{"Acc@1": ..., "Acc@5": ...}``: the batch's top-1 and top-5 accuracy in percent, as 0-d tensors on the
+    logits' device (no host sync: the progress logger reads them when it prints)."""
+    hits = topk_hits(logits, target)
+    return {"Acc@1": hits[:, 0].float().mean() * 100, "Acc@5": hits.any(dim=1).float().mean() * 100}
+
+
 # ==== alignment and uniformity (Wang & Isola 2020) ====
 def align(x, y):
     """Instance alignment: mean squared distance between positive pairs, ``mean_i ||x_i - y_i||^2``.

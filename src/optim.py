@@ -189,3 +189,14 @@ def sgd_larc(params, lr, weight_decay, device):
     clipping; facebookresearch/swav ``main_swav.py``); the fused SGD kernel on CUDA."""
     return LARC(torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay, **fused_kwargs(device)),
                 trust_coefficient=0.001, clip=False, eps=1e-8)
+
+
+def swav_optimizer(params, base_lr, final_lr, weight_decay, epochs, iters_per_epoch, warmup_epochs=0, start_warmup=0.0,
+                   device="cpu"):
+    """SwAV's optimizer and the lr of every iteration (spec A.7): :func:`sgd_larc`, and a linear warmup from
+    ``start_warmup`` then a cosine to ``final_lr`` (:func:`cosine_schedule`).
+
+    Returns: ``(optimizer, lr_schedule)``, the schedule of length ``epochs * iters_per_epoch``.
+    """
+    return sgd_larc(params, base_lr, weight_decay, device), cosine_schedule(
+        base_lr, final_lr, epochs, iters_per_epoch, warmup_epochs=warmup_epochs, start_warmup_value=start_warmup)

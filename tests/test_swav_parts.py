@@ -11,7 +11,7 @@ from src.run.errors import UserError
 from src.run.logging import ProgressLogger
 from src.losses import distributed_sinkhorn, swav_loss
 from src.methods.swav import LossWatch, SwAVModel, SwAVQueue, code_entropies, prepare_model, resolution_groups
-from src.optim import cosine_schedule, sgd_larc
+from src.optim import swav_optimizer
 from src.run.health import Health
 
 CPU = dist.DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), distributed=False, backend=None,
@@ -101,9 +101,8 @@ def _tiny_args(extra=()):
 
 def build_optimizer(model, args, iters_per_epoch):
     """main_swav.py's optimizer and lr schedule."""
-    return sgd_larc(model.parameters(), args.base_lr, args.wd, "cpu"), cosine_schedule(
-        args.base_lr, args.final_lr, args.epochs, iters_per_epoch, warmup_epochs=args.warmup_epochs,
-        start_warmup_value=args.start_warmup)
+    return swav_optimizer(model.parameters(), args.base_lr, args.final_lr, args.wd, args.epochs, iters_per_epoch,
+                          args.warmup_epochs, args.start_warmup)
 
 
 def _steps(args, n, model=None, start=0):

@@ -59,6 +59,31 @@ def _require_dir(root):
         raise UserError(f"data folder '{root}' does not exist: {_LAYOUT_HINT}")
 
 
+def class_folder_samples(root, list_items, what, kinds, hint):
+    """``(samples, classes)`` of a folder with one subfolder per class (ImageFolder's order: sorted classes, each
+    class's items as ``list_items`` gives them), for images and videos alike.
+
+    Args:
+        root: the folder. list_items: class folder -> list of items (paths). what: "images" / "videos".
+        kinds: the accepted items in words, for the message. hint: what to pass instead.
+    Returns:
+        ``([(item, class index)], [class names])``.
+    Raises:
+        UserError: no class subfolders, or a class folder without items.
+    """
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+    if not classes:
+        raise UserError(f"{'video' if what == 'videos' else 'data'} folder '{root}' has no class subfolders: {hint}")
+    samples = []
+    for idx, name in enumerate(classes):
+        items = list_items(os.path.join(root, name))
+        if not items:
+            raise UserError(f"class folder '{os.path.join(root, name)}' has no {what} ({kinds}): add some or "
+                            "remove the folder")
+        samples += [(item, idx) for item in items]
+    return samples, classes
+
+
 def resolve_split(root, split):
     """The folder that holds one split of a dataset.
 
@@ -213,17 +238,11 @@ class SafeImageFolder(_ImageListDataset):
 
     def __init__(self, root, transform=None, seed=None, skip_unreadable=False):
         _require_dir(root)
-        classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
-        if not classes:
-            kind = "images but no class subfolders" if _has_image(root) else "no class subfolders"
-            raise UserError(f"data folder '{root}' has {kind}: {_LAYOUT_HINT} (or use a flat dataset)")
-        samples = []
-        for idx, name in enumerate(classes):
-            paths = _images_under(os.path.join(root, name))
-            if not paths:
-                raise UserError(f"class folder '{os.path.join(root, name)}' has no images (extensions: "
-                                f"{' '.join(IMG_EXTENSIONS)}): add images or remove the folder")
-            samples += [(p, idx) for p in paths]
+        if not any(e.is_dir() for e in os.scandir(root)) and _has_image(root):
+            raise UserError(f"data folder '{root}' has images but no class subfolders: {_LAYOUT_HINT} (or use a "
+                            "flat dataset)")
+        samples, classes = class_folder_samples(root, _images_under, "images", f"extensions: {' '.join(IMG_EXTENSIONS)}",
+                                                f"{_LAYOUT_HINT} (or use a flat dataset)")
         super().__init__(root, samples, classes, transform, seed, skip_unreadable)
 
 

@@ -25,6 +25,7 @@ from src.augment.views import IMAGENET_MEAN
 from src.data.folders import sample_seed
 from src.data.folders import build_loader
 from src.evaluation.features import iter_features
+from src.metrics import topk_hits
 from src.run.health import check_finite_features
 from src.run.speed import autocast
 
@@ -126,7 +127,7 @@ def evaluate(head, batches, device, features=None, amp_dtype=None):
         logits = head(x.float())
         if views:  # log of the view-averaged probabilities: its cross-entropy and top-k are theirs
             logits = logits.softmax(dim=1).view(-1, views, logits.shape[1]).mean(dim=1).clamp_min(1e-12).log()
-        hits = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(y[:, None])  # (B, k)
+        hits = topk_hits(logits, y)  # (B, k)
         sums[:4] += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(), hits[:, 0].sum().double(),
                                  hits.any(dim=1).sum().double(), torch.tensor(float(y.shape[0]), device=device)])
     dist.all_reduce(sums)

@@ -91,6 +91,15 @@ def add_dist_args(parser):
     return g
 
 
+def add_demo_args(parser, dash=False):
+    """``--demo`` and ``--demo_dir`` (``--demo-dir`` shown with ``dash``) of the method scripts."""
+    g = parser.add_argument_group("demo")
+    add_arg(g, "--demo", action="store_true", help="build the demo dataset, pretrain on CPU, report kNN vs random init")
+    add_arg(g, "--demo-dir" if dash else "--demo_dir", default="./data/demo", type=str,
+            help="where the demo dataset is written")
+    return g
+
+
 def add_amp_args(parser):
     """Mixed precision: ``--amp fp16`` (autocast + grad scaler), ``--amp bf16``, or ``--use_fp16 true``."""
     g = parser.add_argument_group("mixed precision")

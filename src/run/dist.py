@@ -276,6 +276,18 @@ def local_world_size():
     return get_world_size()
 
 
+def split_batch(total, world_size, flag="-b/--batch-size"):
+    """A TOTAL batch over all processes (MoCo's and the evaluations' ``-b``): each process's share.
+
+    Raises:
+        UserError: ``total`` is not divisible by ``world_size`` (collective: every rank raises it).
+    """
+    if total % world_size:
+        raise UserError(f"{flag} {total} is the TOTAL batch over all processes: make it divisible by the "
+                        f"{world_size} processes", collective=True)
+    return total // world_size
+
+
 def wrap_ddp(module, device):
     """``module`` in DistributedDataParallel when a process group exists (bound to ``device`` on CUDA), else itself.
     DDP broadcasts rank 0's parameters: a copy of them made before (a momentum encoder) must be refreshed after."""

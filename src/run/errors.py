@@ -59,3 +59,9 @@ def exit_on_user_error(fn, collective=False):
             sys.exit(130)
 
     return wrapper
+
+
+def cli_main(fn):
+    """``exit_on_user_error(fn, collective=True)``: the decorator of a ``main(args)`` whose errors come before the
+    processes join (flag and data checks every rank repeats): said once, by rank 0."""
+    return exit_on_user_error(fn, collective=True)

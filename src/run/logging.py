@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+from itertools import islice
 
 import torch
 
@@ -81,15 +82,28 @@ class ProgressLogger:
 
     def start_epoch(self, epoch, start_iter=0):
         self.epoch, self.start_iter = epoch, start_iter
+        self._t_data, self._t_start = 0.0, None
         self.sums, self.counts, self.last = {}, {}, {}
         self.t_epoch = self.t_last = time.time()
         self.n_steps = 0
         self.data_time = self.step_time = 0.0
 
-    def update(self, data_time=0.0, step_time=0.0, **values):
+    def batches(self, loader, start_iter=0):
+        """The epoch's batches from ``start_iter`` on, as ``(iteration, batch)``: at most the ``iters_per_epoch -
+        start_iter`` first batches of ``loader``, each step timed (data loading, then the whole step) for
+        :meth:`update`."""
+        t_end = time.time()
+        for it, batch in enumerate(islice(loader, self.iters_per_epoch - start_iter), start=start_iter):
+            self._t_data, self._t_start = time.time() - t_end, t_end
+            yield it, batch
+            t_end = time.time()  # after the caller's work between steps (checks, checkpoints)
+
+    def update(self, data_time=None, step_time=None, **values):
+        """Record one step's values (floats or 0-d tensors, read only when a line is printed); the times default to
+        those measured by :meth:`batches`."""
         self.n_steps += 1
-        self.data_time += data_time
-        self.step_time += step_time
+        self.data_time += self._t_data if data_time is None else data_time
+        self.step_time += (time.time() - self._t_start if self._t_start else 0.0) if step_time is None else step_time
         for k, v in values.items():
             v = v.detach() if torch.is_tensor(v) else v
             self.sums[k] = self.sums.get(k, 0.0) + v

@@ -95,13 +95,15 @@ class Run:
         nan_hint: what to do when the loss becomes NaN (default: lower ``lr_flag`` or turn AMP off).
         weights_only_resume: ``resume`` seeds weights only (MoCo's ``--restart``): it is not read here, and the
             run continues from ``output_dir/checkpoint.pth.tar`` instead once that exists.
+        must_resume: a run that needs a checkpoint (``-e/--evaluate``): the words saying so when there is none.
     Attributes:
         ckpt (dict or None), resume_path, seed, start_epoch, start_iter, total (iterations done), log (JsonLog).
     """
 
     def __init__(self, info, *, output_dir, script, config, resume="", seed=None, start_epoch=0,
                  output_flag="--dump_path",
-                 lr_flag="--lr", max_iters_flag="--max_iters", nan_hint=None, weights_only_resume=False):
+                 lr_flag="--lr", max_iters_flag="--max_iters", nan_hint=None, weights_only_resume=False,
+                 must_resume=None):
         self.info, self.device, self.rank = info, info.device, info.rank
         self.output_dir, self.script, self.config = output_dir, script, dict(config)
         self.output_flag, self.max_iters_flag = output_flag, max_iters_flag
@@ -112,6 +114,8 @@ class Run:
             path, weights_only = resume_source(output_dir, resume, weights_only_resume)
             self.resume_path = None if weights_only else path
             self.ckpt = self._read(self.resume_path) if self.resume_path else None
+            if must_resume and self.ckpt is None:
+                raise UserError(f"{must_resume}: none in '{output_dir}' and no --resume given")
         except UserError as exc:
             exc.collective = True
             raise

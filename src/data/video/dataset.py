@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from src.data.folders import MAX_CONSECUTIVE_FAILURES, fork_rng, sample_seed
+from src.data.folders import class_folder_samples
 from src.run.errors import UserError
 from src.data.video.clips import difference_pairs, temporal_difference, uniform_indices
 from src.data.video.io import VIDEO_EXTENSIONS, VideoError, list_videos, load_frame, open_video
@@ -41,17 +42,8 @@ def video_folder_samples(root):
     """
     if not os.path.isdir(root):
         raise UserError(f"video folder '{root}' does not exist: {_LAYOUT_HINT}")
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
-    if not classes:
-        raise UserError(f"video folder '{root}' has no class subfolders: {_LAYOUT_HINT}")
-    samples = []
-    for idx, name in enumerate(classes):
-        videos = list_videos(os.path.join(root, name))
-        if not videos:
-            raise UserError(f"class folder '{os.path.join(root, name)}' has no videos (extensions: "
-                            f"{' '.join(VIDEO_EXTENSIONS)}, or folders of frames): add some or remove the folder")
-        samples += [(v, idx) for v in videos]
-    return samples, classes
+    return class_folder_samples(root, list_videos, "videos",
+                                f"extensions: {' '.join(VIDEO_EXTENSIONS)}, or folders of frames", _LAYOUT_HINT)
 
 
 class VideoDataset(torch.utils.data.Dataset):
