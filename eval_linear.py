@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.run import dist
-from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg, add_run_args, add_dist_args,
+from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE_INT, ArgumentParser, add_arg, add_run_args,
                       amp_dtype, autocast_dtype, bool_flag)
 from src.evaluation.classifier import (FeatureBatches, LinearClassifier, Results, ShardSampler, content_hash, evaluate,
                             extract_shard, fingerprint, test_transform, train_transform)
@@ -125,12 +125,10 @@ def get_args_parser(add_help=False):
                  "the training images are never randomly cropped or flipped, so the head sees one fixed view per "
                  "image and overfits sooner; the accuracies are not those of the published protocol (by how much "
                  "is not measured here) and do not belong next to published tables")
-    g = add_run_args(parser, ("--dump_path", "--output_dir"),
-                     "where checkpoint.pth.tar, model_best.pth.tar, eval_linear.json and log.txt go", short_print=True)
-    add_arg(g, "-e", "--evaluate", action="store_true", help="only test the head of the resumed checkpoint")
+    add_run_args(parser, ("--dump_path", "--output_dir"), "where checkpoint.pth.tar, model_best.pth.tar, "
+                 "eval_linear.json and log.txt go", short_print=True,
+                 evaluate="only test the head of the resumed checkpoint")
     add_video_eval_args(parser)
-    add_dist_args(parser)
-    add_amp_args(parser)
     return parser
 
 

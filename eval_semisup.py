@@ -47,8 +47,8 @@ from src.evaluation.pretrained import add_pretrained_args
 from src.metrics import topk_rates
 from src.optim import moco_lr_schedule
 from src.run import dist
-from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg, add_run_args,
-                          add_dist_args, amp_dtype, autocast_dtype)
+from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_arg, add_run_args,
+                          amp_dtype, autocast_dtype)
 from src.run.checkpoint import atomic_write
 from src.run.errors import UserError, cli_main
 from src.run.launch import launch
@@ -97,8 +97,6 @@ def get_args_parser(add_help=False):
             help="test images: shorter side before the centre crop (256)")
     add_run_args(parser, ("--dump_path", "--output_dir"), "where checkpoint.pth.tar, eval_semisup.json, args.json and "
                  "log.txt go", print_freq=50, short_print=True)
-    add_dist_args(parser)
-    add_amp_args(parser)
     return parser
 
 

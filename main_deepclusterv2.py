@@ -34,7 +34,7 @@ from src.methods.swav import (LossWatch, SwAVModel, cancel_prototype_grads, norm
 from src.models import KNOWN_ARCHS
 from src.optim import set_lr, swav_optimizer
 from src.run import dist
-from src.run.args import (NONNEG, POSITIVE, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg, add_dist_args,
+from src.run.args import (NONNEG, POSITIVE, POSITIVE_INT, ArgumentParser, add_arg,
                           add_multicrop_args, add_speed_args, add_swav_optim_args, add_swav_run_args, autocast_dtype,
                           check_multicrop_args)
 from src.run.checkpoint import swav_copy_name
@@ -75,9 +75,7 @@ def get_args_parser(add_help=True):
                  "SeLa's equipartition) or argmax (per image, as SeLa's code; not balanced)")
     add_swav_optim_args(parser, None, "iterations during which the prototypes get no SGD update (default: 1e10 = never "
                                  "for deepcluster, whose prototypes are the k-means centroids; 313 for sela)")
-    add_swav_run_args(parser, KNOWN_ARCHS)
-    add_dist_args(parser)
-    add_amp_args(parser)  # off by default: the reference trains DeepCluster-v2 in fp32
+    add_swav_run_args(parser, KNOWN_ARCHS)  # with --amp off by default: the reference trains it in fp32
     add_speed_args(parser)
     return parser
 
@@ -114,12 +112,12 @@ def train(args, info):
     model, ddp_model = prepare_model(SwAVModel(args.arch, args.feat_dim, args.hidden_mlp, list(args.nmb_prototypes),
                                                cifar_stem=args.cifar_stem), info, args.sync_bn,
                                      args.syncbn_process_group_size, args.channels_last, args.compile)
-    dist.seed_everything(run.seed, info.rank)  # then one RNG stream per rank
-    optimizer, lr_schedule = swav_optimizer(model.parameters(), args.base_lr, args.final_lr, args.wd, args.epochs,
-                                            iters_per_epoch, args.warmup_epochs, args.start_warmup, device)
     dtype = autocast_dtype(args, device, info.rank)
     amp = autocast(device, dtype)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    dist.seed_everything(run.seed, info.rank)  # then one RNG stream per rank
+    optimizer, lr_schedule = swav_optimizer(model.parameters(), args.base_lr, args.final_lr, args.wd, args.epochs,
+                                            iters_per_epoch, args.warmup_epochs, args.start_warmup, device)
     print_rank0(f"=> {args.arch} ({n_params(model)}M parameters): {len(dataset)} images, {iters_per_epoch} "
                 f"iterations/epoch, batch {args.batch_size} x {info.world_size} processes, crops {recipe.describe()}, "
                 f"{args.mode}: {len(args.nmb_prototypes)} heads of {' '.join(map(str, args.nmb_prototypes))}",
@@ -164,9 +162,7 @@ def train(args, info):
                                          logger, watch)):
             break  # stopped (signal, --max_iters): checkpoint saved
         logger.end_epoch({"lr": float(lr_schedule[(epoch + 1) * iters_per_epoch - 1])})
-        warning = watch.end_epoch()
-        if warning:
-            print_rank0(warning, rank=info.rank)
+        watch.end_epoch(info.rank)  # a warning line when the codes collapsed
         run.end_epoch(dict(model.named_parameters()), what="weights and prototypes",
                       numbered=swav_copy_name(epoch, args.epochs, args.checkpoint_freq))
     return model

@@ -41,8 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.run import dist
-from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg, add_demo_args, add_run_args,
-                      add_dist_args, add_speed_args, amp_dtype, autocast_dtype)
+from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_arg, add_demo_args, add_run_args,
+                      add_speed_args, amp_dtype, autocast_dtype)
 from src.augment.recipes import moco_multicrop_recipe, moco_recipe, ssl_small_jitter
 from src.augment.views import MOCO_V2_JITTER, relative_blur_scale
 from src.data.folders import pretrain_loader, resolve_split
@@ -144,8 +144,6 @@ def get_args_parser(add_help=True):
                      "--ckpt-dir is SSL-small's name)", dash=True, short_print=True)
     add_arg(g, "--save-freq", default=1, type=NONNEG_INT,
             help="keep a numbered checkpoint_EEEE.pth.tar every N epochs (0: never)")
-    add_dist_args(parser)
-    add_amp_args(parser)
     add_speed_args(parser)
     add_demo_args(parser, dash=True)
     return parser

@@ -38,8 +38,8 @@ import torch
 from torch import nn
 
 from src.run import dist
-from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg, add_demo_args, add_run_args,
-                      add_dist_args, add_speed_args, amp_dtype, autocast_dtype, bool_flag)
+from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_arg, add_demo_args, add_run_args,
+                      add_speed_args, amp_dtype, autocast_dtype, bool_flag)
 from src.augment.recipes import sce_recipe
 from src.augment.views import relative_blur_scale
 from src.data.folders import pretrain_loader, resolve_split, train_loader
@@ -120,8 +120,6 @@ def get_args_parser(add_help=True):
                      "where checkpoint.pth.tar, trunk.pth (torchvision layout), args.json and log.txt go")
     add_arg(g, "--checkpoint_freq", default=25, type=NONNEG_INT,
             help="keep a numbered checkpoint_EEEE.pth.tar every N epochs (0: never)")
-    add_dist_args(parser)
-    add_amp_args(parser)
     add_speed_args(parser)
     add_demo_args(parser)
     g = parser.add_argument_group("video (MVAP 2023; spec sce.md section 5)")

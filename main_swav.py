@@ -36,7 +36,7 @@ from src.methods.swav import (LossWatch, SwAVModel, SwAVQueue, cancel_prototype_
 from src.models import KNOWN_ARCHS
 from src.optim import set_lr, swav_optimizer
 from src.run import dist
-from src.run.args import (ArgumentParser, add_amp_args, add_arg, add_demo_args, add_dist_args, add_multicrop_args, add_speed_args,
+from src.run.args import (ArgumentParser, add_arg, add_demo_args, add_multicrop_args, add_speed_args,
                           add_swav_optim_args, add_swav_run_args, autocast_dtype, check_multicrop_args)
 from src.run.checkpoint import swav_copy_name
 from src.run.errors import UserError
@@ -66,8 +66,6 @@ def get_args_parser(add_help=True):
     add_swav_optim_args(parser, 313, "iterations during which the prototypes get no update (313 = 1 epoch at "
                                 "batch 4096; 5005 at batch 256)")
     add_swav_run_args(parser, KNOWN_ARCHS)
-    add_dist_args(parser)
-    add_amp_args(parser)
     add_speed_args(parser)
     parser.set_defaults(use_fp16=True)  # the reference's default; a CPU run falls back to fp32 (one note line)
     add_demo_args(parser)
@@ -150,9 +148,7 @@ def train(args, info):
             break  # stopped (signal, --max_iters): checkpoint saved
         logger.end_epoch({"lr": float(lr_schedule[(epoch + 1) * iters_per_epoch - 1]),
                           "queue_in_use": bool(queue is not None and queue.in_use)})
-        warning = watch.end_epoch()
-        if warning:
-            print_rank0(warning, rank=info.rank)
+        watch.end_epoch(info.rank)  # a warning line when the codes collapsed
         run.end_epoch(dict(model.named_parameters()), what="weights and prototypes",
                       numbered=swav_copy_name(epoch, args.epochs, args.checkpoint_freq))
     return model

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.run import dist
-from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg, add_run_args, add_dist_args,
+from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE_INT, ArgumentParser, add_arg, add_run_args,
                       amp_dtype, autocast_dtype)
 from src.data.cifar import CifarPickleDataset, find_cifar_folder
 from src.evaluation.classifier import (LinearClassifier, Results, ShardSampler, content_hash, evaluate, fingerprint,
@@ -98,12 +98,9 @@ def get_args_parser(add_help=False):
             help="epochs where the lr drops x0.1 (linear) / x0.2 (fine-tune) (linear 40; fine-tune 40 70)")
     add_arg(g, "--momentum", default=0.9, type=MOMENTUM, help="SGD momentum (0.9)")
     add_arg(g, "--wd", "--weight-decay", default=0.0, type=NONNEG, dest="weight_decay", help="weight decay (0)")
-    g = add_run_args(parser, ("--output-dir",), "checkpoint.pth.tar, model_best.pth.tar, transfer.json, log.txt",
-                     dash=True, short_print=True)
-    add_arg(g, "-e", "--evaluate", action="store_true", help="only test the network of the resumed checkpoint")
+    add_run_args(parser, ("--output-dir",), "checkpoint.pth.tar, model_best.pth.tar, transfer.json, log.txt", dash=True,
+                 short_print=True, evaluate="only test the network of the resumed checkpoint")
     add_video_eval_args(parser)
-    add_dist_args(parser)
-    add_amp_args(parser)
     return parser
 
 

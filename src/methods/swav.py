@@ -214,13 +214,16 @@ class LossWatch:
         self.max_dev = torch.maximum(self.max_dev, torch.where(finite, (loss - self.uniform).abs(), self.max_dev))
         self.steps += 1
 
-    def end_epoch(self):
-        """Returns: a warning string if the loss stayed at ln K all epoch (collapsed codes), else None."""
+    def end_epoch(self, rank=0):
+        """Print (rank 0) and return a warning if the loss stayed at ln K all epoch (collapsed codes), else None."""
         if self.steps == 0 or float(self.max_dev) > self.tol * self.uniform:
             return None
-        return (f"warning: the loss stayed within {self.tol * self.uniform:.3f} of ln K = {self.uniform:.3f} for the "
-                "whole epoch: the codes are uniform (collapse). Known remedies (SwAV README): --epsilon 0.03, freeze "
-                "the prototypes longer (--freeze_prototypes_niters), a smaller or later queue, a different lr")
+        warning = (f"warning: the loss stayed within {self.tol * self.uniform:.3f} of ln K = {self.uniform:.3f} for "
+                   "the whole epoch: the codes are uniform (collapse). Known remedies (SwAV README): --epsilon 0.03, "
+                   "freeze the prototypes longer (--freeze_prototypes_niters), a smaller or later queue, a different lr")
+        if rank == 0:
+            print(warning, flush=True)
+        return warning
 
 
 def uniform_loss(nmb_prototypes):

@@ -165,7 +165,7 @@ def amp_dtype(args):
 
 
 def add_run_args(parser, output=("--dump_path", "--output_dir"), output_help="the run's folder", print_freq=10,
-                 dash=False, short_print=False):
+                 dash=False, short_print=False, evaluate=None, launch=True):
     """The run skeleton's flags (``src.run.loop.Run``), one group in every training script: the output folder,
     ``--resume``, ``--print_freq`` (also the stop / NaN check interval), ``--save_every_iters``, ``--max_iters``.
 
@@ -173,6 +173,8 @@ def add_run_args(parser, output=("--dump_path", "--output_dir"), output_help="th
         parser: the script's parser. output: the output folder's names (the first gives the dest).
         output_help: what the folder holds. print_freq: its default. dash: show dash-case names first (MoCo's
             scripts; both spellings always work). short_print: also ``-p``.
+        evaluate: the help of ``-e/--evaluate`` (only test the resumed checkpoint), for scripts that have it.
+        launch: also the launch flags (:func:`add_dist_args`) and mixed precision (:func:`add_amp_args`).
     Returns:
         the argument group (scripts add their own checkpoint flags to it).
     """
@@ -191,6 +193,11 @@ def add_run_args(parser, output=("--dump_path", "--output_dir"), output_help="th
     add_arg(g, name("--max_iters"), default=0, type=NONNEG_INT,
             help="stop with a checkpoint once this many iterations are done in total, counted over every resume "
                  "(smoke tests; 0: off)")
+    if evaluate:
+        add_arg(g, "-e", "--evaluate", action="store_true", help=evaluate)
+    if launch:
+        add_dist_args(parser)
+        add_amp_args(parser)
     return g
 
 
