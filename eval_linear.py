@@ -48,14 +48,14 @@ from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE_INT, ArgumentPa
 from src.evaluation.classifier import (FeatureBatches, LinearClassifier, Results, ShardSampler, content_hash, evaluate,
                             extract_shard, fingerprint, test_transform, train_transform)
 from src.data.folders import ResumableSampler, SafeImageFolder, build_loader
-from src.run.errors import UserError, cli_main
+from src.run.errors import UserError
 from src.run.logging import print_rank0
 from src.metrics import topk_rates
 from src.optim import cosine_schedule, moco_lr_schedule, set_lr
 from src.evaluation.pair_eval import build_trunk
 from src.evaluation.pretrained import add_pretrained_args
 from src.run.checkpoint import load_checkpoint, save_checkpoint
-from src.run.launch import launch
+from src.run.launch import cli_main, launch
 from src.run.loop import Run
 from src.run.speed import autocast
 from src.data.video.build import VideoEval, add_video_eval_args, eval_samples, eval_sets

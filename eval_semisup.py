@@ -50,8 +50,8 @@ from src.run import dist
 from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_arg, add_run_args,
                           amp_dtype, autocast_dtype)
 from src.run.checkpoint import atomic_write
-from src.run.errors import UserError, cli_main
-from src.run.launch import launch
+from src.run.errors import UserError
+from src.run.launch import cli_main, launch
 from src.run.logging import print_rank0
 from src.run.loop import Run
 from src.run.speed import autocast

@@ -46,7 +46,8 @@ from src.run.args import ArgumentParser, add_amp_args, add_arg, amp_dtype
 from src.augment.image import eval_transform
 from src.data.folders import SafeImageFolder
 from src.run import dist
-from src.run.errors import UserError, exit_on_user_error
+from src.run.errors import UserError
+from src.run.launch import exit_on_user_error
 from src.evaluation.features import iter_features
 from src.metrics import (REP_SPACES, StreamingKNN, best_nn_from_candidates, feature_mean, feature_sum,
                          merge_candidates, transform_rep, weighted_knn_from_candidates)

@@ -29,7 +29,8 @@ from src.run.args import ArgumentParser, add_amp_args, add_arg, amp_dtype
 from src.augment.image import eval_transform
 from src.data.folders import SafeImageFolder
 from src.run import dist
-from src.run.errors import UserError, exit_on_user_error
+from src.run.errors import UserError
+from src.run.launch import exit_on_user_error
 from src.evaluation.features import extract_features
 from src.metrics import RETRIEVAL_KS, retrieval_at_k
 from src.evaluation.pair_eval import build_trunk, write_json

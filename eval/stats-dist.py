@@ -34,7 +34,8 @@ import torch
 
 from src.run.args import ArgumentParser, add_arg, amp_dtype
 from src.run import dist
-from src.run.errors import UserError, exit_on_user_error
+from src.run.errors import UserError
+from src.run.launch import exit_on_user_error
 from src.metrics import align, intra_class_align, uniformity
 from src.evaluation.pair_eval import add_pair_eval_args, build_trunk, embed_views, results_file, write_json
 from src.data.pairs import PositivePairDataset

@@ -32,7 +32,8 @@ from sklearn.svm import LinearSVC
 from src.run.args import ArgumentParser, add_amp_args, add_arg, amp_dtype
 from src.augment.image import eval_transform
 from src.run import dist
-from src.run.errors import UserError, exit_on_user_error
+from src.run.errors import UserError
+from src.run.launch import exit_on_user_error
 from src.evaluation.features import extract_features
 from src.evaluation.pair_eval import build_trunk, results_file, write_json
 from src.evaluation.pretrained import add_pretrained_args

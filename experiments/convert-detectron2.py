@@ -44,7 +44,8 @@ import re
 import numpy as np
 
 from src.run.args import add_arg
-from src.run.errors import UserError, exit_on_user_error
+from src.run.errors import UserError
+from src.run.launch import exit_on_user_error
 from src.models import build_backbone
 from src.models.resnet import RESNET_CONFIGS
 from src.evaluation.pretrained import add_pretrained_args, checkpoint_arch, load_trunk, read_checkpoint

@@ -24,7 +24,8 @@ import os
 
 import torch
 
-from src.run.errors import UserError, exit_on_user_error
+from src.run.errors import UserError
+from src.run.launch import exit_on_user_error
 from src.models import KNOWN_ARCHS, SMALL_ARCHS, TV_SMALL_ARCHS, VIDEO_ARCHS, build_backbone
 from src.evaluation.pretrained import TRUST_HELP, read_checkpoint
 from src.run.checkpoint import save_checkpoint

@@ -30,7 +30,8 @@ import os
 import re
 
 from src.run.args import ArgumentParser
-from src.run.errors import UserError, exit_on_user_error
+from src.run.errors import UserError
+from src.run.launch import exit_on_user_error
 
 KNN_KEY = re.compile(r"knn|best_nn|nn_top|nn_acc", re.IGNORECASE)
 LR_KEYS = ("lr", "train_lr", "learning_rate")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import main_deepclusterv2
-from src.run.errors import exit_on_user_error
+from src.run.launch import exit_on_user_error
 from tests.helpers import SYNC_RE, assert_ok, free_port, py, run, tiny_dataset
 
 TINY = ["--arch", "resnet18", "--hidden_mlp", "32", "--feat_dim", "16", "--nmb_prototypes", "6", "6", "6",

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import main_swav
-from src.run.errors import exit_on_user_error
+from src.run.launch import exit_on_user_error
 
 from tests.helpers import SYNC_RE, assert_ok, free_port, one_error_line, py, run, tiny_dataset
 

@@ -34,7 +34,8 @@ from multiprocessing import Pool
 import numpy as np
 from PIL import Image, ImageDraw
 
-from src.run.errors import UserError, exit_on_user_error
+from src.run.errors import UserError
+from src.run.launch import exit_on_user_error
 
 GENERATOR_VERSION = 3  # bump when the drawing changes: cached builds are then redrawn
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "hexagon", "crescent", "arrow",

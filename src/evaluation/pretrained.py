@@ -18,8 +18,12 @@ the file is trusted (``--trust-checkpoint``).
 import os
 import re
 
+import argparse
+
 import torch
 
+from src.models import KNOWN_ARCHS
+from src.run.args import add_arg
 from src.run.errors import UserError
 
 STATE_KEYS = ("state_dict", "model", "teacher", "student", "network")
@@ -303,11 +307,6 @@ def add_pretrained_args(group, snake=False):
     Returns:
         ``group``.
     """
-    import argparse
-
-    from src.run.args import add_arg
-    from src.models import KNOWN_ARCHS
-
     def name(flag):
         return flag.replace("-", "_").replace("__", "--", 1) if snake else flag
 

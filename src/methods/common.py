@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.run import dist
+from src.run.errors import UserError
 
 
 class KeyQueue(nn.Module):
@@ -39,7 +40,6 @@ class KeyQueue(nn.Module):
 
 def check_queue_size(queue_size, global_keys_per_step):
     """Raise a clear UserError unless the queue holds a whole number of steps' keys."""
-    from src.run.errors import UserError
 
     if queue_size % global_keys_per_step != 0:
         lower = queue_size - queue_size % global_keys_per_step

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.models import build_backbone
+from src.run.errors import UserError
 from src.models.heads import build_moco_head
 from src.methods.common import KeyQueue, batch_shuffle, batch_unshuffle, convert_split_bn, copy_params
 
@@ -104,7 +105,6 @@ def load_for_restart(model, state):
     Raises:
         UserError: no ``encoder_q`` tensor of the checkpoint fits the model.
     """
-    from src.run.errors import UserError
 
     state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items() if torch.is_tensor(v)}
     own = model.state_dict()

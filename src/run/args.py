@@ -5,6 +5,7 @@ line (``error: argument --lr: must be > 0, got -1``) and exit status 2."""
 import argparse
 import sys
 
+from src.run import dist
 from src.run.errors import UserError
 
 
@@ -12,8 +13,6 @@ class ArgumentParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose errors are one ``error:`` line (no usage block) and exit status 2."""
 
     def error(self, message):
-        from src.run import dist  # only the launcher's rank: parsing creates no process group
-
         if dist.process_rank() == 0:
             print(f"error: {message} (see {self.prog} --help)", file=sys.stderr, flush=True)
         sys.exit(2)

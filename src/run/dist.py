@@ -37,6 +37,7 @@ import torch
 import torch.distributed as tdist
 
 from src.run.errors import UserError
+from src.run.signals import forward_to_children
 
 
 @dataclass
@@ -176,8 +177,6 @@ def spawn_workers(worker_fn, nprocs_per_node, node_rank, num_nodes, dist_url, fn
         fn_args: extra positional arguments for ``worker_fn``.
     Returns: None, once every process has exited (an exception in one is re-raised here).
     """
-    from src.run.signals import forward_to_children  # run/ builds on this module: import it only here
-
     if dist_url in (None, "", "env://"):
         if num_nodes > 1:
             raise UserError("several nodes need a shared --dist-url tcp://<node 0 host>:<port>")

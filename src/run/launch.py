@@ -11,13 +11,52 @@ runs in this process, which ``src.run.dist.init_distributed`` places in the grou
 first (a signal from then on is a stop request), checks that a requested CUDA device exists, joins the group and
 calls ``fn(args, info)``; the flags read are those of ``src.run.args.add_dist_args``.
 """
+import functools
 import sys
 
 import torch
 
 from src.run import dist
-from src.run.errors import UserError, exit_on_user_error, report
+from src.run.errors import UserError
 from src.run.signals import process_stop_signal
+
+
+def report(exc, rank=None):
+    """Print ``error: <exc>`` on stderr, unless ``exc`` is collective and this is not rank 0.
+
+    Args:
+        exc: the UserError. rank: this process's rank (default: the process group's, else the launcher's).
+    """
+    if rank is None:
+        rank = dist.process_rank()
+    if rank == 0 or not exc.collective:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+
+
+def exit_on_user_error(fn, collective=False):
+    """Decorator for CLI ``main`` functions: ``UserError`` -> one line on stderr and exit code 2; Ctrl-C ->
+    ``interrupted`` and exit code 130. With ``collective`` every UserError counts as raised on every rank."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            if collective:
+                exc.collective = True
+            report(exc)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr, flush=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def cli_main(fn):
+    """``exit_on_user_error(fn, collective=True)``: the decorator of a ``main(args)`` whose errors come before the
+    processes join (flag and data checks every rank repeats): said once, by rank 0."""
+    return exit_on_user_error(fn, collective=True)
 
 
 def launch(fn, args):

@@ -40,7 +40,7 @@ class StopSignal:
     """The process's stop flag, set by SIGTERM / SIGUSR1 (SLURM pre-emption: ``--signal=USR1@120``).
 
     Args:
-        device: device of this rank's collectives (gloo: CPU, NCCL: its GPU); only :meth:`requested` uses it.
+        device: kept for callers that pass it (the collective decision is ``src.run.loop.Run``'s).
     Attributes:
         flag: True once a stop signal reached this process. signum: the last signal's number (or None).
     """
@@ -67,17 +67,6 @@ class StopSignal:
         """The signal's name, e.g. ``SIGTERM`` (``signal`` when none was received)."""
         return signal.Signals(self.signum).name if self.signum else "signal"
 
-    def requested(self, it, every):
-        """Whether to stop after 0-based iteration ``it``; checked (one all-reduce) every ``every`` steps.
-
-        Returns: True on every rank as soon as any rank received a signal, at a checked step.
-        """
-        from src.run import dist
-
-        if (it + 1) % max(every, 1) != 0:
-            return False
-        flag = torch.tensor([float(self.flag)], device=self.device)
-        return bool(dist.all_reduce(flag, op="sum").item() > 0)
 
 
 def ignore_stop_signals(worker_id=None):
