@@ -21,7 +21,7 @@ import torch
 import torchvision
 
 from helpers import assert_ok, one_error_line, py, run
-from src.checkpoint import save_checkpoint
+from src.run.checkpoint import save_checkpoint
 from src.run.errors import UserError
 from src.models import build_backbone
 from src.methods.moco import MoCo
