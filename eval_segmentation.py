@@ -268,6 +268,10 @@ def train_one_run(args, info):
         logger.end_epoch()
         run.check()  # a diverged network is an error line, not a score
         if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
+            # DDP hands rank 0's BatchNorm statistics to the others at each forward, then every rank updates its
+            # own: score (and save) rank 0's network on every shard
+            for buf in net.buffers():
+                dist.broadcast(buf)
             res = evaluate(net, val_loader, len(val_set.classes), device, amp_dtype(args))
             is_best = results.add(epoch, res)
             print_rank0(results.test_line(), rank=rank)

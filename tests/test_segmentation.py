@@ -258,7 +258,7 @@ def test_voc_reader(voc):
     val = voc_segmentation(str(voc), "val", SegTest(0), train=False)
     assert len(val) == 4 and len(val.classes) == 21 and val.classes[12] == "dog"
     x, y, ok = val[1]
-    raw = np.asarray(Image.open(val.masks[1]))
+    raw = np.array(Image.open(val.masks[1]))
     assert ok and torch.equal(y, torch.from_numpy(raw).long()) and x.shape[1:] == raw.shape
     aug = voc_segmentation(str(voc), "trainaug", VOCTrain(32), seed=0)  # read from train_aug.txt's two columns
     assert len(aug) == 12 and aug.masks[0].endswith("SegmentationClassAug/2008_train_000.png")
@@ -273,7 +273,7 @@ def test_voc_reader(voc):
 def test_cityscapes_reader_maps_label_ids_like_train_ids(city, tmp_path):
     val = cityscapes_segmentation(str(city), "val", SegTest(0), train=False)
     assert len(val) == 3 and len(val.classes) == 19 and val.classes[13] == "car"
-    ids = np.asarray(Image.open(val.masks[0]))
+    ids = np.array(Image.open(val.masks[0]))
     _, y, _ = val[0]
     expected = {7: 0, 11: 2, 26: 13, 21: 8, 1: 255, 255: 255}  # road, building, car, vegetation, ego vehicle
     for label_id, train_id in expected.items():
@@ -428,3 +428,43 @@ def test_nan_refusal(voc, tmp_path, capsys):
     line = cli_error([str(voc), *VOC_FAST, "--epochs", "2", "--lr", "1e30", "--output_dir", str(tmp_path / "n")],
                      capsys)
     assert "NaN/inf" in line and "checkpoint" in line, line
+
+
+def test_two_processes_score_the_saved_network(voc, tmp_path):
+    """torchrun, 2 gloo processes: the val set is split over the ranks and the score is that of the network saved
+    (rank 0's, BatchNorm statistics included), the same as one process scoring it alone."""
+    from helpers import assert_ok, free_port, py, run
+
+    out = tmp_path / "ddp"
+    proc = run(py("-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(free_port()),
+                  "eval_segmentation.py", str(voc), *VOC_FAST, "-j", "1", "--epochs", "1", "--test_batch_size", "1",
+                  "--output_dir", str(out)))
+    assert_ok(proc)
+    assert "batch 4 (2 x 2 processes)" in proc.stdout and proc.stdout.strip().splitlines()[-1].startswith("mIoU: ")
+    ckpt = torch.load(out / "checkpoint.pth.tar", weights_only=True)
+    net = SegmentationFCN(build_backbone("resnet_tiny")[0], 21)
+    net.load_state_dict(ckpt["state_dict"])
+    val = voc_segmentation(str(voc), "val", SegTest(64), train=False)
+    alone = seg.evaluate(net, segmentation_loader(val, 4, ShardSampler(len(val)), 0, train=False), 21,
+                         torch.device("cpu"), None)
+    assert alone["miou"] == ckpt["results"]["history"][-1]["miou"]
+    assert json.load(open(out / "segmentation.json"))["n"] == 4
+
+
+def test_unreadable_images_are_left_out_of_the_score_and_counted(tmp_path, capsys):
+    root = write_voc(tmp_path / "v", n_train=4, n_val=3)
+    (root / "VOCdevkit/VOC2012/JPEGImages/2008_val_001.jpg").write_bytes(b"not a jpeg")
+    (root / "VOCdevkit/VOC2012/JPEGImages/2008_train_002.jpg").write_bytes(b"\xff\xd8 truncated")
+    train = voc_segmentation(str(root), "trainaug", VOCTrain(32), seed=0)
+    x, y = train[2]  # training: replaced by the next pair, one warning line
+    assert x.shape == (3, 32, 32) and "skipping unreadable pair" in capsys.readouterr().err
+    val = voc_segmentation(str(root), "val", SegTest(32), train=False)
+    assert val[1][2] is False and val[0][2] is True
+    torch.manual_seed(0)
+    net = SegmentationFCN(build_backbone("resnet_tiny")[0], 21).eval()
+    res = seg.evaluate(net, segmentation_loader(val, 2, ShardSampler(len(val)), 0, train=False), 21,
+                       torch.device("cpu"), None)
+    assert res["n"] == 2 and res["skipped"] == 1
+    results = seg.SegResults(val.classes)
+    results.add(0, res)
+    assert "2 images, 1 unreadable left out" in results.test_line()
