@@ -468,3 +468,23 @@ def test_unreadable_images_are_left_out_of_the_score_and_counted(tmp_path, capsy
     results = seg.SegResults(val.classes)
     results.add(0, res)
     assert "2 images, 1 unreadable left out" in results.test_line()
+
+
+@pytest.mark.parametrize("name", ["voc", "cityscapes"])
+def test_sbatch_recipes_write_out_the_published_values(name):
+    import shlex
+
+    from helpers import ROOT
+
+    text = open(os.path.join(ROOT, "scripts", f"segmentation_{name}.sh")).read()
+    assert text.startswith("#!/bin/bash\n") and "#SBATCH --signal=B:USR1@120" in text and "#SBATCH --requeue" in text
+    assert "trap requeue USR1" in text and 'RUN_PID=$!\nwait "$RUN_PID"' in text and "./runs/segmentation_" in text
+    cmd = shlex.split(text[text.index("srun "):].split(" &\n", 1)[0].replace("\\\n", " "), comments=True)
+    argv = cmd[cmd.index("eval_segmentation.py") + 1:]
+    written = _parsed(argv)
+    preset = _parsed(["d", "--recipe", name])
+    for key in seg.RECIPES[name]:  # the values written out are the recipe's
+        assert getattr(written, key) == getattr(preset, key), key
+    assert (written.runs, written.seed, written.report, written.arch) == (5, 0, "best", "resnet50")
+    tasks = int(text.split("--ntasks-per-node=")[1].split()[0])
+    assert tasks == {"voc": 1, "cityscapes": 2}[name]  # the reference: one GPU for VOC, 2 x 1080 Ti for Cityscapes
