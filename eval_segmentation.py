@@ -47,7 +47,7 @@ from src.augment.segmentation import CityscapesTrain, SegTest, VOCTrain
 from src.data.folders import ResumableSampler
 from src.data.segmentation import cityscapes_segmentation, segmentation_loader, voc_segmentation
 from src.evaluation.classifier import ShardSampler, autocast, content_hash
-from src.evaluation.pair_eval import build_trunk, write_json
+from src.evaluation.pair_eval import build_trunk
 from src.evaluation.pretrained import add_pretrained_args
 from src.metrics import IGNORE_INDEX, confusion_matrix, iou_from_confusion
 from src.models.segmentation import SegmentationFCN
@@ -55,7 +55,7 @@ from src.optim import moco_lr_schedule, set_lr
 from src.run import dist
 from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_amp_args,
                           add_arg, add_dist_args, amp_dtype, autocast_dtype, bool_flag)
-from src.run.checkpoint import save_checkpoint
+from src.run.checkpoint import atomic_write, save_checkpoint
 from src.run.errors import UserError, exit_on_user_error
 from src.run.launch import launch
 from src.run.logging import print_rank0
@@ -162,7 +162,7 @@ def main(args):
 
 
 def fill_recipe(args):
-    """Fill every unset recipe flag from ``RECIPES[args.recipe]`` and check the combination (idempotent)."""
+    """Fill every unset recipe flag from ``RECIPES[args.recipe]`` and check the combination."""
     explicit = {key for key in RECIPES[args.recipe] if getattr(args, key) is not None}
     for key, value in RECIPES[args.recipe].items():
         if key not in explicit:
@@ -429,6 +429,13 @@ def iou_lines(classes, iou):
     return [f"IoU {c:<{width}} {'n/a (absent)' if v is None else f'{v:6.2f}'}" for c, v in zip(classes, iou)]
 
 
+def write_results(summary, output_dir):
+    """``output_dir/segmentation.json``, written atomically (before any result line is printed). Returns its path."""
+    out = os.path.join(output_dir, RESULTS_FILE)
+    atomic_write(out, lambda f: f.write(json.dumps(summary, indent=2).encode()), "--output_dir")
+    return out
+
+
 def report(args, results, rank):
     """JSON first, then per-class IoU and ``mIoU: XX.XX`` as the last line (rank 0); returns the summary."""
     chosen = results.best if args.report == "best" else results.last
@@ -437,7 +444,7 @@ def report(args, results, rank):
                "best": results.best, "last": results.last, "history": results.history, "seed": args.seed,
                "pretrained": args.pretrained, "arch": args.arch, "args": vars(args)}
     if rank == 0:
-        out = write_json(summary, os.path.join(args.output_dir, RESULTS_FILE))
+        out = write_results(summary, args.output_dir)
         skipped = f", {chosen['skipped']} unreadable left out" if chosen["skipped"] else ""
         print(f"segmentation {args.recipe} {args.val_split}: {args.report} epoch {chosen['epoch']} of {args.epochs} "
               f"({chosen['n']} images{skipped}; best {results.best['miou']:.2f} at epoch {results.best['epoch']}, "
@@ -459,7 +466,7 @@ def report_runs(args, summaries, rank):
                "classes": summaries[0]["classes"], "iou_mean": mean_iou, "pretrained": args.pretrained,
                "args": vars(args)}
     if rank == 0:
-        out = write_json(summary, os.path.join(args.output_dir, RESULTS_FILE))
+        out = write_results(summary, args.output_dir)
         for i, s in enumerate(summaries):
             print(f"run {i} (seed {s['seed']}): mIoU {s['miou']:.2f} ({args.report} epoch {s['epoch']})", flush=True)
         print(f"mIoU over {len(summaries)} runs: mean {mious.mean():.2f}, std {std:.2f} (sample std)", flush=True)
