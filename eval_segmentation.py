@@ -277,9 +277,8 @@ def train_one_run(args, info):
             print_rank0(results.test_line(), rank=rank)
             run.write_log({"type": "test", "epoch": epoch, **results.last})
             if is_best and rank == 0:  # the reference keeps the best model on val
-                save_checkpoint(os.path.join(args.output_dir, "model_best.pth.tar"),
-                                {"arch": args.arch, "epoch": epoch, "miou": res["miou"], "state_dict": net.state_dict()},
-                                "--output_dir")
+                best = {"arch": args.arch, "epoch": epoch, "miou": res["miou"], "state_dict": net.state_dict()}
+                save_checkpoint(os.path.join(args.output_dir, "model_best.pth.tar"), best, "--output_dir")
         run.end_epoch()
     return report(args, results, rank) if run.finished else None
 

@@ -212,8 +212,8 @@ def test_build_model_loads_the_pretrained_trunk(tmp_path):
     torch.manual_seed(3)
     trunk = build_backbone("resnet18")[0]
     path = tmp_path / "moco.pth.tar"  # MoCo's layout: module.encoder_q.* with its fc head
-    torch.save({"arch": "resnet18", "state_dict": {**{f"module.encoder_q.{k}": v for k, v in trunk.state_dict().items()},
-                                                   "module.encoder_q.fc.weight": torch.zeros(8, 512)}}, path)
+    state = {f"module.encoder_q.{k}": v for k, v in trunk.state_dict().items()}
+    torch.save({"arch": "resnet18", "state_dict": {**state, "module.encoder_q.fc.weight": torch.zeros(8, 512)}}, path)
     args = argparse.Namespace(pretrained=str(path), arch=None, cifar_stem=None, trunk_pattern=None,
                               trust_checkpoint=False, seed=0, head_dilation=1, sync_bn=None)
     info = argparse.Namespace(rank=0, distributed=False)
