@@ -437,7 +437,7 @@ def test_two_processes_score_the_saved_network(voc, tmp_path):
 
     out = tmp_path / "ddp"
     proc = run(py("-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(free_port()),
-                  "eval_segmentation.py", str(voc), *VOC_FAST, "-j", "1", "--epochs", "1", "--test_batch_size", "1",
+                  "eval_segmentation.py", str(voc), *VOC_FAST, "--epochs", "1", "--test_batch_size", "1",
                   "--output_dir", str(out)))
     assert_ok(proc)
     assert "batch 4 (2 x 2 processes)" in proc.stdout and proc.stdout.strip().splitlines()[-1].startswith("mIoU: ")
