@@ -420,7 +420,7 @@ def test_bad_layouts_give_one_line(voc, city, tmp_path, capsys):
     (nogt / "gtFine" / "train").symlink_to(city / "gtFine" / "train")
     line = cli_error([str(nogt), "--recipe", "cityscapes"], capsys)
     assert f"{nogt}/gtFine/val" in line, line
-    line = cli_error([str(voc), *VOC_FAST, "-b", "40"], capsys)
+    line = cli_error([str(voc), *VOC_FAST, "-b", "40", "--output_dir", str(tmp_path / "big")], capsys)
     assert "larger than the 12 training images" in line
 
 
