@@ -16,6 +16,9 @@ Every function is pure and follows the device of its inputs (CPU or GPU); nothin
 * :func:`accuracy`: top-k classification accuracy of logits, in percent.
 * **Retrieval at k** (video SCE, spec ``sce.md`` 5.6, eztorch ``run/retrieval_from_bank.py``): each set centred
   by its own mean, cosine similarity, a query is a hit when any of its k nearest bank items shares its label.
+* **Segmentation mIoU** (Revisiting-Contrastive-SSL ``evaluation/segmentation``, PASCAL VOC / Cityscapes): a pixel
+  confusion matrix (:func:`confusion_matrix`, label 255 ignored) and per-class IoU ``TP / (TP + FP + FN)`` from it
+  (:func:`iou_from_confusion`).
 """
 import torch
 import torch.nn.functional as F
@@ -466,3 +469,56 @@ def retrieval_at_k(query, query_labels, bank, bank_labels, ks=RETRIEVAL_KS, chun
         match = bank_labels[idx] == query_labels[start:start + chunk_size].to(b.device)[:, None]
         hits += torch.stack([match[:, :k].any(dim=1).sum() for k in ks]).cpu()
     return {k: 100.0 * h / q.shape[0] for k, h in zip(ks, hits.tolist())}
+
+
+# ==== semantic segmentation ====
+IGNORE_INDEX = 255  # VOC's object boundaries and Cityscapes' void classes
+
+
+def confusion_matrix(pred, target, num_classes, ignore_index=IGNORE_INDEX):
+    """Pixel confusion matrix of a segmentation.
+
+    Args:
+        pred: predicted class per pixel, any shape, integer values in [0, num_classes).
+        target: ground truth of the same shape; pixels equal to ``ignore_index`` (or outside [0, num_classes))
+            are not counted.
+        num_classes: C.
+        ignore_index: the label left out (255).
+    Returns:
+        (C, C) int64 tensor on ``target``'s device: entry [t, p] counts pixels of true class t predicted as p.
+    """
+    if pred.shape != target.shape:
+        raise UserError(f"confusion_matrix: prediction {tuple(pred.shape)} and ground truth {tuple(target.shape)} "
+                        "differ in shape")
+    pred, target = pred.reshape(-1).long(), target.reshape(-1).long()
+    keep = (target != ignore_index) & (target >= 0) & (target < num_classes)
+    if bool(((pred[keep] < 0) | (pred[keep] >= num_classes)).any()):
+        raise UserError(f"confusion_matrix: predictions outside [0, {num_classes})")
+    cells = target[keep] * num_classes + pred[keep]
+    return torch.bincount(cells, minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
+def iou_from_confusion(conf):
+    """Per-class intersection over union and their mean.
+
+    IoU of class c is ``TP / (TP + FP + FN)`` with TP the diagonal, FN the rest of row c (true c, predicted
+    otherwise) and FP the rest of column c. A class absent from both the ground truth and the predictions has
+    no IoU (NaN) and is left out of the mean, as cityscapesScripts does; the reference's ``SemsegMeter`` counts it as
+    0 instead. On the full VOC and Cityscapes val sets every class is present, so both give the same number.
+
+    Args:
+        conf: (C, C) counts from :func:`confusion_matrix` (summed over images and ranks).
+    Returns:
+        ``(iou, miou)``: (C,) float64 tensor (NaN for absent classes) and the mean over the others as a float.
+    Raises:
+        UserError: no class is present (no labelled pixel and no prediction).
+    """
+    conf = conf.double()
+    tp = conf.diagonal()
+    union = conf.sum(dim=0) + conf.sum(dim=1) - tp
+    iou = torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, float("nan")))
+    present = ~torch.isnan(iou)
+    if not bool(present.any()):
+        raise UserError("mIoU: no labelled pixel was scored (every ground-truth pixel is 255 or there are no "
+                        "images): check the masks")
+    return iou, float(iou[present].mean())
