@@ -33,9 +33,7 @@ mean and std (the paper averages five runs). Runs resume from their checkpoint.p
 import argparse
 import copy
 import json
-import math
 import os
-import time
 
 import cv2
 import numpy as np
@@ -44,22 +42,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.augment.segmentation import CityscapesTrain, SegTest, VOCTrain
-from src.data.folders import ResumableSampler
-from src.data.segmentation import cityscapes_segmentation, segmentation_loader, voc_segmentation
-from src.evaluation.classifier import ShardSampler, autocast, content_hash
+from src.data.folders import build_loader, train_loader
+from src.data.segmentation import cityscapes_segmentation, collate_eval, voc_segmentation
+from src.evaluation.classifier import ShardSampler, content_hash
 from src.evaluation.pair_eval import build_trunk
 from src.evaluation.pretrained import add_pretrained_args
-from src.metrics import IGNORE_INDEX, confusion_matrix, iou_from_confusion
+from src.evaluation.segmentation import SegResults, evaluate, iou_lines
+from src.metrics import IGNORE_INDEX
 from src.models.segmentation import SegmentationFCN
 from src.optim import moco_lr_schedule, set_lr
 from src.run import dist
-from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_amp_args,
-                          add_arg, add_dist_args, amp_dtype, autocast_dtype, bool_flag)
+from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_arg, add_run_args,
+                          amp_dtype, autocast_dtype, bool_flag)
 from src.run.checkpoint import atomic_write, save_checkpoint
-from src.run.errors import UserError, exit_on_user_error
-from src.run.launch import launch
+from src.run.errors import UserError
+from src.run.launch import cli_main, launch
 from src.run.logging import print_rank0
 from src.run.loop import Run
+from src.run.speed import autocast
 
 # The reference's configs (configs/pascal_voc.yml, cityscapes.yml) and transforms (utils/common_config.py).
 RECIPES = {
@@ -135,23 +135,14 @@ def get_args_parser(add_help=False):
             help="score the val set after every N epochs (the reference: 1); the last epoch is always scored")
     add_arg(g, "--report", default="best", choices=["best", "last"],
             help="the epoch whose mIoU is reported: best (the reference keeps the best model on val) or last")
-    g = parser.add_argument_group("run")
-    add_arg(g, "--output_dir", "--dump_path", default=".", dest="output_dir",
-            help="checkpoint.pth.tar, model_best.pth.tar, segmentation.json, log.txt (.)")
-    add_arg(g, "--resume", default="", help="checkpoint to resume (default: OUTPUT_DIR/checkpoint.pth.tar if any)")
-    add_arg(g, "-p", "--print_freq", default=10, type=POSITIVE_INT, help="progress line every N iterations (10)")
-    add_arg(g, "--save_every_iters", default=0, type=NONNEG_INT,
-            help="also refresh checkpoint.pth.tar every N iterations inside an epoch (0: epoch ends only)")
-    add_arg(g, "--max_iters", default=0, type=NONNEG_INT,
-            help="stop with a checkpoint once this many iterations of the run are done in total (smoke tests; 0: "
-                 "off); with --runs it bounds each run, so later runs wait until it is raised")
-    add_dist_args(parser)
-    add_amp_args(parser)
+    add_run_args(parser, ("--output_dir", "--dump_path"), "checkpoint.pth.tar, model_best.pth.tar, segmentation.json, "
+                 "log.txt (with --runs: one run_<i>/ folder per run; --max_iters then bounds each run)",
+                 short_print=True)
     return parser
 
 
 # ==================================================================================================
-@exit_on_user_error
+@cli_main
 def main(args):
     args.data = args.data or args.data_path
     if not args.data:
@@ -215,10 +206,7 @@ def train_one_run(args, info):
     """Fine-tune and score one run in ``args.output_dir``; returns its summary (None when stopped early)."""
     device, rank = info.device, info.rank
     autocast_dtype(args, device, rank)  # fp16 without CUDA: fp32 with one warning line; later amp_dtype() agrees
-    if args.batch_size % info.world_size:
-        raise UserError(f"-b/--batch_size {args.batch_size} is the TOTAL batch: make it divisible by the "
-                        f"{info.world_size} processes", collective=True)
-    per_rank_batch = args.batch_size // info.world_size
+    per_rank_batch = dist.split_batch(args.batch_size, info.world_size, "-b/--batch_size")
     run = Run(info, output_dir=args.output_dir, script="eval_segmentation.py", config=vars(args), resume=args.resume,
               seed=args.seed, output_flag="--output_dir", lr_flag="--lr")
     sched = (f"x{args.lr_decay_rate:g} after epochs {' '.join(map(str, args.lr_decay_epochs)) or '-'}"
@@ -229,22 +217,16 @@ def train_one_run(args, info):
 
     # ==== preparing data ====
     train_set, val_set = build_datasets(args, seed=run.seed)
-    sampler = ResumableSampler(len(train_set), info.world_size, rank, shuffle=True, seed=run.seed)
-    iters_per_epoch = sampler.num_samples // per_rank_batch
-    if iters_per_epoch == 0:
-        raise UserError(f"-b/--batch_size {args.batch_size} is larger than the {len(train_set)} training images: "
-                        "lower it (the last incomplete batch is dropped)", collective=True)
-    loader = segmentation_loader(train_set, per_rank_batch, sampler, args.workers, train=True)
-    val_loader = segmentation_loader(val_set, args.test_batch_size, ShardSampler(len(val_set), info.world_size, rank),
-                                     args.workers, train=False)
+    loader, sampler, iters_per_epoch = train_loader(train_set, per_rank_batch, args.workers, info.world_size, rank,
+                                                    run.seed, flag="-b/--batch_size")  # drop_last, as the reference
+    val_loader = build_loader(val_set, args.test_batch_size, ShardSampler(len(val_set), info.world_size, rank),
+                              args.workers, drop_last=False, collate_fn=collate_eval)
     print_rank0(f"data: {len(train_set)} {args.train_split} / {len(val_set)} {args.val_split} images, "
                 f"{len(train_set.classes)} classes, {iters_per_epoch} iterations per epoch", rank=rank)
 
     # ==== building the network: dilated trunk -> FCN decoder -> upsampling ====
     net, trunk_hash = build_model(args, len(train_set.classes), device, info)
-    model = net
-    if info.distributed:
-        model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    model = dist.wrap_ddp(net, device)
     optimizer = build_optimizer(args, net)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(args) == torch.float16)
     schedule = lr_schedule(args, iters_per_epoch)
@@ -288,11 +270,8 @@ def train_one_epoch(model, loader, optimizer, scaler, schedule, epoch, start_ite
     """One epoch; a generator yielding ``(iteration, loss)`` after each step. The whole network trains, in train
     mode (BatchNorm statistics update), set here at every epoch since scoring switched it to eval mode."""
     model.train()
-    t_end = time.time()
-    for it, (images, masks) in enumerate(loader, start=start_iter):
-        t_data = time.time() - t_end
-        lr = float(schedule[epoch * iters_per_epoch + it])
-        set_lr(optimizer, lr)
+    for it, (images, masks) in logger.batches(loader, start_iter):
+        lr = set_lr(optimizer, schedule[epoch * iters_per_epoch + it])
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
         with autocast(device, amp):
             logits = model(images)  # (B, C, H, W), upsampled to the input size
@@ -302,10 +281,9 @@ def train_one_epoch(model, loader, optimizer, scaler, schedule, epoch, start_ite
         scaler.step(optimizer)
         scaler.update()
 
-        logger.update(data_time=t_data, step_time=time.time() - t_end, Loss=loss.detach())
+        logger.update(Loss=loss.detach())
         logger.maybe_print(it, lr)
         yield it, loss.detach()
-        t_end = time.time()
 
 
 # ==================================================================================================
@@ -342,90 +320,6 @@ def lr_schedule(args, iters_per_epoch):
                                 milestones=[m + 1 for m in args.lr_decay_epochs], gamma=args.lr_decay_rate)
     per_epoch = [args.lr * (1.0 - e / args.epochs) ** args.poly_power for e in range(args.epochs)]
     return np.repeat(np.array(per_epoch, dtype=np.float64), iters_per_epoch)
-
-
-@torch.no_grad()
-def evaluate(net, loader, num_classes, device, amp):
-    """Score the val shard of every rank: argmax at the network's input size, brought back to each image's own size
-    (nearest, as the reference's ``save_results_to_disk``), one confusion matrix summed over ranks.
-
-    Returns:
-        dict ``iou`` (C floats, None for a class absent from ground truth and predictions), ``miou`` (percent),
-        ``n`` (images scored), ``skipped`` (unreadable ones left out), ``seconds``; the same on every rank.
-    Raises:
-        UserError: non-finite logits (no score is computed from them).
-    """
-    net.eval()
-    t0 = time.time()
-    conf = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-    counts = torch.zeros(3, dtype=torch.float64, device=device)  # images scored, unreadable, non-finite
-    for images, masks, readable in loader:
-        keep = [i for i, ok in enumerate(readable) if ok]
-        counts[1] += len(readable) - len(keep)
-        same = len({tuple(images[i].shape) for i in keep}) <= 1
-        for group in ([keep] if same else [[i] for i in keep]) if keep else []:
-            x = torch.stack([images[i] for i in group]).to(device, non_blocking=True)
-            with autocast(device, amp):
-                logits = net(x).float()  # (b, C, h, w)
-            counts[2] += (~torch.isfinite(logits).flatten(1).all(dim=1)).sum()
-            pred = logits.argmax(dim=1)
-            for j, i in enumerate(group):
-                mask = masks[i].to(device, non_blocking=True)
-                p = pred[j]
-                if p.shape != mask.shape:
-                    p = F.interpolate(p[None, None].float(), size=mask.shape, mode="nearest")[0, 0].long()
-                conf += confusion_matrix(p, mask, num_classes)
-            counts[0] += len(group)
-    dist.all_reduce(conf)
-    dist.all_reduce(counts)
-    n, skipped, bad = (int(v) for v in counts.tolist())
-    if bad:
-        raise UserError(f"the network produced NaN/inf logits on {bad} of {n} test images: its weights or BatchNorm "
-                        "statistics are not finite (lower --lr or turn AMP off); no score is reported",
-                        collective=True)
-    iou, miou = iou_from_confusion(conf.cpu())
-    return {"iou": [None if math.isnan(v) else 100.0 * v for v in iou.tolist()], "miou": 100.0 * miou, "n": n,
-            "skipped": skipped, "seconds": time.time() - t0}
-
-
-class SegResults:
-    """Every scored epoch (mIoU, per-class IoU in percent), the best one (the earliest on ties) and the last;
-    ``state_dict`` / ``load_state_dict`` hold plain lists (checkpoint- and JSON-safe)."""
-
-    def __init__(self, classes):
-        self.classes, self.history = list(classes), []
-
-    def add(self, epoch, res):
-        """Record ``evaluate``'s dict; returns whether it is the new best."""
-        is_best = self.best is None or res["miou"] > self.best["miou"]
-        self.history.append({"epoch": int(epoch), **{k: res[k] for k in ("miou", "iou", "n", "skipped")}})
-        return is_best
-
-    @property
-    def best(self):
-        return max(self.history, key=lambda e: (e["miou"], -e["epoch"])) if self.history else None
-
-    @property
-    def last(self):
-        return self.history[-1] if self.history else None
-
-    def state_dict(self):
-        return {"history": copy.deepcopy(self.history)}
-
-    def load_state_dict(self, state):
-        self.history = copy.deepcopy(state["history"])
-
-    def test_line(self):
-        e, b = self.last, self.best
-        skipped = f", {e['skipped']} unreadable left out" if e["skipped"] else ""
-        return (f"Test: epoch {e['epoch']}, {e['n']} images{skipped}: mIoU {e['miou']:.2f} (best {b['miou']:.2f} at "
-                f"epoch {b['epoch']})")
-
-
-def iou_lines(classes, iou):
-    """``IoU <class>: xx.xx`` lines (``n/a`` for a class absent from ground truth and predictions)."""
-    width = max(len(c) for c in classes)
-    return [f"IoU {c:<{width}} {'n/a (absent)' if v is None else f'{v:6.2f}'}" for c, v in zip(classes, iou)]
 
 
 def write_results(summary, output_dir):

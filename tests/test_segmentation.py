@@ -16,7 +16,8 @@ from PIL import Image
 
 import eval_segmentation as seg
 from src.augment.segmentation import CityscapesTrain, SegTest, VOCTrain, random_crop
-from src.data.segmentation import CITYSCAPES_CLASSES, cityscapes_segmentation, segmentation_loader, voc_segmentation
+from src.data.folders import build_loader
+from src.data.segmentation import CITYSCAPES_CLASSES, cityscapes_segmentation, collate_eval, voc_segmentation
 from src.evaluation.classifier import ShardSampler
 from src.metrics import confusion_matrix, iou_from_confusion
 from src.models import build_backbone
@@ -299,7 +300,7 @@ def test_full_resolution_scoring_matches_the_reference_offline_path(voc):
     torch.manual_seed(0)
     net = torch.nn.Conv2d(3, 21, 3, padding=1).eval()  # per-pixel logits: predictions that change pixel by pixel
     val = voc_segmentation(str(voc), "val", SegTest(40), train=False)
-    loader = segmentation_loader(val, 3, ShardSampler(len(val)), 0, train=False)
+    loader = build_loader(val, 3, ShardSampler(len(val)), 0, drop_last=False, collate_fn=collate_eval)
     res = seg.evaluate(net, loader, 21, torch.device("cpu"), None)
     preds, targets = [], []
     for i in range(len(val)):
@@ -421,7 +422,7 @@ def test_bad_layouts_give_one_line(voc, city, tmp_path, capsys):
     line = cli_error([str(nogt), "--recipe", "cityscapes"], capsys)
     assert f"{nogt}/gtFine/val" in line, line
     line = cli_error([str(voc), *VOC_FAST, "-b", "40", "--output_dir", str(tmp_path / "big")], capsys)
-    assert "larger than the 12 training images" in line
+    assert "larger than the 12 training samples" in line
 
 
 def test_nan_refusal(voc, tmp_path, capsys):
@@ -445,7 +446,8 @@ def test_two_processes_score_the_saved_network(voc, tmp_path):
     net = SegmentationFCN(build_backbone("resnet_tiny")[0], 21)
     net.load_state_dict(ckpt["state_dict"])
     val = voc_segmentation(str(voc), "val", SegTest(64), train=False)
-    alone = seg.evaluate(net, segmentation_loader(val, 4, ShardSampler(len(val)), 0, train=False), 21,
+    alone = seg.evaluate(net, build_loader(val, 4, ShardSampler(len(val)), 0, drop_last=False,
+                                           collate_fn=collate_eval), 21,
                          torch.device("cpu"), None)
     assert alone["miou"] == ckpt["results"]["history"][-1]["miou"]
     assert json.load(open(out / "segmentation.json"))["n"] == 4
@@ -462,7 +464,7 @@ def test_unreadable_images_are_left_out_of_the_score_and_counted(tmp_path, capsy
     assert val[1][2] is False and val[0][2] is True
     torch.manual_seed(0)
     net = SegmentationFCN(build_backbone("resnet_tiny")[0], 21).eval()
-    res = seg.evaluate(net, segmentation_loader(val, 2, ShardSampler(len(val)), 0, train=False), 21,
+    res = seg.evaluate(net, build_loader(val, 2, ShardSampler(len(val)), 0, drop_last=False, collate_fn=collate_eval), 21,
                        torch.device("cpu"), None)
     assert res["n"] == 2 and res["skipped"] == 1
     results = seg.SegResults(val.classes)

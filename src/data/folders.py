@@ -338,7 +338,8 @@ class ResumableSampler(torch.utils.data.Sampler):
         return self.num_samples - self.start_index
 
 
-def build_loader(dataset, batch_size, sampler, workers, drop_last=True, pin_memory=None, persistent=True):
+def build_loader(dataset, batch_size, sampler, workers, drop_last=True, pin_memory=None, persistent=True,
+                 collate_fn=None):
     """A DataLoader for training or evaluation.
 
     Workers are persistent (no re-fork and re-read of the file list every epoch) and ignore SIGTERM /
@@ -354,6 +355,7 @@ def build_loader(dataset, batch_size, sampler, workers, drop_last=True, pin_memo
         drop_last: drop the last incomplete batch (True for training).
         pin_memory: None pins when CUDA is available.
         persistent: keep the workers between epochs (False for a single pass).
+        collate_fn: DataLoader's (None: the default stacking).
     Returns:
         torch.utils.data.DataLoader.
     """
@@ -362,7 +364,7 @@ def build_loader(dataset, batch_size, sampler, workers, drop_last=True, pin_memo
     return track_loader(torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler,
                                                     num_workers=workers, pin_memory=pin_memory, drop_last=drop_last,
                                                     persistent_workers=persistent and workers > 0,
-                                                    worker_init_fn=ignore_stop_signals))
+                                                    worker_init_fn=ignore_stop_signals, collate_fn=collate_fn))
 
 
 def train_loader(dataset, batch_size, workers, world_size=1, rank=0, seed=0, flag="--batch_size"):
@@ -381,8 +383,9 @@ def train_loader(dataset, batch_size, workers, world_size=1, rank=0, seed=0, fla
     iters_per_epoch = math.ceil(len(dataset) / world_size) // batch_size
     if iters_per_epoch == 0:
         root = getattr(dataset, "root", "") or getattr(getattr(dataset, "dataset", None), "root", "")
-        raise UserError(f"{len(dataset)} samples in '{root}' are fewer than one batch of {batch_size} x {world_size} "
-                        f"processes: lower {flag}")
+        raise UserError(f"a batch of {batch_size} x {world_size} processes is larger than the {len(dataset)} training "
+                        f"samples{f' in {root!r}' if root else ''}: lower {flag} (the last incomplete batch is "
+                        "dropped)", collective=True)
     sampler = ResumableSampler(len(dataset), num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
     loader = build_loader(dataset, batch_size, sampler, workers, drop_last=True)
     loader.generator = torch.Generator().manual_seed(seed)

@@ -35,7 +35,6 @@ from src.augment.image import to_rgb
 from src.data.folders import MAX_CONSECUTIVE_FAILURES, sample_seed
 from src.data.voc import VOC_CLASSES
 from src.run.errors import UserError
-from src.run.signals import ignore_stop_signals, track_loader
 
 IGNORE = 255
 VOC_SEG_CLASSES = ("background",) + VOC_CLASSES
@@ -136,18 +135,6 @@ def collate_eval(batch):
     """Evaluation batches: lists of images, full-resolution masks and readable flags (sizes may differ)."""
     images, masks, readable = zip(*batch)
     return list(images), list(masks), list(readable)
-
-
-def segmentation_loader(dataset, batch_size, sampler, workers, train):
-    """DataLoader whose workers ignore SIGTERM / SIGUSR1 (the training process saves first: ``src.run.signals``).
-
-    Training drops the last incomplete batch (the reference's ``drop_last=True``) and keeps its workers between
-    epochs; evaluation keeps every image and collates with :func:`collate_eval`.
-    """
-    return track_loader(torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=torch.cuda.is_available(),
-        drop_last=train, persistent_workers=workers > 0, worker_init_fn=ignore_stop_signals,
-        collate_fn=None if train else collate_eval))
 
 
 # ==== PASCAL VOC 2012 ====
