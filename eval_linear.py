@@ -49,8 +49,9 @@ from torch import nn
 from src.run import dist
 from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg, add_dist_args,
                       amp_dtype, autocast_dtype, bool_flag)
-from src.evaluation.classifier import (FeatureBatches, LinearClassifier, PooledMapClassifier, Results, ShardSampler, autocast,
-                            content_hash, evaluate, extract_shard, fingerprint, test_transform, train_transform)
+from src.evaluation.classifier import (FeatureBatches, LinearClassifier, PooledMapClassifier, Results, ShardSampler,
+                                       autocast, content_hash, evaluate, extract_shard, fingerprint, test_transform,
+                                       train_transform)
 from src.data.folders import ResumableSampler, SafeImageFolder, build_loader
 from src.run.errors import UserError, exit_on_user_error
 from src.run.logging import print_rank0
@@ -218,7 +219,8 @@ def linear_eval(args, info):
     trunk, dim = build_frozen_trunk(args, device, rank)
     trunk_hash = content_hash(trunk)
     dist.seed_everything(run.seed, 0)  # the same head on every rank
-    head, frozen, head_kind = build_head(args, trunk, dim, len(train_set.classes), device, rank)  # frozen: x -> head input
+    # frozen: images -> the head's input (the trunk itself, or its map pooled 6x6 for SwAV's other head)
+    head, frozen, head_kind = build_head(args, trunk, dim, len(train_set.classes), device, rank)
     if info.distributed and head_kind.endswith("+bn") and device.type == "cuda":
         head = nn.SyncBatchNorm.convert_sync_batchnorm(head)  # SwAV: statistics over the global batch (CUDA only)
     head_ddp = nn.parallel.DistributedDataParallel(

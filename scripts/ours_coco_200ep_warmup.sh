@@ -1,8 +1,8 @@
 #!/bin/bash
 # Revisiting-Contrastive-SSL on COCO train2017 (flat folder), ResNet-50, 200 epochs, 2 GPUs, total batch 256:
 # MoCo + constrained multi-crop (2x160 + 4x96) + AutoAugment + nearest-neighbour positives, nearest-neighbour loss off for the first 5 epochs
-# (Van Gansbeke et al. 2021: VOC SVM mAP 85.1 without warmup). The reference's main_ours_warmup.py (builder/builder_ours_warmup.py)
-# picks the nearest neighbours before enqueueing the step's keys: --aux-order neighbours-first.
+# (Van Gansbeke et al. 2021: VOC SVM mAP 85.1 without warmup). Order of the reference's main_ours_warmup.py
+# (builder/builder_ours_warmup.py): neighbours picked, then the step's keys enqueued: --aux-order neighbours-first.
 # Every hyperparameter of the published recipe is written out. Usage: sbatch scripts/ours_coco_200ep_warmup.sh
 #SBATCH --job-name=ours_coco_200ep_warmup
 #SBATCH --nodes=1

@@ -40,7 +40,8 @@ def _reference_reglog(fmap, head, train, eps=1e-5):
             var = sum((v - mean) ** 2 for v in values) / len(values)
         else:
             mean, var = float(head.bn.running_mean[ch]), float(head.bn.running_var[ch])
-        normed[:, ch] = (pooled[:, ch] - mean) / (var + eps) ** 0.5 * float(head.bn.weight[ch]) + float(head.bn.bias[ch])
+        gamma, beta = float(head.bn.weight[ch]), float(head.bn.bias[ch])
+        normed[:, ch] = (pooled[:, ch] - mean) / (var + eps) ** 0.5 * gamma + beta
     flat = [[float(normed[b, ch, i, j]) for ch in range(c) for i in range(h) for j in range(w)] for b in range(n)]
     weight, bias = head.linear.weight.double(), head.linear.bias.double()
     return torch.tensor([[sum(x * float(weight[k, d]) for d, x in enumerate(row)) + float(bias[k])

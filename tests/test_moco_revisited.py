@@ -357,8 +357,8 @@ def test_two_process_launch_constrained_autoaugment_aux_on_flat_folder(flat_imag
                "main_moco.py", flat_images, "-a", "resnet18", "-b", "8", "--moco-k", "64", "--mlp", "--moco-t", "0.2",
                "--moco-m", "0.995", "--lr", "0.3", "--cos", "--num_crops", "2", "4", "--size_crops", "32", "16",
                "--min_scale_crops", "0.2", "0.05", "--max_scale_crops", "1.0", "0.14", "--constrained-cropping",
-               "--auto-augment", "0", "2", "3", "4", "5", "--aux-topk", "4", "--aux-weight", "0.4", "--aux-order", "enqueue-first", "--epochs", "1",
-               "-j", "1", "-p", "2", "--output-dir", str(out)))
+               "--auto-augment", "0", "2", "3", "4", "5", "--aux-topk", "4", "--aux-weight", "0.4",
+               "--aux-order", "enqueue-first", "--epochs", "1", "-j", "1", "-p", "2", "--output-dir", str(out)))
     assert_ok(p)
     assert "48 images, 6 iterations/epoch" in p.stdout
     m = SYNC_RE.search(p.stdout)  # weights, queue and backbone-feature queue identical on both ranks
