@@ -22,6 +22,9 @@ and writes the same numbers to DUMP_PATH/eval_linear.json. Runs resume from DUMP
     # one GPU, ImageNet, a SwAV release, SwAV's protocol
     python eval_linear.py --data_path /datasets/imagenet -a resnet50 --pretrained swav_800ep_pretrain.pth.tar \
         --protocol swav --dump_path runs/swav_linear
+    # SwAV's other head: the last 2048x7x7 map, AvgPool2d(6, stride 1) -> 8192-d, BatchNorm2d, Linear
+    python eval_linear.py --data_path /datasets/imagenet -a resnet50 --pretrained swav_800ep_pretrain.pth.tar \
+        --protocol swav --global_pooling False --use_bn True --dump_path runs/swav_linear_bn
     # 8 GPUs (torchrun, torch.distributed.launch, srun or --multiprocessing-distributed), MoCo's protocol
     torchrun --nproc_per_node=8 eval_linear.py /datasets/imagenet -a resnet50 \
         --pretrained moco_v2_800ep_pretrain.pth.tar --protocol moco --dump_path runs/moco_linear
@@ -45,8 +48,9 @@ from torch import nn
 from src.run import dist
 from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE_INT, ArgumentParser, add_arg, add_run_args,
                       amp_dtype, autocast_dtype, bool_flag)
-from src.evaluation.classifier import (FeatureBatches, LinearClassifier, Results, ShardSampler, content_hash, evaluate,
-                            extract_shard, fingerprint, test_transform, train_transform)
+from src.evaluation.classifier import (FeatureBatches, LinearClassifier, PooledMapClassifier, Results, ShardSampler,
+                                       content_hash, evaluate, extract_shard, fingerprint, test_transform,
+                                       train_transform)
 from src.data.folders import ResumableSampler, SafeImageFolder, build_loader
 from src.run.errors import UserError
 from src.run.logging import print_rank0
@@ -59,6 +63,7 @@ from src.run.launch import cli_main, launch
 from src.run.loop import Run
 from src.run.speed import autocast
 from src.data.video.build import VideoEval, add_video_eval_args, eval_samples, eval_sets
+from src.models.resnet import FeatureMap, ResNet
 
 # Published recipes (spec evals.md A.14 / B.6, sce.md section 4). "lr" None: 0.1 x batch / 256 (SCE's scaler).
 PROTOCOLS = {
@@ -91,6 +96,14 @@ def get_args_parser(add_help=False):
     g = parser.add_argument_group("trunk")
     add_pretrained_args(g, snake=True)
     add_arg(g, "--seed", default=31, type=int, help="seed of the head init, sampling, augmentation, random trunk (31)")
+    g = parser.add_argument_group("head (SwAV's RegLog)")
+    add_arg(g, "--global_pooling", default=True, type=bool_flag,
+            help="True (default): the trunk's global average pooling, then Linear. False: the last feature map "
+                 "of a ResNet, AvgPool2d(6, stride 1) (ResNet-50 at 224 px: 2048 x 2 x 2 = 8192-d), then Linear; "
+                 "with --precompute_features the cache holds those pooled features")
+    add_arg(g, "--use_bn", default=False, type=bool_flag,
+            help="with --global_pooling False: BatchNorm2d on the pooled map before the Linear (False). As in "
+                 "SwAV, it has no effect with global pooling")
     g = parser.add_argument_group("protocol (each default comes from --protocol)")
     add_arg(g, "--protocol", default=None, choices=sorted(PROTOCOLS),
             help="published recipe filling every flag of this group left unset: swav (lr 0.3, cosine, 100 ep, "
@@ -166,6 +179,8 @@ def apply_protocol(args):
                         f"{args.batch_size}, {args.crop_size}, {args.resize}, {args.lr}")
     if not 0 < args.min_scale <= 1:
         raise UserError(f"--min_scale must be in (0, 1], got {args.min_scale}")
+    if args.modality == "video" and not args.global_pooling:
+        raise UserError("--global_pooling False pools an image trunk's 2D feature map: drop it for --modality video")
 
 
 def linear_eval(args, info):
@@ -191,23 +206,28 @@ def linear_eval(args, info):
     trunk, dim = build_frozen_trunk(args, device, rank)
     trunk_hash = content_hash(trunk)
     dist.seed_everything(run.seed, 0)  # the same head on every rank
-    head = LinearClassifier(dim, len(train_set.classes)).to(device)
-    head_ddp = nn.parallel.DistributedDataParallel(
-        head, device_ids=[device.index] if device.type == "cuda" else None) if info.distributed else head
+    # frozen: images -> the head's input (the trunk itself, or its map pooled 6x6 for SwAV's other head)
+    head, frozen, head_kind = build_head(args, trunk, dim, len(train_set.classes), device, rank)
+    if info.distributed and head_kind.endswith("+bn") and device.type == "cuda":
+        head = nn.SyncBatchNorm.convert_sync_batchnorm(head)  # SwAV: statistics over the global batch (CUDA only)
+    head_ddp = dist.wrap_ddp(head, device)
     optimizer = torch.optim.SGD(head.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay, nesterov=args.nesterov)
     trunk_fp = fingerprint(trunk)
 
     # ==== resuming and saving: a head is resumed only on the trunk it was trained on ====
     results = Results()
+    run.require("head_kind", head_kind, "--global_pooling / --use_bn")
     run.require("trunk_sha256", trunk_hash, "--pretrained (its weights)")
     if not args.evaluate:
         run.require("precompute_features", args.precompute_features, "--precompute_features")
     run.track(head=head, optimizer=optimizer, results=results)
 
     # ==== batches: images through the trunk, or cached features ====
+    # a cache of locally pooled features is keyed apart from one of the same trunk's global features
+    feature_key = trunk_hash if head_kind == "linear" else f"{trunk_hash}+{head_kind}"
     train_batches, val_batches, features, set_epoch, iters_per_epoch = build_batches(
-        args, info, trunk, trunk_hash, train_set, val_set, per_rank_batch)
+        args, info, frozen, feature_key, train_set, val_set, per_rank_batch)
     schedule = lr_schedule(args, iters_per_epoch)
     if args.evaluate:
         return test_and_report(head, val_batches, features, args, info, results, None, run.write_log, final=True)
@@ -218,13 +238,16 @@ def linear_eval(args, info):
     for epoch in run.epochs():
         set_epoch(epoch, run.start_iter)
         logger.start_epoch(epoch, run.start_iter)
-        if not run.steps(train_one_epoch(head_ddp, trunk, train_batches, optimizer, schedule, epoch, run.start_iter,
-                                         iters_per_epoch, device, amp_dtype(args), logger)):
+        if not run.steps(train_one_epoch(head_ddp, frozen, train_batches, optimizer, schedule, epoch,
+                                         run.start_iter, iters_per_epoch, device, amp_dtype(args), logger)):
             return None  # stopped (signal, --max_iters): checkpoint saved
         logger.end_epoch()
         if not torch.equal(fingerprint(trunk), trunk_fp):  # MoCo's sanity_check: the trunk must stay as loaded
             raise RuntimeError("the frozen trunk changed during linear evaluation (weights or BN statistics)")
         run.check()  # a NaN head is an error line, not a test score
+        if head_kind.endswith("+bn"):  # without SyncBN (CPU) each rank's running statistics saw its own last batch:
+            for buf in head.buffers():  # test with rank 0's, the ones its checkpoint keeps
+                dist.broadcast(buf, src=0)
         is_best = test_and_report(head, val_batches, features, args, info, results, epoch, run.write_log)
         run.end_epoch()
         if is_best and rank == 0:
@@ -259,6 +282,33 @@ def train_one_epoch(head, trunk, batches, optimizer, schedule, epoch, start_iter
 
 
 # ==================================================================================================
+def build_head(args, trunk, dim, num_classes, device, rank):
+    """The trained head and the frozen module that feeds it (SwAV's ``--global_pooling`` / ``--use_bn``).
+
+    Returns:
+        ``(head, frozen, kind)``: with global pooling (default) ``LinearClassifier(dim, C)`` on the trunk
+        itself, kind "linear"; else a :class:`PooledMapClassifier` (AvgPool2d(6, stride 1), BatchNorm2d with
+        ``--use_bn``, Linear) and ``trunk map -> its pooling -> flatten``, kind "avgpool6" or "avgpool6+bn".
+        The pooling has no parameters, so it runs with the frozen trunk (and into a feature cache) while the
+        head's BatchNorm and Linear train on its output.
+    """
+    if args.global_pooling:
+        if args.use_bn:  # SwAV's RegLog only builds its BatchNorm without global pooling
+            print_rank0("note: --use_bn has no effect with --global_pooling True (as in SwAV's RegLog)", rank=rank)
+        return LinearClassifier(dim, num_classes).to(device), trunk, "linear"
+    if not isinstance(trunk, ResNet):
+        raise UserError(f"--global_pooling False takes the last feature map of a ResNet (SwAV: resnet50), not "
+                        f"{args.arch}: drop the flag or pick a ResNet", collective=True)
+    fmap = FeatureMap(trunk)
+    with torch.no_grad():
+        shape = fmap(torch.zeros(1, 3, args.crop_size, args.crop_size, device=device)).shape  # (1, C, H, W)
+    head = PooledMapClassifier(shape[1], tuple(shape[2:]), num_classes, use_bn=args.use_bn).to(device)
+    print_rank0(f"head: {args.arch} map {shape[1]}x{shape[2]}x{shape[3]} -> AvgPool2d(6, stride 1) -> "
+                f"{head.in_dim}-d" + (" -> BatchNorm2d" if args.use_bn else "") + " -> Linear", rank=rank)
+    frozen = nn.Sequential(fmap, head.pool, nn.Flatten(1)).eval()  # = head.pool_features(trunk map)
+    return head, frozen, "avgpool6+bn" if args.use_bn else "avgpool6"
+
+
 def build_datasets(args):
     """``DIR/train`` with the train transform (seeded per sample) and ``DIR/val`` with the test transform."""
     if args.modality == "video":  # 1 random clip / 10 clips x 3 crops of every video (src.data.video.build)

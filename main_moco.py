@@ -22,7 +22,8 @@ crops, the small ones constrained to overlap the key crop, AutoAugment on crops 
 positives (scripts/ours_coco_200ep.sh):
     torchrun --nproc_per_node=2 main_moco.py /path/to/coco/train2017 --lr 0.3 -b 256 --mlp --moco-t 0.2 \
         --moco-m 0.995 --cos --num_crops 2 4 --size_crops 160 96 --min_scale_crops 0.2 0.05 \
-        --max_scale_crops 1.0 0.14 --constrained-cropping --auto-augment 0 2 3 4 5 --aux-topk 20 --aux-weight 0.4
+        --max_scale_crops 1.0 0.14 --constrained-cropping --auto-augment 0 2 3 4 5 --aux-topk 20 --aux-weight 0.4 \
+        --aux-order enqueue-first
 SSL-small (Shi et al. 2021) for mobilenetv3_small / _large, efficientnet_b0, resnet18, deit_tiny, from a
 SEED-distilled checkpoint converted with `python -m experiments.convert-seed` (scripts/small_<arch>_800ep.sh):
     python main_moco.py /path/to/imagenet -a mobilenetv3_small --lr 0.06 -b 512 -j 64 --epochs 800 \
@@ -132,8 +133,14 @@ def get_args_parser(add_help=True):
     add_arg(g, "--aux-weight", default=0.0, type=float,
             help="weight of the nearest-neighbour loss (paper 0.4; 0 = off, plain MoCo). The topk keys nearest "
                  "to a query in BACKBONE space (a second queue of pooled features) count as extra positives "
-                 "in head space. Computed BEFORE this step's keys enter the queues, so they are never "
-                 "chosen as neighbours (the reference's builder_ours enqueues first; its warmup builder does not)")
+                 "in head space; --aux-order says whether this step's keys can be among them")
+    add_arg(g, "--aux-order", default="neighbours-first", choices=["neighbours-first", "enqueue-first"],
+            help="when this step's key features enter the backbone-feature queue, relative to picking the "
+                 "neighbours. neighbours-first (default): after, so neighbours are earlier steps' keys only "
+                 "(the reference's builder/builder_ours_warmup.py, main_ours_warmup.py). enqueue-first: before, "
+                 "so an image's own key feature is usually its nearest neighbour, while the head-space logit of "
+                 "that slot is still the key it replaces (builder/builder_ours.py, main_ours.py: the "
+                 "ours_coco_{200,800}ep recipes). The head-space logits always use the queue before the enqueue")
     add_arg(g, "--aux-topk", default=50, type=int, help="neighbours per query for --aux-weight (paper scripts 20)")
     add_arg(g, "--warmup-epochs", default=0, type=int,
             help="epochs without the nearest-neighbour loss while the feature queue fills (paper 5 / 20 for "
@@ -295,8 +302,12 @@ def train_one_epoch(model, encoder_q, loader, optimizer, scaler, lr_schedule, ep
         labels = torch.zeros(logits.shape[0], dtype=torch.long, device=device)
         loss = F.cross_entropy(logits, labels)
         extra = {}
-        if model.queue_backbone is not None:  # nearest neighbours (backbone space) as extra positives (head space),
-            # chosen among the queued keys BEFORE this step's enqueue below (builder_ours_warmup's order)
+        if model.queue_backbone is not None:  # nearest neighbours (backbone space) as extra positives (head space)
+            if args.aux_order == "enqueue-first":  # builder_ours: this step's key features go in first, so an
+                # image's own key feature (similarity ~1) is among its neighbours; the logits above were taken from
+                # the head queue before its enqueue, so that slot's logit is still the oldest key, being replaced
+                model.queue_backbone.enqueue(dist.concat_all_gather(h_k))
+            # neighbours-first (builder_ours_warmup): chosen among earlier steps' keys, enqueued after the step
             aux = knn_positive_loss(logits[:, 1:], h_q, model.queue_backbone.queue, args.aux_topk) if use_aux \
                 else torch.zeros((), device=device)
             extra = {"CE": loss.detach(), "Aux": aux.detach()}
@@ -309,7 +320,7 @@ def train_one_epoch(model, encoder_q, loader, optimizer, scaler, lr_schedule, ep
 
         # enqueue the keys of the whole global batch (after the loss: a key is never its own negative)
         model.queue.enqueue(dist.concat_all_gather(k.float()))
-        if h_k is not None:  # their backbone features, at the same rows of the second queue
+        if h_k is not None and args.aux_order == "neighbours-first":  # their backbone features, same rows
             model.queue_backbone.enqueue(dist.concat_all_gather(h_k))
 
         # (K+1)-way instance accuracy, as MoCo prints it: the positive is column 0

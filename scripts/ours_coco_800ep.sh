@@ -1,7 +1,9 @@
 #!/bin/bash
 # Revisiting-Contrastive-SSL on COCO train2017 (flat folder), ResNet-50, 800 epochs, 2 GPUs, total batch 256:
 # MoCo + constrained multi-crop (2x160 + 4x96) + AutoAugment + nearest-neighbour positives, nearest-neighbour loss from the start
-# (Van Gansbeke et al. 2021: VOC SVM mAP 85.9 without warmup). Our loss is computed before the enqueue in both variants.
+# (Van Gansbeke et al. 2021: VOC SVM mAP 85.9 without warmup). Order of the reference's main_ours.py
+# (builder/builder_ours.py): the step's keys enqueued, then the nearest neighbours picked, so an image's own key
+# feature is usually among them: --aux-order enqueue-first.
 # Every hyperparameter of the published recipe is written out. Usage: sbatch scripts/ours_coco_800ep.sh
 #SBATCH --job-name=ours_coco_800ep
 #SBATCH --nodes=1
@@ -52,6 +54,7 @@ srun --kill-on-bad-exit=1 python -u main_moco.py "$DATASET_PATH" \
   --auto-augment 0 2 3 4 5 \
   --aux-topk 20 \
   --aux-weight 0.4 \
+  --aux-order enqueue-first \
   --warmup-epochs 0 \
   --print-freq 100 \
   --output-dir "$EXPERIMENT_PATH" &

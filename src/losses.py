@@ -103,7 +103,9 @@ def knn_positive_loss(neg_logits, features, feature_queue, topk):
             ``logits[:, 1:]`` of :func:`infonce_logits`; carries the gradient.
         features: (N, F) unit-norm backbone features of the same N queries (no gradient needed).
         feature_queue: (K, F) unit-norm backbone features of the keys in the queue, row n matching
-            column n of ``neg_logits``; use the queue as it was BEFORE this step's keys are enqueued.
+            column n of ``neg_logits``: the queue before this step's keys are enqueued (the reference's
+            ``builder_ours_warmup``), or after (``builder_ours``: then the rows just written hold this step's
+            keys while those columns of ``neg_logits`` still hold the keys they replaced).
         topk: neighbours per row (20 in the paper's scripts, 50 the reference default), at most K.
     Returns:
         scalar float32 loss.

@@ -173,12 +173,15 @@ def _trunk_features(encoder, x):
     return F.normalize(trunk(x), dim=1)
 
 
-@pytest.mark.parametrize("epoch,warmup", [(0, 0), (0, 1)])
-def test_multi_crop_step_matches_loop(epoch, warmup):
+@pytest.mark.parametrize("epoch,warmup,order", [(0, 0, "neighbours-first"), (0, 1, "neighbours-first"),
+                                               (0, 0, "enqueue-first"), (0, 1, "enqueue-first")])
+def test_multi_crop_step_matches_loop(epoch, warmup, order):
     """One step of main_moco.train_one_epoch with 1 large + 3 small query crops, one key and the
     nearest-neighbour loss: its logged InfoNCE, aux and total losses equal a per-row loop over a copy of the
-    model taken before the step, using the queues as they were BEFORE the step's keys were enqueued."""
-    args = _parse(["--aux-weight", "0.5", "--aux-topk", "3", "--warmup-epochs", str(warmup)])
+    model taken before the step. The head-space logits use the queue as it was before the step's keys were
+    enqueued; the neighbours are picked in the feature queue before (neighbours-first) or after
+    (enqueue-first, builder_ours) this step's key features went in."""
+    args = _parse(["--aux-weight", "0.5", "--aux-topk", "3", "--warmup-epochs", str(warmup), "--aux-order", order])
     main_moco.check_recipe_args(args)
     torch.manual_seed(0)
     model, encoder_q, _ = main_moco.build_model(args, CPU, 4)
@@ -217,13 +220,118 @@ def test_multi_crop_step_matches_loop(epoch, warmup):
     ce, aux, aux_after = ce / q.shape[0], aux / q.shape[0], aux_after / q.shape[0]
     assert abs(aux_after - aux) > 1e-2  # the order is observable here: the enqueue-first variant differs
     assert abs(float(logger.last["CE"]) - ce) < 1e-4
-    expected_aux = aux if epoch >= warmup else 0.0
+    expected_aux = (aux if order == "neighbours-first" else aux_after) if epoch >= warmup else 0.0
     assert abs(float(logger.last["Aux"]) - expected_aux) < 1e-4
     assert abs(float(logger.last["Loss"]) - (ce + 0.5 * expected_aux)) < 1e-4
     # after the step, both queues hold this batch's keys at rows 0-3 (also during the warmup)
     torch.testing.assert_close(model.queue.queue[:4], k, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(model.queue_backbone.queue[:4], h_k, rtol=1e-4, atol=1e-5)
     assert int(model.queue.ptr) == int(model.queue_backbone.ptr) == 4
+
+
+def _loop_aux(q, h, queue, fqueue, t, topk):
+    """Float64 loop: for each query row, the topk rows of ``fqueue`` nearest to h[row] (by dot product) as
+    positives of log softmax over ``q[row] . queue / t``. Returns (mean loss, per-row neighbour lists)."""
+    q, h, queue, fqueue = q.double(), h.double(), queue.double(), fqueue.double()
+    total, picked = 0.0, []
+    for row in range(q.shape[0]):
+        sims = [float(h[row] @ fqueue[j]) for j in range(fqueue.shape[0])]
+        nearest = sorted(range(len(sims)), key=lambda j: -sims[j])[:topk]
+        logits = [float(q[row] @ queue[j]) / t for j in range(queue.shape[0])]
+        log_z = math.log(sum(math.exp(v) for v in logits))
+        total += -sum(logits[j] - log_z for j in nearest) / topk
+        picked.append(nearest)
+    return total / q.shape[0], picked
+
+
+def test_aux_order_differs_exactly_at_the_images_own_slot():
+    """The query's large crop IS its key crop and the key encoder equals the query encoder, so each image's key
+    feature equals its query's backbone feature. With the queue pointer at 8 (rows 8-11 take this step's 4 keys):
+    enqueue-first (builder_ours) picks row 8 + b as image b's nearest neighbour, its own key, while the head-space
+    positive it pulls at that column is the OLD key there (the logits were taken before the head queue's enqueue);
+    neighbours-first (builder_ours_warmup) picks among the old rows only and never sees its own key. Everything
+    else is identical: InfoNCE, the queues after the step, the gradient-free parts."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 3, 16, 16, generator=g)
+    crops = [x, x.clone()] + [torch.randn(4, 3, 8, 8, generator=g) for _ in range(3)]
+    base = None
+    logged, models = {}, {}
+    for order in ("neighbours-first", "enqueue-first"):
+        args = _parse(["--aux-weight", "1.0", "--aux-topk", "1", "--aux-order", order])
+        main_moco.check_recipe_args(args)
+        torch.manual_seed(0)
+        model, encoder_q, _ = main_moco.build_model(args, CPU, 4)
+        if base is None:
+            with torch.no_grad():
+                model.queue_backbone.queue.copy_(F.normalize(torch.randn(16, 512), dim=1))
+                model.queue.ptr.fill_(8)
+                model.queue_backbone.ptr.fill_(8)
+            base = copy.deepcopy(model)
+        else:
+            model.load_state_dict(base.state_dict())
+        opt = torch.optim.SGD(encoder_q.parameters(), 0.0)
+        logger = ProgressLogger(1, 1, 4, 1000, None, rank=1)
+        steps = main_moco.train_one_epoch(model, encoder_q, [(crops, torch.zeros(4))], opt,
+                                          torch.amp.GradScaler("cpu", enabled=False), moco_lr_schedule(0.0, 1, 1),
+                                          0, 0, 1, args, torch.device("cpu"), logger)
+        assert [it for it, _ in steps] == [0]  # the generator yields (iteration, loss)
+        logged[order], models[order] = dict(logger.last), model
+
+    # the loop reference on the state before the step (lr 0; encoder_k equals encoder_q, so the momentum update
+    # leaves it as it is up to rounding)
+    ref = copy.deepcopy(base)
+    with torch.no_grad():
+        large, small = crops[0], torch.cat(crops[2:])
+        q = torch.cat([F.normalize(ref.encoder_q(large), dim=1), F.normalize(ref.encoder_q(small), dim=1)])
+        h = torch.cat([_trunk_features(ref.encoder_q, large), _trunk_features(ref.encoder_q, small)])
+        h_k = _trunk_features(ref.encoder_k, crops[1])
+    torch.testing.assert_close(h_k, h[:4], rtol=1e-5, atol=1e-5)  # the own key's feature is the query's
+    old_f, queue, t = ref.queue_backbone.queue, ref.queue.queue, 0.2
+    new_f = old_f.clone()
+    new_f[8:12] = h_k
+    aux_nf, nn_nf = _loop_aux(q, h, queue, old_f, t, 1)
+    aux_ef, nn_ef = _loop_aux(q, h, queue, new_f, t, 1)
+    assert [nn_ef[b] for b in range(4)] == [[8], [9], [10], [11]]  # large crops: their own key's slot
+    assert all(nn_nf[b][0] not in range(8, 12) or float(h[b] @ old_f[nn_nf[b][0]]) < 0.9 for b in range(4))
+    # the slots' head-space entries are the old keys, not this step's: the pulled "positive" is a stale key
+    assert all(float(q[b] @ queue[8 + b]) < 0.9 for b in range(4))
+    # every row's choice is the same in both orders unless one of them lies in the rows this step rewrote
+    assert all(e == n or e[0] in range(8, 12) or n[0] in range(8, 12) for e, n in zip(nn_ef, nn_nf))
+    assert sum(e != n for e, n in zip(nn_ef, nn_nf)) >= 4
+    assert abs(aux_ef - aux_nf) > 1e-3  # 5e-3 here (the random queue's logits are close), 50x the tolerance below
+    assert abs(float(logged["neighbours-first"]["Aux"]) - aux_nf) < 1e-4
+    assert abs(float(logged["enqueue-first"]["Aux"]) - aux_ef) < 1e-4
+    assert float(logged["neighbours-first"]["CE"]) == pytest.approx(float(logged["enqueue-first"]["CE"]), abs=1e-6)
+    a, b = models["neighbours-first"], models["enqueue-first"]
+    for name in ("queue.queue", "queue_backbone.queue", "queue.ptr", "queue_backbone.ptr"):
+        torch.testing.assert_close(a.state_dict()[name], b.state_dict()[name])
+    torch.testing.assert_close(a.queue_backbone.queue[8:12], h_k, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,order", [("ours_coco_200ep", "enqueue-first"), ("ours_coco_800ep", "enqueue-first"),
+                                        ("ours_coco_200ep_warmup", "neighbours-first"),
+                                        ("ours_coco_800ep_warmup", "neighbours-first")])
+def test_recipe_scripts_use_their_references_order(name, order):
+    """main_ours.py (builder_ours: enqueue, then neighbours) launches ours_coco_*ep, main_ours_warmup.py
+    (builder_ours_warmup: neighbours, then enqueue) the warmup recipes."""
+    import os
+    import shlex
+
+    text = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts", f"{name}.sh")).read()
+    command = text.replace("\\\n", " ").split("main_moco.py", 1)[1].split(" &\n", 1)[0]  # the srun line
+    words = [{"$DATASET_PATH": "DATA", "$EXPERIMENT_PATH": "OUT"}.get(w, w) for w in shlex.split(command)]
+    args = main_moco.get_args_parser().parse_args(words)
+    main_moco.check_recipe_args(args)
+    assert args.aux_order == order and args.aux_weight == 0.4
+
+
+def test_aux_order_default_and_spellings():
+    parse = main_moco.get_args_parser().parse_args
+    assert parse(["d"]).aux_order == "neighbours-first"
+    assert parse(["d", "--aux_order", "enqueue-first"]).aux_order == "enqueue-first"
+    with pytest.raises(SystemExit):
+        parse(["d", "--aux-order", "sometimes"])
 
 
 # ==== two processes, torch.distributed.launch, a flat folder (COCO style) ====
@@ -242,14 +350,15 @@ def flat_images(tmp_path_factory):
 
 def test_two_process_launch_constrained_autoaugment_aux_on_flat_folder(flat_images, tmp_path):
     """No --seed (MoCo's default: a fresh one, which rank 0 must share) and a queue that the 48 keys do not fill,
-    so the rows still at their random init must agree across ranks too (they once differed: per-rank seeds)."""
+    so the rows still at their random init must agree across ranks too (they once differed: per-rank seeds).
+    builder_ours' order (the headline recipes'): the feature queue's all-gather comes before the backward."""
     out = tmp_path / "ours"
     p = run(py("-m", "torch.distributed.launch", "--nproc_per_node=2", f"--master_port={free_port()}",
                "main_moco.py", flat_images, "-a", "resnet18", "-b", "8", "--moco-k", "64", "--mlp", "--moco-t", "0.2",
                "--moco-m", "0.995", "--lr", "0.3", "--cos", "--num_crops", "2", "4", "--size_crops", "32", "16",
                "--min_scale_crops", "0.2", "0.05", "--max_scale_crops", "1.0", "0.14", "--constrained-cropping",
-               "--auto-augment", "0", "2", "3", "4", "5", "--aux-topk", "4", "--aux-weight", "0.4", "--epochs", "1",
-               "-j", "1", "-p", "2", "--output-dir", str(out)))
+               "--auto-augment", "0", "2", "3", "4", "5", "--aux-topk", "4", "--aux-weight", "0.4",
+               "--aux-order", "enqueue-first", "--epochs", "1", "-j", "1", "-p", "2", "--output-dir", str(out)))
     assert_ok(p)
     assert "48 images, 6 iterations/epoch" in p.stdout
     m = SYNC_RE.search(p.stdout)  # weights, queue and backbone-feature queue identical on both ranks

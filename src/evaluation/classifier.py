@@ -2,6 +2,8 @@
 
 * :class:`LinearClassifier`: ``fc = Linear(dim, C)`` initialised N(0, 0.01) / 0 as in every reference linear
   probe, optionally after L2-normalising the features (SSL-small's transfer trick);
+* :class:`PooledMapClassifier`: SwAV's RegLog without global pooling: AvgPool2d(6, stride 1) of the last
+  feature map, optional BatchNorm2d, Linear;
 * :func:`train_transform` / :func:`test_transform`: RandomResizedCrop + flip, Resize (+ CenterCrop), Normalize;
 * :class:`ShardSampler` and :func:`evaluate`: each rank scores a disjoint slice of the test set (no padding, so
   every image counts exactly once) and loss / top-1 / top-5 are summed over ranks;
@@ -53,6 +55,55 @@ class LinearClassifier(nn.Module):
 
     def forward(self, x):
         return self.fc(self.dropout(F.normalize(x, dim=1) if self.normalize else x))
+
+
+class PooledMapClassifier(nn.Module):
+    """SwAV's linear head on a local average pooling of the trunk's last feature map: ``eval_linear.py
+    --global_pooling false [--use_bn true]`` (Caron et al. 2020; facebookresearch/swav ``eval_linear.py``
+    ``RegLog``).
+
+    ``AvgPool2d(kernel_size, stride)`` over the (B, C, H, W) map -> (B, C, h, w) with h = (H - kernel) / stride + 1
+    (ResNet-50 at 224 px: 2048 x 7 x 7 -> 2048 x 2 x 2) -> optional ``BatchNorm2d(C)`` (per channel, statistics
+    over the batch and the h x w positions, as RegLog's; default eps 1e-5, momentum 0.1) -> flatten (C x h x w,
+    channel-major: 8192 for ResNet-50) -> ``Linear`` initialised N(0, 0.01), bias 0. Parameter names
+    ``bn.*`` / ``linear.*`` are RegLog's.
+
+    Args:
+        channels: C of the map.
+        map_size: (H, W) of the map at the evaluation resolution.
+        num_classes: number of classes.
+        use_bn: the BatchNorm2d before the linear layer.
+        kernel_size, stride: the pooling (SwAV: 6 and 1).
+    ``forward(x)``: x is the (B, C, H, W) map, or the (B, C * h * w) output of :meth:`pool_features` (what a
+    feature cache holds: the pooling has no parameters) -> (B, num_classes) logits.
+    Raises:
+        UserError: the map is smaller than the pooling window.
+    """
+
+    def __init__(self, channels, map_size, num_classes, use_bn=True, kernel_size=6, stride=1):
+        super().__init__()
+        height, width = map_size
+        if min(height, width) < kernel_size:
+            raise UserError(f"--global_pooling false pools the trunk's {height}x{width} feature map with a "
+                            f"{kernel_size}x{kernel_size} window: raise --crop_size (ResNets: 224 gives 7x7)")
+        self.channels = channels
+        self.pooled_size = ((height - kernel_size) // stride + 1, (width - kernel_size) // stride + 1)
+        self.in_dim = channels * self.pooled_size[0] * self.pooled_size[1]
+        self.pool = nn.AvgPool2d(kernel_size, stride=stride)
+        self.bn = nn.BatchNorm2d(channels) if use_bn else None
+        self.linear = nn.Linear(self.in_dim, num_classes)
+        nn.init.normal_(self.linear.weight, mean=0.0, std=0.01)
+        nn.init.zeros_(self.linear.bias)
+
+    def pool_features(self, fmap):
+        """(B, C, H, W) map -> (B, C * h * w) pooled features, flattened channel-major."""
+        return torch.flatten(self.pool(fmap), 1)
+
+    def forward(self, x):
+        x = self.pool(x) if x.ndim == 4 else x.reshape(x.shape[0], self.channels, *self.pooled_size)
+        if self.bn is not None:
+            x = self.bn(x)
+        return self.linear(torch.flatten(x, 1))
 
 
 # ==== transforms ====

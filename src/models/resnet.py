@@ -87,6 +87,22 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(self.forward_features(x)), 1))
 
 
+class FeatureMap(nn.Module):
+    """A :class:`ResNet` without its global pooling: (B, 3, H, W) -> (B, out_dim, h, w), the last stage's map
+    (h = H / 32; H / 8 with the CIFAR stem).
+
+    What SwAV's ``resnet50(eval_mode=True)`` returns to ``eval_linear.py``'s RegLog head, which pools it itself
+    (facebookresearch/swav ``src/resnet50.py`` ``forward_backbone``). Holds the trunk, not a copy.
+    """
+
+    def __init__(self, trunk):
+        super().__init__()
+        self.trunk = trunk
+
+    def forward(self, x):
+        return self.trunk.forward_features(x)
+
+
 # name -> (block, layers, widen, width_per_group[, base]); resnet_tiny is this project's CPU-demo trunk:
 # the ResNet-10 layout (one basic block per stage) at 16-32-64-128 channels, 0.3M parameters, 128-d feature.
 RESNET_CONFIGS = {
