@@ -154,26 +154,26 @@ def run_protocol(train, val, trainval, test, metric, grid, max_iter=100, tol=1e-
         max_iter, tol: see :class:`LinearProbe`. log: callable for one line per C.
     Returns:
         dict: ``best_C``, ``val_scores`` (one per C, [] without a search), ``test_score``, ``refit_rows``,
-        ``not_converged`` (fits that used all ``max_iter`` iterations), ``search_seconds``, ``refit_seconds``,
+        ``not_converged`` (fits that used all ``max_iter`` iterations) of ``fits``, ``search_seconds``, ``refit_seconds``,
         ``probe`` (the refitted :class:`LinearProbe`).
     """
     # float64, as the reference's scikit-learn (lbfgs cast X to float64 before 1.7): with float32 the line search
     # stalls near the tight tolerance (more evaluations per iteration, earlier stops)
     train, val, trainval, test = [(np.asarray(X, dtype=np.float64), y) for X, y in (train, val, trainval, test)]
-    probe, val_scores, capped, t0 = LinearProbe(metric, max_iter, tol), [], 0, time.time()
+    probe, val_scores, capped, fits, t0 = LinearProbe(metric, max_iter, tol), [], 0, 0, time.time()
     if len(grid) > 1:
         for C in grid:
             t_c = time.time()
             val_scores.append(probe.fit(*train, C).score(*val))
-            capped += sum(n >= max_iter for n in probe.n_iter)
+            capped, fits = capped + sum(n >= max_iter for n in probe.n_iter), fits + len(probe.n_iter)
             log(f"  C={C:<10.4g} val {METRIC_NAMES[metric]} {val_scores[-1]:6.2f}  "
                 f"({max(probe.n_iter)} iterations, {time.time() - t_c:.1f} s)")
     best_C = grid[int(np.argmax(val_scores))] if val_scores else grid[0]  # argmax: the first of equal scores
     t1 = time.time()
     probe.fit(*trainval, best_C)
-    capped += sum(n >= max_iter for n in probe.n_iter)
+    capped, fits = capped + sum(n >= max_iter for n in probe.n_iter), fits + len(probe.n_iter)
     return {"best_C": best_C, "val_scores": val_scores, "test_score": probe.score(*test), "refit_rows": probe.fit_rows,
-            "not_converged": capped, "search_seconds": t1 - t0, "refit_seconds": time.time() - t1, "probe": probe}
+            "not_converged": capped, "fits": fits, "search_seconds": t1 - t0, "refit_seconds": time.time() - t1, "probe": probe}
 
 
 # ==== features ====
@@ -234,7 +234,7 @@ def dataset_splits(model, data, cache_dir, args, device):
         tr, va = carve_val(len(data.train.labels), seed=args.seed)
         out["train"], out["val"] = (feats["train"][tr], data.train.labels[tr]), (feats["train"][va], data.train.labels[va])
         out["trainval"] = (feats["train"], data.train.labels)
-        out["val_source"] = f"20% of train (seed {args.seed})"
+        out["val_source"] = f"20% of train, seed {args.seed}"
     return out
 
 
@@ -326,8 +326,8 @@ def main(args):
         results["datasets"][name] = res
         print(f"{name}: test {METRIC_NAMES[metric]} {res['test_score']:.2f} (C={res['best_C']:.4g}"
               + (f", val {max(res['val_scores']):.2f}" if res["val_scores"] else "")
-              + f"; refit on {res['refit_rows']} train+val rows; {res['not_converged']} fits stopped at "
-              f"{args.max_iter} iterations)", flush=True)
+              + f"; refit on {res['refit_rows']} train+val rows; {res['not_converged']} of {res['fits']} fits used "
+              f"all {args.max_iter} iterations)", flush=True)
         with open(out_json + ".tmp", "w") as f:  # after each dataset: a long run keeps what it has done
             json.dump(results, f, indent=1)
         os.replace(out_json + ".tmp", out_json)

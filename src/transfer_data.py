@@ -168,9 +168,10 @@ def _load_voc(name, folder, transform):
     for split in ("train", "val", "test"):
         ids, labels, _ = read_split(voc_dir, split, classes)
         positive = (labels > 0).astype(np.int64)  # ssl-transfer: target == 1; difficult-only (0) is a negative
-        for j in np.flatnonzero(positive.sum(0) == 0):
-            raise UserError(f"class {classes[j]} has no positive image in the {split} split of '{voc_dir}': "
-                            "each of its binary classifiers needs positives in train, val and test")
+        one_sided = [c for c, n in zip(classes, positive.sum(0)) if n in (0, len(ids))]
+        if one_sided:
+            raise UserError(f"class {one_sided[0]} has only positive or only negative images in the {split} split of "
+                            f"'{voc_dir}': each class's binary classifier needs both in train, val and test")
         splits[split] = Split(VOCImages(voc_dir, ids, transform), positive, _digest("\n".join(ids), positive.tobytes()))
     return TransferData(name, folder, classes, splits["train"], splits["test"], splits["val"])
 
