@@ -123,7 +123,8 @@ class LinearProbe:
     def fit(self, X, y, C):
         """Fit on (N, D) features ``X`` and labels ``y`` with inverse regularisation ``C``; returns self."""
         targets = self._targets(y)
-        if self.models is None or any(not np.array_equal(m.classes_, np.unique(t)) for m, t in zip(self.models, targets)):
+        if self.models is None or any(not np.array_equal(m.classes_, np.unique(t))
+                                      for m, t in zip(self.models, targets)):
             self.models = [LogisticRegression(solver="lbfgs", max_iter=self.max_iter, tol=self.tol, warm_start=True)
                            for _ in targets]  # a new label set (or the first fit): cold start
         with warnings.catch_warnings():
@@ -154,7 +155,8 @@ def run_protocol(train, val, trainval, test, metric, grid, max_iter=100, tol=1e-
         max_iter, tol: see :class:`LinearProbe`. log: callable for one line per C.
     Returns:
         dict: ``best_C``, ``val_scores`` (one per C, [] without a search), ``test_score``, ``refit_rows``,
-        ``not_converged`` (fits that used all ``max_iter`` iterations) of ``fits``, ``search_seconds``, ``refit_seconds``,
+        ``not_converged`` (fits that used all ``max_iter`` iterations) of ``fits``, ``search_seconds``,
+        ``refit_seconds``,
         ``probe`` (the refitted :class:`LinearProbe`).
     """
     # float64, as the reference's scikit-learn (lbfgs cast X to float64 before 1.7): with float32 the line search
@@ -173,7 +175,8 @@ def run_protocol(train, val, trainval, test, metric, grid, max_iter=100, tol=1e-
     probe.fit(*trainval, best_C)
     capped, fits = capped + sum(n >= max_iter for n in probe.n_iter), fits + len(probe.n_iter)
     return {"best_C": best_C, "val_scores": val_scores, "test_score": probe.score(*test), "refit_rows": probe.fit_rows,
-            "not_converged": capped, "fits": fits, "search_seconds": t1 - t0, "refit_seconds": time.time() - t1, "probe": probe}
+            "not_converged": capped, "fits": fits, "search_seconds": t1 - t0, "refit_seconds": time.time() - t1,
+            "probe": probe}
 
 
 # ==== features ====
@@ -232,7 +235,8 @@ def dataset_splits(model, data, cache_dir, args, device):
         out["val_source"] = "the val split"
     else:
         tr, va = carve_val(len(data.train.labels), seed=args.seed)
-        out["train"], out["val"] = (feats["train"][tr], data.train.labels[tr]), (feats["train"][va], data.train.labels[va])
+        out["train"] = (feats["train"][tr], data.train.labels[tr])
+        out["val"] = (feats["train"][va], data.train.labels[va])
         out["trainval"] = (feats["train"], data.train.labels)
         out["val_source"] = f"20% of train, seed {args.seed}"
     return out

@@ -1,5 +1,6 @@
 """The 11 datasets of the many-shot linear transfer protocol (Ericsson et al., "How Well Do Self-Supervised Models
-Transfer?", CVPR 2021, github.com/linusericsson/ssl-transfer ``linear.py``), read from disk for ``eval.linear_transfer``.
+Transfer?", CVPR 2021, github.com/linusericsson/ssl-transfer ``linear.py``), read from disk for
+``eval.linear_transfer``.
 
 Layouts under ``--data_root`` (one folder per dataset, named as in :data:`DATASETS`; nothing is downloaded):
 
@@ -142,7 +143,8 @@ def _image_folder(folder, split, transform):
 def _load_folders(name, folder, transform):
     train_set, train = _image_folder(folder, "train", transform)
     test_set, test = _image_folder(folder, "test", transform)
-    val_set, val = _image_folder(folder, "val", transform) if os.path.isdir(os.path.join(folder, "val")) else (None, None)
+    has_val = os.path.isdir(os.path.join(folder, "val"))
+    val_set, val = _image_folder(folder, "val", transform) if has_val else (None, None)
     for split, data in (("test", test_set), ("val", val_set)):
         if data is not None and data.classes != train_set.classes:
             only = sorted(set(data.classes) ^ set(train_set.classes))[:5]

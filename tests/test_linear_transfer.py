@@ -124,9 +124,10 @@ def test_refit_uses_train_and_val_rows():
                           log=lambda s: None)
     model = res["probe"].models[0]
     assert res["probe"].fit_rows == res["refit_rows"] == 90
-    ref = LogisticRegression(C=res["best_C"], max_iter=10000, tol=1e-12).fit(trainval[0].astype(np.float64), trainval[1])
-    only_train = LogisticRegression(C=res["best_C"], max_iter=10000, tol=1e-12).fit(train[0].astype(np.float64),
-                                                                                    train[1])
+    def converged(X, y):
+        return LogisticRegression(C=res["best_C"], max_iter=10000, tol=1e-12).fit(X.astype(np.float64), y)
+
+    ref, only_train = converged(*trainval), converged(*train)
     assert np.allclose(model.coef_, ref.coef_, atol=1e-5) and np.allclose(model.intercept_, ref.intercept_, atol=1e-5)
     assert not np.allclose(model.coef_, only_train.coef_, atol=1e-3)
     assert res["test_score"] == pytest.approx(100 * np.mean(ref.predict(test[0].astype(np.float64)) == test[1]))
@@ -159,7 +160,8 @@ def test_voc_binary_fit_is_the_references_two_row_softmax():
     theta = minimize(objective, np.zeros(10), jac=True, method="L-BFGS-B", options={"gtol": 1e-12, "maxiter": 10000}).x
     w, b = theta[4:8] - theta[:4], theta[9] - theta[8]
     probe = lt.LinearProbe("map11", max_iter=10000, tol=1e-10).fit(X, y[:, None], C)
-    assert np.allclose(probe.models[0].coef_[0], w, atol=1e-5) and probe.models[0].intercept_[0] == pytest.approx(b, abs=1e-5)
+    assert np.allclose(probe.models[0].coef_[0], w, atol=1e-5)
+    assert probe.models[0].intercept_[0] == pytest.approx(b, abs=1e-5)
 
 
 # ==== data on disk ====
@@ -195,7 +197,8 @@ def write_voc(root, classes=("bird", "car", "dog")):
             labels[image_id] = [1 if j in present else (0 if k == 5 and j == (k + 2) % 3 else -1) for j in range(3)]
         (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
         for j, c in enumerate(classes):
-            (voc / "ImageSets" / "Main" / f"{c}_{split}.txt").write_text("".join(f"{i} {labels[i][j]:2d}\n" for i in ids))
+            lines = "".join(f"{i} {labels[i][j]:2d}\n" for i in ids)
+            (voc / "ImageSets" / "Main" / f"{c}_{split}.txt").write_text(lines)
 
 
 def write_cifar10(folder, n_train=20, n_test=10):
@@ -220,7 +223,8 @@ def test_readers(tmp_path):
     write_voc(tmp_path / "voc2007")
     write_cifar10(tmp_path / "cifar10" / "cifar-10-batches-py")
     pets = load_dataset(str(tmp_path), "pets", transform=lambda im: torch.zeros(1))
-    assert pets.val is None and pets.classes == ["a", "b", "c"] and pets.train.labels.tolist() == [0] * 5 + [1] * 5 + [2] * 5
+    assert pets.val is None and pets.classes == ["a", "b", "c"]
+    assert pets.train.labels.tolist() == [0] * 5 + [1] * 5 + [2] * 5
     voc = load_dataset(str(tmp_path), "voc2007", transform=lambda im: torch.zeros(1))
     assert voc.classes == ["bird", "car", "dog"] and voc.train.labels.shape == (12, 3)
     assert voc.train.labels[5].tolist() == [0, 0, 1]  # image 5: a dog, and a car that is "difficult" only (0): negative
