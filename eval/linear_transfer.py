@@ -10,9 +10,9 @@ Protocol, per dataset (docs/linear-transfer.md has the details and the folder la
 2. Validation: the official val split of Aircraft, DTD, Flowers and VOC2007; for the 7 others, 20% of train drawn
    with numpy's RNG seeded 0 (``src.transfer_data.carve_val``).
 3. C search: ``sklearn.linear_model.LogisticRegression(solver="lbfgs")``, multinomial, L2, ``max_iter=100``,
-   ``tol=1e-4``, fitted on train and scored on val for each C of ``1 / torch.logspace(-6, 5, 45)`` (C from 1e6 down
-   to 1e-5), one classifier reused with ``warm_start=True`` so each fit starts from the previous C's solution; the
-   first C with the best val score wins.
+   ``tol=1e-4`` (scikit-learn 0.22's stopping rule, on float64 features), fitted on train and scored on val for
+   each C of ``1 / torch.logspace(-6, 5, 45)`` (C from 1e6 down to 1e-5), one classifier reused with
+   ``warm_start=True`` so each fit starts from the previous C's solution; the first C with the best val score wins.
 4. Refit on train + val with that C (warm-started from the search's last model, as the reference reuses it) and
    score the test split: top-1 (Food101, CIFAR10/100, SUN397, Cars, DTD), mean per-class accuracy (Aircraft, Pets,
    Caltech101, Flowers), or for VOC2007 the mean over the 20 classes of a binary classifier's 11-point AP.
@@ -149,18 +149,17 @@ def run_protocol(train, val, trainval, test, metric, grid, max_iter=100, tol=1e-
     """C search on (train, val), refit on trainval with the best C, score on test.
 
     Args:
-        train, val, trainval, test: ``(X (N, D) float32, y)`` pairs; ``val`` unused with a one-value grid (the
-            reference's ``--C``: no search, a cold fit on trainval).
+        train, val, trainval, test: ``(X (N, D), y)`` pairs (fitted in float64); ``val`` unused with a one-value
+            grid (the reference's ``--C``: no search, a cold fit on trainval).
         metric: "top1", "mean_per_class" or "map11". grid: C values, tried in order (first best wins).
         max_iter, tol: see :class:`LinearProbe`. log: callable for one line per C.
     Returns:
         dict: ``best_C``, ``val_scores`` (one per C, [] without a search), ``test_score``, ``refit_rows``,
         ``not_converged`` (fits that used all ``max_iter`` iterations) of ``fits``, ``search_seconds``,
-        ``refit_seconds``,
-        ``probe`` (the refitted :class:`LinearProbe`).
+        ``refit_seconds``, ``probe`` (the refitted :class:`LinearProbe`).
     """
-    # float64, as the reference's scikit-learn (lbfgs cast X to float64 before 1.7): with float32 the line search
-    # stalls near the tight tolerance (more evaluations per iteration, earlier stops)
+    # float64, as the reference's scikit-learn 0.22 (its lbfgs cast X to float64): with float32 the line search
+    # stalls near the reference's tight tolerance (more evaluations per iteration, earlier stops)
     train, val, trainval, test = [(np.asarray(X, dtype=np.float64), y) for X, y in (train, val, trainval, test)]
     probe, val_scores, capped, fits, t0 = LinearProbe(metric, max_iter, tol), [], 0, 0, time.time()
     if len(grid) > 1:
@@ -198,11 +197,14 @@ def split_features(model, split, path, batch_size, workers, device, name):
     Raises:
         UserError: non-finite features (nothing is cached or scored).
     """
-    if os.path.isfile(path):
-        cached = torch.load(path, map_location="cpu", weights_only=True)
-        if cached.get("key") == split.key and cached["feats"].shape[0] == len(split.labels):
-            print(f"{name}: {cached['feats'].shape[0]} cached features from {path}", flush=True)
-            return _finite(cached["feats"].numpy(), name)
+    try:
+        cached = torch.load(path, map_location="cpu", weights_only=True) if os.path.isfile(path) else {}
+    except Exception:  # noqa: BLE001 - an unreadable cache is recomputed
+        cached = {}
+    feats = cached.get("feats") if isinstance(cached, dict) and cached.get("key") == split.key else None
+    if torch.is_tensor(feats) and feats.ndim == 2 and feats.shape[0] == len(split.labels):
+        print(f"{name}: {feats.shape[0]} cached features from {path}", flush=True)
+        return _finite(feats.numpy(), name)
     loader = torch.utils.data.DataLoader(split.dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                                          pin_memory=device.type == "cuda")
     feats, _ = extract_features(model, loader, device, progress=f"features {name}")
@@ -274,7 +276,9 @@ def get_args_parser(add_help=False):
             help="C values tried, in order (default: ssl-transfer's 45, 1 / logspace(-6, 5, 45)); one value skips "
                  "the search (a published C, the reference's --C)")
     add_arg(g, "--max_iter", default=100, type=int, help="L-BFGS iterations per fit (100, scikit-learn's default)")
-    add_arg(g, "--tol", default=1e-4, type=float, help="L-BFGS gradient tolerance (1e-4, scikit-learn's default)")
+    add_arg(g, "--tol", default=1e-4, type=float,
+            help="L-BFGS gradient tolerance on C * sum(loss) + |W|^2 / 2, the reference's objective (1e-4, "
+                 "scikit-learn's default); passed to scikit-learn as tol / (C n)")
     add_arg(g, "--output_dir", default="./linear_transfer",
             help="feature caches (features/<trunk hash>/) and linear_transfer.json (default ./linear_transfer)")
     return parser
