@@ -270,6 +270,34 @@ def test_cli_two_datasets_and_cache_keyed_on_weights(tmp_path, capsys):
     assert {n: r["test_score"] for n, r in second["datasets"].items()} == {n: r["test_score"] for n, r in d.items()}
 
 
+class Counting(torch.nn.Module):
+    """(B, 3, H, W) -> (B, 2) channel means; counts its calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return x.mean((2, 3))[:, :2]
+
+
+def test_feature_cache_follows_the_split_listing(tmp_path):
+    from src.transfer_data import Split
+
+    images = torch.utils.data.TensorDataset(torch.arange(24.0).view(2, 3, 2, 2), torch.zeros(2, dtype=torch.long))
+    split, path, model = Split(images, np.zeros(2, dtype=np.int64), "k1"), str(tmp_path / "c" / "x.pt"), Counting()
+    feats = lt.split_features(model, split, path, 8, 0, torch.device("cpu"), "x/train")
+    assert np.allclose(feats, [[1.5, 5.5], [13.5, 17.5]]) and model.calls == 1
+    assert np.array_equal(lt.split_features(model, split, path, 8, 0, torch.device("cpu"), "x"), feats)
+    assert model.calls == 1  # read back from the cache
+    lt.split_features(model, Split(images, split.labels, "k2"), path, 8, 0, torch.device("cpu"), "x")
+    assert model.calls == 2  # another listing: extracted again
+    open(path, "wb").write(b"truncated")
+    lt.split_features(model, Split(images, split.labels, "k2"), path, 8, 0, torch.device("cpu"), "x")
+    assert model.calls == 3 and torch.load(path, weights_only=True)["key"] == "k2"  # unreadable: rewritten
+
+
 def test_non_finite_features_give_one_error_and_no_score(tmp_path, capsys):
     write_folders(tmp_path / "data" / "dtd", per_class=(2, 1, 1))
     model, _, _ = lt.build_trunk("", "resnet_tiny", True, seed=0, log=lambda s: None)
