@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from eval.linear_transfer import reference_grid, run_protocol
-from src.transfer_data import carve_val
+from src.data.transfer import carve_val
 
 
 def synthetic(rows, dim, classes, signal, seed):

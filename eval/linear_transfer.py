@@ -8,7 +8,7 @@ Protocol, per dataset (docs/linear-transfer.md has the details and the folder la
    ImageNet normalisation (``--no_norm``: none, as the reference does for SimCLR). The raw pooled features (not
    normalised) are cached under ``--output_dir/features/<hash of the trunk's weights>``.
 2. Validation: the official val split of Aircraft, DTD, Flowers and VOC2007; for the 7 others, 20% of train drawn
-   with numpy's RNG seeded 0 (``src.transfer_data.carve_val``).
+   with numpy's RNG seeded 0 (``src.data.transfer.carve_val``).
 3. C search: ``sklearn.linear_model.LogisticRegression(solver="lbfgs")``, multinomial, L2, ``max_iter=100``,
    ``tol=1e-4`` (scikit-learn 0.22's stopping rule, on float64 features), fitted on train and scored on val for
    each C of ``1 / torch.logspace(-6, 5, 45)`` (C from 1e6 down to 1e-5), one classifier reused with
@@ -34,7 +34,6 @@ Aircraft, VOC2007, DTD, Pets, Caltech101, Flowers, Avg.); everything also goes t
     # a published C instead of the search (ssl-transfer's --C): a one-value grid
     python -m eval.linear_transfer --data_root /datasets/transfer --datasets cifar10 --C_grid 0.316 ...
 """
-import argparse
 import hashlib
 import json
 import os
@@ -48,13 +47,16 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import precision_recall_curve
 
-from src.args import add_arg
-from src.augment import IMAGENET_MEAN, IMAGENET_STD
-from src.errors import UserError, exit_on_user_error
-from src.features import extract_features
-from src.pair_eval import build_trunk, pick_device
-from src.pretrained import add_pretrained_args
-from src.transfer_data import DATASETS, METRIC_NAMES, carve_val, check_layout, load_dataset, resolve_names
+from src.augment.views import IMAGENET_MEAN, IMAGENET_STD
+from src.evaluation.features import extract_features
+from src.evaluation.pair_eval import build_trunk
+from src.evaluation.pretrained import add_pretrained_args
+from src.run import dist
+from src.run.args import ArgumentParser, add_arg
+from src.run.checkpoint import atomic_write, check_writable, save_checkpoint
+from src.run.errors import UserError
+from src.run.launch import exit_on_user_error
+from src.data.transfer import DATASETS, METRIC_NAMES, carve_val, check_layout, load_dataset, resolve_names
 
 
 def reference_grid(n=45):
@@ -191,7 +193,7 @@ def trunk_sha256(model):
 
 
 def split_features(model, split, path, batch_size, workers, device, name):
-    """(N, D) float32 features of a :class:`src.transfer_data.Split`, read from ``path`` when it holds this split's
+    """(N, D) float32 features of a :class:`src.data.transfer.Split`, read from ``path`` when it holds this split's
     features (same listing key), else extracted (progress lines with images/s) and saved there.
 
     Raises:
@@ -209,9 +211,7 @@ def split_features(model, split, path, batch_size, workers, device, name):
                                          pin_memory=device.type == "cuda")
     feats, _ = extract_features(model, loader, device, progress=f"features {name}")
     feats = _finite(feats.numpy(), name)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    torch.save({"feats": torch.from_numpy(feats), "key": split.key}, path + ".tmp")
-    os.replace(path + ".tmp", path)  # a cache file is complete or absent
+    save_checkpoint(path, {"feats": torch.from_numpy(feats), "key": split.key}, "--output_dir")  # whole or absent
     return feats
 
 
@@ -245,6 +245,10 @@ def dataset_splits(model, data, cache_dir, args, device):
 
 
 # ==== reporting ====
+def _write_json(results, path):
+    atomic_write(path, lambda f: f.write(json.dumps(results, indent=1).encode()), "--output_dir")
+
+
 def format_table(method, scores):
     """SCE README's transfer table (a markdown table): the datasets run, in its column order, and their mean."""
     names = [n for n in DATASETS if n in scores]
@@ -256,7 +260,7 @@ def format_table(method, scores):
 
 
 def get_args_parser(add_help=False):
-    parser = argparse.ArgumentParser("Linear transfer (ssl-transfer protocol)", add_help=add_help)
+    parser = ArgumentParser("Linear transfer (ssl-transfer protocol)", add_help=add_help)
     g = parser.add_argument_group("data")
     add_arg(g, "--data_root", default=None, help="folder holding one folder per dataset: " + ", ".join(DATASETS))
     add_arg(g, "--datasets", nargs="+", default=["all"],
@@ -298,7 +302,7 @@ def main(args):
         check_layout(args.data_root, name)
 
     # ==== the trunk ====
-    device = pick_device(args.device)
+    device = dist.pick_device(args.device)
     model, args.arch, _ = build_trunk(args.pretrained, args.arch, args.cifar_stem, args.trunk_pattern,
                                       args.trust_checkpoint, args.seed, image_size=args.image_size,
                                       log=lambda line: print(line, flush=True))
@@ -311,7 +315,7 @@ def main(args):
     results = {"method": method, "pretrained": args.pretrained, "arch": args.arch, "trunk_sha256": sha,
                "image_size": args.image_size, "normalised": not args.no_norm, "C_grid": grid,
                "max_iter": args.max_iter, "tol": args.tol, "datasets": {}}
-    os.makedirs(args.output_dir, exist_ok=True)
+    check_writable(args.output_dir, "--output_dir")
     out_json = os.path.join(args.output_dir, "linear_transfer.json")
 
     # ==== one dataset at a time ====
@@ -336,15 +340,12 @@ def main(args):
               + (f", val {max(res['val_scores']):.2f}" if res["val_scores"] else "")
               + f"; refit on {res['refit_rows']} train+val rows; {res['not_converged']} of {res['fits']} fits used "
               f"all {args.max_iter} iterations)", flush=True)
-        with open(out_json + ".tmp", "w") as f:  # after each dataset: a long run keeps what it has done
-            json.dump(results, f, indent=1)
-        os.replace(out_json + ".tmp", out_json)
+        _write_json(results, out_json)  # after each dataset: a long run keeps what it has done
 
     # ==== the table ====
     scores = {n: r["test_score"] for n, r in results["datasets"].items()}
     results["average"] = float(np.mean(list(scores.values())))
-    with open(out_json, "w") as f:
-        json.dump(results, f, indent=1)
+    _write_json(results, out_json)
     print(f"results written to {out_json}", flush=True)
     if len(scores) < len(DATASETS):
         print(f"note: Avg. is the mean of {len(scores)} of the {len(DATASETS)} datasets", flush=True)
@@ -353,4 +354,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(argparse.ArgumentParser("Linear transfer (ssl-transfer protocol)", parents=[get_args_parser()]).parse_args())
+    main(ArgumentParser("Linear transfer (ssl-transfer protocol)", parents=[get_args_parser()]).parse_args())

@@ -1,4 +1,4 @@
-"""eval.linear_transfer and src.transfer_data: ssl-transfer's C grid and validation draw, the metrics against loops,
+"""eval.linear_transfer and src.data.transfer: ssl-transfer's C grid and validation draw, the metrics against loops,
 the C search against a brute-force loop, the refit on train + val, VOC's 2C binary fits against the 2-row softmax
 they stand for, a CLI run on two tiny datasets (cache reuse keyed on weights), and one-line errors."""
 import argparse
@@ -17,7 +17,7 @@ from sklearn.linear_model import LogisticRegression
 
 from eval import linear_transfer as lt
 from helpers import ROOT, one_error_line, py, run
-from src.transfer_data import carve_val, load_dataset, resolve_names
+from src.data.transfer import carve_val, load_dataset, resolve_names
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -283,7 +283,7 @@ class Counting(torch.nn.Module):
 
 
 def test_feature_cache_follows_the_split_listing(tmp_path):
-    from src.transfer_data import Split
+    from src.data.transfer import Split
 
     images = torch.utils.data.TensorDataset(torch.arange(24.0).view(2, 3, 2, 2), torch.zeros(2, dtype=torch.long))
     split, path, model = Split(images, np.zeros(2, dtype=np.int64), "k1"), str(tmp_path / "c" / "x.pt"), Counting()
@@ -302,7 +302,7 @@ def test_non_finite_features_give_one_error_and_no_score(tmp_path, capsys):
     write_folders(tmp_path / "data" / "dtd", per_class=(2, 1, 1))
     model, _, _ = lt.build_trunk("", "resnet_tiny", True, seed=0, log=lambda s: None)
     state = model.state_dict()
-    state["conv1.weight"][0, 0, 0, 0] = float("nan")
+    state["bn1.running_var"][0] = -1.0  # finite weights (load_trunk accepts them) whose forward pass gives NaN
     torch.save({"state_dict": state, "arch": "resnet_tiny", "args": {"cifar_stem": True}}, tmp_path / "nan.pth")
     with pytest.raises(SystemExit) as exc:
         cli(["--data_root", str(tmp_path / "data"), "--datasets", "dtd", "--pretrained", str(tmp_path / "nan.pth"),

@@ -5,12 +5,12 @@ Transfer?", CVPR 2021, github.com/linusericsson/ssl-transfer ``linear.py``), rea
 Layouts under ``--data_root`` (one folder per dataset, named as in :data:`DATASETS`; nothing is downloaded):
 
 * ``cifar10/``, ``cifar100/``: the python-version pickles (``cifar-10-batches-py/`` / ``cifar-100-python/``, or
-  their files directly), read by :mod:`src.cifar`;
-* ``voc2007/``: ``VOCdevkit/VOC2007/`` (or ``VOC2007/`` or the folder itself) read by :mod:`src.voc`, splits
+  their files directly), read by :mod:`src.data.cifar`;
+* ``voc2007/``: ``VOCdevkit/VOC2007/`` (or ``VOC2007/`` or the folder itself) read by :mod:`src.data.voc`, splits
   ``train``, ``val``, ``test``; a label 1 is a positive, 0 ("difficult" only) and -1 negatives, as ssl-transfer's
   ``target == 1``;
 * the 8 others: ``train/<class>/<image>``, ``test/<class>/<image>`` and optionally ``val/<class>/<image>``, the same
-  class folders in every split (:class:`src.data.SafeImageFolder` order: sorted classes, sorted files).
+  class folders in every split (:class:`src.data.folders.SafeImageFolder` order: sorted classes, sorted files).
 
 Validation data, as ssl-transfer: Aircraft, DTD, Flowers and VOC2007 have an official val split (``val/``); for the
 other 7 the reference draws 20% of train (:func:`carve_val`) and refits on the whole train split. Here a ``val/``
@@ -24,10 +24,10 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .cifar import CifarPickleDataset, find_cifar_folder
-from .data import SafeImageFolder
-from .errors import UserError
-from .voc import VOCImages, find_voc_dir, read_split, voc_classes
+from src.data.cifar import CifarPickleDataset, find_cifar_folder
+from src.data.folders import SafeImageFolder
+from src.data.voc import VOCImages, find_voc_dir, read_split, voc_classes
+from src.run.errors import UserError
 
 # name -> (column title of SCE's README table, metric, has an official val split in ssl-transfer, reader);
 # in the order of that table. Metrics as ssl-transfer's LINEAR_DATASETS.
