@@ -52,7 +52,10 @@ RECIPES = {  # make_step method, crops, which crops the online trunk back-propag
 }
 STEP_CONFIGS = ["base", "all", "fp16", "bf16", "channels_last", "device_aug"]
 CEILING_CONFIGS = ["fp16", "fp16+channels_last"]
-TINY_SIDE = {224: 32, 192: 28, 160: 24, 128: 20, 96: 16}  # --tiny (CPU tests): small crops, small trunks
+TINY_SIDE = {224: 32, 192: 28, 160: 24, 128: 20, 96: 16}  # --tiny (CPU tests): small crops, trunks and heads
+TINY_HEADS = {"sce": ["--proj_hidden_dim", "64", "--pred_hidden_dim", "64", "--feat_dim", "32"],
+              "moco": ["--moco-dim", "32"], "swav": ["--hidden_mlp", "64", "--feat_dim", "32", "--nmb_prototypes", "30"],
+              "deepclusterv2": ["--hidden_mlp", "64", "--feat_dim", "32", "--nmb_prototypes", "30", "30", "30"]}
 
 
 def recipe(name, tiny, batch, video_batch):
@@ -64,6 +67,7 @@ def recipe(name, tiny, batch, video_batch):
     if tiny:
         r["sizes"] = [TINY_SIDE[s] for s in r["sizes"]]
         r["frames"] = 2 if video else 0
+        r["extra_args"] = r.get("extra_args", []) + TINY_HEADS[r["method"].replace("sce_video", "sce")]
     r.setdefault("frames", 0)
     return r
 
@@ -71,8 +75,8 @@ def recipe(name, tiny, batch, video_batch):
 def plan(a):
     """Every cell of phases 1, 2, 4 and 5 and the group cells of phase 3, as JSON-ready dicts."""
     quick = a.quick
-    timing = dict(device=a.device, warmup=a.warmup or (2 if quick else 3), steps=a.steps or (5 if quick else 10),
-                  threads=1 if a.tiny else 0)
+    timing = dict(device=a.device, warmup=a.warmup or (1 if a.tiny else 2 if quick else 3),
+                  steps=a.steps or (1 if a.tiny else 5 if quick else 10), threads=1 if a.tiny else 0)
     recipes = [recipe(n, a.tiny, a.batch_size, a.video_batch_size) for n in a.recipes]
     configs = a.configs or (["base", "all"] if quick else STEP_CONFIGS)
     ceilings, steps, group, compiled = {}, {}, [], []
@@ -88,9 +92,11 @@ def plan(a):
                     nmb=r["nmb"], video=r.get("video", False), pipeline=r.get("pipeline"), **shape,
                     matched_shape=shapes["matched"], bare_shape=shapes["bare"])
         steps[r["name"]] = [dict(cell, config=c) for c in configs]
-        group.append(dict(cell, config="all", group=True, warmup=1, steps=2, expect_syncbn=r["method"] != "moco"))
+        group.append(dict(cell, config="all", group=True, warmup=1, steps=1 if a.tiny else 2,
+                          expect_syncbn=r["method"] != "moco"))
         if not quick and not a.configs:
-            compiled.append(dict(cell, config="all+compile", warmup=3, steps=timing["steps"]))
+            compiled.append(dict(cell, config="all+compile", warmup=max(timing["warmup"], 3 - 2 * a.tiny),
+                                 steps=timing["steps"]))
     feeds = {}
     for r in recipes:
         if r.get("pipeline") and r["pipeline"] + str(r["sizes"]) not in feeds:
@@ -155,7 +161,8 @@ def get_args_parser():
     p.add_argument("--video-batch-size", type=POSITIVE_INT, default=32, help="clips per step of sce_video (32)")
     p.add_argument("--warmup", type=NONNEG_INT, default=0, help="untimed steps per cell (0: 3, --quick 2)")
     p.add_argument("--steps", type=NONNEG_INT, default=0, help="timed steps per cell (0: 10, --quick 5)")
-    p.add_argument("--budget", type=POSITIVE, default=460.0, help="seconds for everything (460: under 8 minutes)")
+    p.add_argument("--budget", type=POSITIVE, default=450.0,
+                   help="seconds for every phase (450: the command ends under 8 minutes)")
     p.add_argument("--cell-cap", type=POSITIVE, default=75.0, help="seconds one eager cell may take (75)")
     p.add_argument("--compile-cap", type=POSITIVE, default=150.0, help="seconds one compile cell may take (150)")
     p.add_argument("--feed-workers", type=NONNEG_INT, default=None, help="loader workers (default: every core)")
@@ -191,7 +198,8 @@ def main(argv=None):
     a.device = a.device or "cuda"
     t0, deadline = time.time(), Deadline(a.budget)
     where = machine(torch.device(a.device))
-    print(f"bench.gpu: {where}; budget {a.budget:.0f} s; recipes {' '.join(a.recipes)}", flush=True)
+    print(f"bench.gpu: {where}, CUDA {torch.version.cuda}; budget {a.budget:.0f} s; recipes {' '.join(a.recipes)}",
+          flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_gpu_") as workdir:
         a.workdir = workdir
         rows, checks = run_phases(a, deadline, lambda line: print(line, flush=True))

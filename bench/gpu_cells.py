@@ -61,6 +61,14 @@ def _peak(device):
     return peak_rss_mb()
 
 
+def cell_device(name):
+    """The cell's device; a bare ``cuda`` is ``cuda:LOCAL_RANK`` (DDP and NCCL need an index)."""
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return device
+
+
 def group_info(device, init_method="env://"):
     """Create a process group of one (NCCL on CUDA, gloo otherwise) and return the DistInfo a launched script
     would see for it (``distributed=True``)."""
@@ -68,6 +76,7 @@ def group_info(device, init_method="env://"):
 
     from src.run.dist import DistInfo
 
+    device = cell_device(str(device))
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -95,7 +104,7 @@ def build(cell, device, info=None):
 
 def time_steps(cell, info=None):
     """Build a step / ceiling cell, run ``warmup`` then ``steps`` calls; returns the cell's result fields."""
-    device = torch.device(cell["device"])
+    device = info.device if info is not None else cell_device(cell["device"])
     base_mib = _clear(device)
     torch.manual_seed(0)
     t0 = time.perf_counter()
@@ -148,17 +157,18 @@ def feed(cell):
         transform = swav_split_transform(sizes, nmb, lo, hi, blur_scale=sizes[0] / 224)
     dataset = build_dataset(cell["jpegs"], transform, seed=0)
     workers, bs = cell["workers"], cell["batch_size"]
-    repeats = math.ceil((workers + 2) * bs * 64 / len(dataset))  # more batches than the time allows
+    repeats = math.ceil((workers + 2) * bs * 200 / len(dataset))  # more batches than the time allows
     loader = build_loader(dataset, bs, list(range(len(dataset))) * repeats, workers, drop_last=True,
                           persistent=False)
     it = iter(loader)
     t0 = time.perf_counter()
-    for _ in range(max(workers, 1)):  # every worker's first batch: its start-up is not throughput
+    wave = max(workers, 1)  # the workers start together, so batches arrive in waves of `workers`
+    for _ in range(2 * wave):  # start-up and the prefetched second batch of every worker are not throughput
         next(it)
-    t1, n = time.perf_counter(), 0
-    while time.perf_counter() - t1 < cell["seconds"]:
+    t1, n, batches = time.perf_counter(), 0, 0
+    while time.perf_counter() - t1 < cell["seconds"] or batches % wave:  # whole waves only
         crops, _ = next(it)
-        n += crops[0].shape[0]
+        n, batches = n + crops[0].shape[0], batches + 1
     dt = time.perf_counter() - t1
     del it, loader
     return {"images_per_s": n / dt, "images": n, "startup_s": t1 - t0}
@@ -171,7 +181,7 @@ def run_cell(cell, info=None):
     except Exception as exc:  # noqa: BLE001 (an OOM or a script error is this cell's row, not the worker's end)
         first = (str(exc).strip().splitlines() or [""])[0][:240]
         result = {"error": f"{type(exc).__name__}: {first}"}
-        _clear(torch.device(cell.get("device", "cpu")))
+        _clear(cell_device(cell.get("device", "cpu")))
     return {**cell, **result}
 
 
@@ -190,7 +200,7 @@ def main(argv=None):
     import main_sce  # noqa: F401
     import main_swav  # noqa: F401
 
-    info = group_info(torch.device(cells[0]["device"])) if a.group and cells else None
+    info = group_info(cells[0]["device"]) if a.group and cells else None
     for i, cell in enumerate(cells[a.skip:], start=a.skip):
         print(MARK + json.dumps({"start": i}), flush=True)
         print(MARK + json.dumps({"row": i, "result": run_cell(cell, info)}), flush=True)

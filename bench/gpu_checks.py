@@ -12,6 +12,7 @@ import re
 
 from bench.gpu_runner import PYTHON, child_env, run_command
 
+STOP_FLAG = "--max_iters"
 DEMO_RE = re.compile(r"^demo kNN top-1 (pretrained|random-init): (\d+\.\d+)%$")
 
 
@@ -32,9 +33,9 @@ def script_command(name, recipe, data, out, device, max_iters, tiny):
     iterations, at the recipe's crops (GPU: ResNet-50 / R3D-18 at batch 8 / 2; ``tiny``: the CPU test sizes)."""
     images, videos = data
     arch, sizes, nmb = recipe["arch"], recipe["sizes"], recipe["nmb"]
-    batch, workers, crops = ("4", "0", sizes) if tiny else ("8", "2", sizes)
+    batch, workers = ("4", "0") if tiny else ("8", "2")
     launch = PYTHON + ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
-    s = [str(x) for x in crops]
+    s = [str(x) for x in sizes]
     n = [str(x) for x in nmb]
     lo, hi = [str(x) for x in recipe["min_scale"]], [str(x) for x in recipe["max_scale"]]
     common = ["--device", device, "--print_freq", "1", "--max_iters", str(max_iters)]
@@ -61,12 +62,13 @@ def script_check(name, recipe, data, out, device, deadline, tiny, timeout=240):
     then ``--max_iters 3`` in the same folder, which must resume from it. Returns the check's row."""
     env = child_env(threads=2)
     row = {"check": "torchrun 1 process", "name": name}
-    for iters, want in ((2, ["launcher=torchrun", "stopped by --max_iters 2"]),
-                        (3, ["=> resumed from", "stopped by --max_iters 3"])):
+    for iters, want in ((2, ["launcher=torchrun", f"stopped by {STOP_FLAG} 2"]),
+                        (3, ["=> resumed from", f"stopped by {STOP_FLAG} 3"])):
         cmd = script_command(name, recipe, data, out, device, iters, tiny)
         rc, stdout, stderr, secs = run_command(cmd, timeout, deadline, env=env)
         row[f"run{iters}_s"] = round(secs, 1)
-        missing = [w for w in want if w not in stdout]
+        text = stdout.replace("--max-iters", STOP_FLAG)  # main_moco.py names its flag MoCo's way
+        missing = [w for w in want if w not in text]
         if rc != 0 or missing:
             tail = (stderr.strip().splitlines() or stdout.strip().splitlines() or ["(no output)"])[-1][:240]
             why = "cut off (timeout or deadline)" if rc is None else f"exit {rc}" if rc else f"no {missing[0]!r} line"

@@ -69,14 +69,14 @@ def _pct(v):
     return f"{v:6.1f}" if v is not None else "     -"
 
 
-def _line(name, config, r):
+def _line(name, config, r, w):
     if not _ok(r):
-        return f"  {name:<28} {config:<20} " + ("error: " + r["error"] if "error" in r else "skipped: " + r["skipped"])
+        return f"  {name:<{w}} {config:<20} " + ("error: " + r["error"] if "error" in r else "skipped: " + r["skipped"])
     extra = ""
     if "x_base" in r:
         extra = f" {_pct(r['pct_of_ceiling'])} {_pct(r['pct_of_bare'])} " + (f"{r['x_base']:6.2f}" if r["x_base"]
                                                                               else "     -")
-    return (f"  {name:<28} {config:<20} {r['images_per_s']:9.1f} {r['ms_per_step']:8.1f} "
+    return (f"  {name:<{w}} {config:<20} {r['images_per_s']:9.1f} {r['ms_per_step']:8.1f} "
             f"{r['peak_mib'] / 1024:8.2f}{extra}")
 
 
@@ -86,17 +86,21 @@ def report(result, path):
     rows = result["rows"]
     verdicts, feeds = derive(rows)
     result.update(verdicts=verdicts, feed=feeds)
-    head = f"  {'':<28} {'config':<20} {'images/s':>9} {'ms/step':>8} {'peak GiB':>8}"
-    print(f"\n== results ({result['machine']}, torch {result['torch']}, {result['wall_s']:.0f} s)")
+    ceilings = [(f"{r['name']} {r['arch']} {crops(r)}", r) for r in rows if r["kind"] == "ceiling"]
+    steps = [(f"{r['name']} {r['arch']} b{r['batch_size']} {crops(r)}", r) for r in rows
+             if r["kind"] == "step" and not r.get("group")]
+    w = max([len(name) for name, _ in ceilings + steps] + [10])
+    head = f"  {'':<{w}} {'config':<20} {'images/s':>9} {'ms/step':>8} {'peak GiB':>8}"
+    print(f"\n== results ({result['machine']}, {result['wall_s']:.0f} s)")
     print("ceilings: trunk forward + backward (matched: + momentum-encoder forward)")
     print(head)
-    for r in (r for r in rows if r["kind"] == "ceiling"):
-        print(_line(f"{r['name']} {r['arch']} {crops(r)}", r["config"], r))
+    for name, r in ceilings:
+        print(_line(name, r["config"], r, w))
     print("training steps (train_one_epoch); %ceil: of the matched ceiling, %bare: of the bare one, x base: over "
           "fp32 per-sample")
     print(head + f" {'%ceil':>6} {'%bare':>6} {'x base':>6}")
-    for r in (r for r in rows if r["kind"] == "step" and not r.get("group")):
-        print(_line(f"{r['name']} {r['arch']} b{r['batch_size']} {crops(r)}", r["config"], r))
+    for name, r in steps:
+        print(_line(name, r["config"], r, w))
     print("1-process group (torchrun; NCCL on CUDA), DDP and SyncBatchNorm as the scripts build them")
     for r in (r for r in rows if r.get("group")):
         print(f"  {r['name']:<14} " + (f"{r['backend']} world {r['world_size']}, {r['syncbn_layers']} SyncBatchNorm "

@@ -93,7 +93,7 @@ def run_cells(cells, prefix, cap_s, deadline, log=print, env=None, min_left_s=5)
                 line = lines.get(timeout=max(wait, 0.05))
             except queue.Empty:
                 _kill(proc)
-                why = "the 8-minute deadline passed" if deadline.left() <= 0 else f"over its {cap_s:.0f} s cap"
+                why = "the --budget deadline passed" if deadline.left() <= 0 else f"over its {cap_s:.0f} s cap"
                 rows[current] = {**cells[current], "error": f"cut off: {why} (worker killed)"}
                 log(f"  {_name(cells[current])}: cut off ({why})")
                 i = current + 1
@@ -124,7 +124,8 @@ def _pump(stream, lines):
 
 
 def _name(cell):
-    return f"{cell['kind']} {cell.get('name', cell.get('pipeline', ''))} {cell.get('config', '')}".strip()
+    kind = "group" if cell.get("group") else cell["kind"]
+    return f"{kind} {cell.get('name', cell.get('pipeline', ''))} {cell.get('config', '')}".strip()
 
 
 def _summary(row):
