@@ -1,0 +1,155 @@
+"""Feature caches on disk, read through a memory map: ``eval_linear.py --precompute_features`` at ImageNet scale.
+
+A cache is one folder per rank holding each split as two raw files, ``<split>.feats`` (rows x dim, fp16, C order)
+and ``<split>.labels`` (int64), and a ``meta.json`` written last (the completion mark: the key the cache was made
+for, and each split's rows, dim and dtype). ImageNet's training set at 2048 dimensions is 1,281,167 x 2048 x 2
+bytes = 5.2 GB (fp32 would be 10.5 GB).
+
+Features are written batch by batch as the trunk produces them (nothing is accumulated) and read back through
+``mmap``: a batch gathers its rows from the page cache, which the kernel shares between processes and evicts under
+memory pressure, so a cache larger than the memory never has to fit in it. :class:`FeatureFile` also drops its
+mapped pages from the process (``madvise(MADV_DONTNEED)``) every ``window_bytes`` of rows read, so the process's
+resident set stays near one window instead of growing to the whole file over an epoch.
+
+fp16 holds features up to 65504 in magnitude with a relative rounding of at most 2^-11; a trunk whose features
+exceed that range is written in fp32 instead (:func:`write_split` raises :class:`Fp16Overflow` and
+:func:`write_cache` starts that split again in fp32). The head is trained on exactly the stored values, whether
+the cache was just written or read back, so a resumed run stays bit-identical.
+"""
+import json
+import mmap
+import os
+
+import numpy as np
+import torch
+
+from src.run.checkpoint import atomic_write
+
+FP16_MAX = float(np.finfo(np.float16).max)  # 65504
+META = "meta.json"
+
+
+class Fp16Overflow(Exception):
+    """A feature is too large for fp16; the split must be written in fp32."""
+
+
+def write_split(folder, split, batches, dtype=np.float16, dim_if_empty=None):
+    """Stream ``(feats, labels)`` batches into ``folder/<split>.feats`` and ``.labels`` (each written atomically).
+
+    Args:
+        folder: the rank's cache folder (created).
+        split: "train" or "val".
+        batches: iterable of ``(feats (B, D) tensor, labels (B,) tensor)``, on any device.
+        dtype: np.float16 or np.float32 (the rows' storage type).
+        dim_if_empty: callable returning D when ``batches`` is empty (more ranks than images).
+    Returns:
+        dict ``{"rows", "dim", "dtype"}`` for ``meta.json``.
+    Raises:
+        Fp16Overflow: ``dtype`` is fp16 and a feature's magnitude exceeds 65504.
+    """
+    labels, shape = [], {"rows": 0, "dim": None}
+
+    def write(f):
+        for feats, y in batches:
+            feats = feats.detach().float().cpu()
+            if dtype == np.float16 and feats.numel() and float(feats.abs().max()) > FP16_MAX:
+                raise Fp16Overflow(f"{split}: a feature of magnitude {float(feats.abs().max()):.4g} exceeds fp16")
+            f.write(feats.numpy().astype(dtype).tobytes())
+            labels.append(y.detach().cpu().long())
+            shape["rows"] += feats.shape[0]
+            shape["dim"] = feats.shape[1]
+
+    atomic_write(os.path.join(folder, f"{split}.feats"), write)
+    y = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
+    atomic_write(os.path.join(folder, f"{split}.labels"), lambda f: f.write(y.numpy().astype(np.int64).tobytes()))
+    dim = shape["dim"] if shape["dim"] is not None else int(dim_if_empty()) if dim_if_empty else 0
+    return {"rows": shape["rows"], "dim": dim, "dtype": np.dtype(dtype).name}
+
+
+def write_cache(folder, key, make_batches, dim_if_empty=None, log=None):
+    """Write a whole cache: every split of ``make_batches`` (``{split: callable returning its batches}``), then
+    ``meta.json`` with ``key``. A split that overflows fp16 is computed again and stored in fp32.
+
+    Returns:
+        the meta dict (also written to ``folder/meta.json``).
+    """
+    os.makedirs(folder, exist_ok=True)
+    if os.path.exists(os.path.join(folder, META)):  # no stale completion mark while the files are replaced
+        os.remove(os.path.join(folder, META))
+    meta = {"format": 2, "key": key}
+    for split, make in make_batches.items():
+        try:
+            meta[split] = write_split(folder, split, make(), np.float16, dim_if_empty)
+        except Fp16Overflow as exc:
+            if log:
+                log(f"feature cache: {exc}; computing the {split} features again, stored in fp32")
+            meta[split] = write_split(folder, split, make(), np.float32, dim_if_empty)
+    atomic_write(os.path.join(folder, META), lambda f: f.write(json.dumps(meta, indent=1).encode()))
+    return meta
+
+
+def read_meta(folder):
+    """The cache's meta dict, or None when the folder holds no complete cache (no or unreadable ``meta.json``, or a
+    data file of the wrong size)."""
+    try:
+        with open(os.path.join(folder, META)) as f:
+            meta = json.load(f)
+        for split in ("train", "val"):
+            s = meta[split]
+            feats = os.path.getsize(os.path.join(folder, f"{split}.feats"))
+            if feats != s["rows"] * s["dim"] * np.dtype(s["dtype"]).itemsize or \
+                    os.path.getsize(os.path.join(folder, f"{split}.labels")) != 8 * s["rows"]:
+                return None
+        return meta
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def open_split(folder, split, meta, window_bytes=64 * 2 ** 20):
+    """``(FeatureFile, labels (N,) long tensor)`` of one split of a complete cache."""
+    s = meta[split]
+    labels = torch.from_numpy(np.fromfile(os.path.join(folder, f"{split}.labels"), dtype=np.int64))
+    return FeatureFile(os.path.join(folder, f"{split}.feats"), s["rows"], s["dim"], s["dtype"], window_bytes), labels
+
+
+class FeatureFile:
+    """(rows, dim) features mapped read-only from a raw file; ``ff[idx]`` gathers rows into a new tensor.
+
+    Args:
+        path: the ``.feats`` file. rows, dim: its shape. dtype: "float16" or "float32".
+        window_bytes: after this many bytes of rows were gathered, the mapped pages are dropped from this process
+            (they stay in the page cache): the resident set grows by about one window, not by the file.
+    Attributes:
+        shape: ``(rows, dim)``; ``dtype``: the torch dtype of gathered rows.
+    """
+
+    def __init__(self, path, rows, dim, dtype="float16", window_bytes=64 * 2 ** 20):
+        self.path, self.shape, self.window_bytes = path, (int(rows), int(dim)), window_bytes
+        np_dtype = np.dtype(dtype)
+        self.dtype = torch.from_numpy(np.zeros(0, np_dtype)).dtype
+        self.row_bytes, self.read_bytes = dim * np_dtype.itemsize, 0
+        self._mmap = None
+        if rows and dim:
+            with open(path, "rb") as f:  # the mapping keeps the file open by itself
+                self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self.array = np.frombuffer(self._mmap, dtype=np_dtype, count=rows * dim).reshape(rows, dim)
+        else:
+            self.array = np.zeros((rows, dim), np_dtype)
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, idx):
+        """``idx``: a (B,) index tensor / array, or a slice. Returns a (B, dim) tensor that owns its memory."""
+        idx = idx.numpy() if torch.is_tensor(idx) else idx
+        rows = torch.from_numpy(np.array(self.array[idx]))  # a copy: the batch does not pin the mapping
+        self.read_bytes += rows.shape[0] * self.row_bytes
+        if self.read_bytes >= self.window_bytes:
+            self.release()
+        return rows
+
+    def release(self):
+        """Drop this process's mapped pages (Linux / macOS ``MADV_DONTNEED``; the data stays in the page cache)."""
+        self.read_bytes = 0
+        if self._mmap is not None and hasattr(mmap, "MADV_DONTNEED"):
+            self._mmap.madvise(mmap.MADV_DONTNEED)
