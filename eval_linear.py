@@ -120,7 +120,7 @@ def get_args_parser(add_help=False):
     g = parser.add_argument_group("fast mode")
     add_arg(g, "--precompute_features", action="store_true",
             help="run the frozen trunk ONCE over train and val with the TEST transform (Resize + CenterCrop), cache "
-                 "the features (DUMP_PATH/feature_cache_R-W/: N x D fp16 rows split over ranks, memory-mapped, "
+                 "the features (DUMP_PATH/feature_cache_R-W/: N x D fp16 rows split over ranks, read batch by batch, "
                  "5.2 GB for ImageNet at D 2048) and "
                  "train the head for all epochs on that cache: about --epochs times faster. Protocol difference: "
                  "the training images are never randomly cropped or flipped, so the head sees one fixed view per "
@@ -337,10 +337,9 @@ def build_batches(args, info, trunk, trunk_hash, train_set, val_set, per_rank_ba
 
 
 def cached_features(args, info, trunk, trunk_hash, train_set, val_set, per_rank_batch):
-    """This rank's train and val features, memory-mapped from its cache folder (``feature_store``: fp16 rows on
-    disk, read batch by batch, never loaded whole) when that was made from the same trunk weights (a content
-    hash, not the file's path) and transform (and every rank has its folder), else computed once and streamed
-    there. The head trains on the stored values in both cases, so a resumed run equals an uninterrupted one."""
+    """This rank's train and val features, read batch by batch from its cache folder (``feature_store``: fp16 rows
+    on disk, never loaded whole) when that was made from the same trunk weights (a content hash, not the file's
+    path) and transform (and every rank has its folder), else computed once and streamed there. The head trains on the stored values in both cases, so a resumed run equals an uninterrupted one."""
     folder = os.path.join(args.dump_path, f"feature_cache_{info.rank}-{info.world_size}")
     key = {"trunk_sha256": trunk_hash, "arch": args.arch, "cifar_stem": bool(args.cifar_stem),
            "resize": args.resize, "crop_size": args.crop_size, "norm_std": list(args.norm_std),

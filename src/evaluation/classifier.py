@@ -6,7 +6,7 @@
 * :class:`ShardSampler` and :func:`evaluate`: each rank scores a disjoint slice of the test set (no padding, so
   every image counts exactly once) and loss / top-1 / top-5 are summed over ranks;
 * :func:`extract_shard` / :func:`shard_features` and :class:`FeatureBatches`: one pass of a frozen trunk over each
-  rank's shard of a dataset, then epochs of shuffled batches from that cache (in memory, or memory-mapped from
+  rank's shard of a dataset, then epochs of shuffled batches from that cache (in memory, or streamed from disk by
   ``src.evaluation.feature_store``);
 * :class:`Results`: best (by top-1) and last accuracies, the per-epoch history, saved in checkpoints and JSON;
 * :func:`fingerprint`: a checksum of a frozen module, so a run can assert that it never changed (MoCo's
@@ -152,7 +152,7 @@ def extract_shard(trunk, dataset, batch_size, workers, device, amp_dtype=None, p
     """Features of this rank's shard of ``dataset`` (:class:`ShardSampler`: rows ``rank::world``), in order.
 
     Each rank keeps only its own shard, in memory (ImageNet at 2048 floats: 10.5 GB / world per process);
-    ``eval_linear.py`` streams :func:`shard_features` to a memory-mapped file instead (``feature_store``).
+    ``eval_linear.py`` streams :func:`shard_features` to a file and reads batches back instead (``feature_store``).
 
     Args:
         trunk: frozen (B, 3, H, W) -> (B, D) module on ``device`` (put in eval mode here).
@@ -198,7 +198,7 @@ class FeatureBatches:
     ``shuffle=False`` the rows come in order, once each (a test set).
 
     Args:
-        feats: (m, D) CPU tensor, or a :class:`src.evaluation.feature_store.FeatureFile` (memory-mapped: each
+        feats: (m, D) CPU tensor, or a :class:`src.evaluation.feature_store.FeatureFile` (on disk: each
             batch gathers only its rows); labels: (m,) long.
         batch_size: rows per batch on this rank.
         samples_per_rank: indices per rank and epoch (ignored without ``shuffle``: m).
