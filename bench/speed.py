@@ -337,6 +337,7 @@ def make_backbone_step(arch, batch_size, sizes, nmb, device, amp, channels_last,
                     step_trunk(x)
         trunk.zero_grad(set_to_none=True)
         loss.backward()
+    step.model = trunk
     return step
 
 
