@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from src.evaluation.classifier import FeatureBatches
-from src.evaluation.feature_store import FeatureFile, open_split, read_meta, write_cache
+from src.evaluation.feature_store import open_split, read_meta, write_cache
 from tests.helpers import assert_ok, run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -23,7 +23,8 @@ def _batches(rows, dim, seed, chunk=7, scale=1.0):
         yield torch.randn(n, dim, generator=g) * scale, torch.arange(start, start + n) % 3
 
 
-def test_round_trip_is_the_fp16_rounding_and_files_have_the_stated_size(tmp_path):
+@pytest.mark.parametrize("budget", [0, 1 << 40])  # streamed from the file, or held in memory
+def test_round_trip_is_the_fp16_rounding_and_files_have_the_stated_size(tmp_path, budget):
     folder = str(tmp_path / "cache")
     meta = write_cache(folder, {"trunk_sha256": "abc", "n": 1}, {"train": lambda: _batches(30, 5, 0, scale=300.0),
                                                                  "val": lambda: _batches(0, 5, 1)},
@@ -32,13 +33,15 @@ def test_round_trip_is_the_fp16_rounding_and_files_have_the_stated_size(tmp_path
     assert read_meta(folder) == meta and meta["key"] == {"trunk_sha256": "abc", "n": 1}
     assert os.path.getsize(os.path.join(folder, "train.feats")) == 30 * 5 * 2
     want = torch.cat([f for f, _ in _batches(30, 5, 0, scale=300.0)])
-    feats, labels = open_split(folder, "train", meta)
+    feats, labels = open_split(folder, "train", meta, memory_budget=budget)
+    assert feats.streamed == (budget == 0)
     got = feats[torch.arange(30)]
     assert got.dtype == torch.float16 and torch.equal(got, want.half())  # exactly the fp16 rounding
     assert (got.double() - want.double()).abs().max() <= 300 * 8 * 2 ** -11  # |x| < 8 sigma: half-ulp bound
     assert torch.equal(labels, torch.arange(30) % 3)
     assert torch.equal(feats[torch.tensor([29, 0, 29, 3])], want.half()[[29, 0, 29, 3]])  # any order, repeats
-    empty, empty_labels = open_split(folder, "val", meta)
+    assert torch.equal(feats[3:7], want.half()[3:7])
+    empty, empty_labels = open_split(folder, "val", meta, memory_budget=budget)
     assert empty.shape == (0, 5) and len(empty_labels) == 0
 
 
@@ -76,10 +79,11 @@ def test_incomplete_or_interrupted_caches_are_not_read(tmp_path):
     assert not [n for n in os.listdir(folder) if n.startswith(".") or n.endswith(".tmp")]  # no temporaries left
 
 
-def test_batches_from_the_map_equal_a_plain_in_memory_formulation(tmp_path):
+@pytest.mark.parametrize("budget", [0, 1 << 40])
+def test_batches_from_the_file_equal_a_plain_in_memory_formulation(tmp_path, budget):
     folder = str(tmp_path / "cache")
     meta = write_cache(folder, {}, {"train": lambda: _batches(23, 6, 4), "val": lambda: _batches(9, 6, 5)})
-    feats, labels = open_split(folder, "train", meta)
+    feats, labels = open_split(folder, "train", meta, memory_budget=budget)
     table = torch.cat([f for f, _ in _batches(23, 6, 4)]).half()
     mapped = FeatureBatches(feats, labels, batch_size=5, samples_per_rank=26, seed=7, rank=1)
     memory = FeatureBatches(table, labels, batch_size=5, samples_per_rank=26, seed=7, rank=1)
@@ -97,7 +101,7 @@ def test_batches_from_the_map_equal_a_plain_in_memory_formulation(tmp_path):
             assert len(hits) == 1 and int(labels[hits[0]]) == int(label)
             seen.append(hits[0])
     assert sorted(seen[:23]) == list(range(23)) and seen[23:] == seen[:3]
-    vf, vy = open_split(folder, "val", meta)
+    vf, vy = open_split(folder, "val", meta, memory_budget=budget)
     val = FeatureBatches(vf, vy, batch_size=4, samples_per_rank=999, shuffle=False)
     rows = list(val)
     assert len(val) == 3 and [len(y) for _, y in rows] == [4, 4, 1]
@@ -110,7 +114,7 @@ import numpy as np, torch
 from bench.speed import peak_rss_mb, reset_peak_rss
 from src.evaluation.classifier import FeatureBatches
 from src.evaluation.feature_store import open_split, write_cache
-folder, rows, dim = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+folder, rows, dim, budget = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 total = [0.0]
 def train():
     g = torch.Generator().manual_seed(0)
@@ -123,9 +127,10 @@ out = {"cache_mib": rows * dim * 2 / 2 ** 20}
 # warm-up on a small cache: the first batches page in torch's and numpy's code (file-backed RSS)
 small = write_cache(folder + "_small", {}, {"train": lambda: iter([(torch.ones(2048, dim), torch.zeros(2048))]),
                                             "val": lambda: iter(())})
-for x, y in FeatureBatches(*open_split(folder + "_small", "train", small), 1024, 2048, seed=0):
+for x, y in FeatureBatches(*open_split(folder + "_small", "train", small, memory_budget=0), 1024, 2048, seed=0):
     x.double().sum().item()
-feats, labels = open_split(folder, "train", meta)
+feats, labels = open_split(folder, "train", meta, memory_budget=budget)
+assert feats.streamed
 base = reset_peak_rss()
 s = 0.0
 for x, y in FeatureBatches(feats, labels, 1024, rows, seed=0):
@@ -142,12 +147,13 @@ print(json.dumps(out))
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak RSS reset through /proc/self/clear_refs")
 def test_resident_set_grows_far_less_than_a_cache_over_the_budget(tmp_path):
-    """A 256 MiB cache (65,536 x 2048 fp16) read for one shuffled epoch against a 64 MiB budget: the peak resident
-    set (from /proc) grows by less than the budget, and every row is read once (float64 checksum); the control,
+    """A 256 MiB cache (65,536 x 2048 fp16) over a 64 MiB memory budget streams: over one shuffled epoch the peak
+    resident set (from /proc) grows by less than the budget, and every row is read once (float64 checksum); the control,
     the same file loaded whole as the old .pth cache was, grows it by the cache's size (so the measurement sees a
     cache that lives in the process)."""
     budget_mib = 64
-    p = run([sys.executable, "-c", CHILD, str(tmp_path / "cache"), str(65536), "2048"], timeout=300)
+    p = run([sys.executable, "-c", CHILD, str(tmp_path / "cache"), str(65536), "2048", str(budget_mib * 2 ** 20)],
+            timeout=300)
     assert_ok(p)
     out = json.loads(p.stdout.strip().splitlines()[-1])
     print(out)

@@ -5,10 +5,11 @@ and ``<split>.labels`` (int64), and a ``meta.json`` written last (the completion
 for, and each split's rows, dim and dtype). ImageNet's training set at 2048 dimensions is 1,281,167 x 2048 x 2
 bytes = 5.2 GB (fp32 would be 10.5 GB).
 
-Features are written batch by batch as the trunk produces them (nothing is accumulated) and read back batch by
-batch: :class:`FeatureFile` reads only a batch's rows from the file, through the page cache, which the kernel shares
-between processes and evicts under memory pressure. A cache larger than the memory never has to fit in it, and a
-process's resident set grows by about a batch, not by the cache (tests/test_linear_cache.py measures it).
+Features are written batch by batch as the trunk produces them (nothing is accumulated). Reading, a shard that
+fits the process's share of the free memory is loaded whole; a larger one streams: :class:`FeatureFile` reads only
+a batch's rows from the file, through the page cache, which the kernel shares between processes and evicts under
+memory pressure. Such a cache never has to fit in memory, and the process's resident set grows by about a batch,
+not by the cache (tests/test_linear_cache.py measures it against a budget it sets).
 
 fp16 holds features up to 65504 in magnitude with a relative rounding of at most 2^-11; a trunk whose features
 exceed that range is written in fp32 instead (:func:`write_split` raises :class:`Fp16Overflow` and
@@ -103,33 +104,56 @@ def read_meta(folder):
         return None
 
 
-def open_split(folder, split, meta):
-    """``(FeatureFile, labels (N,) long tensor)`` of one split of a complete cache."""
+def open_split(folder, split, meta, memory_budget=None):
+    """``(FeatureFile, labels (N,) long tensor)`` of one split of a complete cache (``memory_budget``: see
+    :class:`FeatureFile`)."""
     s = meta[split]
     labels = torch.from_numpy(np.fromfile(os.path.join(folder, f"{split}.labels"), dtype=np.int64))
-    return FeatureFile(os.path.join(folder, f"{split}.feats"), s["rows"], s["dim"], s["dtype"]), labels
+    return FeatureFile(os.path.join(folder, f"{split}.feats"), s["rows"], s["dim"], s["dtype"], memory_budget), labels
+
+
+def default_memory_budget():
+    """Bytes one process may hold a cache in: half of the memory available now (``MemAvailable``), shared by the
+    processes of this node; 0 (always stream) where that is unknown."""
+    from src.run.dist import local_world_size
+
+    try:
+        with open("/proc/meminfo") as f:
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return 0
+    return available // 2 // local_world_size()
 
 
 class FeatureFile:
-    """(rows, dim) features in a raw file; ``ff[idx]`` reads just those rows into a new tensor.
+    """(rows, dim) features in a raw file; ``ff[idx]`` gives those rows as a new tensor.
 
-    Rows are read with positioned reads (``os.pread``; a run of consecutive rows in one call) through the page
-    cache, not through a memory map: on Linux 6.x a mapping's page faults map whole page-cache folios into the
-    process (1024 random 4 KiB rows of a 256 MiB cache put 184 MiB into its resident set, measured on this
-    project's machine), while a read copies only the rows asked for.
+    A file within ``memory_budget`` bytes is read whole once (the fastest gathers); a larger one stays on disk and
+    each call reads just its rows with positioned reads (``os.preadv``; a run of consecutive rows in one call)
+    through the page cache. The values are the same either way. Not a memory map: on Linux 6.x a mapping's page
+    faults map whole page-cache folios into the process (1024 random 4 KiB rows of a 256 MiB cache put 184 MiB
+    into its resident set, measured on this project's machine), while a read copies only the rows asked for.
 
     Args:
         path: the ``.feats`` file. rows, dim: its shape. dtype: "float16" or "float32".
+        memory_budget: bytes this process may hold the file in (None: :func:`default_memory_budget`).
     Attributes:
-        shape: ``(rows, dim)``; ``dtype``: the torch dtype of the rows read.
+        shape: ``(rows, dim)``; ``dtype``: the torch dtype of the rows; ``streamed``: False when held in memory.
     """
 
-    def __init__(self, path, rows, dim, dtype="float16"):
+    def __init__(self, path, rows, dim, dtype="float16", memory_budget=None):
         self.path, self.shape = path, (int(rows), int(dim))
         self.np_dtype = np.dtype(dtype)
         self.dtype = torch.from_numpy(np.zeros(0, self.np_dtype)).dtype
         self.row_bytes = self.shape[1] * self.np_dtype.itemsize
-        self.fd = os.open(path, os.O_RDONLY)
+        budget = default_memory_budget() if memory_budget is None else memory_budget
+        self.streamed = self.shape[0] * self.row_bytes > budget
+        self.array = None if self.streamed else \
+            np.fromfile(path, dtype=self.np_dtype, count=self.shape[0] * self.shape[1]).reshape(self.shape)
+        self.fd = os.open(path, os.O_RDONLY) if self.streamed else None
 
     def __len__(self):
         return self.shape[0]
@@ -141,23 +165,30 @@ class FeatureFile:
         idx = np.asarray(idx.numpy() if torch.is_tensor(idx) else idx, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= self.shape[0]):
             raise IndexError(f"row index out of range for {self.shape[0]} rows")
-        out = np.empty((idx.size, self.shape[1]), self.np_dtype)
+        if not self.streamed:
+            return torch.from_numpy(self.array[idx])
         order = np.argsort(idx, kind="stable")
         rows = idx[order]
+        sorted_rows = np.empty((idx.size, self.shape[1]), self.np_dtype)  # filled in file order, run by run
         starts = np.flatnonzero(np.diff(rows, prepend=-2) != 1)  # runs of consecutive rows: one read each
-        for a, b in zip(starts, np.append(starts[1:], rows.size)):
-            out[order[a:b]] = self._read(int(rows[a]), int(b - a))
+        for a, b in zip(starts.tolist(), starts[1:].tolist() + [rows.size]):
+            self._read_into(sorted_rows[a:b], int(rows[a]) * self.row_bytes)
+        out = np.empty_like(sorted_rows)
+        out[order] = sorted_rows
         return torch.from_numpy(out)
 
-    def _read(self, first, n):
-        want, offset, parts = n * self.row_bytes, first * self.row_bytes, []
-        while want:
-            chunk = os.pread(self.fd, want, offset)
-            if not chunk:
+    def _read_into(self, block, offset):
+        view = memoryview(block).cast("B")
+        while view.nbytes:
+            n = os.preadv(self.fd, [view], offset) if hasattr(os, "preadv") else self._pread(view, offset)
+            if n == 0:
                 raise OSError(f"{self.path}: the cache file is shorter than its meta.json says")
-            parts.append(chunk)
-            want, offset = want - len(chunk), offset + len(chunk)
-        return np.frombuffer(b"".join(parts), self.np_dtype).reshape(n, self.shape[1])
+            view, offset = view[n:], offset + n
+
+    def _pread(self, view, offset):
+        chunk = os.pread(self.fd, view.nbytes, offset)
+        view[:len(chunk)] = chunk
+        return len(chunk)
 
     def __del__(self):
         fd = self.__dict__.pop("fd", None)
