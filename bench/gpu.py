@@ -1,8 +1,8 @@
 """The prepared GPU check: one command, under 8 minutes on one recent GPU, that says how fast each method's real
 training step runs with each speed option, against the bare trunk, and that the CUDA-only paths work.
 
-    python -m bench.gpu                 # the full check (about 8 minutes on an H200); JSON in bench/results/gpu.json
-    python -m bench.gpu --quick         # base and best-guess option set only, shorter timing (about 3 minutes)
+    python -m bench.gpu                 # the full check, 450 s budget; JSON in bench/results/gpu.json
+    python -m bench.gpu --quick         # base and "all" only, one ceiling layout, 2+5 steps, no compile
     python -m bench.gpu --recipes swav moco --configs base all   # a subset
 
 Without CUDA it prints one line and exits with status 2. In order, under one global deadline (``--budget``):

@@ -18,7 +18,9 @@ cell is built with a ``distributed=True`` DistInfo: the scripts then wrap DDP an
 as they do under a real launch; the row counts the SyncBatchNorm layers.
 """
 import argparse
+import contextlib
 import gc
+import io
 import json
 import math
 import os
@@ -174,10 +176,31 @@ def feed(cell):
     return {"images_per_s": n / dt, "images": n, "startup_s": t1 - t0}
 
 
+class _Tee(io.TextIOBase):
+    """Writes through to ``out`` and keeps a copy (the cell's own lines, e.g. a --compile fallback warning)."""
+
+    def __init__(self, out):
+        self.out, self.copy = out, io.StringIO()
+
+    def write(self, text):
+        self.copy.write(text)
+        return self.out.write(text)
+
+    def flush(self):
+        self.out.flush()
+
+
 def run_cell(cell, info=None):
-    """One cell -> its row (the cell's fields plus results, or plus ``error``: one line, the exception's)."""
+    """One cell -> its row (the cell's fields plus results, or plus ``error``: one line, the exception's). A
+    compile cell whose ``torch.compile`` fell back to eager keeps its figures but is an error row (they are not
+    compiled figures)."""
+    tee = _Tee(sys.stdout)
     try:
-        result = feed(cell) if cell["kind"] == "feed" else time_steps(cell, info)
+        with contextlib.redirect_stdout(tee):
+            result = feed(cell) if cell["kind"] == "feed" else time_steps(cell, info)
+        fallback = [line for line in tee.copy.getvalue().splitlines() if "--compile failed" in line]
+        if fallback:
+            result["error"] = "torch.compile fell back to eager: " + fallback[0][:200]
     except Exception as exc:  # noqa: BLE001 (an OOM or a script error is this cell's row, not the worker's end)
         first = (str(exc).strip().splitlines() or [""])[0][:240]
         result = {"error": f"{type(exc).__name__}: {first}"}

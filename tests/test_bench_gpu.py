@@ -77,6 +77,18 @@ def test_every_step_row_runs_its_real_step_once(name, monkeypatch):
     assert updates and all(updates) and len(updates) == cells["fp16"]["warmup"] + cells["fp16"]["steps"]
 
 
+def test_a_compile_cell_that_fell_back_to_eager_is_an_error_row(monkeypatch):
+    compiled = _plan("--device", "cpu", "--tiny", "--recipes", "moco")[5]
+
+    def unavailable(module, *args, **kwargs):
+        raise RuntimeError("inductor is not available here")
+
+    monkeypatch.setattr(torch, "compile", unavailable)
+    row = run_cell(compiled[0])
+    assert row["config"] == "all+compile" and row["images_per_s"] > 0  # the eager figures are kept, but marked
+    assert row["error"].startswith("torch.compile fell back to eager: warning: --compile failed (RuntimeError")
+
+
 def test_ceiling_cells_and_the_momentum_crops_add_no_gradient():
     _, ceilings, _, _, _, _ = _plan("--device", "cpu", "--tiny", "--recipes", "sce_video")
     for cell in ceilings:
