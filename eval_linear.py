@@ -49,8 +49,9 @@ from src.run import dist
 from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE_INT, ArgumentParser, add_arg, add_run_args,
                       amp_dtype, autocast_dtype, bool_flag)
 from src.evaluation.classifier import (FeatureBatches, LinearClassifier, PooledMapClassifier, Results, ShardSampler,
-                                       content_hash, evaluate, extract_shard, fingerprint, test_transform,
-                                       train_transform)
+                                       content_hash, evaluate, feature_dim, fingerprint, shard_features,
+                                       test_transform, train_transform)
+from src.evaluation.feature_store import open_split, read_meta, write_cache
 from src.data.folders import ResumableSampler, SafeImageFolder, build_loader
 from src.run.errors import UserError
 from src.run.logging import print_rank0
@@ -58,7 +59,7 @@ from src.metrics import topk_rates
 from src.optim import cosine_schedule, moco_lr_schedule, set_lr
 from src.evaluation.pair_eval import build_trunk
 from src.evaluation.pretrained import add_pretrained_args
-from src.run.checkpoint import load_checkpoint, save_checkpoint
+from src.run.checkpoint import save_checkpoint
 from src.run.launch import cli_main, launch
 from src.run.loop import Run
 from src.run.speed import autocast
@@ -133,7 +134,8 @@ def get_args_parser(add_help=False):
     g = parser.add_argument_group("fast mode")
     add_arg(g, "--precompute_features", action="store_true",
             help="run the frozen trunk ONCE over train and val with the TEST transform (Resize + CenterCrop), cache "
-                 "the features (in memory and DUMP_PATH/feature_cache_R-W.pth, N x D floats split over ranks) and "
+                 "the features (DUMP_PATH/feature_cache_R-W/: N x D fp16 rows split over ranks, read batch by batch, "
+                 "5.2 GB for ImageNet at D 2048) and "
                  "train the head for all epochs on that cache: about --epochs times faster. Protocol difference: "
                  "the training images are never randomly cropped or flipped, so the head sees one fixed view per "
                  "image and overfits sooner; the accuracies are not those of the published protocol (by how much "
@@ -360,35 +362,39 @@ def build_batches(args, info, trunk, trunk_hash, train_set, val_set, per_rank_ba
         return loader, val, trunk, set_epoch, iters_per_epoch
     (tr_f, tr_y), (va_f, va_y) = cached_features(args, info, trunk, trunk_hash, train_set, val_set, per_rank_batch)
     batches = FeatureBatches(tr_f, tr_y, per_rank_batch, samples_per_rank, seed=args.seed, rank=info.rank)
-    val = list(zip(va_f.split(per_rank_batch), va_y.split(per_rank_batch)))
+    val = FeatureBatches(va_f, va_y, per_rank_batch, len(va_y), shuffle=False)  # in order, read batch by batch
     return batches, val, None, batches.set_epoch, iters_per_epoch
 
 
 def cached_features(args, info, trunk, trunk_hash, train_set, val_set, per_rank_batch):
-    """This rank's train and val features: read from its cache file when that was made from the same trunk
-    weights (a content hash, not the file's path) and transform (and every rank has its file), else computed once
-    and written."""
-    path = os.path.join(args.dump_path, f"feature_cache_{info.rank}-{info.world_size}.pth")
-    meta = {"trunk_sha256": trunk_hash, "arch": args.arch, "cifar_stem": bool(args.cifar_stem),
-            "resize": args.resize, "crop_size": args.crop_size, "norm_std": list(args.norm_std),
-            "n_train": len(train_set), "n_val": len(val_set), "seed": args.seed}
-    try:
-        cache = load_checkpoint(path) if os.path.isfile(path) else None
-    except UserError:  # a truncated cache file: compute it again
-        cache = None
-    ok = torch.tensor([float(cache is not None and cache.get("meta") == meta)], device=info.device)
+    """This rank's train and val features, read batch by batch from its cache folder (``feature_store``: fp16 rows
+    on disk, never loaded whole) when that was made from the same trunk weights (a content hash, not the file's
+    path) and transform (and every rank has its folder), else computed once and streamed there. The head trains
+    on the stored values in both cases, so a resumed run equals an uninterrupted one."""
+    folder = os.path.join(args.dump_path, f"feature_cache_{info.rank}-{info.world_size}")
+    key = {"trunk_sha256": trunk_hash, "arch": args.arch, "cifar_stem": bool(args.cifar_stem),
+           "resize": args.resize, "crop_size": args.crop_size, "norm_std": list(args.norm_std),
+           "n_train": len(train_set), "n_val": len(val_set), "seed": args.seed}
+    meta = read_meta(folder)  # None: no complete cache (missing, interrupted, truncated)
+    ok = torch.tensor([float(meta is not None and meta["key"] == json.loads(json.dumps(key)))], device=info.device)
     if dist.all_reduce(ok, op="min").item() == 1:  # all ranks agree, or all recompute (collectives inside)
-        print_rank0(f"=> features read from {path} (and the other ranks' files)", rank=info.rank)
-        return cache["train"], cache["val"]
-    amp = amp_dtype(args)
-    stats = {}
-    train = extract_shard(trunk, train_set, per_rank_batch, args.workers, info.device, amp, progress="features train",
-                          stats=stats)
-    if stats.get("skipped"):
-        print(f"rank {info.rank}: {stats['skipped']} unreadable training images left out of the cache", flush=True)
-    val = extract_shard(trunk, val_set, per_rank_batch, args.workers, info.device, amp, progress="features val")
-    save_checkpoint(path, {"meta": meta, "train": train, "val": val})  # every rank writes its own shard
-    return train, val
+        print_rank0(f"=> features read from {folder} (and the other ranks' folders)", rank=info.rank)
+    else:
+        amp, stats = amp_dtype(args), {}
+
+        def shard(dataset, name, counts=None):  # a split's batches, made again if fp16 overflows (then fp32)
+            def make():
+                if counts is not None:
+                    counts.clear()
+                return shard_features(trunk, dataset, per_rank_batch, args.workers, info.device, amp,
+                                      progress=f"features {name}", stats=counts)
+            return make
+        meta = write_cache(folder, key, {"train": shard(train_set, "train", stats), "val": shard(val_set, "val")},
+                           dim_if_empty=lambda: feature_dim(trunk, train_set, info.device),
+                           log=lambda line: print(f"rank {info.rank}: {line}", flush=True))
+        if stats.get("skipped"):
+            print(f"rank {info.rank}: {stats['skipped']} unreadable training images left out of the cache", flush=True)
+    return open_split(folder, "train", meta), open_split(folder, "val", meta)
 
 
 def lr_schedule(args, iters_per_epoch):

@@ -186,24 +186,28 @@ def _flags(sizes, nmb, amp, channels_last, compile):
 
 
 def make_step(method, arch, batch_size, sizes, nmb, device, device_aug, amp, channels_last, compile, max_steps=50,
-              frames=0):
+              frames=0, extra_args=(), info=None):
     """One callable = one training step of ``main_<method>.train_one_epoch`` (a generator resumed once per call),
     on a batch made once: uint8 crops augmented in the step (``device_aug``), else augmented float crops.
-    ``sce_video``: ``main_sce.py --modality video`` on 2 clips of ``frames`` frames at ``sizes[0]``."""
+    ``sce_video``: ``main_sce.py --modality video`` on 2 clips of ``frames`` frames at ``sizes[0]``.
+    ``extra_args``: more script flags (e.g. ``--mode sela``). ``info``: the DistInfo the script's builders see
+    (default: one process, no group); give a ``distributed=True`` one, under an initialised process group, for the
+    DDP / SyncBN path. The callable's ``model`` attribute is the module the script checkpoints."""
     from src.run import dist
     from src.run.args import autocast_dtype
     from src.augment.device import MultiCropAugment
     from src.augment.recipes import moco_views, sce_views, swav_views
+    from src.augment.views import relative_blur_scale, scaled_blur
     from src.run.logging import ProgressLogger
     from src.augment.split import DeviceLoader
 
-    info = dist.DistInfo(rank=0, world_size=1, local_rank=0, device=device, distributed=False, backend=None,
-                         launcher="none")
+    info = info or dist.DistInfo(rank=0, world_size=1, local_rank=0, device=device, distributed=False, backend=None,
+                                 launcher="none")
     logger = ProgressLogger(max_steps, 1, batch_size, 10 ** 9, None, rank=1)
     if method in ("moco", "sce_video"):
         sizes, nmb = [sizes[0]], [2]  # MoCo v2: two views of one size; video SCE: two clips
     crops = _crops(sizes, nmb, batch_size, device_aug, device, frames if method == "sce_video" else 0)
-    common = _flags(sizes, nmb, amp, channels_last, compile)
+    common = _flags(sizes, nmb, amp, channels_last, compile) + list(extra_args)
     if method in ("swav", "deepclusterv2"):
         import main_deepclusterv2
         import main_swav
@@ -226,7 +230,7 @@ def make_step(method, arch, batch_size, sizes, nmb, device, device_aug, amp, cha
         dtype = autocast_dtype(args, device)
         scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
         watch = LossWatch(uniform_loss(args.nmb_prototypes), device)
-        augment = MultiCropAugment(swav_views(sizes, nmb, blur_scale=sizes[0] / 224))
+        augment = MultiCropAugment(swav_views(sizes, nmb, blur_scale=relative_blur_scale(sizes[0])))
         if method == "swav":
             batch = (crops, torch.zeros(batch_size, dtype=torch.long))
             run = lambda loader: script.train_one_epoch(model, step_model, None, loader, optimizer, scaler,  # noqa
@@ -249,7 +253,7 @@ def make_step(method, arch, batch_size, sizes, nmb, device, device_aug, amp, cha
         optimizer = LARS(model.online_params(), lr=0.3, weight_decay=1e-6, momentum=0.9)
         dtype = autocast_dtype(args, device)
         scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-        augment = MultiCropAugment(sce_views(nmb, blur_scale=sizes[0] / 224))
+        augment = MultiCropAugment(sce_views(nmb, blur_scale=relative_blur_scale(sizes[0])))
         batch = (crops, torch.zeros(batch_size, dtype=torch.long))
         run = lambda loader: main_sce.train_one_epoch(model, online, target, loader, optimizer, scaler,  # noqa
                                                       np.full(max_steps, 0.3), np.full(max_steps, 0.99), 0, 0,
@@ -262,13 +266,13 @@ def make_step(method, arch, batch_size, sizes, nmb, device, device_aug, amp, cha
         args = main_sce.parse_args(["--modality", "video", "--data_path", "x", "--arch", arch, "--batch_size",
                                     str(batch_size), "--queue_size", str(32 * batch_size), "--num_frames", str(frames),
                                     "--size_crops", str(sizes[0]), "--print_freq", str(10 ** 9),
-                                    *_option_flags(amp, channels_last, compile)])
+                                    *_option_flags(amp, channels_last, compile), *extra_args])
         main_sce.check_args(args)
         model, online, target = main_sce.build_model(args, info)
         optimizer = LARS(model.online_params(), lr=0.3, weight_decay=1e-6, momentum=0.9)
         dtype = autocast_dtype(args, device)
         scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-        augment = sce_clip_split_views(sizes[0], blur_scale=sizes[0] / 224).device_augment
+        augment = sce_clip_split_views(sizes[0], blur_scale=relative_blur_scale(sizes[0])).device_augment
         batch = (crops, torch.zeros(batch_size, dtype=torch.long))
         run = lambda loader: main_sce.train_one_epoch(model, online, target, loader, optimizer, scaler,  # noqa
                                                       np.full(max_steps, 0.3), np.full(max_steps, 0.99), 0, 0,
@@ -282,14 +286,14 @@ def make_step(method, arch, batch_size, sizes, nmb, device, device_aug, amp, cha
         args = main_moco.get_args_parser().parse_args(
             ["x", "-a", arch, "-b", str(batch_size), "--crop-size", str(sizes[0]), "--moco-k", str(64 * batch_size),
              "--mlp", "--moco-t", "0.2", "--aug-plus", "--cos", "--bn-splits", bn, "--print-freq", str(10 ** 9),
-             *_option_flags(amp, channels_last, compile)])
+             *_option_flags(amp, channels_last, compile), *extra_args])
         main_moco.check_recipe_args(args)
         model, encoder_q, _ = main_moco.build_model(args, info, batch_size)
         optimizer = torch.optim.SGD(encoder_q.parameters(), 0.03, momentum=0.9, weight_decay=1e-4,
                                     **fused_kwargs(device))
         dtype = autocast_dtype(args, device)
         scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-        augment = MultiCropAugment(moco_views(2, blur_sigma=(0.1 * sizes[0] / 224, 2.0 * sizes[0] / 224)))
+        augment = MultiCropAugment(moco_views(2, blur_sigma=scaled_blur(relative_blur_scale(sizes[0]))[1]))
         batch = (crops, torch.zeros(batch_size, dtype=torch.long))
         sched = moco_lr_schedule(0.03, 1, max_steps, cos=True)
         run = lambda loader: main_moco.train_one_epoch(model, encoder_q, loader, optimizer, scaler, sched,  # noqa
@@ -301,12 +305,17 @@ def make_step(method, arch, batch_size, sizes, nmb, device, device_aug, amp, cha
     if device_aug or channels_last or device.type == "cuda":
         loader = DeviceLoader(loader, device, augment=augment if device_aug else None, memory_format=fmt)
     steps = run(loader)
-    return lambda: next(steps)
+
+    def step():
+        return next(steps)
+    step.model = model
+    return step
 
 
-def make_backbone_step(arch, batch_size, sizes, nmb, device, amp, channels_last, compile, frames=0):
+def make_backbone_step(arch, batch_size, sizes, nmb, device, amp, channels_last, compile, frames=0, key_nmb=None):
     """The ceiling: the trunk's forward + backward on the same crops (one pass per resolution), no head, no loss;
-    clips of ``frames`` frames for a video trunk."""
+    clips of ``frames`` frames for a video trunk. ``key_nmb`` (one count per size, or None): crops that a momentum
+    encoder only embeds, forwarded under no_grad after the others (MoCo's key view, SCE's two global targets)."""
     from src.run.args import autocast_dtype
     from src.augment.device import layout
     from src.models import build_backbone
@@ -317,15 +326,21 @@ def make_backbone_step(arch, batch_size, sizes, nmb, device, amp, channels_last,
     fmt = layout(torch.channels_last if channels_last else torch.contiguous_format, 5 if frames else 4)
     lead = (3, frames) if frames else (3,)
     groups = [torch.randn(batch_size * n, *lead, s, s, device=device).contiguous(memory_format=fmt)
-              for s, n in zip(sizes, nmb)]
+              for s, n in zip(sizes, nmb) if n]
+    keys = [torch.randn(batch_size * n, *lead, s, s, device=device).contiguous(memory_format=fmt)
+            for s, n in zip(sizes, key_nmb or []) if n]
     dtype = autocast_dtype(argparse.Namespace(amp=amp), device)  # as the scripts: fp16 without CUDA -> fp32
     trunk.train()
 
     def step():
         with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
             loss = sum(step_trunk(x).float().mean() for x in groups)
+            with torch.no_grad():
+                for x in keys:
+                    step_trunk(x)
         trunk.zero_grad(set_to_none=True)
         loss.backward()
+    step.model = trunk
     return step
 
 

@@ -7,8 +7,9 @@
 * :func:`train_transform` / :func:`test_transform`: RandomResizedCrop + flip, Resize (+ CenterCrop), Normalize;
 * :class:`ShardSampler` and :func:`evaluate`: each rank scores a disjoint slice of the test set (no padding, so
   every image counts exactly once) and loss / top-1 / top-5 are summed over ranks;
-* :func:`extract_shard` and :class:`FeatureBatches`: one pass of a frozen trunk over each rank's shard of a
-  dataset, then epochs of shuffled batches from that cache;
+* :func:`extract_shard` / :func:`shard_features` and :class:`FeatureBatches`: one pass of a frozen trunk over each
+  rank's shard of a dataset, then epochs of shuffled batches from that cache (in memory, or streamed from disk by
+  ``src.evaluation.feature_store``);
 * :class:`Results`: best (by top-1) and last accuracies, the per-epoch history, saved in checkpoints and JSON;
 * :func:`fingerprint`: a checksum of a frozen module, so a run can assert that it never changed (MoCo's
   ``sanity_check``); :func:`content_hash`: what resumes and feature caches are keyed on.
@@ -195,8 +196,8 @@ def evaluate(head, batches, device, features=None, amp_dtype=None):
 def extract_shard(trunk, dataset, batch_size, workers, device, amp_dtype=None, progress=None, stats=None):
     """Features of this rank's shard of ``dataset`` (:class:`ShardSampler`: rows ``rank::world``), in order.
 
-    Each rank keeps only its own shard, so a cache of ImageNet (1.28M x 2048 floats, 10 GB) costs 10 GB / world
-    per process instead of 10 GB each.
+    Each rank keeps only its own shard, in memory (ImageNet at 2048 floats: 10.5 GB / world per process);
+    ``eval_linear.py`` streams :func:`shard_features` to a file and reads batches back instead (``feature_store``).
 
     Args:
         trunk: frozen (B, 3, H, W) -> (B, D) module on ``device`` (put in eval mode here).
@@ -208,18 +209,29 @@ def extract_shard(trunk, dataset, batch_size, workers, device, amp_dtype=None, p
     Returns:
         ``(feats (m, D) float32, labels (m,) long)`` on the CPU, m = this rank's share (readable images only).
     """
+    feats, labels = [], []
+    for f, y in shard_features(trunk, dataset, batch_size, workers, device, amp_dtype, progress, stats):
+        feats.append(f)
+        labels.append(y)
+    if not feats:  # more ranks than images
+        return torch.zeros(0, feature_dim(trunk, dataset, device)), torch.zeros(0, dtype=torch.long)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def shard_features(trunk, dataset, batch_size, workers, device, amp_dtype=None, progress=None, stats=None):
+    """:func:`extract_shard` one batch at a time: yields ``(feats (B, D) float32, labels (B,) long)`` on the CPU,
+    so that a writer (``src.evaluation.feature_store``) never holds the whole shard."""
     sampler = ShardSampler(len(dataset), dist.get_world_size(), dist.get_rank())
     loader = build_loader(dataset, batch_size, sampler, workers, drop_last=False, persistent=False)
-    feats, labels = [], []
     for f, y in iter_features(trunk, loader, device, amp_dtype, progress=progress if dist.get_rank() == 0 else None,
                               stats=stats):
-        feats.append(f.cpu())
-        labels.append(y.cpu())
-    if not feats:  # more ranks than images
-        with torch.no_grad():
-            dim = trunk(dataset[0][0][None].to(device)).shape[1]
-        return torch.zeros(0, dim), torch.zeros(0, dtype=torch.long)
-    return torch.cat(feats), torch.cat(labels)
+        yield f.cpu(), y.cpu()
+
+
+@torch.no_grad()
+def feature_dim(trunk, dataset, device):
+    """D of ``trunk`` on the images of ``dataset`` (one forward of its first item)."""
+    return trunk(dataset[0][0][None].to(device)).shape[1]
 
 
 class FeatureBatches:
@@ -227,18 +239,21 @@ class FeatureBatches:
 
     Every rank yields the same number of batches (DDP needs it): each epoch a permutation of the local rows,
     drawn from ``(seed, epoch, rank)``, is repeated as needed to ``samples_per_rank`` indices (= ceil(N / world),
-    as ``DistributedSampler`` pads), then cut into chunks of ``batch_size`` (the last one smaller).
+    as ``DistributedSampler`` pads), then cut into chunks of ``batch_size`` (the last one smaller). With
+    ``shuffle=False`` the rows come in order, once each (a test set).
 
     Args:
-        feats: (m, D) CPU tensor; labels: (m,) long.
+        feats: (m, D) CPU tensor, or a :class:`src.evaluation.feature_store.FeatureFile` (on disk: each
+            batch gathers only its rows); labels: (m,) long.
         batch_size: rows per batch on this rank.
-        samples_per_rank: indices per rank and epoch.
+        samples_per_rank: indices per rank and epoch (ignored without ``shuffle``: m).
         seed: run seed. rank: this process (rows differ per rank, so do permutations).
     """
 
-    def __init__(self, feats, labels, batch_size, samples_per_rank, seed=0, rank=0):
-        self.feats, self.labels, self.batch_size = feats, labels, batch_size
-        self.samples_per_rank, self.seed, self.rank = samples_per_rank, seed, rank
+    def __init__(self, feats, labels, batch_size, samples_per_rank, seed=0, rank=0, shuffle=True):
+        self.feats, self.labels, self.batch_size, self.shuffle = feats, labels, batch_size, shuffle
+        self.samples_per_rank = samples_per_rank if shuffle else feats.shape[0]
+        self.seed, self.rank = seed, rank
         self.epoch, self.start_iter = 0, 0
 
     def set_epoch(self, epoch, start_iter=0):
@@ -246,9 +261,12 @@ class FeatureBatches:
         self.epoch, self.start_iter = epoch, start_iter
 
     def __iter__(self):
-        g = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, self.rank) % 2 ** 63)
-        perm = torch.randperm(self.feats.shape[0], generator=g)
-        idx = perm.repeat(math.ceil(self.samples_per_rank / max(len(perm), 1)))[:self.samples_per_rank]
+        if self.shuffle:
+            g = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, self.rank) % 2 ** 63)
+            perm = torch.randperm(self.feats.shape[0], generator=g)
+            idx = perm.repeat(math.ceil(self.samples_per_rank / max(len(perm), 1)))[:self.samples_per_rank]
+        else:
+            idx = torch.arange(self.feats.shape[0])
         for chunk in list(idx.split(self.batch_size))[self.start_iter:]:
             yield self.feats[chunk], self.labels[chunk]
 
