@@ -231,11 +231,16 @@ def test_cached_pooled_features_and_stop_resume_equal_uninterrupted(tiny, tmp_pa
     common = ["--epochs", "4", "--precompute_features"]
     full = _run(_flags(tiny, tmp_path / "full", *common))
     capsys.readouterr()
-    cache = torch.load(tmp_path / "full" / "feature_cache_0-1.pth", weights_only=True)
+    from src.evaluation.feature_store import open_split, read_meta
+
+    folder = str(tmp_path / "full" / "feature_cache_0-1")
+    meta = read_meta(folder)
+    cached, cached_y = open_split(folder, "train", meta)
     feats, y = _pooled_features(tiny, "train")
-    assert tuple(cache["train"][0].shape) == (36, 1152)
-    torch.testing.assert_close(cache["train"][0], feats, rtol=1e-4, atol=1e-5)
-    assert torch.equal(cache["train"][1], y) and cache["meta"]["trunk_sha256"].endswith("+avgpool6+bn")
+    assert tuple(cached.shape) == (36, 1152)
+    # the cache stores fp16 rows: equal to the independent features within fp16's rounding
+    torch.testing.assert_close(cached[torch.arange(36)].float(), feats, rtol=1e-3, atol=1e-4)
+    assert torch.equal(cached_y, y) and meta["key"]["trunk_sha256"].endswith("+avgpool6+bn")
 
     assert _run(_flags(tiny, tmp_path / "cut", *common, "--max_iters", "7")) is None
     assert "stopped by --max_iters 7 at epoch 1, iteration 2" in capsys.readouterr().out
@@ -262,4 +267,5 @@ def test_two_processes_test_with_the_saved_heads_statistics(tiny, tmp_path, caps
     alone = _run(argv + ["-e"])
     out = capsys.readouterr().out
     assert f" * Acc@1 {two['last']['top1']:.3f} Acc@5 {two['last']['top5']:.3f}" in out
-    assert two["last"]["loss"] > 0.01 and alone["loss"] == pytest.approx(two["last"]["loss"], rel=1e-5)
+    # the 2-process run tests on cached fp16 features, -e on features computed in fp32: equal within fp16's rounding
+    assert two["last"]["loss"] > 0.01 and alone["loss"] == pytest.approx(two["last"]["loss"], rel=1e-3)
