@@ -21,7 +21,7 @@ Without CUDA it prints one line and exits with status 2. In order, under one glo
 5. ``all+compile`` per recipe, one process each, while the budget lasts (compiling takes the most time).
 
 Targets (ratios from the same run): every image recipe's best option set at >= 85% of its matched ceiling and
->= 1.5x its ``base`` (fp32, per-sample) rate; PASS / MISS per recipe. docs/speed-gpu.md has the details.
+>= 1.5x its ``base`` (fp32, per-sample) rate; PASS / MISS per recipe. docs/speed.md has the details.
 """
 import argparse
 import json

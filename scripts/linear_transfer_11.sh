@@ -18,8 +18,8 @@
 #SBATCH --output=%x-%j.out
 set -euo pipefail
 DATA_ROOT=${DATA_ROOT:-/path/to/transfer_datasets}
-PRETRAINED=${PRETRAINED:-./experiments/sce_multicrop_200ep/checkpoint.pth.tar}
-EXPERIMENT_PATH=${EXPERIMENT_PATH:-./experiments/linear_transfer_11}
+PRETRAINED=${PRETRAINED:-./runs/sce_multicrop_200ep/checkpoint.pth.tar}
+EXPERIMENT_PATH=${EXPERIMENT_PATH:-./runs/linear_transfer_11}
 mkdir -p "$EXPERIMENT_PATH"
 export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-32}
 
