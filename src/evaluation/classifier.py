@@ -14,6 +14,7 @@
 * :func:`fingerprint`: a checksum of a frozen module, so a run can assert that it never changed (MoCo's
   ``sanity_check``); :func:`content_hash`: what resumes and feature caches are keyed on.
 """
+import copy
 import math
 import time
 
@@ -275,36 +276,48 @@ class FeatureBatches:
 
 
 # ==== bookkeeping ====
-class Results:
-    """Per-epoch test results, the best one (highest top-1; the earliest on ties) and the last one.
+class History:
+    """Per-epoch scores, the best one (highest ``metric``; the earliest on ties) and the last one.
 
-    ``add(epoch, res)`` takes :func:`evaluate`'s dict and returns True when it is the new best.
-    ``state_dict()`` / ``load_state_dict()`` hold plain lists and dicts (checkpoint- and JSON-safe).
+    ``add`` returns True when the new entry is the best; ``state_dict()`` / ``load_state_dict()`` hold plain lists
+    and dicts (checkpoint- and JSON-safe). Subclasses say which fields an entry keeps (:meth:`entry`).
     """
+    metric = None
 
     def __init__(self):
         self.history = []
 
+    def entry(self, epoch, res):
+        raise NotImplementedError
+
     def add(self, epoch, res):
-        entry = {"epoch": int(epoch), **{k: float(res[k]) for k in ("top1", "top5", "loss")},
-                 "skipped": int(res.get("skipped", 0))}
-        is_best = self.best is None or entry["top1"] > self.best["top1"]
+        entry = self.entry(epoch, res)
+        is_best = self.best is None or entry[self.metric] > self.best[self.metric]
         self.history.append(entry)
         return is_best
 
     @property
     def best(self):
-        return max(self.history, key=lambda e: (e["top1"], -e["epoch"])) if self.history else None
+        return max(self.history, key=lambda e: (e[self.metric], -e["epoch"])) if self.history else None
 
     @property
     def last(self):
         return self.history[-1] if self.history else None
 
     def state_dict(self):
-        return {"history": [dict(e) for e in self.history]}
+        return {"history": copy.deepcopy(self.history)}
 
     def load_state_dict(self, state):
-        self.history = [dict(e) for e in state["history"]]
+        self.history = copy.deepcopy(state["history"])
+
+
+class Results(History):
+    """:class:`History` of :func:`evaluate`'s dicts (top-1, top-5, loss), best by top-1."""
+    metric = "top1"
+
+    def entry(self, epoch, res):
+        return {"epoch": int(epoch), **{k: float(res[k]) for k in ("top1", "top5", "loss")},
+                "skipped": int(res.get("skipped", 0))}
 
     def summary(self):
         """dict with ``best`` and ``last`` (epoch, top1, top5, loss) and the ``history``."""

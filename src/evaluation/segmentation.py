@@ -1,12 +1,12 @@
 """Scoring a segmentation network (``eval_segmentation.py``): the confusion matrix of the val shard of every rank,
 summed, its per-class IoU and mIoU (``src.metrics``), and the record of every scored epoch."""
-import copy
 import math
 import time
 
 import torch
 import torch.nn.functional as F
 
+from src.evaluation.classifier import History
 from src.metrics import confusion_matrix, iou_from_confusion
 from src.run import dist
 from src.run.errors import UserError
@@ -57,32 +57,17 @@ def evaluate(net, loader, num_classes, device, amp):
             "skipped": skipped, "seconds": time.time() - t0}
 
 
-class SegResults:
-    """Every scored epoch (mIoU, per-class IoU in percent), the best one (the earliest on ties) and the last;
-    ``state_dict`` / ``load_state_dict`` hold plain lists (checkpoint- and JSON-safe)."""
+class SegResults(History):
+    """:class:`~src.evaluation.classifier.History` of scored epochs (mIoU, per-class IoU in percent, images
+    scored and skipped), best by mIoU."""
+    metric = "miou"
 
     def __init__(self, classes):
-        self.classes, self.history = list(classes), []
+        super().__init__()
+        self.classes = list(classes)
 
-    def add(self, epoch, res):
-        """Record ``evaluate``'s dict; returns whether it is the new best."""
-        is_best = self.best is None or res["miou"] > self.best["miou"]
-        self.history.append({"epoch": int(epoch), **{k: res[k] for k in ("miou", "iou", "n", "skipped")}})
-        return is_best
-
-    @property
-    def best(self):
-        return max(self.history, key=lambda e: (e["miou"], -e["epoch"])) if self.history else None
-
-    @property
-    def last(self):
-        return self.history[-1] if self.history else None
-
-    def state_dict(self):
-        return {"history": copy.deepcopy(self.history)}
-
-    def load_state_dict(self, state):
-        self.history = copy.deepcopy(state["history"])
+    def entry(self, epoch, res):
+        return {"epoch": int(epoch), **{k: res[k] for k in ("miou", "iou", "n", "skipped")}}
 
     def test_line(self):
         e, b = self.last, self.best

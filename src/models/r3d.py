@@ -26,6 +26,8 @@ per stage at 16-32-64-128 channels) is this project's CPU-demo trunk, the video 
 import torch
 from torch import nn
 
+from src.models.resnet import init_conv_bn
+
 
 def _conv3d(cin, cout, kernel, stride=(1, 1, 1)):
     """Conv3d without bias, "same" padding per axis (kernel // 2)."""
@@ -130,12 +132,7 @@ class R3D(nn.Module):
 
     def reset_parameters(self):
         """pytorchvideo's init: kaiming-normal (fan_out) convs, BN (1, 0), the last BN of each residual branch 0."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv3d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm3d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
         for m in self.modules():
             if isinstance(m, (BasicBlock3d, Bottleneck3d)):
                 nn.init.zeros_(m.last_bn.weight)

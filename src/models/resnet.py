@@ -16,6 +16,17 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 
+
+def init_conv_bn(module):
+    """torchvision's / pytorchvideo's ResNet init, in module order: kaiming-normal (fan_out, relu) for every 2D / 3D
+    convolution, weight 1 and bias 0 for every 2D / 3D BatchNorm."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Conv3d)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
 class ResNet(nn.Module):
     """Trunk returning the globally pooled feature.
 
@@ -52,12 +63,7 @@ class ResNet(nn.Module):
         self.fc = nn.Identity()
         self.out_dim = 8 * base * widen * block.expansion
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
         if zero_init_residual:
             for m in self.modules():
                 if isinstance(m, Bottleneck):
