@@ -45,26 +45,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.run import dist
-from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE_INT, ArgumentParser, add_arg, add_run_args,
-                      amp_dtype, autocast_dtype, bool_flag)
-from src.evaluation.classifier import (FeatureBatches, LinearClassifier, PooledMapClassifier, Results, ShardSampler,
-                                       content_hash, evaluate, feature_dim, fingerprint, shard_features,
-                                       test_transform, train_transform)
-from src.evaluation.feature_store import open_split, read_meta, write_cache
 from src.data.folders import ResumableSampler, SafeImageFolder, build_loader
-from src.run.errors import UserError
-from src.run.logging import print_rank0
-from src.metrics import topk_rates
-from src.optim import cosine_schedule, moco_lr_schedule, set_lr
+from src.data.video.build import VideoEval, add_video_eval_args, eval_samples, eval_sets
+from src.evaluation.classifier import (FeatureBatches, LinearClassifier, PooledMapClassifier, Results, ShardSampler,
+                                       content_hash, evaluate, feature_dim, fingerprint, shard_features, test_transform,
+                                       train_transform)
+from src.evaluation.feature_store import open_split, read_meta, write_cache
 from src.evaluation.pair_eval import build_trunk
 from src.evaluation.pretrained import add_pretrained_args
+from src.metrics import topk_rates
+from src.models.resnet import FeatureMap, ResNet
+from src.optim import cosine_schedule, moco_lr_schedule, set_lr
+from src.run import dist
+from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE_INT, ArgumentParser, add_arg, add_run_args, amp_dtype,
+                          autocast_dtype, bool_flag)
 from src.run.checkpoint import save_checkpoint
+from src.run.errors import UserError
 from src.run.launch import cli_main, launch
+from src.run.logging import print_rank0
 from src.run.loop import Run
 from src.run.speed import autocast
-from src.data.video.build import VideoEval, add_video_eval_args, eval_samples, eval_sets
-from src.models.resnet import FeatureMap, ResNet
 
 # Published recipes (spec evals.md A.14 / B.6, sce.md section 4). "lr" None: 0.1 x batch / 256 (SCE's scaler).
 PROTOCOLS = {

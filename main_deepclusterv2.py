@@ -27,16 +27,14 @@ import torch
 from src.augment.recipes import swav_recipe
 from src.augment.views import resolve_blur_scale
 from src.data.folders import pretrain_loader, resolve_split
-from src.methods.deepcluster import (IGNORE, MemoryBank, WithIndex, cluster_memory, deepcluster_loss,
-                                     fill_memory_bank)
+from src.methods.deepcluster import IGNORE, MemoryBank, WithIndex, cluster_memory, deepcluster_loss, fill_memory_bank
 from src.methods.swav import (LossWatch, SwAVModel, cancel_prototype_grads, normalize_prototypes, prepare_model,
                               uniform_loss)
 from src.models import KNOWN_ARCHS
 from src.optim import set_lr, swav_optimizer
 from src.run import dist
-from src.run.args import (NONNEG, POSITIVE, POSITIVE_INT, ArgumentParser, add_arg,
-                          add_multicrop_args, add_speed_args, add_swav_optim_args, add_swav_run_args, autocast_dtype,
-                          check_multicrop_args)
+from src.run.args import (NONNEG, POSITIVE, POSITIVE_INT, ArgumentParser, add_arg, add_multicrop_args, add_speed_args,
+                          add_swav_optim_args, add_swav_run_args, autocast_dtype, check_multicrop_args)
 from src.run.checkpoint import swav_copy_name
 from src.run.errors import UserError
 from src.run.launch import cli, launch

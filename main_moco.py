@@ -41,26 +41,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.run import dist
-from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_arg, add_demo_args, add_run_args,
-                      add_speed_args, amp_dtype, autocast_dtype)
 from src.augment.recipes import moco_multicrop_recipe, moco_recipe, ssl_small_jitter
 from src.augment.views import MOCO_V2_JITTER, relative_blur_scale
 from src.data.folders import pretrain_loader, resolve_split
-from src.run.errors import UserError
-from src.run.logging import print_rank0
+from src.evaluation import demo
+from src.evaluation.pretrained import TRUST_HELP, read_checkpoint
 from src.losses import infonce_logits, knn_positive_loss
 from src.methods.common import check_queue_size, copy_params, momentum_update, resolution_groups
 from src.methods.moco import MoCo, load_for_restart
+from src.metrics import topk_rates
 from src.models import KNOWN_ARCHS
 from src.models.heads import MOCO_HEADS
-from src.metrics import topk_rates
 from src.optim import moco_lr_schedule, set_lr
-from src.evaluation.pretrained import TRUST_HELP, read_checkpoint
-from src.evaluation import demo
+from src.run import dist
+from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_arg, add_demo_args,
+                          add_run_args, add_speed_args, amp_dtype, autocast_dtype)
+from src.run.errors import UserError
 from src.run.launch import cli, launch
+from src.run.logging import print_rank0
 from src.run.loop import Run
 from src.run.speed import autocast, fused_kwargs, maybe_compile, to_channels_last
+
 
 def get_args_parser(add_help=True):
     parser = ArgumentParser("MoCo v1/v2 pretraining", add_help=add_help,

@@ -37,23 +37,24 @@ import sys
 import torch
 from torch import nn
 
-from src.run import dist
-from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_arg, add_demo_args, add_run_args,
-                      add_speed_args, amp_dtype, autocast_dtype, bool_flag)
 from src.augment.recipes import sce_recipe
+from src.augment.split import device_loader
 from src.augment.views import relative_blur_scale
 from src.data.folders import pretrain_loader, resolve_split, train_loader
-from src.run.errors import UserError
-from src.run.logging import print_rank0
+from src.evaluation import demo
 from src.methods.common import check_queue_size
 from src.methods.sce import SCE, momentum_schedule, multicrop_sce_loss
 from src.models import KNOWN_ARCHS, VIDEO_ARCHS
 from src.optim import LARS, cosine_schedule, set_lr
-from src.evaluation import demo
+from src.run import dist
+from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_arg, add_demo_args,
+                          add_run_args, add_speed_args, amp_dtype, autocast_dtype, bool_flag)
+from src.run.errors import UserError
 from src.run.launch import cli, launch
+from src.run.logging import print_rank0
 from src.run.loop import Run
 from src.run.speed import autocast, maybe_compile, to_channels_last
-from src.augment.split import device_loader
+
 
 def get_args_parser(add_help=True):
     parser = ArgumentParser("SCE pretraining", add_help=add_help,

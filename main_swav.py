@@ -30,6 +30,7 @@ import torch
 from src.augment.recipes import swav_recipe
 from src.augment.views import resolve_blur_scale
 from src.data.folders import pretrain_loader, resolve_split
+from src.evaluation import demo
 from src.losses import distributed_sinkhorn, swav_loss
 from src.methods.swav import (LossWatch, SwAVModel, SwAVQueue, cancel_prototype_grads, code_entropies,
                               normalize_prototypes, prepare_model, uniform_loss)
@@ -40,11 +41,11 @@ from src.run.args import (ArgumentParser, add_arg, add_demo_args, add_multicrop_
                           add_swav_optim_args, add_swav_run_args, autocast_dtype, check_multicrop_args)
 from src.run.checkpoint import swav_copy_name
 from src.run.errors import UserError
-from src.evaluation import demo
 from src.run.launch import cli, launch
 from src.run.logging import n_params, print_rank0
 from src.run.loop import Run
 from src.run.speed import autocast
+
 
 def get_args_parser(add_help=True):
     parser = ArgumentParser("SwAV pretraining", add_help=add_help,

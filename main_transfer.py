@@ -43,24 +43,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.run import dist
-from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE_INT, ArgumentParser, add_arg, add_run_args,
-                      amp_dtype, autocast_dtype)
 from src.data.cifar import CifarPickleDataset, find_cifar_folder
-from src.evaluation.classifier import (LinearClassifier, Results, ShardSampler, content_hash, evaluate, fingerprint,
-                            test_transform, train_transform)
 from src.data.folders import ResumableSampler, SafeImageFolder, build_loader
-from src.run.errors import UserError
-from src.run.logging import print_rank0
-from src.metrics import topk_rates
-from src.optim import cosine_schedule, moco_lr_schedule, set_lr
+from src.data.video.build import VideoEval, add_video_eval_args, eval_samples, eval_sets
+from src.evaluation.classifier import (LinearClassifier, Results, ShardSampler, content_hash, evaluate, fingerprint,
+                                       test_transform, train_transform)
 from src.evaluation.pair_eval import build_trunk
 from src.evaluation.pretrained import add_pretrained_args
+from src.metrics import topk_rates
+from src.optim import cosine_schedule, moco_lr_schedule, set_lr
+from src.run import dist
+from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE_INT, ArgumentParser, add_arg, add_run_args, amp_dtype,
+                          autocast_dtype)
 from src.run.checkpoint import save_checkpoint
+from src.run.errors import UserError
 from src.run.launch import cli_main, launch
+from src.run.logging import print_rank0
 from src.run.loop import Run
 from src.run.speed import autocast
-from src.data.video.build import VideoEval, add_video_eval_args, eval_samples, eval_sets
 
 DATASETS = ("cifar10", "cifar100", "caltech101", "folder", "ucf101", "hmdb51")  # the last two: --modality video
 # the published commands (SSL-small tools/transfer.sh, transfer_cal101.sh, transfer_finetune.sh)

@@ -149,7 +149,7 @@ def run_phases(a, deadline, log):
 
 
 def get_args_parser():
-    from src.run.args import POSITIVE, POSITIVE_INT, ArgumentParser, NONNEG_INT
+    from src.run.args import NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser
 
     p = ArgumentParser("python -m bench.gpu", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="base and all only, one ceiling layout, 2+5 steps, no compile")

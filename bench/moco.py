@@ -22,11 +22,11 @@ import torch
 
 import main_moco
 from bench.common import machine, peak_memory_mb, report
-from src.run import dist
 from src.augment.recipes import moco_recipe
+from src.optim import moco_lr_schedule
+from src.run import dist
 from src.run.errors import UserError
 from src.run.logging import ProgressLogger
-from src.optim import moco_lr_schedule
 
 
 def recipe_flags(recipe, crop_size):
@@ -122,8 +122,9 @@ def main():
     for arch, size in zip(a.arch, sizes):
         batch = a.batch_size if size <= 96 or device.type == "cuda" else max(a.batch_size // 4, 8)
         rows.append(bench_step(arch, batch, size, a.steps, a.amp, device, recipe=a.recipe))
-    from src.data.demo import make_demo_dataset
     import os
+
+    from src.data.demo import make_demo_dataset
     if a.data == "./data/demo/train" and not os.path.isdir(a.data):
         make_demo_dataset("./data/demo")
     if a.recipe == "ours":

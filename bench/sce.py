@@ -18,10 +18,10 @@ import torch
 
 import main_sce
 from bench.common import machine, peak_memory_mb, report
-from src.run import dist
 from src.augment.recipes import sce_recipe
-from src.run.logging import ProgressLogger
 from src.optim import LARS
+from src.run import dist
+from src.run.logging import ProgressLogger
 
 LOCAL_SIZES, LOCAL_MIN, LOCAL_MAX = (192, 160, 128, 96), (0.172, 0.143, 0.114, 0.086), (0.86, 0.715, 0.571, 0.429)
 

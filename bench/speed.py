@@ -64,8 +64,9 @@ def official_swav_transform(size_crops=(224, 96), nmb_crops=(2, 6), min_scale=(0
 
 def official_moco_v2_transform():
     """MoCo v2's ``augmentation`` (``--aug-plus``) applied twice (TwoCropsTransform)."""
-    from src.augment.image import GaussianBlur
     from torchvision import transforms as T
+
+    from src.augment.image import GaussianBlur
 
     t = T.Compose([T.RandomResizedCrop(224, scale=(0.2, 1.0)),
                    T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), T.RandomGrayscale(p=0.2),
@@ -193,13 +194,13 @@ def make_step(method, arch, batch_size, sizes, nmb, device, device_aug, amp, cha
     ``extra_args``: more script flags (e.g. ``--mode sela``). ``info``: the DistInfo the script's builders see
     (default: one process, no group); give a ``distributed=True`` one, under an initialised process group, for the
     DDP / SyncBN path. The callable's ``model`` attribute is the module the script checkpoints."""
-    from src.run import dist
-    from src.run.args import autocast_dtype
     from src.augment.device import MultiCropAugment
     from src.augment.recipes import moco_views, sce_views, swav_views
-    from src.augment.views import relative_blur_scale, scaled_blur
-    from src.run.logging import ProgressLogger
     from src.augment.split import DeviceLoader
+    from src.augment.views import relative_blur_scale, scaled_blur
+    from src.run import dist
+    from src.run.args import autocast_dtype
+    from src.run.logging import ProgressLogger
 
     info = info or dist.DistInfo(rank=0, world_size=1, local_rank=0, device=device, distributed=False, backend=None,
                                  launcher="none")
@@ -212,8 +213,7 @@ def make_step(method, arch, batch_size, sizes, nmb, device, device_aug, amp, cha
         import main_deepclusterv2
         import main_swav
         from src.methods.deepcluster import MemoryBank
-        from src.methods.swav import LossWatch, SwAVModel, uniform_loss
-        from src.methods.swav import prepare_model
+        from src.methods.swav import LossWatch, SwAVModel, prepare_model, uniform_loss
         from src.optim import swav_optimizer
 
         script = main_swav if method == "swav" else main_deepclusterv2
@@ -260,8 +260,8 @@ def make_step(method, arch, batch_size, sizes, nmb, device, device_aug, amp, cha
                                                       max_steps, args, device, logger)
     elif method == "sce_video":
         import main_sce
-        from src.optim import LARS
         from src.augment.video import sce_clip_split_views
+        from src.optim import LARS
 
         args = main_sce.parse_args(["--modality", "video", "--data_path", "x", "--arch", arch, "--batch_size",
                                     str(batch_size), "--queue_size", str(32 * batch_size), "--num_frames", str(frames),
@@ -316,9 +316,9 @@ def make_backbone_step(arch, batch_size, sizes, nmb, device, amp, channels_last,
     """The ceiling: the trunk's forward + backward on the same crops (one pass per resolution), no head, no loss;
     clips of ``frames`` frames for a video trunk. ``key_nmb`` (one count per size, or None): crops that a momentum
     encoder only embeds, forwarded under no_grad after the others (MoCo's key view, SCE's two global targets)."""
-    from src.run.args import autocast_dtype
     from src.augment.device import layout
     from src.models import build_backbone
+    from src.run.args import autocast_dtype
     from src.run.speed import maybe_compile, to_channels_last
 
     trunk = to_channels_last(build_backbone(arch)[0].to(device), channels_last)

@@ -18,12 +18,11 @@ import torch
 
 import main_swav
 from bench.common import machine, peak_memory_mb, report
+from src.methods.swav import LossWatch, SwAVModel, SwAVQueue, prepare_model
+from src.optim import swav_optimizer
 from src.run import dist
 from src.run.args import autocast_dtype
 from src.run.logging import ProgressLogger
-from src.methods.swav import LossWatch, SwAVModel, SwAVQueue
-from src.methods.swav import prepare_model
-from src.optim import swav_optimizer
 
 
 def bench_step(arch, batch_size, size_crops, nmb_crops, steps, amp, device, nmb_prototypes=3000, queue_length=0):

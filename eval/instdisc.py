@@ -24,13 +24,13 @@ import argparse
 
 import torch
 
-from src.run.args import ArgumentParser, amp_dtype
+from src.data.pairs import PositivePairDataset
+from src.evaluation.pair_eval import add_pair_eval_args, build_trunk, embed_views, results_file, write_json
+from src.metrics import instdisc_topk
 from src.run import dist
+from src.run.args import ArgumentParser, amp_dtype
 from src.run.errors import UserError
 from src.run.launch import exit_on_user_error
-from src.metrics import instdisc_topk
-from src.evaluation.pair_eval import add_pair_eval_args, build_trunk, embed_views, results_file, write_json
-from src.data.pairs import PositivePairDataset
 
 MODES = ("d-sd", "sd-sd")
 

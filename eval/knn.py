@@ -42,18 +42,18 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from src.run.args import ArgumentParser, add_amp_args, add_arg, amp_dtype
 from src.augment.image import eval_transform
 from src.data.folders import SafeImageFolder
-from src.run import dist
-from src.run.errors import UserError
-from src.run.launch import exit_on_user_error
 from src.evaluation.features import iter_features
-from src.metrics import (REP_SPACES, StreamingKNN, best_nn_from_candidates, feature_mean, feature_sum,
-                         merge_candidates, transform_rep, weighted_knn_from_candidates)
-from src.models import KNOWN_ARCHS, build_backbone
 from src.evaluation.pair_eval import results_file, write_json
 from src.evaluation.pretrained import TRUST_HELP, checkpoint_arch, load_trunk, read_checkpoint
+from src.metrics import (REP_SPACES, StreamingKNN, best_nn_from_candidates, feature_mean, feature_sum, merge_candidates,
+                         transform_rep, weighted_knn_from_candidates)
+from src.models import KNOWN_ARCHS, build_backbone
+from src.run import dist
+from src.run.args import ArgumentParser, add_amp_args, add_arg, amp_dtype
+from src.run.errors import UserError
+from src.run.launch import exit_on_user_error
 
 
 def get_args_parser(add_help=False):

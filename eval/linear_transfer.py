@@ -48,6 +48,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import precision_recall_curve
 
 from src.augment.views import IMAGENET_MEAN, IMAGENET_STD
+from src.data.transfer import DATASETS, METRIC_NAMES, carve_val, check_layout, load_dataset, resolve_names
 from src.evaluation.features import extract_features
 from src.evaluation.pair_eval import build_trunk
 from src.evaluation.pretrained import add_pretrained_args
@@ -56,7 +57,6 @@ from src.run.args import ArgumentParser, add_arg
 from src.run.checkpoint import atomic_write, check_writable, save_checkpoint
 from src.run.errors import UserError
 from src.run.launch import exit_on_user_error
-from src.data.transfer import DATASETS, METRIC_NAMES, carve_val, check_layout, load_dataset, resolve_names
 
 
 def reference_grid(n=45):

@@ -25,19 +25,19 @@ import os
 
 import torch
 
-from src.run.args import ArgumentParser, add_amp_args, add_arg, amp_dtype
 from src.augment.image import eval_transform
 from src.data.folders import SafeImageFolder
-from src.run import dist
-from src.run.errors import UserError
-from src.run.launch import exit_on_user_error
+from src.data.video.build import VideoEval, ViewAverage, add_video_eval_args, bank_sets
 from src.evaluation.features import extract_features
-from src.metrics import RETRIEVAL_KS, retrieval_at_k
 from src.evaluation.pair_eval import build_trunk, write_json
 from src.evaluation.pretrained import add_pretrained_args
+from src.metrics import RETRIEVAL_KS, retrieval_at_k
+from src.run import dist
+from src.run.args import ArgumentParser, add_amp_args, add_arg, amp_dtype
 from src.run.checkpoint import check_writable, load_checkpoint, save_checkpoint
+from src.run.errors import UserError
 from src.run.health import check_finite_features
-from src.data.video.build import VideoEval, ViewAverage, add_video_eval_args, bank_sets
+from src.run.launch import exit_on_user_error
 
 
 def get_args_parser(add_help=False):

@@ -32,13 +32,13 @@ import argparse
 
 import torch
 
-from src.run.args import ArgumentParser, add_arg, amp_dtype
+from src.data.pairs import PositivePairDataset
+from src.evaluation.pair_eval import add_pair_eval_args, build_trunk, embed_views, results_file, write_json
+from src.metrics import align, intra_class_align, uniformity
 from src.run import dist
+from src.run.args import ArgumentParser, add_arg, amp_dtype
 from src.run.errors import UserError
 from src.run.launch import exit_on_user_error
-from src.metrics import align, intra_class_align, uniformity
-from src.evaluation.pair_eval import add_pair_eval_args, build_trunk, embed_views, results_file, write_json
-from src.data.pairs import PositivePairDataset
 
 COLUMNS = ("D-SD align", "SD-SD align", "D cls-align", "SD cls-align", "D uniform", "SD uniform")
 KEYS = ("d_sd_align", "sd_sd_align", "d_cls_align", "sd_cls_align", "d_uniform", "sd_uniform")

@@ -29,15 +29,15 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.svm import LinearSVC
 
-from src.run.args import ArgumentParser, add_amp_args, add_arg, amp_dtype
 from src.augment.image import eval_transform
-from src.run import dist
-from src.run.errors import UserError
-from src.run.launch import exit_on_user_error
+from src.data.voc import VOCImages, find_voc_dir, read_split, voc_ap, voc_classes
 from src.evaluation.features import extract_features
 from src.evaluation.pair_eval import build_trunk, results_file, write_json
 from src.evaluation.pretrained import add_pretrained_args
-from src.data.voc import VOCImages, find_voc_dir, read_split, voc_ap, voc_classes
+from src.run import dist
+from src.run.args import ArgumentParser, add_amp_args, add_arg, amp_dtype
+from src.run.errors import UserError
+from src.run.launch import exit_on_user_error
 
 
 def get_args_parser(add_help=False):

@@ -43,13 +43,13 @@ import re
 
 import numpy as np
 
-from src.run.args import add_arg
-from src.run.errors import UserError
-from src.run.launch import exit_on_user_error
+from src.evaluation.pretrained import add_pretrained_args, checkpoint_arch, load_trunk, read_checkpoint
 from src.models import build_backbone
 from src.models.resnet import RESNET_CONFIGS
-from src.evaluation.pretrained import add_pretrained_args, checkpoint_arch, load_trunk, read_checkpoint
+from src.run.args import add_arg
 from src.run.checkpoint import atomic_write
+from src.run.errors import UserError
+from src.run.launch import exit_on_user_error
 
 _STEM = re.compile(r"^(conv1|bn1)\.(\w+)$")
 _BLOCK = re.compile(r"^layer([1-4])\.(\d+)\.(conv[1-3]|bn[1-3]|downsample\.[01])\.(\w+)$")

@@ -24,11 +24,11 @@ import os
 
 import torch
 
+from src.evaluation.pretrained import TRUST_HELP, read_checkpoint
+from src.models import KNOWN_ARCHS, SMALL_ARCHS, TV_SMALL_ARCHS, VIDEO_ARCHS, build_backbone
+from src.run.checkpoint import save_checkpoint
 from src.run.errors import UserError
 from src.run.launch import exit_on_user_error
-from src.models import KNOWN_ARCHS, SMALL_ARCHS, TV_SMALL_ARCHS, VIDEO_ARCHS, build_backbone
-from src.evaluation.pretrained import TRUST_HELP, read_checkpoint
-from src.run.checkpoint import save_checkpoint
 
 # SEED / SSL-small architecture names that differ from ours: SSL-small's DeiT-Tiny is ``vit_tiny`` there,
 # our ``deit_tiny`` (our ``vit_tiny`` is torchvision's ViT-Ti, which no SEED student uses).

@@ -28,13 +28,13 @@ import os
 
 import numpy as np
 
-from src.run.args import ArgumentParser, add_arg, amp_dtype
+from src.data.pairs import PositivePairDataset
+from src.evaluation.pair_eval import add_pair_eval_args, build_trunk, embed_views
 from src.run import dist
+from src.run.args import ArgumentParser, add_arg, amp_dtype
+from src.run.checkpoint import check_writable
 from src.run.errors import UserError
 from src.run.launch import exit_on_user_error
-from src.run.checkpoint import check_writable
-from src.evaluation.pair_eval import add_pair_eval_args, build_trunk, embed_views
-from src.data.pairs import PositivePairDataset
 
 
 def get_args_parser(add_help=False):

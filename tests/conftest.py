@@ -19,3 +19,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False,
+                     help="also run the tests marked slow (the fault matrix over every training script); "
+                          "SSL_SLOW_TESTS=1 does the same")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a variant of a test that runs by default; selected with --runslow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow") or os.environ.get("SSL_SLOW_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow variant: run with --runslow (or SSL_SLOW_TESTS=1)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -19,8 +19,8 @@ import main_moco
 import main_sce
 import main_swav
 import main_transfer
-from src.run.args import ArgumentParser
 from src.models import build_backbone
+from src.run.args import ArgumentParser
 from src.run.launch import cli
 from tests.helpers import ROOT, py, tiny_dataset
 

@@ -3,7 +3,6 @@ import json
 
 import pytest
 import torch
-
 from helpers import assert_ok, py, run
 
 N, DIM, QUERIES, K = 20000, 64, 200, 5

@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-
 from helpers import assert_ok, one_error_line, py, run
-from src.run.checkpoint import save_checkpoint
-from src.run.errors import UserError
-from src.models import build_backbone
+
 from src.methods.moco import MoCo
 from src.methods.sce import SCE
+from src.models import build_backbone
+from src.run.checkpoint import save_checkpoint
+from src.run.errors import UserError
 
 convert = importlib.import_module("experiments.convert-detectron2")
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -11,9 +11,9 @@ from torch.utils.data import DistributedSampler
 from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
-from src.data.folders import (FlatImageFolder, ResumableSampler, SafeImageFolder, build_dataset, build_loader,
-                      resolve_split)
 from src.data.demo import SHAPES, make_demo_dataset
+from src.data.folders import (FlatImageFolder, ResumableSampler, SafeImageFolder, build_dataset, build_loader,
+                              resolve_split)
 from src.run.errors import UserError
 
 TINY = dict(num_classes=3, train_per_class=4, val_per_class=2, size=32, seed=0)

@@ -7,10 +7,10 @@ import signal
 import numpy as np
 import pytest
 import torch
+from helpers import assert_ok, free_port, one_error_line, py, run
 from PIL import Image
 
 import eval_linear
-from helpers import assert_ok, free_port, one_error_line, py, run
 
 
 @pytest.fixture(scope="module")

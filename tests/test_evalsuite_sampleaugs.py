@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from src.run.errors import UserError
 from src.augment.pairs import IOU_RANGES, MEAN_FILL, box_iou, masked_views, sample_box_pair
 from src.data.pairs import PositivePairDataset, split_view_name
+from src.run.errors import UserError
 from tests.helpers import assert_ok, py, run, tiny_dataset
 
 sample_augs = importlib.import_module("experiments.sample-augs")

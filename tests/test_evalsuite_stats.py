@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from src.run.errors import UserError
 from src.metrics import align, instdisc_topk, intra_class_align, uniformity
+from src.run.errors import UserError
 
 
 def _unit(n, d, seed):

@@ -104,7 +104,12 @@ def _load(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-@pytest.mark.parametrize("script", list(SCRIPTS))
+# By default one script (DeepCluster-v2 / SeLa-v2: the most state, incl. per-rank side files) runs the whole matrix;
+# every script's own resume and stop tests run by default too (test_*_train.py). --runslow runs all five here.
+DEFAULT = "main_deepclusterv2.py"
+
+
+@pytest.mark.parametrize("script", [s if s == DEFAULT else pytest.param(s, marks=pytest.mark.slow) for s in SCRIPTS])
 def test_kill_one_rank_then_sigterm_the_group_then_resume_bit_for_bit(script, data, tmp_path):
     full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
     assert_ok(run(py(*SCRIPTS[script](data, full), *TWO)))

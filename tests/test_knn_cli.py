@@ -7,9 +7,8 @@ import types
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from helpers import assert_ok, last_lines, one_error_line, py, run
+from PIL import Image
 
 LAST_LINE = re.compile(r"^best-NN=\d+\.\d\d%, k=\d+\.$")
 WEIGHTED = re.compile(r"^weighted kNN \(k=20, T=0\.07, cosine\) top-1: \d+\.\d\d%$")
@@ -95,8 +94,8 @@ def _extracted(args, model):
 def test_in_process_shards_match_metrics(tiny):
     """run_shard on 2 shards in batches of 3, merged, equals best_nn / weighted_knn on features extracted in
     batches of 5: shift-norm uses the training-set and val-set means, so batching does not matter."""
-    from eval.knn import build_datasets, build_model, get_args_parser, run_knn, run_shard, shard_bounds, shard_sum, \
-        summarize
+    from eval.knn import (build_datasets, build_model, get_args_parser, run_knn, run_shard, shard_bounds, shard_sum,
+                          summarize)
     from src.metrics import best_nn, feature_mean, weighted_knn
 
     args = get_args_parser().parse_args([tiny.data, "-a", "resnet18", "--rep-space", "shift-norm", "-g", "2",

@@ -11,12 +11,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from helpers import ROOT, one_error_line, py, run
 from PIL import Image
 from scipy.optimize import minimize
 from sklearn.linear_model import LogisticRegression
 
 from eval import linear_transfer as lt
-from helpers import ROOT, one_error_line, py, run
 from src.data.transfer import carve_val, load_dataset, resolve_names
 
 pytestmark = pytest.mark.usefixtures("one_thread")

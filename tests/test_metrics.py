@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from src.run.errors import UserError
 from src.metrics import (StreamingKNN, accuracy, best_nn, best_nn_from_candidates, feature_mean, feature_sum,
                          knn_candidates, merge_candidates, transform_rep, weighted_knn, weighted_knn_from_candidates)
+from src.run.errors import UserError
 
 
 def _ref_transform(x, rep_space, batch_size=None):

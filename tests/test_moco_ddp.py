@@ -6,9 +6,9 @@ import torch
 import torch.multiprocessing as mp
 
 import main_moco
+from src.optim import moco_lr_schedule
 from src.run import dist
 from src.run.logging import ProgressLogger
-from src.optim import moco_lr_schedule
 from tests.helpers import free_port
 
 B, STEPS = 4, 2  # per-rank batch, optimizer steps

@@ -4,10 +4,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.run.errors import UserError
 from src.methods.common import (KeyQueue, SplitBatchNorm, batch_shuffle, batch_unshuffle, check_queue_size,
                                 convert_split_bn, copy_params, momentum_update)
 from src.methods.moco import MoCo
+from src.run.errors import UserError
 
 
 def test_queue_fifo_and_wraparound():
@@ -93,6 +93,7 @@ def test_moco_heads_and_mlp_flag():
     """--mlp alone is MoCo v2's MLP; --mlp KIND picks SSL-small's variants or the BN head; a folder after
     --mlp is still read as the dataset."""
     import torch
+
     from main_moco import get_args_parser, moco_head
     from src.models.heads import build_moco_head
 

@@ -11,12 +11,12 @@ from PIL import Image
 from torch import nn
 
 import main_moco
-from src.run import dist
 from src.augment.crops import MultiScaleCrops, box_intersection, constrained_box, rrc_box
 from src.augment.image import MultiCropTransform, autoaugment_or
-from src.run.logging import ProgressLogger
 from src.losses import knn_positive_loss
 from src.optim import moco_lr_schedule
+from src.run import dist
+from src.run.logging import ProgressLogger
 from tests.helpers import SYNC_RE, assert_ok, free_port, py, run, tiny_dataset
 
 CPU = dist.DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), distributed=False, backend=None,

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torchvision
 
-from src.run.errors import UserError
-from src.models import build_backbone
 from src.evaluation.pretrained import checkpoint_arch, extract_trunk_state, load_trunk, read_checkpoint
+from src.models import build_backbone
+from src.run.errors import UserError
 
 
 def _trunk(arch="resnet18", seed=0):

@@ -14,12 +14,12 @@ Layouts (spec moco.md B.5/B.6, swav.md A.14, sce.md section 4):
 import pytest
 import torch
 import torchvision
+from helpers import one_error_line, py, run
 from PIL import Image
 
-from helpers import one_error_line, py, run
-from src.run.errors import UserError
-from src.models import build_backbone
 from src.evaluation.pretrained import add_pretrained_args, load_trunk, summarize_keys
+from src.models import build_backbone
+from src.run.errors import UserError
 
 
 def _torchvision(arch="resnet18", seed=0):

@@ -11,15 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-from src.run.args import MOMENTUM, POSITIVE, POSITIVE_INT, ArgumentParser, add_arg
 from src.augment.image import to_rgb
 from src.data.folders import SafeImageFolder
-from src.run.errors import UserError
-from src.run.logging import JsonLog
 from src.evaluation.pretrained import read_checkpoint
+from src.run.args import MOMENTUM, POSITIVE, POSITIVE_INT, ArgumentParser, add_arg
 from src.run.checkpoint import (check_writable, load_checkpoint, load_rank_file, remove_stale_temp_files,
                                 save_checkpoint, save_rank_file)
+from src.run.errors import UserError
 from src.run.health import Health, NonFiniteError, check_finite_features
+from src.run.logging import JsonLog
 
 CPU = torch.device("cpu")
 

@@ -10,12 +10,11 @@ import torch.multiprocessing as mp
 
 import main_sce
 import src.methods.sce as sce_mod
-from src.run import dist
-from src.run.logging import ProgressLogger
 from src.models.heads import build_mlp
 from src.optim import LARS
+from src.run import dist
+from src.run.logging import ProgressLogger
 from tests.helpers import free_port
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread per module
 

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from src.losses import infonce_loss, sce_loss, sce_target
 from src.methods.sce import momentum_schedule, multicrop_sce_loss, num_loss_pairs
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread per module
 
 

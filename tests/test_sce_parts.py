@@ -8,13 +8,12 @@ from PIL import Image
 from torch import nn
 
 import main_sce
-from src.run import dist
 from src.augment.recipes import sce_recipe
-from src.run.logging import ProgressLogger
+from src.evaluation.pretrained import load_trunk
 from src.methods.sce import SCE
 from src.models import build_backbone
-from src.evaluation.pretrained import load_trunk
-
+from src.run import dist
+from src.run.logging import ProgressLogger
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread per module
 

@@ -13,11 +13,11 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from src.run import dist
-from src.run.errors import UserError
 from src.losses import sinkhorn_equipartition
 from src.methods.deepcluster import MemoryBank, balanced_rounding, cluster_memory, sela_labels
 from src.methods.swav import SwAVModel
+from src.run import dist
+from src.run.errors import UserError
 from tests.helpers import free_port
 
 

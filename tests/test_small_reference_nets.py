@@ -17,13 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.run.errors import UserError
+from src.evaluation.pretrained import load_trunk
 from src.methods.moco import MoCo, load_for_restart
 from src.models import build_backbone
 from src.models.deit import Attention, Patchify
 from src.models.efficientnet import Conv2dSame, drop_connect
 from src.models.mobilenetv3 import SqueezeExcite
-from src.evaluation.pretrained import load_trunk
+from src.run.errors import UserError
 from tests.helpers import assert_ok, py, run, tiny_dataset
 
 DIMS = {"mobilenetv3_small": 1024, "mobilenetv3_large": 1280, "efficientnet_b0": 1280, "deit_tiny": 192,

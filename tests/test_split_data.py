@@ -10,7 +10,6 @@ from src.augment.device import MultiCropAugment
 from src.augment.recipes import sce_recipe, swav_recipe, swav_views
 from src.augment.split import CropsToUint8, DeviceLoader, device_loader, draft_scale
 from src.data.folders import build_dataset
-
 from tests.helpers import assert_ok, one_error_line, py, run, tiny_dataset
 
 

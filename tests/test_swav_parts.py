@@ -6,13 +6,13 @@ import torch
 import torch.nn.functional as F
 
 import main_swav
-from src.run import dist
-from src.run.errors import UserError
-from src.run.logging import ProgressLogger
 from src.losses import distributed_sinkhorn, swav_loss
 from src.methods.swav import LossWatch, SwAVModel, SwAVQueue, code_entropies, prepare_model, resolution_groups
 from src.optim import swav_optimizer
+from src.run import dist
+from src.run.errors import UserError
 from src.run.health import Health
+from src.run.logging import ProgressLogger
 
 CPU = dist.DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), distributed=False, backend=None,
                     launcher="none")

@@ -11,9 +11,9 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from src.run import dist
 from src.losses import distributed_sinkhorn
 from src.methods.deepcluster import gather_assignments, sela_labels, spherical_kmeans
+from src.run import dist
 from tests.helpers import free_port
 
 

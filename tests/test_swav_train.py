@@ -7,7 +7,6 @@ import torch
 
 import main_swav
 from src.run.launch import exit_on_user_error
-
 from tests.helpers import SYNC_RE, assert_ok, free_port, one_error_line, py, run, tiny_dataset
 
 # the official flags with small sizes: resnet18 (ImageNet stem) on 32 + 16 px crops, 12 prototypes

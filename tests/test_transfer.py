@@ -9,10 +9,10 @@ import struct
 import numpy as np
 import pytest
 import torch
+from helpers import one_error_line, py, run
 from PIL import Image
 
 import main_transfer
-from helpers import one_error_line, py, run
 from src.data.cifar import CifarPickleDataset, read_pickle
 from src.run.errors import UserError
 

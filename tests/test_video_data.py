@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
+from src.augment.video import VIDEO_MEAN, VIDEO_STD, ClipAugment, ClipTestTransform, sce_clip_views
 from src.data.video.clips import (ConstantClipsSampler, RandomMultiClipSampler, difference_pairs, temporal_difference,
-                             uniform_indices)
+                                  uniform_indices)
 from src.data.video.dataset import VideoDataset, video_folder_samples
 from src.data.video.demo import make_video_demo, write_frame_folder, write_video
 from src.data.video.io import PyAVVideo, open_video
 from src.data.video.splits import split_samples
-from src.augment.video import VIDEO_MEAN, VIDEO_STD, ClipAugment, ClipTestTransform, sce_clip_views
 
 FPS, SECONDS, H, W = 25, 4.0, 64, 96
 N = int(FPS * SECONDS)

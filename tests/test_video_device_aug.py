@@ -5,11 +5,10 @@ import pytest
 import torch
 
 from src.augment.device import MultiCropAugment, apply_view
+from src.augment.split import DeviceLoader
+from src.augment.video import VIDEO_MEAN, VIDEO_STD, ClipAugment, ClipCropToUint8, sce_clip_split_views, sce_clip_views
 from src.models import build_backbone
 from src.run.speed import to_channels_last
-from src.augment.split import DeviceLoader
-from src.augment.video import (VIDEO_MEAN, VIDEO_STD, ClipAugment, ClipCropToUint8, sce_clip_split_views,
-                                  sce_clip_views)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,7 +7,6 @@ from torch import nn
 from src.models import KNOWN_ARCHS, VIDEO_ARCHS, build_backbone
 from src.models.r3d import BasicBlock3d, Bottleneck3d
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread per module
 
 

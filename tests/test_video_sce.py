@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import main_sce
-from src.run.errors import UserError
-from src.models import build_backbone
 from src.data.video.demo import make_video_demo
+from src.models import build_backbone
+from src.run.errors import UserError
 from tests.helpers import SYNC_RE, assert_ok, free_port, one_error_line, py, run
 
 SMALL = ["--modality", "video", "--num_frames", "4", "--size_crops", "32", "--feat_dim", "16", "--proj_hidden_dim",

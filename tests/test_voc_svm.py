@@ -6,11 +6,11 @@ import re
 
 import numpy as np
 import pytest
+from helpers import assert_ok, py, run
 from PIL import Image
 
-from helpers import assert_ok, py, run
-from src.run.errors import UserError
 from src.data.voc import find_voc_dir, read_split, voc_ap, voc_classes
+from src.run.errors import UserError
 
 CLASSES = ["bird", "car", "dog"]  # a VOC-style subset; each is drawn as one colour
 
@@ -94,8 +94,9 @@ def test_labels_from_class_files_and_from_annotations(tmp_path):
 
 def test_voc_svm_cli(tmp_path):
     write_voc(tmp_path / "voc")
-    from src.models import build_backbone
     import torch
+
+    from src.models import build_backbone
 
     torch.manual_seed(0)
     trunk, _ = build_backbone("resnet18")

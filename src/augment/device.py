@@ -35,7 +35,6 @@ tensors used in ``torch.where`` blends, never Python branches on values.
 import torch
 import torch.nn.functional as F
 
-
 LUMA = (0.2989, 0.587, 0.114)  # ITU-R 601-2, the weights of torchvision's rgb_to_grayscale
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3  # op ids in a jitter order
 

@@ -23,13 +23,12 @@ import torch.nn.functional as F
 import torchvision.transforms as T
 from torch import nn
 
-from src.run import dist
-from src.run.errors import UserError
 from src.augment.views import IMAGENET_MEAN
-from src.data.folders import sample_seed
-from src.data.folders import build_loader
+from src.data.folders import build_loader, sample_seed
 from src.evaluation.features import iter_features
 from src.metrics import topk_hits
+from src.run import dist
+from src.run.errors import UserError
 from src.run.health import check_finite_features
 from src.run.speed import autocast
 

@@ -9,13 +9,13 @@ import os
 import torch
 import torch.nn.functional as F
 
-from src.run.args import add_amp_args, add_arg
-from src.run.errors import UserError
-from src.evaluation.features import extract_features
-from src.models import KNOWN_ARCHS, build_backbone
 from src.data.pairs import VIEW_SETS
+from src.evaluation.features import extract_features
 from src.evaluation.pretrained import TRUST_HELP, checkpoint_arch, load_trunk, read_checkpoint
+from src.models import KNOWN_ARCHS, build_backbone
+from src.run.args import add_amp_args, add_arg
 from src.run.checkpoint import atomic_write, check_writable
+from src.run.errors import UserError
 
 
 def add_pair_eval_args(parser, per_class_default, per_class_help):

@@ -15,10 +15,9 @@ non-head keys under the prefix) and logs one line saying what was loaded and wha
 Files are read with ``weights_only=True``; pickled objects are only unpickled when the user says
 the file is trusted (``--trust-checkpoint``).
 """
+import argparse
 import os
 import re
-
-import argparse
 
 import torch
 

@@ -17,9 +17,9 @@ the cross-entropy of every crop's prototype scores against its image's label, av
 import torch
 import torch.nn.functional as F
 
+from src.losses import sinkhorn_equipartition
 from src.run import dist
 from src.run.errors import UserError
-from src.losses import sinkhorn_equipartition
 
 IGNORE = -100  # label of images not in any bank (cross-entropy's ignore_index)
 

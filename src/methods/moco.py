@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.models import build_backbone
-from src.run.errors import UserError
-from src.models.heads import build_moco_head
 from src.methods.common import KeyQueue, batch_shuffle, batch_unshuffle, convert_split_bn, copy_params
+from src.models import build_backbone
+from src.models.heads import build_moco_head
+from src.run.errors import UserError
 
 
 class MoCo(nn.Module):

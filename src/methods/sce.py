@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.losses import sce_loss
+from src.methods.common import KeyQueue, copy_params, momentum_update, resolution_groups
 from src.models import build_backbone
 from src.models.heads import build_mlp
-from src.methods.common import KeyQueue, copy_params, momentum_update, resolution_groups
 
 
 def build_projector(in_dim, hidden_dim=4096, out_dim=256):

@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.methods.common import resolution_groups
+from src.models import build_backbone
+from src.models.heads import build_mlp
 from src.run import dist
 from src.run.errors import UserError
 from src.run.speed import maybe_compile, to_channels_last
-from src.models import build_backbone
-from src.models.heads import build_mlp
 
 
 class SwAVModel(nn.Module):

@@ -12,13 +12,13 @@ lucidrains-style ViT), with their parameter names, so SEED-distilled students lo
 ``tv_mobilenetv3_small``, ``tv_mobilenetv3_large``, ``tv_efficientnet_b0`` and ``vit_tiny`` are
 torchvision's networks with the same representation widths.
 """
-from src.run.errors import UserError
-from src.models.r3d import R3D_CONFIGS, build_r3d
-from src.models.resnet import RESNET_CONFIGS, build_resnet
 from src.models.deit import REFERENCE_IMAGE_SIZE, DeiTTiny
 from src.models.efficientnet import EfficientNetB0
 from src.models.mobilenetv3 import MobileNetV3
+from src.models.r3d import R3D_CONFIGS, build_r3d
+from src.models.resnet import RESNET_CONFIGS, build_resnet
 from src.models.small import TorchvisionEfficientNetB0, TorchvisionMobileNetV3, TorchvisionViTTiny
+from src.run.errors import UserError
 
 VIDEO_ARCHS = tuple(R3D_CONFIGS)  # r3d_tiny, r3d18, r3d50: (B, 3, T, H, W) clips
 SMALL_ARCHS = ("mobilenetv3_small", "mobilenetv3_large", "efficientnet_b0", "deit_tiny")  # SSL-small / SEED builds

@@ -16,7 +16,6 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 
-
 def init_conv_bn(module):
     """torchvision's / pytorchvideo's ResNet init, in module order: kaiming-normal (fan_out, relu) for every 2D / 3D
     convolution, weight 1 and bias 0 for every 2D / 3D BatchNorm."""

@@ -30,11 +30,11 @@ import subprocess
 import torch
 
 from src.run import dist
+from src.run.checkpoint import (check_writable, load_checkpoint, load_rank_file, load_state_strict,
+                                remove_stale_temp_files, save_checkpoint, save_rank_file, set_rng_state)
 from src.run.errors import UserError
-from src.run.logging import JsonLog, ProgressLogger, print_rank0
-from src.run.checkpoint import (check_writable, load_checkpoint, load_rank_file, load_state_strict, remove_stale_temp_files,
-                         save_checkpoint, save_rank_file, set_rng_state)
 from src.run.health import Health
+from src.run.logging import JsonLog, ProgressLogger, print_rank0
 from src.run.signals import process_stop_signal
 from src.run.sync import check_ranks_in_sync, gather_rng_states
 

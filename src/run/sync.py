@@ -3,8 +3,8 @@ replicated state (weights, queues) is identical on every rank."""
 import torch
 
 from src.run import dist
-from src.run.logging import print_rank0
 from src.run.checkpoint import rng_state
+from src.run.logging import print_rank0
 
 
 def gather_rng_states(device):

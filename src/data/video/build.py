@@ -14,12 +14,12 @@ from dataclasses import dataclass, fields
 
 from torch import nn
 
-from src.run.args import add_arg
-from src.run.errors import UserError
+from src.augment.video import ClipTestTransform, eval_train_transform, sce_clip_split_views, sce_clip_views
 from src.data.video.clips import ConstantClipsSampler, RandomMultiClipSampler
 from src.data.video.dataset import VideoDataset, video_folder_samples
 from src.data.video.splits import split_samples
-from src.augment.video import ClipTestTransform, eval_train_transform, sce_clip_split_views, sce_clip_views
+from src.run.args import add_arg
+from src.run.errors import UserError
 
 
 def video_samples(root, split, splits_dir="", split_id=1):

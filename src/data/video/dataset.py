@@ -22,11 +22,10 @@ import sys
 import numpy as np
 import torch
 
-from src.data.folders import MAX_CONSECUTIVE_FAILURES, fork_rng, sample_seed
-from src.data.folders import class_folder_samples
-from src.run.errors import UserError
+from src.data.folders import MAX_CONSECUTIVE_FAILURES, class_folder_samples, fork_rng, sample_seed
 from src.data.video.clips import difference_pairs, temporal_difference, uniform_indices
 from src.data.video.io import VIDEO_EXTENSIONS, VideoError, list_videos, load_frame, open_video
+from src.run.errors import UserError
 
 _LAYOUT_HINT = ("pass the folder that holds train/ (and val/), one subfolder per class with video files or "
                 "folders of frames")
