@@ -39,3 +39,27 @@ def report(title, rows, path):
 
 def _fmt(v):
     return f"{v:.1f}" if isinstance(v, float) else str(v)
+
+
+DEMO_TRAIN = "./data/demo/train"
+
+
+def add_io_args(p, name, data_samples):
+    """The flags every per-method bench shares: ``--amp --device --data --data-samples --output``."""
+    p.add_argument("--amp", default="none", choices=["none", "fp16", "bf16"])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--data", default=DEMO_TRAIN, help="images for the data-pipeline measurement")
+    p.add_argument("--data-samples", type=int, default=data_samples)
+    p.add_argument("--output", default=f"bench/results/{name}.json")
+
+
+def per_arch(values, archs):
+    """One value per architecture: the list itself, or its first value repeated."""
+    return values if len(values) == len(archs) else [values[0]] * len(archs)
+
+
+def ensure_demo_data(path):
+    """Build the demo images when the default ``--data`` is asked for and missing."""
+    if path == DEMO_TRAIN and not os.path.isdir(path):
+        from src.data.demo import make_demo_dataset
+        make_demo_dataset(os.path.dirname(DEMO_TRAIN))

@@ -21,7 +21,7 @@ import time
 import torch
 
 import main_moco
-from bench.common import machine, peak_memory_mb, report
+from bench.common import add_io_args, ensure_demo_data, machine, peak_memory_mb, per_arch, report
 from src.augment.recipes import moco_recipe
 from src.optim import moco_lr_schedule
 from src.run import dist
@@ -108,25 +108,17 @@ def main():
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--crop-size", type=int, nargs="*", default=[64, 224], help="one per arch")
     p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--amp", default="none", choices=["none", "fp16", "bf16"])
     p.add_argument("--recipe", default="v2", choices=["v2", "small", "ours"],
                    help="v2: MoCo v2; small: SSL-small (wide head); ours: Revisiting multi-crop + kNN loss")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--data", default="./data/demo/train", help="images for the data-pipeline measurement")
-    p.add_argument("--data-samples", type=int, default=300)
-    p.add_argument("--output", default="bench/results/moco.json")
+    add_io_args(p, "moco", data_samples=300)
     a = p.parse_args()
     device = torch.device(a.device)
-    sizes = a.crop_size if len(a.crop_size) == len(a.arch) else [a.crop_size[0]] * len(a.arch)
+    sizes = per_arch(a.crop_size, a.arch)
     rows = []
     for arch, size in zip(a.arch, sizes):
         batch = a.batch_size if size <= 96 or device.type == "cuda" else max(a.batch_size // 4, 8)
         rows.append(bench_step(arch, batch, size, a.steps, a.amp, device, recipe=a.recipe))
-    import os
-
-    from src.data.demo import make_demo_dataset
-    if a.data == "./data/demo/train" and not os.path.isdir(a.data):
-        make_demo_dataset("./data/demo")
+    ensure_demo_data(a.data)
     if a.recipe == "ours":
         rows.append(bench_data(a.data, 160, a.data_samples // 3, recipe="ours"))
     else:

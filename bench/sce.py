@@ -10,14 +10,13 @@ enqueue), fed with pre-made batches so the loader does not count. 6 crops are th
 one worker) is timed separately on the demo images.
 """
 import argparse
-import os
 import time
 
 import numpy as np
 import torch
 
 import main_sce
-from bench.common import machine, peak_memory_mb, report
+from bench.common import add_io_args, ensure_demo_data, machine, peak_memory_mb, per_arch, report
 from src.augment.recipes import sce_recipe
 from src.optim import LARS
 from src.run import dist
@@ -87,15 +86,11 @@ def main():
     p.add_argument("--crop-size", type=int, nargs="*", default=[64, 224], help="global crop side, one per arch")
     p.add_argument("--crops", type=int, nargs="*", default=[2, 6], choices=[2, 6])
     p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--amp", default="none", choices=["none", "fp16", "bf16"])
     p.add_argument("--mutual-pass", action="store_true", help="also time same-resolution crops in one forward")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--data", default="./data/demo/train", help="images for the data-pipeline measurement")
-    p.add_argument("--data-samples", type=int, default=200)
-    p.add_argument("--output", default="bench/results/sce.json")
+    add_io_args(p, "sce", data_samples=200)
     a = p.parse_args()
     device = torch.device(a.device)
-    sizes = a.crop_size if len(a.crop_size) == len(a.arch) else [a.crop_size[0]] * len(a.arch)
+    sizes = per_arch(a.crop_size, a.arch)
     rows = []
     for arch, size in zip(a.arch, sizes):
         batch = a.batch_size if size <= 96 or device.type == "cuda" else max(a.batch_size // 4, 4)
@@ -103,9 +98,7 @@ def main():
             for mutual in ([False, True] if a.mutual_pass and crops == 6 else [False]):
                 rows.append(bench_step(arch, batch, size, crops, a.steps, a.amp, device, mutual))
                 print(rows[-1], flush=True)
-    if a.data == "./data/demo/train" and not os.path.isdir(a.data):
-        from src.data.demo import make_demo_dataset
-        make_demo_dataset("./data/demo")
+    ensure_demo_data(a.data)
     for crops in a.crops:
         rows.append(bench_data(a.data, 224, crops, a.data_samples))
     report(f"SCE bench on {machine(device)}", rows, a.output)

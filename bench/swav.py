@@ -11,13 +11,12 @@ pipeline is timed separately, one worker, on the demo images (64 px PNGs: cheape
 """
 import argparse
 import math
-import os
 import time
 
 import torch
 
 import main_swav
-from bench.common import machine, peak_memory_mb, report
+from bench.common import add_io_args, ensure_demo_data, machine, peak_memory_mb, per_arch, report
 from src.methods.swav import LossWatch, SwAVModel, SwAVQueue, prepare_model
 from src.optim import swav_optimizer
 from src.run import dist
@@ -94,22 +93,16 @@ def main():
     p.add_argument("--nmb-prototypes", type=int, default=3000)
     p.add_argument("--queue-length", type=int, default=0, help="rows of a full queue in every Sinkhorn (0: none)")
     p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--amp", default="none", choices=["none", "fp16", "bf16"])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--data", default="./data/demo/train", help="images for the data-pipeline measurement")
-    p.add_argument("--data-samples", type=int, default=100)
-    p.add_argument("--output", default="bench/results/swav.json")
+    add_io_args(p, "swav", data_samples=100)
     a = p.parse_args()
     device = torch.device(a.device)
-    batches = a.batch_size if len(a.batch_size) == len(a.arch) else [a.batch_size[0]] * len(a.arch)
+    batches = per_arch(a.batch_size, a.arch)
     rows = []
     for arch, batch in zip(a.arch, batches):
         sizes = a.size_crops or ([224, 96] if arch.startswith("resnet50") else [32, 16])
         rows.append(bench_step(arch, batch, sizes, a.nmb_crops, a.steps, a.amp, device, a.nmb_prototypes,
                                a.queue_length))
-    from src.data.demo import make_demo_dataset
-    if a.data == "./data/demo/train" and not os.path.isdir(a.data):
-        make_demo_dataset("./data/demo")
+    ensure_demo_data(a.data)
     rows.append(bench_data(a.data, [224, 96], [2, 6], a.data_samples))
     report(f"SwAV bench on {machine(device)}", rows, a.output)
 

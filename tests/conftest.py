@@ -31,7 +31,15 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: a variant of a test that runs by default; selected with --runslow")
 
 
+# the longest tests (minutes: 2-process runs killed and resumed, the demos, the bench command) start first, so that
+# the two xdist workers end together instead of one waiting on a long test picked up last
+FIRST = ("test_faults.py", "test_swav_demo.py", "test_moco_demo.py", "test_sce_demo.py", "test_speed_options.py",
+         "test_moco_train.py", "test_sce_train.py", "test_deepcluster_train.py", "test_swav_train.py")
+
+
 def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(os.path.basename(str(item.fspath)), len(FIRST)))  # stable: file order kept
     if config.getoption("--runslow") or os.environ.get("SSL_SLOW_TESTS") == "1":
         return
     skip = pytest.mark.skip(reason="slow variant: run with --runslow (or SSL_SLOW_TESTS=1)")
