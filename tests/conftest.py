@@ -31,9 +31,9 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: a variant of a test that runs by default; selected with --runslow")
 
 
-# the longest tests (minutes: 2-process runs killed and resumed, the demos, the bench command) start first, so that
+# the longest tests (minutes: 2-process runs killed and resumed, the bench command) start first, so that
 # the two xdist workers end together instead of one waiting on a long test picked up last
-FIRST = ("test_faults.py", "test_swav_demo.py", "test_moco_demo.py", "test_sce_demo.py", "test_speed_options.py",
+FIRST = ("test_faults.py", "test_speed_options.py",
          "test_moco_train.py", "test_sce_train.py", "test_deepcluster_train.py", "test_swav_train.py")
 
 

@@ -12,10 +12,12 @@ import main_sce
 def test_demo_last_two_lines_checkpoint_and_initial_weights(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(main_sce.DEMO, "epochs", 1)
     import src.data.demo
+    import src.evaluation.demo
 
     real = src.data.demo.make_demo_dataset
-    monkeypatch.setattr(src.data.demo, "make_demo_dataset",
-                        lambda root: real(root, train_per_class=30, val_per_class=10, workers=1))
+    small = lambda root: real(root, train_per_class=30, val_per_class=10, workers=1)  # noqa: E731
+    monkeypatch.setattr(src.data.demo, "make_demo_dataset", small)
+    monkeypatch.setattr(src.evaluation.demo, "make_demo_dataset", small)  # where run_demo looks it up
     args = main_sce.get_args_parser().parse_args(
         ["--demo", "--demo_dir", str(tmp_path / "demo"), "--dump_path", str(tmp_path / "run")])
     results = main_sce.run_demo(args)

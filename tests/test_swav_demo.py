@@ -13,10 +13,12 @@ def test_demo_last_two_lines_checkpoint_and_initial_weights(tmp_path, monkeypatc
     for key, value in {"epochs": 2, "epoch_queue_starts": 1, "freeze_prototypes_niters": 1}.items():
         monkeypatch.setitem(main_swav.DEMO, key, value)
     import src.data.demo
+    import src.evaluation.demo
 
     real = src.data.demo.make_demo_dataset
-    monkeypatch.setattr(src.data.demo, "make_demo_dataset",
-                        lambda root: real(root, train_per_class=30, val_per_class=10, workers=1))
+    small = lambda root: real(root, train_per_class=30, val_per_class=10, workers=1)  # noqa: E731
+    monkeypatch.setattr(src.data.demo, "make_demo_dataset", small)
+    monkeypatch.setattr(src.evaluation.demo, "make_demo_dataset", small)  # where run_demo looks it up
     built = []  # the state of every SwAVModel when built: the trained one (first), then the random-init one
     real_model = main_swav.SwAVModel
 
