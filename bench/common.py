@@ -63,3 +63,19 @@ def ensure_demo_data(path):
     if path == DEMO_TRAIN and not os.path.isdir(path):
         from src.data.demo import make_demo_dataset
         make_demo_dataset(os.path.dirname(DEMO_TRAIN))
+
+
+def time_per_sample(root, transform, n):
+    """The per-sample data pipeline on one worker: ``(samples, seconds)`` for up to ``n`` images of the folder
+    ``root`` through ``transform``, after one warm-up sample."""
+    import time
+
+    from src.data.folders import build_dataset
+
+    ds = build_dataset(root, transform, seed=0)
+    n = min(n, len(ds))
+    ds[0]
+    t = time.time()
+    for i in range(n):
+        ds[i]
+    return n, time.time() - t

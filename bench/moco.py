@@ -21,7 +21,7 @@ import time
 import torch
 
 import main_moco
-from bench.common import add_io_args, ensure_demo_data, machine, peak_memory_mb, per_arch, report
+from bench.common import add_io_args, ensure_demo_data, machine, peak_memory_mb, per_arch, report, time_per_sample
 from src.augment.recipes import moco_recipe
 from src.optim import moco_lr_schedule
 from src.run import dist
@@ -83,20 +83,13 @@ def bench_step(arch, batch_size, crop_size, steps, amp, device, queue=4096, bn_s
 
 
 def bench_data(root, crop_size, n, recipe="v2"):
-    from src.data.folders import build_dataset
-
     if recipe == "ours":  # the published geometry: 2x160 + 4x96, constrained, AutoAugment on crops 0, 2-5
         args = main_moco.get_args_parser().parse_args(["x", *recipe_flags("ours", 160)])
         main_moco.check_recipe_args(args)
-        ds = build_dataset(root, main_moco.build_transform(args), seed=0)
+        transform = main_moco.build_transform(args)
     else:
-        ds = build_dataset(root, moco_recipe(crop_size, aug_plus=True).per_image(), seed=0)
-    n = min(n, len(ds))
-    ds[0]
-    t = time.time()
-    for i in range(n):
-        ds[i]
-    dt = time.time() - t
+        transform = moco_recipe(crop_size, aug_plus=True).per_image()
+    n, dt = time_per_sample(root, transform, n)
     what = "data: 2-view MoCo v2, 1 worker" if recipe != "ours" else "data: ours 2x160+4x96 constrained+AA, 1 worker"
     return {"what": what, "batch": 1, "px": crop_size if recipe != "ours" else 160, "amp": "-",
             "images/s": n / dt, "ms/step": 1000 * dt / n, "peak MiB": 0.0}

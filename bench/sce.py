@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 import main_sce
-from bench.common import add_io_args, ensure_demo_data, machine, peak_memory_mb, per_arch, report
+from bench.common import add_io_args, ensure_demo_data, machine, peak_memory_mb, per_arch, report, time_per_sample
 from src.augment.recipes import sce_recipe
+from src.augment.views import relative_blur_scale
 from src.optim import LARS
 from src.run import dist
 from src.run.logging import ProgressLogger
@@ -63,18 +64,10 @@ def bench_step(arch, batch_size, crop_size, crops, steps, amp, device, mutual_pa
 
 
 def bench_data(root, crop_size, crops, n):
-    from src.data.folders import build_dataset
-
     args = main_sce.get_args_parser().parse_args(crop_flags(crops, crop_size))
-    tf = sce_recipe(args.size_crops, args.nmb_crops, args.min_scale_crops, args.max_scale_crops,
-                    blur_scale=crop_size / 224).per_image()
-    ds = build_dataset(root, tf, seed=0)
-    n = min(n, len(ds))
-    ds[0]
-    t = time.time()
-    for i in range(n):
-        ds[i]
-    dt = time.time() - t
+    transform = sce_recipe(args.size_crops, args.nmb_crops, args.min_scale_crops, args.max_scale_crops,
+                           blur_scale=relative_blur_scale(crop_size)).per_image()
+    n, dt = time_per_sample(root, transform, n)
     return {"what": f"data: {crops}-crop SCE views, 1 worker", "batch": 1, "px": crop_size, "amp": "-",
             "images/s": n / dt, "ms/step": 1000 * dt / n, "peak MiB": 0.0}
 

@@ -16,7 +16,8 @@ import time
 import torch
 
 import main_swav
-from bench.common import add_io_args, ensure_demo_data, machine, peak_memory_mb, per_arch, report
+from bench.common import add_io_args, ensure_demo_data, machine, peak_memory_mb, per_arch, report, time_per_sample
+from src.augment.views import relative_blur_scale
 from src.methods.swav import LossWatch, SwAVModel, SwAVQueue, prepare_model
 from src.optim import swav_optimizer
 from src.run import dist
@@ -67,17 +68,10 @@ def bench_step(arch, batch_size, size_crops, nmb_crops, steps, amp, device, nmb_
 def bench_data(root, size_crops, nmb_crops, n):
     """Per-sample multi-crop augmentation speed, one process (what one loader worker delivers)."""
     from src.augment.recipes import swav_recipe
-    from src.data.folders import build_dataset
 
     transform = swav_recipe(size_crops, nmb_crops, [0.14, 0.05][:len(size_crops)], [1.0, 0.14][:len(size_crops)],
-                            blur_scale=size_crops[0] / 224).per_image()
-    ds = build_dataset(root, transform, seed=0)
-    n = min(n, len(ds))
-    ds[0]
-    t = time.time()
-    for i in range(n):
-        ds[i]
-    dt = time.time() - t
+                            blur_scale=relative_blur_scale(size_crops[0])).per_image()
+    n, dt = time_per_sample(root, transform, n)
     crops_txt = "+".join(f"{c}x{s}" for s, c in zip(size_crops, nmb_crops))
     return {"what": "data: SwAV multi-crop, 1 worker", "batch": 1, "crops": crops_txt, "amp": "-",
             "images/s": n / dt, "ms/step": 1000 * dt / n, "peak MiB": 0.0}
