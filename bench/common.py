@@ -31,9 +31,15 @@ def report(title, rows, path):
     print("  ".join(k.ljust(w) for k, w in zip(keys, widths)))
     for r in rows:
         print("  ".join(_fmt(r[k]).ljust(w) for k, w in zip(keys, widths)))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump({"title": title, "rows": rows}, f, indent=2)
+    write_json(path, {"title": title, "rows": rows})
+
+
+def write_json(path, obj, indent=2):
+    """``obj`` as JSON at ``path``, atomically (``src.run.checkpoint.atomic_write``: its folder is created, an
+    interrupted write leaves the previous file), then ``written PATH``."""
+    from src.run.checkpoint import atomic_write
+
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=indent).encode()), "--output")
     print(f"written {path}")
 
 

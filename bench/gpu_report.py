@@ -5,8 +5,7 @@ channels-last) rate of its matched ceiling (the trunk's forward + backward on th
 on, plus a forward on the crops a momentum encoder embeds), ``pct_of_bare`` the same over the bare ceiling (forward
 + backward on every crop), ``x_base`` its images/s over the recipe's ``base`` row (fp32, per-sample augmentation).
 """
-import json
-import os
+from bench.common import write_json
 
 TARGET_PCT, TARGET_X = 85.0, 1.5
 
@@ -132,8 +131,4 @@ def report(result, path):
     print(f"bench.gpu: {len(rows)} rows, {len(result['checks'])} checks, {bad} failed or skipped; "
           f"PASS {sum(v['verdict'] == 'PASS' for v in verdicts)}/{sum(v['verdict'] in ('PASS', 'MISS', 'n/a') for v in verdicts)} "
           f"image recipes; {result['wall_s']:.0f} s")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(path + ".tmp", path)
-    print(f"written {path}")
+    write_json(path, result, indent=1)

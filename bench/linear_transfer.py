@@ -9,7 +9,6 @@ Features: ``max(0, signal * mu[y] + noise)`` with per-class means ``mu`` ~ N(0, 
 signal sets how separable the classes are, hence how many L-BFGS iterations each fit needs (see the JSON).
 """
 import argparse
-import json
 import os
 import platform
 import time
@@ -17,6 +16,7 @@ import time
 import numpy as np
 import torch
 
+from bench.common import write_json
 from eval.linear_transfer import reference_grid, run_protocol
 from src.data.transfer import carve_val
 
@@ -64,10 +64,7 @@ def main():
     print(f"search {res['search_seconds']:.0f} s + refit {res['refit_seconds']:.0f} s = {total:.0f} s "
           f"({len(grid)} C values, {len(tr)} train / {len(va)} val / {args.rows} refit rows, {args.dim}-d, "
           f"{args.classes} classes); best C {res['best_C']:.4g}, test top-1 {res['test_score']:.2f}", flush=True)
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(res, f, indent=1)
-    print(f"written {args.output}")
+    write_json(args.output, res, indent=1)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import time
 import numpy as np
 import torch
 
-from bench.common import machine, peak_memory_mb
+from bench.common import machine, peak_memory_mb, write_json
 
 METHODS = ("swav", "deepclusterv2", "sce", "moco", "sce_video")
 OPTIONS = {"device_aug", "channels_last", "bf16", "fp16", "compile"}
@@ -530,10 +530,7 @@ def main():
     print_tables(data_rows, step_rows, rate="images_per_s" if device.type == "cuda" else "images_per_cpu_s")
     result = {"machine": machine(device), "cpu_count": os.cpu_count(), "torch": torch.__version__,
               "command": " ".join(["python -m bench.speed", *sys.argv[1:]]), "data": data_rows, "steps": step_rows}
-    os.makedirs(os.path.dirname(os.path.abspath(a.output)), exist_ok=True)
-    with open(a.output, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"written {a.output}")
+    write_json(a.output, result)
 
 
 if __name__ == "__main__":
