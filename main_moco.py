@@ -32,10 +32,12 @@ SEED-distilled checkpoint converted with `python -m experiments.convert-seed` (s
         --resume converted_ckpt.pth.tar --restart
 """
 import argparse
-import copy
 import math
 import os
 import sys
+from dataclasses import dataclass
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -46,20 +48,20 @@ from src.augment.views import MOCO_V2_JITTER, relative_blur_scale
 from src.data.folders import pretrain_loader, resolve_split
 from src.evaluation import demo
 from src.evaluation.pretrained import TRUST_HELP, read_checkpoint
-from src.losses import infonce_logits, knn_positive_loss
-from src.methods.common import check_queue_size, copy_params, momentum_update, resolution_groups
-from src.methods.moco import MoCo, load_for_restart
+from src.losses import knn_positive_loss
+from src.methods.moco import MoCo, headless, load_for_restart
+from src.methods.momentum import check_queue_size, copy_params
 from src.metrics import topk_rates
 from src.models import KNOWN_ARCHS
 from src.models.heads import MOCO_HEADS
 from src.optim import moco_lr_schedule, set_lr
 from src.run import dist
 from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_arg, add_demo_args,
-                          add_run_args, add_speed_args, amp_dtype, autocast_dtype)
+                          add_run_args, add_speed_args, autocast_dtype)
 from src.run.errors import UserError
 from src.run.launch import cli, launch
 from src.run.logging import print_rank0
-from src.run.loop import Run
+from src.run.loop import Flags, Run
 from src.run.speed import autocast, fused_kwargs, maybe_compile, to_channels_last
 
 
@@ -172,64 +174,95 @@ def main(args):
     return launch(train, args)
 
 
+FLAGS = Flags(output="--output-dir", lr="--lr", max_iters="--max-iters")
+
+
 def train(args, info):
-    """Pretrain; returns the MoCo model (unwrapped)."""
-    device = info.device
-    check_recipe_args(args)
+    """Pretrain: :func:`build` the parts, then the loop. Returns the parts (``parts.finished``: every epoch done)."""
     # --resume CKPT --restart seeds the weights only; a pre-empted restarted run continues from its own checkpoint
-    run = Run(info, output_dir=args.output_dir, script="main_moco.py", config=vars(args), resume=args.resume,
-              seed=args.seed, start_epoch=args.start_epoch, output_flag="--output-dir", lr_flag="--lr",
-              max_iters_flag="--max-iters", weights_only_resume=args.restart)
-
-    # ==== preparing data ====
-    loader, sampler, dataset, per_rank_batch, iters_per_epoch = build_data(args, info, run.seed)
-
-    # ==== building model ====
-    model, encoder_q, bn_splits = build_model(args, info, per_rank_batch)
-    dist.seed_everything(run.seed, info.rank)  # then one RNG stream per rank
-    optimizer = torch.optim.SGD(encoder_q.parameters(), args.lr, momentum=args.momentum,
-                                weight_decay=args.weight_decay, **fused_kwargs(device))
-    autocast_dtype(args, device, info.rank)  # fp16 without CUDA: fp32 and one warning line (args updated)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(args) == torch.float16)
-    lr_schedule = moco_lr_schedule(args.lr, args.epochs, iters_per_epoch, cos=args.cos, milestones=args.schedule)
-    print_rank0(f"=> {args.arch}: {len(dataset)} images, {iters_per_epoch} iterations/epoch, batch "
-                f"{per_rank_batch} x {info.world_size} processes, queue {args.moco_k}, bn-splits {bn_splits}",
-                rank=info.rank)
+    run = Run(info, args, script="main_moco.py", flags=FLAGS, start_epoch=args.start_epoch,
+              weights_only_resume=args.restart)
+    args.seed = run.seed  # a resumed run keeps its checkpoint's seed (None drew one)
+    parts = build(args, info)
+    if args.restart and run.ckpt is None:  # weights only: new optimizer, epoch --start-epoch (0), this run's seed
+        restart_from_weights(parts.model, args.resume, args.trust_checkpoint, info.rank)
 
     # ==== resuming and saving: what a checkpoint holds ====
-    if args.restart and run.ckpt is None:  # weights only: new optimizer, epoch --start-epoch (0), this run's seed
-        restart_from_weights(model, args.resume, args.trust_checkpoint, info.rank)
-    run.track(state_dict=model, optimizer=optimizer, scaler=scaler)
-    # the query trunk alone (torchvision names, no head): what evaluations and detectron2 export read
-    run.export("trunk.pth", lambda: {k: v for k, v in model.encoder_q.state_dict().items()
-                                     if not k.startswith("fc.")})
+    run.track(state_dict=parts.model, optimizer=parts.optimizer, scaler=parts.scaler)
+    run.export("trunk.pth", parts.model.trunk_state)  # the query trunk, torchvision names, no head
 
     # ==== training ====
-    logger = run.progress(iters_per_epoch, args.epochs, per_rank_batch * info.world_size, args.print_freq,
-                          max_iters=args.max_iters, save_every=args.save_every_iters, scaled=scaler.is_enabled(),
-                          formats={"Loss": ".4e", "CE": ".4e", "Aux": ".4e", "Acc@1": "6.2f", "Acc@5": "6.2f"})
+    run.start(parts.iters_per_epoch, args.batch_size, scaled=parts.scaler.is_enabled(),
+              formats={"Loss": ".4e", "CE": ".4e", "Aux": ".4e", "Acc@1": "6.2f", "Acc@5": "6.2f"})
     for epoch in run.epochs():
-        sampler.set_epoch(epoch, start_index=run.start_iter * per_rank_batch)
-        dataset.set_epoch(epoch)
-        logger.start_epoch(epoch, run.start_iter)
-        if not run.steps(train_one_epoch(model, encoder_q, loader, optimizer, scaler, lr_schedule, epoch,
-                                         run.start_iter, iters_per_epoch, args, device, logger)):
+        parts.sampler.set_epoch(epoch, start_index=run.start_iter * parts.per_rank_batch)
+        parts.dataset.set_epoch(epoch)
+        if not run.steps(train_one_epoch(parts, parts.loader, run, epoch)):
             break  # stopped (signal, --max-iters): checkpoint saved
-        logger.end_epoch({"lr": float(lr_schedule[(epoch + 1) * iters_per_epoch - 1])})
-        run.end_epoch(replicated_state(model), numbered=bool(args.save_freq) and (epoch + 1) % args.save_freq == 0)
-    return model
+        run.end_epoch(replicated_state(parts.model), extra={"lr": parts.lr_at((epoch + 1) * parts.iters_per_epoch - 1)},
+                      numbered=bool(args.save_freq) and (epoch + 1) % args.save_freq == 0)
+    parts.finished = run.finished
+    return parts
 
 
-def build_data(args, info, seed):
-    """Two views of the same MoCo augmentation per image; a resumable, per-rank sampler."""
+@dataclass
+class Parts:
+    """What a MoCo run trains with (:func:`build`); :func:`step` reads it."""
+
+    args: argparse.Namespace
+    device: torch.device
+    model: MoCo  # query and key encoders, queues: what a checkpoint holds
+    encoder_q: nn.Module  # the query encoder the step calls (DDP-wrapped under a process group, maybe compiled)
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    lr_schedule: np.ndarray  # one lr per global step
+    amp: object  # the autocast context of the forwards
+    loader: object
+    sampler: object
+    dataset: object
+    per_rank_batch: int
+    iters_per_epoch: int
+    finished: bool = False  # set by train(): every epoch done
+
+    def lr_at(self, step):
+        return float(self.lr_schedule[step])
+
+    def trunks(self):
+        """The trunks an evaluation of the run reads: the query trunk (online) and the key trunk (momentum)."""
+        return self.model.trunks()
+
+
+def build(args, info):
+    """Everything a MoCo run trains with, from the flags: data, model, optimizer, scaler, lr schedule.
+
+    Called by :func:`train`, the benches and the tests alike; ``args.seed`` seeds the initial weights (the same on
+    every rank), then every rank draws from its own stream."""
+    device = info.device
+    check_recipe_args(args)
+    dist.seed_everything(args.seed, 0)
+
+    # ==== preparing data ====
     per_rank_batch = dist.split_batch(args.batch_size, info.world_size)
     # a class-folder tree, or a flat folder of images (COCO train2017); -j is per node, split over its processes;
     # the loader's worker seeds come from its own generator, so the RNG stream of shuffle-BN never shifts
     loader, sampler, dataset, iters_per_epoch = pretrain_loader(
         resolve_split(args.data, "train"), build_transform(args), per_rank_batch,
-        math.ceil(args.workers / dist.local_world_size()), info, seed, channels_last=args.channels_last,
+        math.ceil(args.workers / dist.local_world_size()), info, args.seed, channels_last=args.channels_last,
         flag="-b/--batch-size")
-    return loader, sampler, dataset, per_rank_batch, iters_per_epoch
+
+    # ==== building model ====
+    model, encoder_q, bn_splits = build_model(args, info, per_rank_batch)
+    dist.seed_everything(args.seed, info.rank)  # then one RNG stream per rank
+    optimizer = torch.optim.SGD(encoder_q.parameters(), args.lr, momentum=args.momentum,
+                                weight_decay=args.weight_decay, **fused_kwargs(device))
+    dtype = autocast_dtype(args, device, info.rank)  # fp16 without CUDA: fp32 and one warning line (args updated)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    lr_schedule = moco_lr_schedule(args.lr, args.epochs, iters_per_epoch, cos=args.cos, milestones=args.schedule)
+    print_rank0(f"=> {args.arch}: {len(dataset)} images, {iters_per_epoch} iterations/epoch, batch "
+                f"{per_rank_batch} x {info.world_size} processes, queue {args.moco_k}, bn-splits {bn_splits}",
+                rank=info.rank)
+    return Parts(args, device, model, encoder_q, optimizer, scaler, lr_schedule, autocast(device, dtype), loader,
+                 sampler, dataset, per_rank_batch, iters_per_epoch)
 
 
 def build_transform(args):
@@ -263,8 +296,8 @@ def build_model(args, info, per_rank_batch):
                         "split (it needs at least 2): raise -b or lower --bn-splits")
     check_queue_size(args.moco_k, per_rank_batch * info.world_size)
     image_size = args.size_crops[0] if args.num_crops else args.crop_size
-    model = MoCo(args.arch, dim=args.moco_dim, K=args.moco_k, head=moco_head(args), bn_splits=bn_splits,
-                 cifar_stem=args.cifar_stem, image_size=image_size,
+    model = MoCo(args.arch, dim=args.moco_dim, K=args.moco_k, m=args.moco_m, T=args.moco_t, head=moco_head(args),
+                 bn_splits=bn_splits, cifar_stem=args.cifar_stem, image_size=image_size,
                  feature_queue=args.aux_weight > 0).to(info.device)
     model = to_channels_last(model, args.channels_last)
     encoder_q = model.encoder_q
@@ -274,82 +307,58 @@ def build_model(args, info, per_rank_batch):
     return model, maybe_compile(encoder_q, args.compile, info.rank), bn_splits
 
 
-def train_one_epoch(model, encoder_q, loader, optimizer, scaler, lr_schedule, epoch, start_iter, iters_per_epoch,
-                    args, device, logger):
-    """One epoch of MoCo; a generator that yields ``(iteration, loss)`` after each optimizer step.
-
-    Crop 1 is the key and every other crop a query (MoCo's two views: one query; multi-crop: the first
-    large crop and all small ones). With ``--aux-weight`` the nearest-neighbour loss is added from epoch
-    ``--warmup-epochs`` on."""
-    model.train()
-    use_aux = args.aux_weight > 0 and epoch >= args.warmup_epochs
-    dtype = amp_dtype(args)
-    amp = autocast(device, dtype)
-    for it, (images, _) in logger.batches(loader, start_iter):
-        lr = set_lr(optimizer, lr_schedule[epoch * iters_per_epoch + it])
-        images = [im.to(device, non_blocking=True) for im in images]
-        im_k, crops_q = images[1], [images[0]] + images[2:]
-
-        # momentum update of the key encoder, then queries (with grad) and shuffled keys (no grad)
-        momentum_update(model.encoder_q, model.encoder_k, args.moco_m)
-        with amp:
-            q, h_q = encode_queries(encoder_q, crops_q, model.tap_q)  # (V*B, dim), crop-major; h_q (V*B, F) or None
-            with torch.no_grad():  # (B, dim): shuffle-BN across processes (or split-BN on one)
-                k, h_k = model.key(im_k, with_features=True) if model.tap_k else (model.key(im_k), None)
-
-        # InfoNCE in fp32: every query crop against its image's one key and the shared queue,
-        # logits (V*B, 1+K), the positive key in column 0, cross-entropy averaged over the V*B rows
-        logits = infonce_logits(q, k.repeat(len(crops_q), 1), model.queue.queue, args.moco_t)
-        labels = torch.zeros(logits.shape[0], dtype=torch.long, device=device)
-        loss = F.cross_entropy(logits, labels)
-        extra = {}
-        if model.queue_backbone is not None:  # nearest neighbours (backbone space) as extra positives (head space)
-            if args.aux_order == "enqueue-first":  # builder_ours: this step's key features go in first, so an
-                # image's own key feature (similarity ~1) is among its neighbours; the logits above were taken from
-                # the head queue before its enqueue, so that slot's logit is still the oldest key, being replaced
-                model.queue_backbone.enqueue(dist.concat_all_gather(h_k))
-            # neighbours-first (builder_ours_warmup): chosen among earlier steps' keys, enqueued after the step
-            aux = knn_positive_loss(logits[:, 1:], h_q, model.queue_backbone.queue, args.aux_topk) if use_aux \
-                else torch.zeros((), device=device)
-            extra = {"CE": loss.detach(), "Aux": aux.detach()}
-            loss = loss + args.aux_weight * aux
-
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-
-        # enqueue the keys of the whole global batch (after the loss: a key is never its own negative)
-        model.queue.enqueue(dist.concat_all_gather(k.float()))
-        if h_k is not None and args.aux_order == "neighbours-first":  # their backbone features, same rows
-            model.queue_backbone.enqueue(dist.concat_all_gather(h_k))
-
-        # (K+1)-way instance accuracy, as MoCo prints it: the positive is column 0
-        logger.update(Loss=loss.detach(), **extra, **topk_rates(logits, labels))
-        logger.maybe_print(it, lr)
-        yield it, loss.detach()
+def train_one_epoch(parts, loader, run, epoch):
+    """One epoch of MoCo; yields ``(iteration, stats)`` after each optimizer step."""
+    parts.model.train()
+    for it, (images, _) in run.batches(loader):
+        yield it, step(parts, images, epoch * parts.iters_per_epoch + it)
 
 
-def encode_queries(encoder_q, crops, tap=None):
-    """Unit-norm query embeddings of every query crop, one forward per run of same-size crops (a batch
-    shares one resolution; the small crops go through together, so BN sees them as one batch).
+def step(parts, images, it):
+    """One MoCo step at global step ``it``: crop 1 is the key and every other crop a query (MoCo's two views: one
+    query; multi-crop: the first large crop and all small ones). With ``--aux-weight`` the nearest-neighbour loss
+    is added from epoch ``--warmup-epochs`` on. Returns the step's stats (``Loss``, ``lr``, ...)."""
+    args, model, device = parts.args, parts.model, parts.device
+    lr = set_lr(parts.optimizer, parts.lr_schedule[it])
+    images = [im.to(device, non_blocking=True) for im in images]
+    im_k, crops_q = images[1], [images[0]] + images[2:]
 
-    Args:
-        encoder_q: the query encoder (possibly DDP-wrapped).
-        crops: list of V tensors (B, 3, H_v, W_v), same-size crops next to each other.
-        tap: ``model.tap_q`` (an :class:`~src.methods.moco.InputTap` on the head) or None.
-    Returns:
-        q (V*B, dim), crop-major (rows v*B ... v*B+B-1 are crop v); h (V*B, F) unit-norm backbone
-        features without gradient, or None without a tap.
-    """
-    qs, hs = [], []
-    for start, end in resolution_groups(crops):
-        x = crops[start] if end - start == 1 else torch.cat(crops[start:end])
-        qs.append(F.normalize(encoder_q(x), dim=1))
-        if tap is not None:
-            hs.append(F.normalize(tap.take().float(), dim=1))
-    q = qs[0] if len(qs) == 1 else torch.cat(qs)
-    return q, (None if tap is None else torch.cat(hs))
+    # momentum update of the key encoder, then queries (with grad) and shuffled keys (no grad)
+    model.momentum_update()
+    with parts.amp:
+        q, h_q = model.queries(parts.encoder_q, crops_q)  # (V*B, dim), crop-major; h_q (V*B, F) or None
+        k, h_k = model.keys(im_k)  # (B, dim): shuffle-BN across processes (or split-BN on one)
+
+    # InfoNCE in fp32: every query crop against its image's one key and the shared queue,
+    # logits (V*B, 1+K), the positive key in column 0, cross-entropy averaged over the V*B rows
+    logits = model.logits(q, k)
+    labels = torch.zeros(logits.shape[0], dtype=torch.long, device=device)
+    loss = F.cross_entropy(logits, labels)
+    extra = {}
+    if model.queue_backbone is not None:  # nearest neighbours (backbone space) as extra positives (head space)
+        if args.aux_order == "enqueue-first":  # builder_ours: this step's key features go in first, so an
+            # image's own key feature (similarity ~1) is among its neighbours; the logits above were taken from
+            # the head queue before its enqueue, so that slot's logit is still the oldest key, being replaced
+            model.enqueue_features(h_k)
+        # neighbours-first (builder_ours_warmup): chosen among earlier steps' keys, enqueued after the step
+        use_aux = it // parts.iters_per_epoch >= args.warmup_epochs
+        aux = knn_positive_loss(logits[:, 1:], h_q, model.queue_backbone.queue, args.aux_topk) if use_aux \
+            else torch.zeros((), device=device)
+        extra = {"CE": loss.detach(), "Aux": aux.detach()}
+        loss = loss + args.aux_weight * aux
+
+    parts.optimizer.zero_grad(set_to_none=True)
+    parts.scaler.scale(loss).backward()
+    parts.scaler.step(parts.optimizer)
+    parts.scaler.update()
+
+    # enqueue the keys of the whole global batch (after the loss: a key is never its own negative)
+    model.enqueue(k)
+    if h_k is not None and args.aux_order == "neighbours-first":  # their backbone features, same rows
+        model.enqueue_features(h_k)
+
+    # (K+1)-way instance accuracy, as MoCo prints it: the positive is column 0
+    return {"Loss": loss.detach(), **extra, **topk_rates(logits, labels), "lr": lr}
 
 
 # ==================================================================================================
@@ -434,11 +443,8 @@ def run_demo(args):
     """Build the demo data, pretrain resnet_tiny on the CPU for a few minutes, compare kNN top-1 of the
     pretrained trunk with the same trunk at its random initialisation (src.evaluation.demo)."""
     def trunks(model, args):
-        init = MoCo(args.arch, dim=args.moco_dim, K=args.moco_k, head=moco_head(args)).encoder_q
-        out = [copy.deepcopy(encoder) for encoder in (model.encoder_q, init)]
-        for trunk in out:
-            trunk.fc = nn.Identity()  # the trunk without the projection head
-        return out
+        init = MoCo(args.arch, dim=args.moco_dim, K=args.moco_k, head=moco_head(args))
+        return headless(model.encoder_q), headless(init.encoder_q)  # the trunks without the projection head
 
     args.seed = 0 if args.seed is None else args.seed
     return demo.run_demo(args, DEMO, train, trunks, "data", "output_dir", "runs/moco-demo")

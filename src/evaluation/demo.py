@@ -29,12 +29,13 @@ def run_demo(args, recipe, train, trunks, data_flag, output_flag, default_output
 
     Args:
         args: the script's flags (updated with ``recipe``). recipe: {flag dest: value}, with ``eval_size``.
-        train: the script's ``train(args, info)`` (returns the model). trunks: ``(model, args) -> (trained trunk,
+        train: the script's ``train(args, info)`` (returns its parts: ``model``, ``finished``). trunks: ``(model, args)
+            -> (trained trunk,
             random-init trunk)``, called right after the run's seed is set again (so a rebuilt model has the
             run's initial weights). data_flag / output_flag: dests of the data folder and output folder flags.
         default_output: the output folder when none was given. check: optional flag check to run first.
     Returns:
-        :func:`knn_vs_random_init`'s results.
+        :func:`knn_vs_random_init`'s results, or None when a stop signal ended the training early.
     """
     t0 = time.time()
     root = make_demo_dataset(args.demo_dir)
@@ -49,9 +50,12 @@ def run_demo(args, recipe, train, trunks, data_flag, output_flag, default_output
     out = getattr(args, output_flag)
     print(f"demo: data in {root}, run in {out}", flush=True)
     info = dist.init_distributed(device=args.device or None)
-    model = train(args, info)
+    parts = train(args, info)
+    if not parts.finished:  # stopped by a signal: the run said so; a half-trained trunk gets no contract lines
+        dist.cleanup()
+        return None
     dist.seed_everything(args.seed, 0)  # rebuilding with the run's seed reproduces the initial weights
-    pretrained, random_init = trunks(model, args)
+    pretrained, random_init = trunks(parts.model, args)
     results = knn_vs_random_init(pretrained, random_init, root, recipe["eval_size"], info.device, out,
                                  os.path.join(out, "checkpoint.pth.tar"), t0)
     dist.cleanup()

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.losses import sce_loss
-from src.methods.common import KeyQueue, copy_params, momentum_update, resolution_groups
+from src.methods.momentum import KeyQueue, copy_params, momentum_update
+from src.methods.multicrop import resolution_groups
 from src.models import build_backbone
 from src.models.heads import build_mlp
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.methods.common import resolution_groups
+from src.methods.multicrop import resolution_groups
 from src.models import build_backbone
 from src.models.heads import build_mlp
 from src.run import dist

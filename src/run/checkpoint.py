@@ -38,7 +38,7 @@ def _write_error(path, exc, flag):
     if "file write failed" in str(exc) or "enforce fail" in str(exc):  # torch.save's C++ writer on a full disk
         reason = "the write failed (disk full?)"
     return UserError(f"cannot write '{path}' ({reason}): free some space or pass a writable {flag}; the previous "
-                     "checkpoint, if any, is kept")
+                     "file, if any, is kept")
 
 
 def atomic_write(path, write, flag="--dump_path"):
@@ -95,7 +95,31 @@ def check_writable(folder, flag="--dump_path"):
             os.remove(probe)
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else _first_line(exc)
+        blocker = _file_in_the_way(folder)
+        if blocker:  # makedirs says only "File exists" / "Not a directory"
+            reason = f"'{blocker}' is a file, not a folder"
         raise UserError(f"output folder '{folder}' is not writable ({reason}): pass another {flag}") from None
+
+
+def _file_in_the_way(folder):
+    """The nearest existing ancestor of ``folder`` (itself included) when it is not a folder, else None."""
+    path = os.path.abspath(folder)
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path if os.path.lexists(path) and not os.path.isdir(path) else None
+
+
+def check_output_file(path, flag, example="out"):
+    """Before any work: ``path`` names a file (not a folder) in a writable folder, which is created.
+
+    Args:
+        path: the file to write. flag: its flag, for the message. example: a file name to suggest.
+    Raises:
+        UserError: one line naming the path, the problem and the flag to change.
+    """
+    if os.path.isdir(path):
+        raise UserError(f"{flag} '{path}' is a folder: give a file name (e.g. {os.path.join(path, example)})")
+    check_writable(os.path.dirname(os.path.abspath(path)), flag)
 
 
 def remove_stale_temp_files(folder):
@@ -165,14 +189,7 @@ def load_state_strict(module, state, what, path):
     module.load_state_dict(state)
 
 
-def swav_copy_name(epoch, epochs, checkpoint_freq):
-    """facebookresearch/swav's numbered copies: ``checkpoints/ckp-{epoch}.pth`` (``epoch`` 0-based, just finished)
-    when ``epoch % checkpoint_freq == 0`` or at the last epoch. Returns: the file name, or False."""
-    keep = epoch == epochs - 1 or (checkpoint_freq > 0 and epoch % checkpoint_freq == 0)
-    return f"checkpoints/ckp-{epoch}.pth" if keep else False
-
-
-# ==== per-rank side files (SwAV's queue{rank}.pth, DeepCluster-v2's mb{rank}.pth) ====
+# ==== per-rank side files (a queue or memory bank each rank keeps) ====
 def save_rank_file(folder, name, rank, tensors, epoch, it):
     """Every rank: ``folder/{name}{rank}.pth`` holding ``tensors`` stamped with the step they belong to.
 

@@ -275,6 +275,13 @@ def local_world_size():
     return get_world_size()
 
 
+def requeued():
+    """Returns: True in a SLURM job that was requeued (``SLURM_RESTART_COUNT`` > 0): it may start while the
+    pre-empted attempt is still saving."""
+    value = os.environ.get("SLURM_RESTART_COUNT", "")
+    return value.isdigit() and int(value) > 0
+
+
 def split_batch(total, world_size, flag="-b/--batch-size"):
     """A TOTAL batch over all processes (MoCo's and the evaluations' ``-b``): each process's share.
 
