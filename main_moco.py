@@ -310,17 +310,18 @@ def build_model(args, info, per_rank_batch):
 def train_one_epoch(parts, loader, run, epoch):
     """One epoch of MoCo; yields ``(iteration, stats)`` after each optimizer step."""
     parts.model.train()
-    for it, (images, _) in run.batches(loader):
-        yield it, step(parts, images, epoch * parts.iters_per_epoch + it)
+    for it, batch in run.batches(loader):
+        yield it, step(parts, batch, epoch * parts.iters_per_epoch + it)
 
 
-def step(parts, images, it):
-    """One MoCo step at global step ``it``: crop 1 is the key and every other crop a query (MoCo's two views: one
-    query; multi-crop: the first large crop and all small ones). With ``--aux-weight`` the nearest-neighbour loss
-    is added from epoch ``--warmup-epochs`` on. Returns the step's stats (``Loss``, ``lr``, ...)."""
+def step(parts, batch, it):
+    """One MoCo step on a loader batch ``(crops, labels)`` at global step ``it``: crop 1 is the key and every other
+    crop a query (MoCo's two views: one query; multi-crop: the first large crop and all small ones). With
+    ``--aux-weight`` the nearest-neighbour loss is added from epoch ``--warmup-epochs`` on.
+    Returns: the step's stats (``Loss``, ``lr``, instance accuracies, ...)."""
     args, model, device = parts.args, parts.model, parts.device
     lr = set_lr(parts.optimizer, parts.lr_schedule[it])
-    images = [im.to(device, non_blocking=True) for im in images]
+    images = [im.to(device, non_blocking=True) for im in batch[0]]
     im_k, crops_q = images[1], [images[0]] + images[2:]
 
     # momentum update of the key encoder, then queries (with grad) and shuffled keys (no grad)
