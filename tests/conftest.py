@@ -21,6 +21,15 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """One tiny labelled image folder per test process (4 classes x 12 train / 4 val images, 32 px), shared by every
+    test that only reads it; a test that changes its data builds its own (tests.helpers.tiny_dataset)."""
+    from tests.helpers import tiny_dataset
+
+    return tiny_dataset(str(tmp_path_factory.mktemp("tiny") / "demo"))
+
+
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False,
                      help="also run the tests marked slow (the fault matrix over every training script); "
