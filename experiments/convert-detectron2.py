@@ -46,8 +46,8 @@ import numpy as np
 from src.evaluation.pretrained import add_pretrained_args, checkpoint_arch, load_trunk, read_checkpoint
 from src.models import build_backbone
 from src.models.resnet import RESNET_CONFIGS
-from src.run.args import add_arg
-from src.run.checkpoint import atomic_write
+from src.run.args import ArgumentParser, add_arg
+from src.run.checkpoint import atomic_write, check_output_file
 from src.run.errors import UserError
 from src.run.launch import exit_on_user_error
 
@@ -151,7 +151,7 @@ def load_resnet_trunk(path, arch=None, cifar_stem=None, trunk_pattern=None, trus
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("ckpt", nargs="?", metavar="CKPT",
                    help="checkpoint holding a ResNet trunk (any layout src.evaluation.pretrained reads; or --pretrained)")
     p.add_argument("output", metavar="OUT.pkl",
@@ -175,6 +175,7 @@ def main(argv=None):
                         "pickle only under that suffix")
     if os.path.abspath(args.output) == os.path.abspath(path):
         raise UserError(f"output '{args.output}' is the input checkpoint: name another file")
+    check_output_file(args.output, "OUT", "model.pkl")  # before the checkpoint is read, not after
     state, arch, info = load_resnet_trunk(path, arch=args.arch, cifar_stem=args.cifar_stem,
                                           trunk_pattern=args.trunk_pattern, trust=args.trust_checkpoint)
     weights = convert_state(state)

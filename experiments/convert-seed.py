@@ -17,16 +17,18 @@ EfficientNet, SSL-small's DeiT-Tiny, a torchvision-style ResNet), and so do our 
 ``mobilenetv3_large``, ``efficientnet_b0``, ``deit_tiny`` and ResNets: their keys are copied unchanged.
 Before writing, the student is checked against our trunk of the checkpoint's ``arch`` (SSL-small's name
 ``vit_tiny`` for its DeiT is read as our ``deit_tiny``) or of ``--arch``: every trunk tensor must be there
-with its shape, otherwise ``--restart`` would silently start those layers from scratch.
+with its shape, otherwise ``--restart`` would silently start those layers from scratch. A student with NaN / inf
+values (a diverged distillation) is refused whatever the flags, as every evaluation here refuses such a trunk.
 """
 import argparse
 import os
 
 import torch
 
-from src.evaluation.pretrained import TRUST_HELP, read_checkpoint
+from src.evaluation.pretrained import TRUST_HELP, check_finite, read_checkpoint
 from src.models import KNOWN_ARCHS, SMALL_ARCHS, TV_SMALL_ARCHS, VIDEO_ARCHS, build_backbone
-from src.run.checkpoint import save_checkpoint
+from src.run.args import ArgumentParser
+from src.run.checkpoint import check_output_file, save_checkpoint
 from src.run.errors import UserError
 from src.run.launch import exit_on_user_error
 
@@ -128,10 +130,14 @@ def convert_file(path, output=None, trust=False, arch=None, check=True):
         arch: our architecture name to check the student against (default: the checkpoint's ``arch``).
         check: verify the student against that trunk (:func:`check_student`) before writing.
     """
+    output = output or output_path(path)
+    check_output_file(output, "--output", "converted.pth.tar")  # before the checkpoint is read, not after
     ckpt = read_checkpoint(path, trust=trust)
     state = ckpt["state_dict"] if isinstance(ckpt.get("state_dict"), dict) else ckpt
     state = {k: v for k, v in state.items() if torch.is_tensor(v)}
     new_state, n_student, n_teacher = convert_state(state)
+    check_finite({k: v for k, v in state.items() if k.startswith(("student.", "module.student."))},
+                 f"the SEED student in '{path}'", "nothing is written: convert a checkpoint saved before it diverged")
     arch = arch or student_arch(ckpt.get("arch"), state)
     note = ""
     if check and arch:
@@ -145,15 +151,14 @@ def convert_file(path, output=None, trust=False, arch=None, check=True):
         result["arch"] = arch or ckpt["arch"]  # our name for it (main_moco -a)
         if result["arch"] != ckpt["arch"]:
             result["source_arch"] = ckpt["arch"]
-    output = output or output_path(path)
-    save_checkpoint(output, result)
+    save_checkpoint(output, result, flag="--output")
     print(f"{path} -> {output}: {n_student} student tensors copied to encoder_q, {n_teacher} teacher tensors "
           f"dropped{note}", flush=True)
     return output
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", metavar="CKPT_OR_FOLDER",
                    help="SEED checkpoint files, or folders whose files (not starting with 'convert') are converted")
     p.add_argument("--output", "-o", default=None, help="output file (one input file only; default: see above)")

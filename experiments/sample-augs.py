@@ -19,6 +19,7 @@ views all exist are skipped (re-run the command to finish an interrupted job), a
     python -m experiments.sample-augs data/demo/val data/demo-hard --aug hard --size 32
 """
 import argparse
+import io
 import json
 import os
 import sys
@@ -34,6 +35,7 @@ from src.augment.pairs import MODES, VIEWS_PER_MODE, make_views
 from src.data.folders import IMG_EXTENSIONS, fork_rng, sample_seed
 from src.data.pairs import view_name
 from src.run.args import NONNEG_INT, POSITIVE_INT, ArgumentParser, add_arg, number
+from src.run.checkpoint import atomic_write, check_writable
 from src.run.errors import UserError
 from src.run.launch import exit_on_user_error
 
@@ -109,11 +111,21 @@ def write_views(task):
             views = make_views(img, mode, size, np.random.default_rng(image_seed), min_scale=min_scale)
     except ValueError as exc:  # e.g. no crop pair of the IoU range fits a tiny image
         return "unreadable", f"{os.path.join(src, cls, name)} ({exc})"
-    os.makedirs(out_dir, exist_ok=True)
-    for path, view in zip(paths, [img] + views):
-        tmp = path + ".tmp"
-        view.save(tmp, format="JPEG", quality=quality)
-        os.replace(tmp, path)  # a killed job leaves no half-written view
+    path = out_dir
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        for path, view in zip(paths, [img] + views):
+            buf = io.BytesIO()  # encoded in memory: PIL's own file writes lose the errno of a full disk
+            view.save(buf, format="JPEG", quality=quality)
+            with open(path + ".tmp", "wb") as f:
+                f.write(buf.getvalue())
+            os.replace(path + ".tmp", path)  # a killed job leaves no half-written view
+    except OSError as exc:  # a full or read-only disk: stop the job rather than skip every image after
+        if os.path.exists(path + ".tmp"):
+            os.remove(path + ".tmp")
+        reason = os.strerror(exc.errno) if exc.errno else f"{exc}; a full disk?"
+        raise UserError(f"cannot write '{path}' ({reason}): free some space or pass another DST; the views "
+                        "written so far are kept and the same command goes on from them") from None
     return "written", None
 
 
@@ -148,7 +160,9 @@ def main(args):
     classes, todo = list_images(args.src, args.images_per_class)
     if os.path.abspath(args.dst) == os.path.abspath(args.src):
         raise UserError("DST must differ from SRC")
-    os.makedirs(args.dst, exist_ok=True)
+    if os.path.exists(args.dst) and not os.path.isdir(args.dst):
+        raise UserError(f"DST '{args.dst}' is a file, not a folder: pass a folder (it is created if missing)")
+    check_writable(args.dst, "DST")  # a read-only or full disk says so before the first image
     n_views = VIEWS_PER_MODE[args.aug]
     print(f"{len(todo)} images of {len(classes)} classes from {args.src} -> {args.dst}: view 0 (original) and "
           f"{n_views} '{args.aug}' views of {args.size} px each, seed {args.seed}, -j {args.workers}", flush=True)
@@ -158,18 +172,23 @@ def main(args):
 
     t0 = time.time()
     counts = {"written": 0, "existing": 0, "unreadable": 0}
+    first_skip = None
     with Pool(args.workers, initializer=_init_worker) if args.workers > 1 else _InProcess() as pool:
         for status, message in tqdm(pool.imap_unordered(write_views, tasks, chunksize=4), total=len(tasks),
                                     desc="sample-augs", unit="img", file=sys.stderr, mininterval=1.0):
             counts[status] += 1
             if message:
+                first_skip = first_skip or message
                 print(f"warning: skipped {message}", file=sys.stderr, flush=True)
+    if counts["unreadable"] == len(tasks):  # a set without a single pair is no result
+        raise UserError(f"none of the {len(tasks)} images of '{args.src}' could be read or cut into views (e.g. "
+                        f"{first_skip}): pass a folder of images PIL can open, each larger than a few pixels")
     manifest = {"src": os.path.abspath(args.src), "aug": args.aug, "images_per_class": args.images_per_class,
                 "size": args.size, "min_scale": args.min_scale, "seed": args.seed, "quality": args.quality,
                 "views_per_image": n_views + 1, "classes": len(classes), "images": len(todo), **counts,
                 "seconds": round(time.time() - t0, 2)}
-    with open(os.path.join(args.dst, "sample-augs.json"), "w") as f:
-        json.dump(manifest, f, indent=2)
+    atomic_write(os.path.join(args.dst, "sample-augs.json"), lambda f: f.write(json.dumps(manifest, indent=2).encode()),
+                 "DST")
     print(f"wrote {counts['written']} images x {n_views + 1} views in {manifest['seconds']:.1f} s "
           f"({counts['existing']} already there, {counts['unreadable']} skipped); manifest "
           f"{os.path.join(args.dst, 'sample-augs.json')}", flush=True)

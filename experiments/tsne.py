@@ -31,10 +31,12 @@ import numpy as np
 from src.data.pairs import PositivePairDataset
 from src.evaluation.pair_eval import add_pair_eval_args, build_trunk, embed_views
 from src.run import dist
-from src.run.args import ArgumentParser, add_arg, amp_dtype
+from src.run.args import NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_arg, amp_dtype, number
 from src.run.checkpoint import check_writable
 from src.run.errors import UserError
 from src.run.launch import exit_on_user_error
+
+MIN_TSNE_ITERS = 300  # scikit-learn spends the first 250 iterations on early exaggeration
 
 
 def get_args_parser(add_help=False):
@@ -44,12 +46,13 @@ def get_args_parser(add_help=False):
     g = parser.add_argument_group("t-SNE and figures")
     add_arg(g, "--pic-name", default="tsne.pdf",
             help="figure path; NAME.png and NAME.pdf are written, NAME = this without extension (default tsne.pdf)")
-    add_arg(g, "--num-classes", default=10, type=int, help="first classes (sorted) to embed; 0 takes all (default 10)")
-    g.add_argument("--perplexity", default=30.0, type=float,
-                   help="t-SNE perplexity, below the number of points (default 30; 5-50)")
-    add_arg(g, "--tsne-iters", default=1000, type=int,
-            help="t-SNE iterations (default 1000; >= 300, the first 250 exaggerate early)")
-    add_arg(g, "--pca-dims", default=50, type=int, help="PCA dimensions before t-SNE (default 50)")
+    add_arg(g, "--num-classes", default=10, type=NONNEG_INT,
+            help="first classes (sorted) to embed; 0 takes all (default 10)")
+    g.add_argument("--perplexity", default=30.0, type=POSITIVE,
+                   help="t-SNE perplexity, > 0 and below the number of points, 3 per image (default 30; 5-50)")
+    add_arg(g, "--tsne-iters", default=1000, type=number(int, low=MIN_TSNE_ITERS),
+            help=f"t-SNE iterations (default 1000; >= {MIN_TSNE_ITERS}, the first 250 exaggerate early)")
+    add_arg(g, "--pca-dims", default=50, type=POSITIVE_INT, help="PCA dimensions before t-SNE (default 50)")
     g.add_argument("--paint", action="store_true",
                    help="also draw NAME.full_rep (originals by class) and NAME.auged_rep (class 0's view triangles)")
     g.add_argument("--zoomin", action="store_true", help="add an inset magnifying class 0 to NAME.auged_rep")
@@ -61,7 +64,8 @@ def run_tsne(x, perplexity=30.0, iters=1000, pca_dims=50, seed=0):
     """PCA then scikit-learn t-SNE.
 
     Args:
-        x: (M, D) float array. perplexity: < M. iters: >= 250. pca_dims: PCA output size (capped by M, D).
+        x: (M, D) float array. perplexity: < M. iters: >= ``MIN_TSNE_ITERS``. pca_dims: PCA output size (capped
+            by M, D).
         seed: random state of PCA and t-SNE.
     Returns:
         ``(Y (M, 2) float array, final KL divergence)``.
@@ -71,8 +75,8 @@ def run_tsne(x, perplexity=30.0, iters=1000, pca_dims=50, seed=0):
 
     if not 0 < perplexity < len(x):
         raise UserError(f"--perplexity must be within (0, {len(x)}) for {len(x)} points, got {perplexity}")
-    if iters < 300:  # scikit-learn spends the first 250 on early exaggeration
-        raise UserError(f"--tsne-iters must be >= 300, got {iters}")
+    if iters < MIN_TSNE_ITERS:
+        raise UserError(f"--tsne-iters must be >= {MIN_TSNE_ITERS}, got {iters}")
     dims = min(pca_dims, x.shape[0], x.shape[1])
     if dims < x.shape[1]:
         x = PCA(n_components=dims, random_state=seed).fit_transform(x)
@@ -166,8 +170,6 @@ def main(args):
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    if args.num_classes < 0:
-        raise UserError(f"--num-classes must be >= 0, got {args.num_classes}")
     base = os.path.splitext(args.pic_name)[0] if args.pic_name.lower().endswith((".pdf", ".png")) else args.pic_name
     check_writable(os.path.dirname(os.path.abspath(base)), "--pic-name")  # before the embedding, not after
     # ==== preparing data ====
@@ -175,6 +177,10 @@ def main(args):
                                 per_class=args.sample_per_class, max_classes=args.num_classes)
     views = pairs.views[:3]
     print(f"data: {len(pairs)} images of {len(pairs.classes)} classes, views {views}", flush=True)
+    n_points = len(pairs) * len(views)
+    if not args.perplexity < n_points:  # known now, before the embedding
+        raise UserError(f"--perplexity must be below the number of points ({n_points}: {len(pairs)} images x "
+                        f"{len(views)} views), got {args.perplexity}: lower it or raise -s / --num-classes")
 
     # ==== building the trunk and embedding ====
     model, args.arch, _ = build_trunk(args.pretrained, args.arch, args.cifar_stem, args.trunk_pattern,

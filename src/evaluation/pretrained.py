@@ -245,10 +245,7 @@ def load_trunk(model, path_or_ckpt, trunk_pattern=None, trust=False, log=print, 
                 ([f"shape mismatch {', '.join(shapes[:5])}"] if shapes else []) + \
                 ([f"unexpected {', '.join(extra[:5])}"] if extra else [])
         raise UserError(f"checkpoint keys do not match arch {name!r}: {'; '.join(parts)}; {hint}")
-    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise UserError(f"the trunk in {where} has NaN/inf weights or BatchNorm statistics ({', '.join(bad[:3])}"
-                        f"{' ...' if len(bad) > 3 else ''}): it comes from a diverged run; no score is computed from it")
+    check_finite(state, f"the trunk in {where}")
     full = dict(own)
     full.update(state)
     model.load_state_dict(full, strict=True)
@@ -256,6 +253,22 @@ def load_trunk(model, path_or_ckpt, trunk_pattern=None, trust=False, log=print, 
         log(f"loaded {len(state)} trunk tensors from {where} (prefix {prefix!r}): {used_modules(state)}; "
             f"ignored {len(ignored)} keys" + (f": {summarize_keys(ignored, mapping)}" if ignored else ""))
     return {"path": where, "prefix": prefix, "n_loaded": len(state), "ignored": ignored, "arch": ckpt_arch}
+
+
+def check_finite(state, what, consequence="no score is computed from it"):
+    """Refuse weights with NaN / inf values: they come from a diverged run.
+
+    Args:
+        state: {name: tensor}; floating-point tensors are checked, others skipped.
+        what: the weights, for the message (e.g. "the trunk in ckpt.pth").
+        consequence: what the caller does not do with them, for the message.
+    Raises:
+        UserError: naming the first non-finite tensors.
+    """
+    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise UserError(f"{what} has NaN/inf weights or BatchNorm statistics ({', '.join(bad[:3])}"
+                        f"{' ...' if len(bad) > 3 else ''}): it comes from a diverged run; {consequence}")
 
 
 # ==== describing what was loaded ====
