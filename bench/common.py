@@ -71,6 +71,22 @@ def ensure_demo_data(path):
         make_demo_dataset(os.path.dirname(DEMO_TRAIN))
 
 
+def time_steps(step, steps, device, warmup=2):
+    """Seconds taken by ``steps`` calls of ``step(it)`` after ``warmup`` untimed calls (CUDA synchronised)."""
+    import time
+
+    for it in range(warmup):
+        step(it)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t = time.time()
+    for it in range(warmup, warmup + steps):
+        step(it)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.time() - t
+
+
 def time_per_sample(root, transform, n):
     """The per-sample data pipeline on one worker: ``(samples, seconds)`` for up to ``n`` images of the folder
     ``root`` through ``transform``, after one warm-up sample."""

@@ -11,22 +11,21 @@ With ``--recipe ours`` the large crops are ``--crop-size`` and the 4 small ones 
 images/s counts images (one image = 6 crops), and the data row times the constrained 2x160 + 4x96
 pipeline with AutoAugment on crops 0, 2-5.
 
-The step timed is ``main_moco.train_one_epoch`` itself (momentum update, shuffled key forward, fp32
-loss, backward, SGD, enqueue), fed with pre-made batches so the loader does not count; the data
-pipeline is timed separately, one worker, on the demo images with the two-view MoCo v2 transform.
+The step timed is ``main_moco.step`` itself (momentum update, shuffled key forward, fp32 loss, backward,
+SGD, enqueue) on the parts ``main_moco.build`` makes, fed with a pre-made batch so the loader does not
+count; the data pipeline is timed separately, one worker, on the demo images with the two-view MoCo v2
+transform.
 """
 import argparse
-import time
 
 import torch
 
 import main_moco
-from bench.common import add_io_args, ensure_demo_data, machine, peak_memory_mb, per_arch, report, time_per_sample
+from bench.common import (add_io_args, ensure_demo_data, machine, peak_memory_mb, per_arch, report, time_per_sample,
+                          time_steps)
 from src.augment.recipes import moco_recipe
-from src.optim import moco_lr_schedule
 from src.run import dist
 from src.run.errors import UserError
-from src.run.logging import ProgressLogger
 
 
 def recipe_flags(recipe, crop_size):
@@ -45,36 +44,22 @@ def recipe_flags(recipe, crop_size):
     raise UserError(f"unknown recipe {recipe!r}: v2, small or ours")
 
 
-def bench_step(arch, batch_size, crop_size, steps, amp, device, queue=4096, bn_splits=8, recipe="v2"):
+def bench_step(arch, batch_size, crop_size, steps, amp, device, data, queue=4096, bn_splits=8, recipe="v2"):
+    """``main_moco.step`` on one pre-made batch, after ``main_moco.build`` from the recipe's flags."""
     args = main_moco.get_args_parser().parse_args(
-        ["x", "-a", arch, "-b", str(batch_size), "--crop-size", str(crop_size), "--moco-k", str(queue),
-         *recipe_flags(recipe, crop_size), "--bn-splits", str(bn_splits), "--amp", amp,
-         "--print-freq", str(10**9)])
-    main_moco.check_recipe_args(args)
+        [data, "-a", arch, "-b", str(batch_size), "--crop-size", str(crop_size), "--moco-k", str(queue),
+         *recipe_flags(recipe, crop_size), "--bn-splits", str(bn_splits), "--amp", amp, "-j", "0", "--seed", "0",
+         "--device", str(device)])
     info = dist.DistInfo(rank=0, world_size=1, local_rank=0, device=device, distributed=False, backend=None,
                          launcher="none")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    model, encoder_q, _ = main_moco.build_model(args, info, batch_size)
-    opt = torch.optim.SGD(encoder_q.parameters(), 0.03, momentum=0.9, weight_decay=1e-4)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    parts = main_moco.build(args, info)
     sizes = [crop_size] * 2  # MoCo's two views, or every crop of the multi-crop recipe
     if args.num_crops:
         sizes = [s for s, n in zip(args.size_crops, args.num_crops) for _ in range(n)]
     batch = ([torch.randn(batch_size, 3, s, s) for s in sizes], torch.zeros(batch_size, dtype=torch.long))
-    warmup = 2
-    loader = [batch] * (steps + warmup)
-    sched = moco_lr_schedule(0.03, 1, steps + warmup)
-    logger = ProgressLogger(steps + warmup, 1, batch_size, 10**9, None, rank=1)
-    times = []
-    t = time.time()
-    for _ in main_moco.train_one_epoch(model, encoder_q, loader, opt, scaler, sched, 0, 0, steps + warmup, args,
-                                       device, logger):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.time() - t)
-        t = time.time()
-    timed = sum(times[warmup:])
+    timed = time_steps(lambda it: main_moco.step(parts, batch, it), steps, device)
     what = f"moco step {arch}" if recipe == "v2" else f"moco {recipe} step {arch}"
     px = crop_size if not args.num_crops else "+".join(f"{n}x{s}" for n, s in zip(args.num_crops, args.size_crops))
     return {"what": what, "batch": batch_size, "px": px, "amp": amp,
@@ -108,10 +93,10 @@ def main():
     device = torch.device(a.device)
     sizes = per_arch(a.crop_size, a.arch)
     rows = []
+    ensure_demo_data(a.data)
     for arch, size in zip(a.arch, sizes):
         batch = a.batch_size if size <= 96 or device.type == "cuda" else max(a.batch_size // 4, 8)
-        rows.append(bench_step(arch, batch, size, a.steps, a.amp, device, recipe=a.recipe))
-    ensure_demo_data(a.data)
+        rows.append(bench_step(arch, batch, size, a.steps, a.amp, device, a.data, recipe=a.recipe))
     if a.recipe == "ours":
         rows.append(bench_data(a.data, 160, a.data_samples // 3, recipe="ours"))
     else:

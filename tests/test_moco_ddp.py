@@ -6,9 +6,7 @@ import torch
 import torch.multiprocessing as mp
 
 import main_moco
-from src.optim import moco_lr_schedule
 from src.run import dist
-from src.run.logging import ProgressLogger
 from tests.helpers import free_port
 
 B, STEPS = 4, 2  # per-rank batch, optimizer steps
@@ -19,49 +17,43 @@ def _batches(n_total):
     return [torch.randn(2, n_total, 3, 32, 32, generator=g) for _ in range(STEPS)]
 
 
-def _train(info, per_rank_batch, batches):
+def _train(info, per_rank_batch, batches, data):
     args = main_moco.get_args_parser().parse_args(
-        ["x", "-a", "vit_tiny", "--crop-size", "32", "-b", str(per_rank_batch * info.world_size),
+        [data, "-a", "vit_tiny", "--crop-size", "32", "-b", str(per_rank_batch * info.world_size),
          "--moco-k", "16", "--mlp", "--moco-t", "0.2", "--bn-splits", "1", "--moco-m", "0.9", "--lr", "0.5",
-         "-p", "1000"])
-    torch.manual_seed(0)
-    model, encoder_q, _ = main_moco.build_model(args, info, per_rank_batch)
-    opt = torch.optim.SGD(encoder_q.parameters(), args.lr, momentum=0.9, weight_decay=1e-4)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
+         "-p", "1000", "-j", "0", "--seed", "0"])
+    parts = main_moco.build(args, info)  # SGD lr 0.5, momentum 0.9, wd 1e-4: constant lr for these steps
     sl = slice(info.rank * per_rank_batch, (info.rank + 1) * per_rank_batch)
-    loader = [([b[0][sl], b[1][sl]], torch.zeros(per_rank_batch)) for b in batches]
-    logger = ProgressLogger(STEPS, 1, per_rank_batch, 1000, None, rank=1)
-    for _ in main_moco.train_one_epoch(model, encoder_q, loader, opt, scaler, moco_lr_schedule(args.lr, 1, STEPS),
-                                       0, 0, STEPS, args, torch.device("cpu"), logger):
-        pass
-    return {k: v.clone() for k, v in model.state_dict().items()}
+    for it, b in enumerate(batches):
+        main_moco.step(parts, ([b[0][sl], b[1][sl]], torch.zeros(per_rank_batch)), it)
+    return {k: v.clone() for k, v in parts.model.state_dict().items()}
 
 
-def _worker(rank, port, path):
+def _worker(rank, port, path, data):
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
     info = dist.init_distributed(device="cpu")
-    state = _train(info, B, _batches(2 * B))
+    state = _train(info, B, _batches(2 * B), data)
     if rank == 0:
         torch.save(state, path)
     dist.cleanup()
 
 
-def test_two_processes_equal_one_process_on_concatenated_batch(tmp_path, monkeypatch):
+def test_two_processes_equal_one_process_on_concatenated_batch(tmp_path, monkeypatch, tiny_data):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS"):
         monkeypatch.delenv(k, raising=False)
     path = str(tmp_path / "ddp.pt")
-    mp.spawn(_worker, args=(free_port(), path), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), path, tiny_data), nprocs=2, join=True)
     ddp = torch.load(path, weights_only=True)
     single_info = dist.DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), distributed=False,
                                 backend=None, launcher="none")
-    single = _train(single_info, 2 * B, _batches(2 * B))
+    single = _train(single_info, 2 * B, _batches(2 * B), tiny_data)
     changed = 0
     for k in single:
         torch.testing.assert_close(ddp[k], single[k], rtol=1e-5, atol=1e-6, msg=k)
     # the run did something: the query encoder moved and the queue holds both ranks' keys in rank order
-    init = _train(single_info, 2 * B, [])
+    init = _train(single_info, 2 * B, [], tiny_data)
     for k in single:
         if k.startswith("encoder_q.") and not torch.equal(init[k], single[k]):
             changed += 1

@@ -4,9 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.methods.common import (KeyQueue, SplitBatchNorm, batch_shuffle, batch_unshuffle, check_queue_size,
-                                convert_split_bn, copy_params, momentum_update)
-from src.methods.moco import MoCo
+from src.methods.moco import MoCo, SplitBatchNorm, batch_shuffle, batch_unshuffle, convert_split_bn
+from src.methods.momentum import KeyQueue, check_queue_size, copy_params, momentum_update
 from src.run.errors import UserError
 
 

@@ -14,9 +14,7 @@ import main_moco
 from src.augment.crops import MultiScaleCrops, box_intersection, constrained_box, rrc_box
 from src.augment.image import MultiCropTransform, autoaugment_or
 from src.losses import knn_positive_loss
-from src.optim import moco_lr_schedule
 from src.run import dist
-from src.run.logging import ProgressLogger
 from tests.helpers import SYNC_RE, assert_ok, free_port, py, run, tiny_dataset
 
 CPU = dist.DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), distributed=False, backend=None,
@@ -159,9 +157,9 @@ def test_knn_positive_loss_matches_loop():
     assert q.grad is not None and q.grad.abs().sum() > 0
 
 
-def _parse(extra):
+def _parse(extra, data):
     return main_moco.get_args_parser().parse_args(
-        ["x", "-a", "resnet18", "--cifar-stem", "-b", "4", "--moco-k", "16", "--mlp", "--moco-t", "0.2",
+        [data, "-a", "resnet18", "--cifar-stem", "-b", "4", "--moco-k", "16", "--mlp", "--moco-t", "0.2",
          "--moco-m", "0.9", "--bn-splits", "1", "-p", "1000", "--num_crops", "2", "3", "--size_crops", "16", "8",
          "--min_scale_crops", "0.2", "0.05", "--max_scale_crops", "1.0", "0.14", *extra])
 
@@ -175,31 +173,28 @@ def _trunk_features(encoder, x):
 
 @pytest.mark.parametrize("epoch,warmup,order", [(0, 0, "neighbours-first"), (0, 1, "neighbours-first"),
                                                (0, 0, "enqueue-first"), (0, 1, "enqueue-first")])
-def test_multi_crop_step_matches_loop(epoch, warmup, order):
-    """One step of main_moco.train_one_epoch with 1 large + 3 small query crops, one key and the
+def test_multi_crop_step_matches_loop(epoch, warmup, order, tiny_data):
+    """One main_moco.step with 1 large + 3 small query crops, one key and the
     nearest-neighbour loss: its logged InfoNCE, aux and total losses equal a per-row loop over a copy of the
     model taken before the step. The head-space logits use the queue as it was before the step's keys were
     enqueued; the neighbours are picked in the feature queue before (neighbours-first) or after
     (enqueue-first, builder_ours) this step's key features went in."""
-    args = _parse(["--aux-weight", "0.5", "--aux-topk", "3", "--warmup-epochs", str(warmup), "--aux-order", order])
-    main_moco.check_recipe_args(args)
-    torch.manual_seed(0)
-    model, encoder_q, _ = main_moco.build_model(args, CPU, 4)
-    with torch.no_grad():  # a queue holding the feature of one of this batch's images makes the order matter
-        model.queue_backbone.queue.copy_(F.normalize(torch.randn(16, 512), dim=1))
+    args = _parse(["--aux-weight", "0.5", "--aux-topk", "3", "--warmup-epochs", str(warmup), "--aux-order", order,
+                   "--seed", "0", "-j", "0"], tiny_data)
+    parts = main_moco.build(args, CPU)
+    parts.lr_schedule[:] = 0.0  # the model stays the copy's: only the logged losses are compared
+    model = parts.model
+    queue = torch.randn(16, 512, generator=torch.Generator().manual_seed(1))  # a draw where the order is observable
+    with torch.no_grad():
+        model.queue_backbone.queue.copy_(F.normalize(queue, dim=1))
     ref = copy.deepcopy(model)
     g = torch.Generator().manual_seed(1)
     crops = [torch.randn(4, 3, 16, 16, generator=g) for _ in range(2)] + [torch.randn(4, 3, 8, 8, generator=g)
                                                                           for _ in range(3)]
-    opt = torch.optim.SGD(encoder_q.parameters(), 0.0)
-    logger = ProgressLogger(1, 1, 4, 1000, None, rank=1)
-    steps = main_moco.train_one_epoch(model, encoder_q, [(crops, torch.zeros(4))], opt,
-                                      torch.amp.GradScaler("cpu", enabled=False), moco_lr_schedule(0.0, epoch + 1, 1),
-                                      epoch, 0, 1, args, torch.device("cpu"), logger)
-    assert [it for it, _ in steps] == [0]  # the generator yields (iteration, loss)
+    stats = main_moco.step(parts, (crops, torch.zeros(4)), epoch * parts.iters_per_epoch)
 
     # the loop reference, on the copy: momentum update, queries per resolution, unshuffled keys
-    main_moco.momentum_update(ref.encoder_q, ref.encoder_k, args.moco_m)
+    ref.momentum_update()
     with torch.no_grad():
         large, small = crops[0], torch.cat(crops[2:])
         q = torch.cat([F.normalize(ref.encoder_q(large), dim=1), F.normalize(ref.encoder_q(small), dim=1)])
@@ -219,10 +214,10 @@ def test_multi_crop_step_matches_loop(epoch, warmup, order):
         aux_after += float(-log_p[(fqueue_after @ h[row]).topk(3).indices].mean())
     ce, aux, aux_after = ce / q.shape[0], aux / q.shape[0], aux_after / q.shape[0]
     assert abs(aux_after - aux) > 1e-2  # the order is observable here: the enqueue-first variant differs
-    assert abs(float(logger.last["CE"]) - ce) < 1e-4
+    assert abs(float(stats["CE"]) - ce) < 1e-4
     expected_aux = (aux if order == "neighbours-first" else aux_after) if epoch >= warmup else 0.0
-    assert abs(float(logger.last["Aux"]) - expected_aux) < 1e-4
-    assert abs(float(logger.last["Loss"]) - (ce + 0.5 * expected_aux)) < 1e-4
+    assert abs(float(stats["Aux"]) - expected_aux) < 1e-4
+    assert abs(float(stats["Loss"]) - (ce + 0.5 * expected_aux)) < 1e-4
     # after the step, both queues hold this batch's keys at rows 0-3 (also during the warmup)
     torch.testing.assert_close(model.queue.queue[:4], k, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(model.queue_backbone.queue[:4], h_k, rtol=1e-4, atol=1e-5)
@@ -244,7 +239,7 @@ def _loop_aux(q, h, queue, fqueue, t, topk):
     return total / q.shape[0], picked
 
 
-def test_aux_order_differs_exactly_at_the_images_own_slot():
+def test_aux_order_differs_exactly_at_the_images_own_slot(tiny_data):
     """The query's large crop IS its key crop and the key encoder equals the query encoder, so each image's key
     feature equals its query's backbone feature. With the queue pointer at 8 (rows 8-11 take this step's 4 keys):
     enqueue-first (builder_ours) picks row 8 + b as image b's nearest neighbour, its own key, while the head-space
@@ -258,25 +253,21 @@ def test_aux_order_differs_exactly_at_the_images_own_slot():
     base = None
     logged, models = {}, {}
     for order in ("neighbours-first", "enqueue-first"):
-        args = _parse(["--aux-weight", "1.0", "--aux-topk", "1", "--aux-order", order])
-        main_moco.check_recipe_args(args)
-        torch.manual_seed(0)
-        model, encoder_q, _ = main_moco.build_model(args, CPU, 4)
+        args = _parse(["--aux-weight", "1.0", "--aux-topk", "1", "--aux-order", order, "--seed", "0", "-j", "0"],
+                      tiny_data)
+        parts = main_moco.build(args, CPU)
+        parts.lr_schedule[:] = 0.0
+        model = parts.model
         if base is None:
             with torch.no_grad():
-                model.queue_backbone.queue.copy_(F.normalize(torch.randn(16, 512), dim=1))
+                queue = torch.randn(16, 512, generator=torch.Generator().manual_seed(1))
+                model.queue_backbone.queue.copy_(F.normalize(queue, dim=1))
                 model.queue.ptr.fill_(8)
                 model.queue_backbone.ptr.fill_(8)
             base = copy.deepcopy(model)
         else:
             model.load_state_dict(base.state_dict())
-        opt = torch.optim.SGD(encoder_q.parameters(), 0.0)
-        logger = ProgressLogger(1, 1, 4, 1000, None, rank=1)
-        steps = main_moco.train_one_epoch(model, encoder_q, [(crops, torch.zeros(4))], opt,
-                                          torch.amp.GradScaler("cpu", enabled=False), moco_lr_schedule(0.0, 1, 1),
-                                          0, 0, 1, args, torch.device("cpu"), logger)
-        assert [it for it, _ in steps] == [0]  # the generator yields (iteration, loss)
-        logged[order], models[order] = dict(logger.last), model
+        logged[order], models[order] = main_moco.step(parts, (crops, torch.zeros(4)), 0), model
 
     # the loop reference on the state before the step (lr 0; encoder_k equals encoder_q, so the momentum update
     # leaves it as it is up to rounding)

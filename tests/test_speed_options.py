@@ -13,7 +13,7 @@ import main_deepclusterv2
 import main_moco
 import main_sce
 import main_swav
-from src.methods.common import KeyQueue
+from src.methods.momentum import KeyQueue
 from src.run.args import amp_dtype, autocast_dtype
 from src.run.speed import CompiledOrEager, fused_kwargs, maybe_compile, to_channels_last
 from tests.helpers import assert_ok, run
