@@ -1,17 +1,15 @@
-"""SCE model pieces (Denize et al., "Similarity Contrastive Estimation for Self-Supervised Soft Contrastive
-Learning", WACV 2023; juliendenize/eztorch ``models/siamese/sce.py``; spec ``sce.md`` sections 1-2).
+"""SCE (Denize et al., "Similarity Contrastive Estimation for Self-Supervised Soft Contrastive Learning", WACV 2023;
+juliendenize/eztorch ``models/siamese/sce.py``): every piece of the method in one file, as facebookresearch/moco
+keeps MoCo's in ``moco/builder.py``.
 
 Online branch = trunk -> projector -> predictor; target branch = momentum trunk -> momentum projector (no
-predictor), an EMA of the online weights. Keys of past steps sit in a (K, D) queue. The training step itself
-(queue snapshot, forwards, loss, LARS step, momentum update, enqueue) is written out in ``main_sce.py``'s
-``train_one_epoch``; this module names the pieces and holds the method's math:
-
-* :class:`SCE`: the modules, with the state-dict layout ``trunk.*`` (torchvision names), ``projector.*``,
-  ``predictor.*``, ``momentum_trunk.*``, ``momentum_projector.*``, ``queue.queue`` / ``queue.ptr``;
-* :class:`Branch`: runs a list of crops through trunk -> heads (one forward per crop, or per run of
-  same-resolution crops) and L2-normalises; what DDP wraps, so one DDP forward covers every crop;
-* :func:`multicrop_sce_loss`: the symmetrised multi-crop sum and its normalisation;
-* :func:`momentum_schedule`: the per-step cosine of the EMA momentum, 0.99 -> 1.
+predictor), an EMA of the online weights. Keys of past steps sit in a (K, D) queue. :class:`SCE` holds the modules
+(state-dict layout ``trunk.*`` in torchvision names, ``projector.*``, ``predictor.*``, ``momentum_trunk.*``,
+``momentum_projector.*``, ``queue.queue`` / ``queue.ptr``) and the steps that use them: the queue snapshot, the
+branches, the loss, the momentum update and the enqueue; ``main_sce.py``'s ``step`` calls them in that order.
+Next to it: :class:`Branch` (a list of crops through trunk -> heads, L2-normalised; what DDP wraps),
+:func:`multicrop_sce_loss` (the symmetrised multi-crop sum) and :func:`momentum_schedule` (the EMA momentum per
+step, 0.99 -> 1).
 """
 import copy
 import math
@@ -26,6 +24,7 @@ from src.methods.momentum import KeyQueue, copy_params, momentum_update
 from src.methods.multicrop import resolution_groups
 from src.models import build_backbone
 from src.models.heads import build_mlp
+from src.run import dist
 
 
 def build_projector(in_dim, hidden_dim=4096, out_dim=256):
@@ -69,7 +68,8 @@ class Branch(nn.Module):
 
 
 class SCE(nn.Module):
-    """Online trunk + projector + predictor, momentum trunk + projector, and the key queue.
+    """Online trunk + projector + predictor, momentum trunk + projector, and the key queue, with the steps that
+    use them.
 
     Args:
         arch: backbone name (``src.models.KNOWN_ARCHS``); resnet50 in the paper.
@@ -78,10 +78,13 @@ class SCE(nn.Module):
         pred_hidden_dim: predictor hidden width (4096).
         queue_size: K (65536).
         cifar_stem, image_size: passed to ``build_backbone`` (small images; DeiT resolution).
+        temperature, temperature_m, coeff, mask_positive: the loss's tau (0.1), tau_m (0.07), lambda (0.5) and
+            positive mask (see ``src.losses.sce_loss``).
     """
 
     def __init__(self, arch="resnet50", dim=256, proj_hidden_dim=4096, pred_hidden_dim=4096, queue_size=65536,
-                 cifar_stem=False, image_size=224):
+                 cifar_stem=False, image_size=224, temperature=0.1, temperature_m=0.07, coeff=0.5,
+                 mask_positive=False):
         super().__init__()
         self.trunk, feat_dim = build_backbone(arch, cifar_stem=cifar_stem, image_size=image_size)
         self.projector = build_projector(feat_dim, proj_hidden_dim, dim)
@@ -91,6 +94,8 @@ class SCE(nn.Module):
         self.sync_target()
         self.queue = KeyQueue(queue_size, dim)
         self.feat_dim = feat_dim
+        self.temperature, self.temperature_m, self.coeff = temperature, temperature_m, coeff
+        self.mask_positive = mask_positive
 
     def sync_target(self):
         """Target := online (parameters and buffers) and frozen, as at initialisation (and after DDP's broadcast)."""
@@ -106,14 +111,40 @@ class SCE(nn.Module):
         return Branch(self.trunk, self.projector, self.predictor, mutual_pass=mutual_pass)
 
     def target_branch(self, mutual_pass=False):
-        """:class:`Branch` computing the keys z = normalize(momentum_projector(momentum_trunk(x))); call under no_grad."""
+        """:class:`Branch` computing the keys z = normalize(momentum_projector(momentum_trunk(x))) (under no_grad)."""
         return Branch(self.momentum_trunk, self.momentum_projector, mutual_pass=mutual_pass)
 
+    def queue_snapshot(self):
+        """(K, D) copy of the queue before this step's enqueue: every (key, query) pair of a step is scored against
+        the same keys of earlier steps."""
+        return self.queue.queue.clone()
+
+    def loss(self, queries, keys, queue):
+        """:func:`multicrop_sce_loss` with this model's temperatures and lambda (fp32, a scalar)."""
+        return multicrop_sce_loss(queries, keys, queue, self.temperature, self.temperature_m, self.coeff,
+                                  self.mask_positive)
+
+    @torch.no_grad()
     def momentum_update(self, m):
         """theta_target <- m * theta_target + (1 - m) * theta_online over parameters only (BN running
         statistics of the target stay its own), for the trunk and the projector; after the optimizer step."""
         momentum_update(self.trunk, self.momentum_trunk, m)
         momentum_update(self.projector, self.momentum_projector, m)
+
+    @torch.no_grad()
+    def enqueue(self, keys):
+        """Both global views' keys of the whole global batch go into the queue, after the loss: view 1 of ranks
+        0..N-1, then view 2, identical on every rank. keys: list of (B, D) per view."""
+        self.queue.enqueue(torch.cat([dist.concat_all_gather(k.float()) for k in keys]))
+
+    def trunks(self):
+        """The online and momentum trunks (copies; pooled features, no head), for an evaluation of the features."""
+        return {"online": copy.deepcopy(self.trunk), "momentum": copy.deepcopy(self.momentum_trunk)}
+
+    def trunk_state(self):
+        """The online trunk's weights in torchvision names (``conv1.weight``, ``layer1.0.bn1.*``, no fc): what
+        ``trunk.pth`` holds, for ``torchvision.models.resnet50().load_state_dict(sd, strict=False)``."""
+        return self.trunk.state_dict()
 
 
 def multicrop_sce_loss(queries, keys, queue, temperature, temperature_m, coeff, mask_positive=False):
@@ -148,7 +179,7 @@ def momentum_schedule(base, epochs, iters_per_epoch):
     """EMA momentum per optimizer step: ``m_s = 1 - (1 - base) * (1 + cos(pi * s / (S - 1))) / 2``.
 
     Starts at ``base`` (0.99) at step 0 and reaches exactly 1.0 at the last step ``S - 1``, with
-    ``S = epochs * iters_per_epoch`` (eztorch's cosine momentum scheduler, spec sce.md section 2).
+    ``S = epochs * iters_per_epoch`` (eztorch's cosine momentum scheduler).
 
     Returns:
         np.ndarray of length S (float64).
