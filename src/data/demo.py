@@ -218,6 +218,17 @@ def _write_one(task):
     render_image(seed, split, class_index, index, size).save(path)
 
 
+def _check_folder(root):
+    """Refuse a root that is a file or lies under one (the build would fail half-way with NotADirectoryError)."""
+    for path in (root, *root.parents):
+        if path.exists():
+            if not path.is_dir():
+                where = "is a file" if path == root else f"lies under '{path}', which is a file"
+                raise UserError(f"demo data folder '{root}' {where}: pass a folder path (a new folder, or one that "
+                                "holds an earlier demo build)")
+            return
+
+
 def _check_replaceable(root):
     """Refuse to delete folders that do not look like an earlier (interrupted) demo build."""
     for split in _SPLITS:
@@ -245,8 +256,12 @@ def make_demo_dataset(root, num_classes=10, train_per_class=300, val_per_class=1
 
     Returns:
         pathlib.Path of ``root``.
+    Raises:
+        UserError: ``root`` is (or lies under) a file, holds a non-demo ``train/`` or ``val/``, or a count is out of
+            range.
     """
     root = pathlib.Path(root)
+    _check_folder(root)
     if not 2 <= num_classes <= len(SHAPES):
         raise UserError(f"demo dataset: num_classes={num_classes} is out of range: use 2 to {len(SHAPES)}")
     if size < 16 or train_per_class < 1 or val_per_class < 0:

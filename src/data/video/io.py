@@ -1,7 +1,7 @@
 """Finding and decoding videos: files decoded with PyAV, or folders of extracted frames.
 
 A video is either a file (``.mp4 .avi .mkv .webm .mov .m4v``), decoded with PyAV (FFmpeg bindings, a declared
-dependency; README says why not torchvision's video reader), or a folder of frames (``.jpg`` / ``.png`` ...
+dependency; docs/video.md says why not torchvision's video reader), or a folder of frames (``.jpg`` / ``.png`` ...
 sorted by name) extracted at a known frame rate, as the reference's Kinetics-200, UCF101 (25 fps) and HMDB51
 (30 fps) frame decoders read them. Both expose the same two calls:
 
@@ -123,11 +123,13 @@ class FrameFolderVideo:
     Args:
         path: the folder. fps: extraction frame rate (30 for Kinetics / HMDB51 frames, 25 for UCF101).
     Raises:
-        VideoError: no image in the folder.
+        VideoError: no image in the folder. ValueError: ``fps`` is not a positive number (every video would fail).
     """
 
     def __init__(self, path, fps=30.0):
         self.path, self.fps = path, float(fps)
+        if not self.fps > 0:  # a setting, not one bad video: never turned into a skipped video
+            raise ValueError(f"frame rate of a frame folder must be > 0, got {fps}")
         self.files = frame_files(path)
         if not self.files:
             raise VideoError("no frame images")
