@@ -4,8 +4,8 @@
     python -m bench.knn --n 1280000 --dim 2048 --queries 10000      # ImageNet-sized bank, ours alone
     python -m bench.knn --n 20000 --dim 64 --queries 200 --json /tmp/knn.json   # seconds
 
-"ours" is ``eval.knn.search_bank`` itself, the loop ``python -m eval.knn`` runs in each shard, fed with an
-identity trunk and synthetic batches of ``--batch-size`` rows (eval.knn's ``-b``), then
+"ours" is ``src.evaluation.knn.search_bank`` itself, the loop ``python -m eval.knn`` runs in each shard, fed
+with an identity trunk and synthetic batches of ``--batch-size`` rows (eval.knn's ``-b``), then
 ``src.metrics.best_nn_from_candidates``: an exact streaming Euclidean top-k (``StreamingKNN``: one matrix
 product per batch, its k best per query merged with the k kept), so the bank is never held in memory. Only the
 Best-NN search runs (eval.knn's weighted kNN, a second top-k over the same batches, is off, ``--no-weighted``).
@@ -101,7 +101,7 @@ def _rss_mib():
 # ==== one method, in its own process ====
 def run_ours(args):
     """eval.knn's search on the synthetic bank; returns seconds, memory, neighbour ids/distances and Best-NN."""
-    from eval.knn import search_bank
+    from src.evaluation.knn import search_bank
     from src.metrics import best_nn_from_candidates
 
     query, labels = make_queries(args.queries, args.dim, args.seed)

@@ -1,5 +1,8 @@
 """Best-NN: nearest-neighbour classification accuracy of a frozen trunk (SCE / SSL-small ``eval/knn.py``).
 
+A thin CLI: the search is ``src.evaluation.knn`` (which a training run's monitor calls too, so its figure equals
+this command's); this module reads the flags, the folders and the checkpoint, runs the shards and reports.
+
 Protocol (``spec/evals.md`` D.8): both splits go through Resize(256) -> CenterCrop(224) -> Normalize.
 The training set is cut into ``-g`` contiguous shards, one process each (one per GPU on CUDA). Every
 shard process embeds the whole val set (in order), then streams its training shard batch by batch
@@ -20,7 +23,8 @@ so shift-norm costs about twice the trunk time of the other spaces; nothing is c
 
 The results file (``--output-json``, default knn.json next to the checkpoint) is checked for writability
 before any work, and written before anything is printed. Non-finite features (a diverged trunk) stop
-the run with one ``error:`` line instead of a score.
+the run with one ``error:`` line instead of a score, and so does a training set of one class (every
+neighbour would vote for it: 100% whatever the trunk).
 
 Last line of the output: ``best-NN=XX.XX%, k=K.``; the numbers also go to ``--output-json``.
 
@@ -40,18 +44,16 @@ import tempfile
 
 import torch
 import torch.multiprocessing as mp
-import torch.nn.functional as F
 
 from src.augment.image import eval_transform
-from src.data.folders import SafeImageFolder
-from src.evaluation.features import iter_features
+from src.data.folders import SafeImageFolder, require_folder
+from src.evaluation.knn import SHIFT, bank_mean, bank_sum, search_shard, shard_bounds, summarize
 from src.evaluation.pair_eval import results_file, write_json
 from src.evaluation.pretrained import TRUST_HELP, checkpoint_arch, load_trunk, read_checkpoint
-from src.metrics import (REP_SPACES, StreamingKNN, best_nn_from_candidates, feature_mean, feature_sum, merge_candidates,
-                         transform_rep, weighted_knn_from_candidates)
+from src.metrics import REP_SPACES
 from src.models import KNOWN_ARCHS, build_backbone
 from src.run import dist
-from src.run.args import ArgumentParser, add_amp_args, add_arg, amp_dtype
+from src.run.args import NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg, amp_dtype
 from src.run.errors import UserError
 from src.run.launch import exit_on_user_error
 
@@ -74,22 +76,23 @@ def get_args_parser(add_help=False):
             help=TRUST_HELP)
     add_arg(g, "--seed", default=0, type=int, help="seed of the random init when --pretrained is empty (default 0)")
     g = parser.add_argument_group("evaluation")
-    add_arg(g, "-b", "--batch-size", default=512, type=int,
+    add_arg(g, "-b", "--batch-size", default=512, type=POSITIVE_INT,
             help="images per batch and per shard process (default 512; 1024 in the paper setting)")
-    add_arg(g, "-j", "--num-workers", "--workers", default=8, type=int,
+    add_arg(g, "-j", "--num-workers", "--workers", default=8, type=NONNEG_INT,
             help="data loading workers per shard process (default 8)")
-    add_arg(g, "-g", "--gpus", default=1, type=int,
+    add_arg(g, "-g", "--gpus", default=1, type=POSITIVE_INT,
             help="number of train-set shards, one process each: one per GPU on CUDA, CPU processes otherwise "
                  "(default 1; 8 in the paper setting)")
-    add_arg(g, "-k", "--k", default=5, type=int, help="largest k for Best-NN; every odd k' <= k is tried "
+    add_arg(g, "-k", "--k", default=5, type=POSITIVE_INT, help="largest k for Best-NN; every odd k' <= k is tried "
                                                        "(default 5; 101 in the paper setting)")
     add_arg(g, "--rep-space", default="original", choices=REP_SPACES,
             help="feature space: original, norm (L2), shift-norm / shifted-norm (train features minus the training-set "
                  "mean, val features minus the val-set mean, then L2; one extra pass over the training set)")
-    add_arg(g, "--resize", default=256, type=int, help="shorter side after resizing, pixels (default 256)")
-    add_arg(g, "--crop-size", default=224, type=int, help="centre crop side, pixels (default 224)")
-    add_arg(g, "--knn-k", default=20, type=int, help="neighbours of the weighted kNN (default 20; 10-200)")
-    add_arg(g, "--knn-t", default=0.07, type=float, help="temperature of the weighted kNN (default 0.07)")
+    add_arg(g, "--resize", default=256, type=POSITIVE_INT, help="shorter side after resizing, pixels (default 256)")
+    add_arg(g, "--crop-size", default=224, type=POSITIVE_INT, help="centre crop side, pixels (default 224)")
+    add_arg(g, "--knn-k", default=20, type=POSITIVE_INT, help="neighbours of the weighted kNN (default 20; 10-200)")
+    add_arg(g, "--knn-t", default=0.07, type=POSITIVE,
+            help="temperature of the weighted kNN, > 0 (default 0.07; 0.05-0.2)")
     add_arg(g, "--no-weighted", action="store_true",
             help="skip the weighted kNN (a second streaming top-k over the same batches: one more matrix product "
                  "per batch, no training features kept)")
@@ -100,106 +103,21 @@ def get_args_parser(add_help=False):
     return parser
 
 
-# ==== embedding and search ====
-SHIFT = ("shift-norm", "shifted-norm")
-
-
-def embed_queries(model, val_loader, device, rep_space, weighted=True, amp=None, progress=None):
-    """Embed the val set in order; map it to ``rep_space`` (shift-norm: minus the val-set mean) and, for the
-    weighted kNN, to unit rows.
-
-    Returns:
-        ``(query (N, D), cos_query (N, D) unit rows or None, labels (N,) CPU)``, features on ``device``.
-    """
-    feats, labels = [], []
-    for f, y in iter_features(model, val_loader, device, amp, progress=progress):
-        feats.append(f)
-        labels.append(y.cpu())
-    feats = torch.cat(feats)  # finite: iter_features refuses NaN / inf features
-    query = transform_rep(feats, rep_space, mean=feature_mean(feats) if rep_space in SHIFT else None)
-    return query, F.normalize(feats, dim=1) if weighted else None, torch.cat(labels)
-
-
-def bank_sum(model, train_loader, device, amp=None, progress=None):
-    """First pass of shift-norm: float64 sum (D,) on the CPU and row count of the raw training features."""
-    total, count = feature_sum(f for f, _ in iter_features(model, train_loader, device, amp, progress=progress))
-    return {"sum": total.cpu(), "count": count}
-
-
-def search_bank(model, train_loader, query, device, max_k, rep_space="original", bank_mean=None, cos_query=None,
-                knn_k=20, amp=None, progress=None):
-    """Stream the training images through the trunk once and keep, for every query, the ``max_k`` nearest
-    (Euclidean, in ``rep_space``) and, if ``cos_query`` is given, the ``knn_k`` most cosine-similar ones.
-
-    Args:
-        model: trunk on ``device``; train_loader: ``(images, labels)`` batches.
-        query: (N_val, D) queries in ``rep_space``; cos_query: (N_val, D) unit rows or None.
-        bank_mean: (D,) mean of the whole training set, required for shift-norm.
-    Returns:
-        dict of CPU tensors: ``dists`` / ``labels`` (N_val, max_k) and ``sims`` / ``sim_labels`` (N_val, knn_k)
-        (None without ``cos_query``).
-    """
-    if rep_space in SHIFT and bank_mean is None:
-        raise ValueError("shift-norm needs bank_mean, the mean of the whole training set (bank_sum)")
-    euclid = StreamingKNN(query, max_k)
-    cosine = StreamingKNN(cos_query, knn_k, metric="cosine") if cos_query is not None else None
-    for f, y in iter_features(model, train_loader, device, amp, progress=progress):
-        euclid.add(transform_rep(f, rep_space, mean=bank_mean), y)
-        if cosine is not None:
-            cosine.add(F.normalize(f, dim=1), y)
-    dists, labels = euclid.result()
-    sims, sim_labels = cosine.result() if cosine is not None else (None, None)
-    return {"dists": dists.cpu(), "labels": labels.cpu(), "sims": None if sims is None else sims.cpu(),
-            "sim_labels": None if sim_labels is None else sim_labels.cpu()}
-
-
-def summarize(parts, val_labels, max_k, knn_k=20, knn_t=0.07, weighted=True):
-    """Merge shard candidates into Best-NN and (optionally) the weighted kNN top-1.
-
-    Args:
-        parts: list of :func:`search_bank` results, in shard order. val_labels: (N_val,).
-    Returns:
-        dict with ``best_nn``, ``best_k``, ``acc_by_k`` and ``weighted_knn_top1`` (None if skipped).
-    """
-    dists, labels = merge_candidates([(p["dists"], p["labels"]) for p in parts], k=max_k)
-    best, best_k, acc_by_k = best_nn_from_candidates(dists, labels, val_labels, max_k)
-    wknn = None
-    if weighted:
-        sims, sim_labels = merge_candidates([(p["sims"], p["sim_labels"]) for p in parts], k=knn_k, largest=True)
-        wknn = weighted_knn_from_candidates(sims, sim_labels, val_labels, temperature=knn_t)
-    return {"best_nn": best, "best_k": best_k, "acc_by_k": acc_by_k, "weighted_knn_top1": wknn}
-
-
-def run_knn(model, train_loader, val_loader, device, max_k=5, rep_space="original", knn_k=20, knn_t=0.07,
-            weighted=True, amp=None):
-    """Best-NN and weighted kNN in this process (no sharding), e.g. from a training script.
-
-    Args:
-        model: trunk mapping images to (B, D) features, on ``device``.
-        train_loader, val_loader: loaders of ``(images, labels)``, not shuffled (shift-norm reads train twice).
-        device: the model's device. max_k, rep_space: Best-NN settings. knn_k, knn_t: weighted kNN.
-        weighted: also compute the weighted kNN. amp: optional autocast dtype.
-    Returns:
-        dict as :func:`summarize`.
-    """
-    query, cos_query, val_labels = embed_queries(model, val_loader, device, rep_space, weighted, amp)
-    bank_mean = None
-    if rep_space in SHIFT:
-        s = bank_sum(model, train_loader, device, amp)
-        bank_mean = s["sum"] / s["count"]
-    part = search_bank(model, train_loader, query, device, max_k, rep_space, bank_mean, cos_query, knn_k, amp)
-    return summarize([part], val_labels, max_k, knn_k, knn_t, weighted)
-
-
 # ==== data, model and shards ====
 def build_datasets(args):
-    """(train, val) image folders with the evaluation transform; UserError if a split is missing."""
+    """(train, val) image folders with the evaluation transform.
+
+    Raises:
+        UserError: a missing split (or a file in its place), fewer than 2 classes, or other classes in val/.
+    """
+    hint = "pass the dataset root that holds train/ and val/ (one subfolder per class in each)"
     for split in ("train", "val"):
-        if not os.path.isdir(os.path.join(args.data, split)):
-            raise UserError(f"data folder '{os.path.join(args.data, split)}' does not exist: pass the dataset "
-                            "root that holds train/ and val/ (one subfolder per class in each)")
+        require_folder(os.path.join(args.data, split), hint)
     tf = eval_transform(resize=args.resize, crop_size=args.crop_size)
     train_set = SafeImageFolder(os.path.join(args.data, "train"), transform=tf)
+    if len(train_set.classes) < 2:  # every neighbour would vote for the one class: 100% whatever the trunk
+        raise UserError(f"'{os.path.join(args.data, 'train')}' has {len(train_set.classes)} class folder "
+                        f"({train_set.classes[0]}): kNN classification needs at least 2 classes; add class folders")
     val_set = SafeImageFolder(os.path.join(args.data, "val"), transform=tf)
     if train_set.classes != val_set.classes:
         raise UserError(f"train/ and val/ of '{args.data}' have different class folders "
@@ -221,11 +139,6 @@ def build_model(args):
     else:
         print(f"no --pretrained: evaluating a random-init {args.arch} (seed {args.seed})", flush=True)
     return model
-
-
-def shard_bounds(n, g):
-    """Contiguous [lo, hi) index ranges of g shards of n items (sizes differ by at most one)."""
-    return [(i * n // g, (i + 1) * n // g) for i in range(g)]
 
 
 def _shard_setup(rank, args, bounds):
@@ -259,20 +172,13 @@ def shard_sum(rank, model, args, bounds, out_dir=None):
     return _finish(result, rank, out_dir)
 
 
-def run_shard(rank, model, args, bounds, out_dir=None, bank_mean=None):
-    """One shard: embed val, stream train[bounds[rank]]; the result is returned, or saved under ``out_dir``.
-
-    ``bank_mean`` is the (D,) mean of the whole training set (shift-norm only)."""
+def run_shard(rank, model, args, bounds, out_dir=None, mean=None):
+    """One shard: :func:`src.evaluation.knn.search_shard` on train[bounds[rank]]; the result is returned, or saved
+    under ``out_dir``. ``mean`` is the (D,) mean of the whole training set (shift-norm only)."""
     device, train_loader, val_loader, tag = _shard_setup(rank, args, bounds)
-    model = model.to(device)
     lo, hi = bounds[rank]
-    weighted = not args.no_weighted
-    query, cos_query, val_labels = embed_queries(model, val_loader, device, args.rep_space, weighted, amp_dtype(args),
-                                                 progress=f"{tag} val")
-    part = search_bank(model, train_loader, query, device, args.k, args.rep_space, bank_mean, cos_query, args.knn_k,
-                       amp_dtype(args), progress=f"{tag} train {lo}-{hi}")
-    if rank == 0:
-        part["val_labels"] = val_labels
+    part = search_shard(model.to(device), train_loader, val_loader, device, args.k, args.rep_space, mean, args.knn_k,
+                        not args.no_weighted, amp_dtype(args), progress=(f"{tag} val", f"{tag} train {lo}-{hi}"))
     return _finish(part, rank, out_dir)
 
 
@@ -296,29 +202,20 @@ def _in_shards(fn, model, args, bounds, *extra):
 def run_shards(model, args, n_train):
     """Run the ``-g`` shards (shift-norm: a first round for the training mean); their search results."""
     g = min(args.gpus, n_train)
-    if g < 1:
-        raise UserError(f"-g/--gpus must be >= 1, got {args.gpus}")
     if dist.pick_device(args.device).type == "cuda" and g > torch.cuda.device_count():
         raise UserError(f"-g {g} needs {g} GPUs but {torch.cuda.device_count()} are visible: lower -g")
     bounds = shard_bounds(n_train, g)
-    bank_mean = None
+    mean = None
     if args.rep_space in SHIFT:
-        sums = _in_shards(shard_sum, model, args, bounds)
-        total = sum(s["sum"] for s in sums)
-        if not bool(torch.isfinite(total).all()):
-            raise UserError(f"the trunk ({args.pretrained or 'random init'}) gives NaN or inf features on the training "
-                            "set: the checkpoint is broken (e.g. a diverged run); no score is reported")
-        bank_mean = total / sum(s["count"] for s in sums)
-    return _in_shards(run_shard, model, args, bounds, bank_mean)
+        mean = bank_mean(_in_shards(shard_sum, model, args, bounds),
+                         what=f"the trunk ({args.pretrained or 'random init'})")
+    return _in_shards(run_shard, model, args, bounds, mean)
 
 
 # ==== reporting ====
 @exit_on_user_error
 def main(args):
     """Evaluate Best-NN (and the weighted kNN) of a checkpoint; prints ``best-NN=XX.XX%, k=K.`` last."""
-    if args.k < 1 or args.batch_size < 1 or args.knn_k < 1:
-        raise UserError(f"-k/--k, -b/--batch-size and --knn-k must be >= 1, got {args.k}, {args.batch_size} and "
-                        f"{args.knn_k}")
     out = results_file(args.output_json, args.pretrained, "knn.json")  # writable: checked before any work
     # ==== preparing data ====
     train_set, val_set = build_datasets(args)

@@ -8,9 +8,11 @@ Protocol, per dataset (docs/linear-transfer.md has the details and the folder la
    ImageNet normalisation (``--no_norm``: none, as the reference does for SimCLR). The raw pooled features (not
    normalised) are cached under ``--output_dir/features/<hash of the trunk's weights>``.
 2. Validation: the official val split of Aircraft, DTD, Flowers and VOC2007; for the 7 others, 20% of train drawn
-   with numpy's RNG seeded 0 (``src.data.transfer.carve_val``).
+   with numpy's RNG seeded 0 (``src.data.transfer.carve_val``), from train listed in the reference's order (Food-101,
+   SUN397, Cars, Pets and Caltech-101 read from their archives' metadata files, ``src.data.transfer.STANDARD``).
 3. C search: ``sklearn.linear_model.LogisticRegression(solver="lbfgs")``, multinomial, L2, ``max_iter=100``,
-   ``tol=1e-4`` (scikit-learn 0.22's stopping rule, on float64 features), fitted on train and scored on val for
+   ``tol=1e-4`` (scikit-learn 0.22's stopping rule: L-BFGS on ``sum(loss) + ||W||^2 / (2C)`` to a gradient of
+   ``tol``, on float64 features), fitted on train and scored on val for
    each C of ``1 / torch.logspace(-6, 5, 45)`` (C from 1e6 down to 1e-5), one classifier reused with
    ``warm_start=True`` so each fit starts from the previous C's solution; the first C with the best val score wins.
 4. Refit on train + val with that C (warm-started from the search's last model, as the reference reuses it) and
@@ -53,7 +55,7 @@ from src.evaluation.features import extract_features
 from src.evaluation.pair_eval import build_trunk
 from src.evaluation.pretrained import add_pretrained_args
 from src.run import dist
-from src.run.args import ArgumentParser, add_arg
+from src.run.args import NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_arg
 from src.run.checkpoint import atomic_write, check_writable, save_checkpoint
 from src.run.errors import UserError
 from src.run.launch import exit_on_user_error
@@ -103,15 +105,16 @@ class LinearProbe:
     has no such mode. Each VOC class keeps its own warm-start chain (the reference passes one object from class to
     class, so each class started from the previous class's weights: an accident of reuse, not kept).
 
-    Stopping rule: scikit-learn 0.22 (the reference's) ran L-BFGS on ``C * sum(loss) + ||W||^2 / 2`` with
-    ``gtol=tol``; scikit-learn 1.2+ minimises that objective divided by ``C * n``, still with ``gtol=tol``, so it
-    stops when the reference's gradient is ``C * n`` times larger (at C=1e6 on 8k rows: after ~15 iterations, and
-    the next C's warm start then takes 0). ``tol / (C * n)`` is passed instead: the reference's rule.
+    Stopping rule: scikit-learn 0.22 (the reference's) ran L-BFGS on ``sum(loss) + ||W||^2 / (2C)`` (the sum of the
+    rows' cross-entropies, the L2 penalty on the weights, not the intercepts) with ``gtol=tol``; scikit-learn 1.2+
+    minimises that objective divided by ``n`` (a mean loss plus ``||W||^2 / (2 C n)``), still with ``gtol=tol``, so
+    it would stop when the reference's gradient is ``n`` times larger. ``tol / n`` is passed instead: the
+    reference's rule (the same iterations, as L-BFGS steps do not change when the objective is scaled).
 
     Args:
         metric: "top1", "mean_per_class" or "map11".
-        max_iter, tol: L-BFGS iterations and gradient tolerance on the unscaled objective (100, 1e-4: the
-            reference's scikit-learn defaults).
+        max_iter, tol: L-BFGS iterations and gradient tolerance on the reference's objective, the sum over rows
+            (100, 1e-4: the reference's scikit-learn defaults).
     After :meth:`fit`: ``fit_rows`` (rows of the last fit), ``n_iter`` (iterations per classifier), ``models``.
     """
 
@@ -133,7 +136,7 @@ class LinearProbe:
             warnings.simplefilter("ignore", ConvergenceWarning)  # as the reference: 100 iterations is the budget
             for model, t in zip(self.models, targets):
                 c_fit = 2.0 * C if self.metric == "map11" else C
-                model.set_params(C=c_fit, tol=self.tol / (c_fit * X.shape[0]))  # the reference's stopping rule
+                model.set_params(C=c_fit, tol=self.tol / X.shape[0])  # the reference's rule on its summed loss
                 model.fit(X, t)
         self.fit_rows, self.n_iter = X.shape[0], [int(np.max(m.n_iter_)) for m in self.models]
         return self
@@ -244,6 +247,26 @@ def dataset_splits(model, data, cache_dir, args, device):
     return out
 
 
+def check_classes(data, seed):
+    """Every fit needs rows of 2 classes or more: refuse a dataset of one class, or whose train (or train + val)
+    rows hold one, before any feature is extracted. VOC's binary problems are checked when its splits are read."""
+    if data.name == "voc2007":
+        return
+    if len(data.classes) < 2:
+        raise UserError(f"'{data.folder}' holds {len(data.classes)} class ({', '.join(map(str, data.classes))}): "
+                        "logistic regression needs at least 2 classes; add the other classes' images (or leave "
+                        f"{data.name} out of --datasets)")
+    labels = data.train.labels
+    rows = {"train": labels[carve_val(len(labels), seed=seed)[0]], "train + val": labels} if data.val is None else \
+        {"train": labels, "train + val": np.concatenate([labels, data.val.labels])}
+    for part, y in rows.items():
+        present = np.unique(y)
+        if len(present) < 2:
+            raise UserError(f"the {part} rows of {data.name} ({len(y)} images) hold only class "
+                            f"{data.classes[present[0]] if len(present) else '-'}: logistic regression needs at least "
+                            "2 classes; add training images of the other classes")
+
+
 # ==== reporting ====
 def _write_json(results, path):
     atomic_write(path, lambda f: f.write(json.dumps(results, indent=1).encode()), "--output_dir")
@@ -265,24 +288,26 @@ def get_args_parser(add_help=False):
     add_arg(g, "--data_root", default=None, help="folder holding one folder per dataset: " + ", ".join(DATASETS))
     add_arg(g, "--datasets", nargs="+", default=["all"],
             help="'all' (the 11, in the table's order) or some of: " + ", ".join(DATASETS) + " (default all)")
-    add_arg(g, "--image_size", default=224, type=int, help="resize (shorter side, bicubic) and centre crop, px (224)")
+    add_arg(g, "--image_size", default=224, type=POSITIVE_INT,
+            help="resize (shorter side, bicubic) and centre crop, px (224)")
     add_arg(g, "--no_norm", action="store_true",
             help="no ImageNet mean/std normalisation (the reference's --no-norm, for SimCLR trunks; default off)")
-    add_arg(g, "--batch_size", default=64, type=int, help="images per forward pass (64, the reference's)")
-    add_arg(g, "--workers", default=4, type=int, help="data loading workers (4)")
+    add_arg(g, "--batch_size", default=64, type=POSITIVE_INT, help="images per forward pass (64, the reference's)")
+    add_arg(g, "--workers", default=4, type=NONNEG_INT, help="data loading workers (4)")
     add_arg(g, "--device", default="", help="cpu, cuda, cuda:1 (default: cuda when available, else cpu)")
     g = parser.add_argument_group("trunk")
     add_pretrained_args(g, snake=True)
     add_arg(g, "--seed", default=0, type=int,
             help="seed of a random-init trunk and of the 20%% validation draw (0, the reference's)")
     g = parser.add_argument_group("logistic regression")
-    add_arg(g, "--C_grid", nargs="+", type=float, default=None,
+    add_arg(g, "--C_grid", nargs="+", type=POSITIVE, default=None,
             help="C values tried, in order (default: ssl-transfer's 45, 1 / logspace(-6, 5, 45)); one value skips "
                  "the search (a published C, the reference's --C)")
-    add_arg(g, "--max_iter", default=100, type=int, help="L-BFGS iterations per fit (100, scikit-learn's default)")
-    add_arg(g, "--tol", default=1e-4, type=float,
-            help="L-BFGS gradient tolerance on C * sum(loss) + |W|^2 / 2, the reference's objective (1e-4, "
-                 "scikit-learn's default); passed to scikit-learn as tol / (C n)")
+    add_arg(g, "--max_iter", default=100, type=POSITIVE_INT,
+            help="L-BFGS iterations per fit (100, scikit-learn's default)")
+    add_arg(g, "--tol", default=1e-4, type=POSITIVE,
+            help="L-BFGS gradient tolerance on sum(loss) + |W|^2 / (2C), the reference's objective (1e-4, "
+                 "scikit-learn's default); passed to scikit-learn, which divides that objective by n, as tol / n")
     add_arg(g, "--output_dir", default="./linear_transfer",
             help="feature caches (features/<trunk hash>/) and linear_transfer.json (default ./linear_transfer)")
     return parser
@@ -294,12 +319,18 @@ def main(args):
     if not args.data_root:
         raise UserError("no --data_root: pass the folder holding one folder per dataset (docs/linear-transfer.md)")
     grid = args.C_grid or reference_grid()
-    if min(grid) <= 0 or args.batch_size < 1 or args.workers < 0 or args.max_iter < 1 or args.image_size < 1:
-        raise UserError(f"need C > 0, --batch_size >= 1, --workers >= 0, --max_iter >= 1, --image_size >= 1; got "
-                        f"C {min(grid)}, {args.batch_size}, {args.workers}, {args.max_iter}, {args.image_size}")
     names = resolve_names(args.datasets)
     for name in names:  # every folder checked before hours of feature extraction
         check_layout(args.data_root, name)
+
+    # ==== the datasets, all listed (and checked) before any feature is extracted ====
+    mean, std = ((0.0,) * 3, (1.0,) * 3) if args.no_norm else (IMAGENET_MEAN, IMAGENET_STD)
+    transform = T.Compose([T.Resize(args.image_size, interpolation=T.InterpolationMode.BICUBIC),
+                           T.CenterCrop(args.image_size), T.ToTensor(), T.Normalize(mean, std)])
+    datasets = {}
+    for name in names:
+        datasets[name] = load_dataset(args.data_root, name, transform)
+        check_classes(datasets[name], args.seed)
 
     # ==== the trunk ====
     device = dist.pick_device(args.device)
@@ -308,9 +339,6 @@ def main(args):
                                       log=lambda line: print(line, flush=True))
     model, sha = model.to(device), trunk_sha256(model)
     cache_dir = os.path.join(args.output_dir, "features", f"{sha[:16]}-{args.image_size}px" + "-nonorm" * args.no_norm)
-    mean, std = ((0.0,) * 3, (1.0,) * 3) if args.no_norm else (IMAGENET_MEAN, IMAGENET_STD)
-    transform = T.Compose([T.Resize(args.image_size, interpolation=T.InterpolationMode.BICUBIC),
-                           T.CenterCrop(args.image_size), T.ToTensor(), T.Normalize(mean, std)])
     method = os.path.splitext(os.path.basename(args.pretrained))[0] if args.pretrained else "random-init"
     results = {"method": method, "pretrained": args.pretrained, "arch": args.arch, "trunk_sha256": sha,
                "image_size": args.image_size, "normalised": not args.no_norm, "C_grid": grid,
@@ -320,8 +348,9 @@ def main(args):
 
     # ==== one dataset at a time ====
     for name in names:
-        data = load_dataset(args.data_root, name, transform)
-        metric = DATASETS[name][1]
+        data, metric = datasets[name], DATASETS[name][1]
+        if data.note:
+            print(f"note: {data.note}", flush=True)
         t0 = time.time()
         splits = dataset_splits(model, data, cache_dir, args, device)
         extract_s = time.time() - t0
@@ -332,9 +361,9 @@ def main(args):
         res = run_protocol(splits["train"], splits["val"], splits["trainval"], splits["test"], metric, grid,
                            args.max_iter, args.tol, log=lambda line: print(line, flush=True))
         res.pop("probe")
-        res.update(metric=metric, val_source=splits["val_source"], n_train=len(Xtr), n_val=len(Xva), n_test=len(Xte),
-                   n_classes=len(data.classes), feat_dim=int(Xtr.shape[1]), extract_seconds=extract_s,
-                   folder=data.folder)
+        res.update(metric=metric, val_source=splits["val_source"], train_order=data.order, n_train=len(Xtr),
+                   n_val=len(Xva), n_test=len(Xte), n_classes=len(data.classes), feat_dim=int(Xtr.shape[1]),
+                   extract_seconds=extract_s, folder=data.folder)
         results["datasets"][name] = res
         print(f"{name}: test {METRIC_NAMES[metric]} {res['test_score']:.2f} (C={res['best_C']:.4g}"
               + (f", val {max(res['val_scores']):.2f}" if res["val_scores"] else "")

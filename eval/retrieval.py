@@ -26,14 +26,14 @@ import os
 import torch
 
 from src.augment.image import eval_transform
-from src.data.folders import SafeImageFolder
+from src.data.folders import SafeImageFolder, require_folder
 from src.data.video.build import VideoEval, ViewAverage, add_video_eval_args, bank_sets
 from src.evaluation.features import extract_features
 from src.evaluation.pair_eval import build_trunk, write_json
 from src.evaluation.pretrained import add_pretrained_args
 from src.metrics import RETRIEVAL_KS, retrieval_at_k
 from src.run import dist
-from src.run.args import ArgumentParser, add_amp_args, add_arg, amp_dtype
+from src.run.args import NONNEG_INT, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg, amp_dtype
 from src.run.checkpoint import check_writable, load_checkpoint, save_checkpoint
 from src.run.errors import UserError
 from src.run.health import check_finite_features
@@ -47,17 +47,18 @@ def get_args_parser(add_help=False):
                              "with --splits_dir; images: DIR/train and DIR/val (not needed with --from_bank)")
     g = parser.add_argument_group("features")
     add_pretrained_args(g, snake=True)
-    add_arg(g, "--resize", default=256, type=int,
+    add_arg(g, "--resize", default=256, type=POSITIVE_INT,
             help="short side of the test views, and their crop side (256; 32-64 on a CPU)")
-    add_arg(g, "--crop_size", default=224, type=int, help="images only: centre crop after --resize (224)")
-    add_arg(g, "-b", "--batch_size", default=8, type=int, help="videos (or images) per forward batch (8)")
-    add_arg(g, "-j", "--workers", default=8, type=int, help="data loading workers (8)")
+    add_arg(g, "--crop_size", default=224, type=POSITIVE_INT, help="images only: centre crop after --resize (224)")
+    add_arg(g, "-b", "--batch_size", default=8, type=POSITIVE_INT, help="videos (or images) per forward batch (8)")
+    add_arg(g, "-j", "--workers", default=8, type=NONNEG_INT, help="data loading workers (8)")
     add_arg(g, "--seed", default=0, type=int, help="seed of a random-init trunk when no --pretrained is given (0)")
     add_arg(g, "--device", default="", help="cpu, cuda, cuda:1 (default: cuda if available)")
     g = parser.add_argument_group("retrieval")
     add_arg(g, "--from_bank", default="", help="folder of saved {train,val}_{features,labels}.pth: skip step 1")
-    add_arg(g, "--ks", default=list(RETRIEVAL_KS), type=int, nargs="+", help="k values (1 5 10 15 20 25)")
-    add_arg(g, "--output_dir", default=".", help="where the features and retrieval.json go (.)")
+    add_arg(g, "--ks", default=list(RETRIEVAL_KS), type=POSITIVE_INT, nargs="+", help="k values (1 5 10 15 20 25)")
+    add_arg(g, "--output_dir", default=".",
+            help="where the features and retrieval.json go (.; with --from_bank, retrieval.json goes to that folder)")
     add_video_eval_args(parser).set_defaults(modality="video")
     add_amp_args(parser)
     return parser
@@ -93,16 +94,41 @@ def extract_bank(args):
     return out
 
 
-def load_bank(folder):
-    """Step 1's files of ``folder``."""
-    return {split: tuple(load_checkpoint(os.path.join(folder, f"{split}_{what}.pth"))
-                         for what in ("features", "labels")) for split in ("train", "val")}
+def load_bank(folder, flag="--from_bank"):
+    """Step 1's files of ``folder``: ``{"train": (features (N, D), labels (N,)), "val": (...)}``.
+
+    Raises:
+        UserError: ``folder`` is not a folder, a file is missing or unreadable, or holds something else than a
+        float (N, D) feature matrix / an integer (N,) label vector of the same N (each naming ``flag``).
+    """
+    require_folder(folder, f"pass to {flag} the folder holding train_features.pth, train_labels.pth, "
+                           "val_features.pth and val_labels.pth (written by a run without it)", what=f"{flag}")
+    bank = {}
+    for split in ("train", "val"):
+        paths = [os.path.join(folder, f"{split}_{what}.pth") for what in ("features", "labels")]
+        feats, labels = (load_checkpoint(p, flag) for p in paths)
+        if not (torch.is_tensor(feats) and feats.ndim == 2 and feats.is_floating_point()):
+            raise UserError(f"'{paths[0]}' holds {_describe(feats)}, not a (N, D) float tensor of features: pass to "
+                            f"{flag} a folder written by eval.retrieval")
+        if not (torch.is_tensor(labels) and labels.ndim == 1 and not labels.is_floating_point()
+                and len(labels) == len(feats)):
+            raise UserError(f"'{paths[1]}' holds {_describe(labels)}, not the ({len(feats)},) integer labels of "
+                            f"'{paths[0]}': pass to {flag} a folder written by eval.retrieval")
+        bank[split] = (feats, labels)
+    return bank
+
+
+def _describe(obj):
+    return f"a {tuple(obj.shape)} {obj.dtype} tensor" if torch.is_tensor(obj) else f"a {type(obj).__name__}"
 
 
 @exit_on_user_error
 def main(args):
-    out_dir = args.from_bank or args.output_dir
-    check_writable(out_dir, "--output_dir")  # before the features are extracted, not after
+    out_dir, flag = (args.from_bank, "--from_bank") if args.from_bank else (args.output_dir, "--output_dir")
+    if args.from_bank:
+        require_folder(args.from_bank, "pass to --from_bank the folder of saved {train,val}_{features,labels}.pth",
+                       what="--from_bank")
+    check_writable(out_dir, flag)  # retrieval.json goes there; checked before the features are extracted
     bank = load_bank(args.from_bank) if args.from_bank else extract_bank(args)
     (bank_f, bank_y), (query_f, query_y) = bank["train"], bank["val"]
     check_finite_features(bank_f, "bank features")

@@ -36,7 +36,7 @@ from src.data.pairs import PositivePairDataset
 from src.evaluation.pair_eval import add_pair_eval_args, build_trunk, embed_views, results_file, write_json
 from src.metrics import align, intra_class_align, uniformity
 from src.run import dist
-from src.run.args import ArgumentParser, add_arg, amp_dtype
+from src.run.args import POSITIVE_INT, ArgumentParser, add_arg, amp_dtype, number
 from src.run.errors import UserError
 from src.run.launch import exit_on_user_error
 
@@ -50,10 +50,10 @@ def get_args_parser(add_help=False):
     add_pair_eval_args(parser, 50, "images read per class, the first ones in sorted order; 0 reads all "
                                    "(default 50, the paper's set)")
     g = parser.add_argument_group("uniformity estimate")
-    add_arg(g, "--uniformity-chunks", default=3, type=int,
-            help="disjoint random chunks averaged for the uniformity (default 3)")
-    add_arg(g, "--uniformity-chunk-size", default=128, type=int,
-            help="images per chunk (default 128; cost grows with its square)")
+    add_arg(g, "--uniformity-chunks", default=3, type=POSITIVE_INT,
+            help="disjoint random chunks averaged for the uniformity, >= 1 (default 3)")
+    add_arg(g, "--uniformity-chunk-size", default=128, type=number(int, low=2),
+            help="images per chunk, >= 2 (default 128; cost grows with its square)")
     return parser
 
 

@@ -35,7 +35,7 @@ from src.evaluation.features import extract_features
 from src.evaluation.pair_eval import build_trunk, results_file, write_json
 from src.evaluation.pretrained import add_pretrained_args
 from src.run import dist
-from src.run.args import ArgumentParser, add_amp_args, add_arg, amp_dtype
+from src.run.args import NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg, amp_dtype
 from src.run.errors import UserError
 from src.run.launch import exit_on_user_error
 
@@ -54,17 +54,18 @@ def get_args_parser(add_help=False):
     add_arg(g, "--year", default="VOC2007", help="subfolder of VOCdevkit (VOC2007)")
     add_arg(g, "--train-split", default="trainval", help="split the SVMs are fitted on (trainval)")
     add_arg(g, "--test-split", default="test", help="split the APs are measured on (test)")
-    add_arg(g, "--resize", default=256, type=int, help="shorter side before the centre crop, px (256)")
-    add_arg(g, "--crop-size", default=224, type=int, help="centre crop side, px (224)")
-    add_arg(g, "-b", "--batch-size", default=64, type=int, help="images per forward pass (64; the reference 16)")
-    add_arg(g, "-j", "--workers", default=4, type=int, help="data loading workers (4)")
+    add_arg(g, "--resize", default=256, type=POSITIVE_INT, help="shorter side before the centre crop, px (256)")
+    add_arg(g, "--crop-size", default=224, type=POSITIVE_INT, help="centre crop side, px (224)")
+    add_arg(g, "-b", "--batch-size", default=64, type=POSITIVE_INT,
+            help="images per forward pass (64; the reference 16)")
+    add_arg(g, "-j", "--workers", default=4, type=NONNEG_INT, help="data loading workers (4)")
     add_arg(g, "--gpu", default=None, type=int, help="GPU id (default: cuda:0 when available, else the CPU)")
     add_arg(g, "--device", default="", help="force a device: cpu, cuda, cuda:1 (overrides --gpu)")
     g = parser.add_argument_group("svm")
-    add_arg(g, "--svm-c", default=0.5, type=float, help="SVM cost C (0.5)")
-    add_arg(g, "--pos-weight", default=2.0, type=float, help="class weight of positives; negatives have 1 (2)")
-    add_arg(g, "--max-iter", default=2000, type=int, help="liblinear iterations (2000)")
-    add_arg(g, "--tol", default=1e-4, type=float, help="liblinear tolerance (1e-4)")
+    add_arg(g, "--svm-c", default=0.5, type=POSITIVE, help="SVM cost C (0.5)")
+    add_arg(g, "--pos-weight", default=2.0, type=POSITIVE, help="class weight of positives; negatives have 1 (2)")
+    add_arg(g, "--max-iter", default=2000, type=POSITIVE_INT, help="liblinear iterations (2000)")
+    add_arg(g, "--tol", default=1e-4, type=POSITIVE, help="liblinear tolerance (1e-4)")
     add_arg(g, "--ignore-difficult", action="store_true",
             help="leave images labelled 0 (only difficult objects) out of each class's SVM and AP, as the VOC "
                  "devkit does (default: negatives, as the reference)")
@@ -106,8 +107,6 @@ def main(args):
     root = args.data or args.data_flag
     if not root:
         raise UserError("no dataset given: pass DIR (or --data DIR) holding VOCdevkit/VOC2007")
-    if args.batch_size < 1 or args.workers < 0 or args.svm_c <= 0:
-        raise UserError(f"need -b >= 1, -j >= 0 and --svm-c > 0, got {args.batch_size}, {args.workers}, {args.svm_c}")
     out = results_file(args.output_json, args.pretrained, "voc_svm.json")
     # ==== reading the splits ====
     voc_dir = find_voc_dir(root, args.year)

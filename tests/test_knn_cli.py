@@ -94,8 +94,8 @@ def _extracted(args, model):
 def test_in_process_shards_match_metrics(tiny):
     """run_shard on 2 shards in batches of 3, merged, equals best_nn / weighted_knn on features extracted in
     batches of 5: shift-norm uses the training-set and val-set means, so batching does not matter."""
-    from eval.knn import (build_datasets, build_model, get_args_parser, run_knn, run_shard, shard_bounds, shard_sum,
-                          summarize)
+    from eval.knn import build_datasets, build_model, get_args_parser, run_shard, shard_sum
+    from src.evaluation.knn import run_knn, shard_bounds, summarize
     from src.metrics import best_nn, feature_mean, weighted_knn
 
     args = get_args_parser().parse_args([tiny.data, "-a", "resnet18", "--rep-space", "shift-norm", "-g", "2",

@@ -62,12 +62,22 @@ def read_pickle(path):
     try:
         with open(path, "rb") as f:
             obj = _ArraysOnlyUnpickler(f, encoding="latin1").load()
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, IndexError, KeyError) as exc:
-        raise UserError(f"cannot read '{path}' as a CIFAR python pickle ({type(exc).__name__}: {exc}): "
-                        "re-extract the archive") from None
+    except Exception as exc:  # noqa: BLE001 - a crafted pickle fails in many ways (BUILD on an int, bad states, ...)
+        reason = (str(exc).strip().splitlines() or [""])[0][:200]  # only whitelisted callables ran: nothing else
+        raise UserError(f"cannot read '{path}' as a CIFAR python pickle ({type(exc).__name__}: {reason}): the file "
+                        "is damaged or not from the CIFAR archive; re-extract the archive") from None
     if not isinstance(obj, dict):
         raise UserError(f"'{path}' holds a {type(obj).__name__}, not the dict of a CIFAR python pickle")
     return {_text(k): v for k, v in obj.items()}
+
+
+def _int_list(labels):
+    """A list of Python ints from a list / tuple / 1-d integer array, or None for anything else."""
+    if isinstance(labels, np.ndarray):
+        return [int(t) for t in labels] if labels.ndim == 1 and labels.dtype.kind in "iu" else None
+    if isinstance(labels, (list, tuple)) and all(isinstance(t, (int, np.integer)) for t in labels):
+        return [int(t) for t in labels]
+    return None
 
 
 def find_cifar_folder(root, name):
@@ -119,16 +129,24 @@ class CifarPickleDataset(torch.utils.data.Dataset):
             if "data" not in entry or spec["labels"] not in entry:
                 raise UserError(f"'{path}' has no 'data' / '{spec['labels']}' entry (keys: {', '.join(entry)}): "
                                 f"is it a {name} file?")
-            arr = np.asarray(entry["data"])
-            if arr.dtype != np.uint8 or arr.ndim != 2 or arr.shape[1] != 3072 or len(entry[spec["labels"]]) != len(arr):
+            arr, labels = entry["data"], _int_list(entry[spec["labels"]])
+            if not isinstance(arr, np.ndarray) or labels is None:
+                raise UserError(f"'{path}' holds a {type(arr).__name__} as 'data' and a "
+                                f"{type(entry[spec['labels']]).__name__} as '{spec['labels']}': expected a (N, 3072) "
+                                "uint8 array and N integer labels; re-extract the archive")
+            if arr.dtype != np.uint8 or arr.ndim != 2 or arr.shape[1] != 3072 or len(labels) != len(arr):
                 raise UserError(f"'{path}' holds data of shape {arr.shape} ({arr.dtype}) and "
-                                f"{len(entry[spec['labels']])} labels: expected (N, 3072) uint8 and N labels")
+                                f"{len(labels)} labels: expected (N, 3072) uint8 and N labels")
             data.append(arr)
-            targets += [int(t) for t in entry[spec["labels"]]]
+            targets += labels
         self.data = np.concatenate(data).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # (N, 32, 32, 3) HWC
         self.targets = targets
         meta = read_pickle(os.path.join(folder, spec["meta"]))
-        self.classes = [_text(c) for c in meta.get(spec["names"], [])] or [str(i) for i in range(spec["classes"])]
+        names = meta.get(spec["names"], [])
+        if not isinstance(names, (list, tuple)) or not all(isinstance(c, (str, bytes)) for c in names):
+            raise UserError(f"'{os.path.join(folder, spec['meta'])}' holds a {type(names).__name__} as "
+                            f"'{spec['names']}': expected a list of class names; re-extract the archive")
+        self.classes = [_text(c) for c in names] or [str(i) for i in range(spec["classes"])]
         if targets and not 0 <= min(targets) <= max(targets) < len(self.classes):
             raise UserError(f"labels of {folder} go from {min(targets)} to {max(targets)} but the meta file names "
                             f"{len(self.classes)} classes")

@@ -54,9 +54,23 @@ def _has_image(folder):
     return any(_is_image(n) for _, _, names in os.walk(folder, followlinks=True) for n in names)
 
 
+def require_folder(path, hint=_LAYOUT_HINT, what="data folder"):
+    """Refuse a ``path`` that is not a folder, saying whether it is missing or a file.
+
+    Args:
+        path: the folder. hint: what to pass instead. what: how the message names it.
+    Raises:
+        UserError: ``"<what> '<path>' does not exist: <hint>"`` or ``"... is a file, not a folder: <hint>"``.
+    """
+    if os.path.isdir(path):
+        return
+    if os.path.exists(path):
+        raise UserError(f"{what} '{path}' is a file, not a folder: {hint}")
+    raise UserError(f"{what} '{path}' does not exist: {hint}")
+
+
 def _require_dir(root):
-    if not os.path.isdir(root):
-        raise UserError(f"data folder '{root}' does not exist: {_LAYOUT_HINT}")
+    require_folder(root)
 
 
 def class_folder_samples(root, list_items, what, kinds, hint):
@@ -100,6 +114,9 @@ def resolve_split(root, split):
     root = pathlib.Path(root)
     if (root / split).is_dir():
         return root / split
+    if (root / split).exists():
+        raise UserError(f"'{root / split}' is a file, not a folder: the {split} split needs a folder there "
+                        f"({_LAYOUT_HINT})")
     entries = list(os.scandir(root))
     other_splits = sorted(e.name + "/" for e in entries if e.is_dir() and e.name in ("train", "val", "test"))
     if other_splits:
@@ -181,9 +198,11 @@ class _ImageListDataset(torch.utils.data.Dataset):
         Returns:
             (PIL.Image in RGB, or what ``decode`` returns; target int).
         Raises:
-            UserError: more than ``MAX_CONSECUTIVE_FAILURES`` files in a row cannot be read.
+            UserError: more than ``MAX_CONSECUTIVE_FAILURES`` files in a row (or every file of a smaller set)
+            cannot be read.
         """
-        for step in range(MAX_CONSECUTIVE_FAILURES + 1):
+        tries = min(MAX_CONSECUTIVE_FAILURES + 1, len(self.samples))  # a small set: each file once, no wrap-around
+        for step in range(tries):
             path, target = self.samples[(index + step) % len(self.samples)]
             try:
                 with open(path, "rb") as f:
@@ -197,8 +216,11 @@ class _ImageListDataset(torch.utils.data.Dataset):
                           file=sys.stderr, flush=True)
                 if self.skip_unreadable:  # evaluation: left out and counted, never replaced by another image
                     return None, UNREADABLE
-        raise UserError(f"{MAX_CONSECUTIVE_FAILURES + 1} images in a row from index {index} in '{self.root}' "
-                        f"cannot be read: check the files (last: {path})")
+        if tries == len(self.samples):
+            raise UserError(f"none of the {tries} images in '{self.root}' can be read (e.g. {path}): replace or "
+                            "re-extract the files")
+        raise UserError(f"{tries} images in a row from index {index} in '{self.root}' cannot be read: check the "
+                        f"files (last: {path})")
 
     def __getitem__(self, index):
         """Args: index: int. Returns: (transformed image, target)."""
@@ -266,6 +288,28 @@ class FlatImageFolder(_ImageListDataset):
                             f"{_LAYOUT_HINT}")
         name = os.path.basename(os.path.normpath(str(root))) or "images"
         super().__init__(root, [(p, 0) for p in paths], [name], transform, seed)
+
+
+class ImageList(_ImageListDataset):
+    """Images a dataset's metadata lists, in the listed order (Food-101's ``meta/train.json``, Pets'
+    ``annotations/trainval.txt``, ...), with SafeImageFolder's loading and seeding.
+
+    Args:
+        root: the dataset folder (for messages). samples: ``[(image path, class index)]``, in order.
+        classes: class names, indexed by the class indices. source: the metadata file, for messages.
+        transform, seed: as SafeImageFolder.
+    Raises:
+        UserError: an empty list, or listed images that are not on disk (naming how many and one of them).
+    """
+
+    def __init__(self, root, samples, classes, source, transform=None, seed=None):
+        if not samples:
+            raise UserError(f"'{source}' lists no image: re-extract the dataset's metadata")
+        missing = [p for p, _ in samples if not os.path.isfile(p)]
+        if missing:
+            raise UserError(f"{len(missing)} of the {len(samples)} images listed in '{source}' are not on disk, e.g. "
+                            f"'{missing[0]}': extract the dataset's images there")
+        super().__init__(root, samples, classes, transform, seed)
 
 
 def build_dataset(root, transform, seed=None, flat=False):

@@ -97,7 +97,7 @@ def read_split(voc_dir, split, classes):
     if all(os.path.isfile(os.path.join(main, f"{c}_{split}.txt")) for c in classes):
         for j, c in enumerate(classes):
             path = os.path.join(main, f"{c}_{split}.txt")
-            given = {parts[0]: int(parts[-1]) for parts in _read_lines(path)}
+            given = _class_labels(path)
             missing = [i for i in ids if i not in given]
             if missing:
                 raise UserError(f"'{path}' has no label for {len(missing)} image(s) of {split}.txt, e.g. {missing[0]}")
@@ -113,6 +113,26 @@ def read_split(voc_dir, split, classes):
                 j = index[name]
                 labels[row[image_id], j] = max(labels[row[image_id], j], 0 if difficult else 1)
     return ids, labels, "annotations"
+
+
+def _class_labels(path):
+    """``{image id: label}`` of a ``<class>_<split>.txt`` file.
+
+    Raises:
+        UserError: a line that is not ``<id> <label>`` with a label of -1, 0 or 1 (naming the file and the line).
+    """
+    labels = {}
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 2 or parts[1] not in ("-1", "0", "1"):
+                raise UserError(f"'{path}' line {number} ({line.strip()[:60]!r}) is not '<image id> <label>' with a "
+                                "label of -1 (absent), 0 (only difficult objects) or 1 (present): fix that line or "
+                                "re-extract the VOC archive")
+            labels[parts[0]] = int(parts[1])
+    return labels
 
 
 def voc_classes(voc_dir, splits):

@@ -51,9 +51,12 @@ def read_checkpoint(path, trust=False):
     Returns:
         dict (a pickled ``nn.Module`` read with ``trust`` is returned as its state dict).
     Raises:
-        UserError: missing, unreadable or corrupt file, pickled objects without ``trust``, not a dict.
+        UserError: missing, unreadable or corrupt file, pickled objects without ``trust``, a pickle that calls a
+            command or code runner (``CODE_EXECUTION``, even with ``trust``), not a dict.
     """
     path = str(path)
+    if os.path.isdir(path):
+        raise UserError(f"checkpoint '{path}' is a folder, not a file: pass the checkpoint file in it to --pretrained")
     if not os.path.isfile(path):
         raise UserError(f"checkpoint '{path}' does not exist: check the path given to --pretrained")
     if os.path.getsize(path) == 0:
@@ -61,11 +64,18 @@ def read_checkpoint(path, trust=False):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - every unpickling failure becomes one line
-        if not re.search(r"Unsupported global", str(exc)):
+        found = unsafe_globals(path, exc)
+        if not found:
             raise UserError(f"cannot read checkpoint '{path}' ({_first_line(exc)}): the file is truncated or not "
                             "a PyTorch checkpoint") from None
+        calls = [g for g in found if CODE_EXECUTION.match(g)]
+        if calls:  # refused with or without trust: no training run pickles these, a crafted file does
+            raise UserError(f"checkpoint '{path}' contains pickled Python objects ({', '.join(found)}), among them "
+                            f"{', '.join(calls)}, which a pickle calls to run commands or code on this machine: no "
+                            "checkpoint needs that, so it is not read, even with --trust-checkpoint; get the file "
+                            "again from a source you trust") from None
         if not trust:
-            raise UserError(f"checkpoint '{path}' contains pickled Python objects ({', '.join(unsafe_globals(path))}) "
+            raise UserError(f"checkpoint '{path}' contains pickled Python objects ({', '.join(found)}) "
                             "and unpickling them runs code from the file: pass --trust-checkpoint only if you "
                             "trust its source") from None
         try:
@@ -86,16 +96,57 @@ def _first_line(exc):
     return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
 
 
-def unsafe_globals(path):
-    """Every global (class or function) a checkpoint file would import when unpickled: what ``--trust-checkpoint``
-    lets run. Read from the file's pickle opcodes, nothing is executed.
+# Callables that a pickle can CALL to run commands or code: no training run pickles them, a crafted file does.
+CODE_EXECUTION = re.compile(r"^(builtins\.(exec|eval|compile|__import__|breakpoint)|"
+                            r"(os|posix|nt)\.(system|popen|exec\w*|spawn\w*|posix_spawn\w*|fork\w*)|"
+                            r"(subprocess|pty|runpy|code|ctypes|webbrowser|importlib|shutil)\..+)$")
 
-    Returns: sorted list of ``module.name`` strings (["?"] when the file cannot be scanned).
+
+def unsafe_globals(path, exc=None):
+    """Every global (class or function) a checkpoint file would import when unpickled, beyond the tensors and
+    containers that ``weights_only`` allows: what ``--trust-checkpoint`` lets run. Read from the file's pickle
+    opcodes, nothing is executed.
+
+    Args:
+        path: the file. exc: the ``weights_only`` load's error, whose message names the first such global (a
+            last resort when the file cannot be scanned).
+    Returns:
+        sorted list of ``module.name`` strings; [] when there are none (or none could be found).
     """
     try:
-        return sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(path))) or ["?"]
-    except Exception:  # noqa: BLE001 - a legacy (non-zip) file: name nothing rather than fail
-        return ["?"]
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - a legacy (non-zip) file: scan its pickles instead
+        found = _legacy_unsafe_globals(path)
+    if not found and exc is not None:
+        found = re.findall(r"GLOBAL ([\w.]+\.[\w]+)", str(exc))
+    return sorted(set(found))
+
+
+def _legacy_unsafe_globals(path):
+    """The not-allowed globals of a legacy (pre-zip) torch file: its first four pickles (magic number, protocol,
+    system info, the object; the storages' bytes follow), opcodes only."""
+    import pickletools
+
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+        allowed = set(_get_allowed_globals())
+    except Exception:  # noqa: BLE001 - a private API: without it, name every global
+        allowed = set()
+    found = []
+    try:
+        with open(path, "rb") as f:
+            for _ in range(4):
+                strings = []
+                for op, arg, _ in pickletools.genops(f):
+                    if op.name == "GLOBAL":
+                        found.append(arg.replace(" ", "."))
+                    elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                        found.append(".".join(strings[-2:]))
+                    elif isinstance(arg, str) and "UNICODE" in op.name:
+                        strings.append(arg)
+    except Exception:  # noqa: BLE001 - truncated or not a pickle: what was found so far
+        pass
+    return [g for g in found if g not in allowed]
 
 
 def checkpoint_arch(ckpt):

@@ -152,6 +152,16 @@ def load_checkpoint(path, flag="--resume"):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure becomes one line
+        import re
+
+        try:  # the Python objects weights_only refused, named from the file's opcodes (nothing runs)
+            found = sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(path)))
+        except Exception:  # noqa: BLE001 - not a zip file: the one global the loader's message names, if any
+            found = re.findall(r"GLOBAL ([\w.]+\.\w+)", str(exc))
+        if found:
+            raise UserError(f"checkpoint '{path}' contains pickled Python objects ({', '.join(found)}): this "
+                            "project's checkpoints hold only tensors, numbers and strings, so it is not one of them, "
+                            f"and unpickling it would run code from the file; pass another file to {flag}") from None
         raise UserError(f"cannot read checkpoint '{path}' ({_first_line(exc)}): the file is truncated or not a "
                         f"checkpoint of this project; pass another file to {flag}") from None
 
@@ -213,6 +223,9 @@ def load_rank_file(folder, name, rank, epoch, it, log=print):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception:  # noqa: BLE001 - a torn side file is as good as none
+            continue
+        if not isinstance(state, dict):  # not a side file of this project (replaced by hand?): as good as none
+            stamps.append(f"{os.path.basename(path)}: not a side file ({type(state).__name__})")
             continue
         if (state.get("epoch"), state.get("iter")) == (epoch, it):
             return state
