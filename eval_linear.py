@@ -31,16 +31,19 @@ and writes the same numbers to DUMP_PATH/eval_linear.json. Runs resume from DUMP
     # SCE's protocol on an eztorch (Lightning) checkpoint: trunk.* keys, batch 1024 -> lr 0.4
     torchrun --nproc_per_node=8 eval_linear.py /datasets/imagenet --pretrained sce.ckpt --trunk_pattern '^(trunk\\.)' \
         --protocol sce --trust_checkpoint
-    # video (spec sce.md 5.4): an R3D from main_sce.py --modality video on Kinetics train/ and val/ video folders,
+    # video (docs/video.md): an R3D from main_sce.py --modality video on Kinetics train/ and val/ video folders,
     # protocol "video" (lr 2.0 x batch/256, 8 warmup epochs then cosine per iteration, 60 epochs, batch 512), 1
     # random clip to train, 10 clips x 3 crops of 256 px averaged to test; see scripts/video_linear_*.sh
     torchrun --nproc_per_node=8 eval_linear.py /datasets/kinetics400 --modality video --num_frames 8 \
         --pretrained runs/video_sce_r3d50/checkpoint.pth.tar --dump_path runs/video_linear
 """
+import argparse
 import json
 import math
 import os
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -57,16 +60,17 @@ from src.metrics import topk_rates
 from src.models.resnet import FeatureMap, ResNet
 from src.optim import cosine_schedule, moco_lr_schedule, set_lr
 from src.run import dist
-from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE_INT, ArgumentParser, add_arg, add_run_args, amp_dtype,
-                          autocast_dtype, bool_flag)
+from src.run.args import (MOMENTUM, NONNEG, NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_arg, add_run_args,
+                          amp_dtype, autocast_dtype, bool_flag)
 from src.run.checkpoint import save_checkpoint
 from src.run.errors import UserError
 from src.run.launch import cli_main, launch
 from src.run.logging import print_rank0
-from src.run.loop import Run
+from src.run.loop import Flags, Run
 from src.run.speed import autocast
 
-# Published recipes (spec evals.md A.14 / B.6, sce.md section 4). "lr" None: 0.1 x batch / 256 (SCE's scaler).
+# Published recipes (SwAV eval_linear.py, MoCo main_lincls.py, eztorch's linear configs). "lr" None: 0.1 x batch
+# / 256 (SCE's scaler).
 PROTOCOLS = {
     "swav": dict(lr=0.3, batch_size=256, epochs=100, weight_decay=1e-6, momentum=0.9, nesterov=False,
                  scheduler_type="cosine", decay_epochs=[60, 80], gamma=0.1, final_lr=0.0,
@@ -76,7 +80,7 @@ PROTOCOLS = {
     "sce": dict(lr=None, batch_size=1024, epochs=90, weight_decay=0.0, momentum=0.9, nesterov=False,
                 scheduler_type="cosine_iter", decay_epochs=[60, 80], gamma=0.1, final_lr=0.0,
                 norm_std=[0.229, 0.224, 0.225]),
-    # video (sce.md 5.4): lr 2.0 x batch / 256, 8 warmup epochs, cosine per iteration; clips normalised 0.45 / 0.225
+    # video (docs/video.md): lr 2.0 x batch / 256, 8 warmup epochs, cosine per iteration; clips normalised 0.45 / 0.225
     "video": dict(lr=None, batch_size=512, epochs=60, weight_decay=0.0, momentum=0.9, nesterov=False,
                   scheduler_type="cosine_iter", decay_epochs=[60, 80], gamma=0.1, final_lr=0.0,
                   norm_std=[0.229, 0.224, 0.225], warmup_epochs=8),
@@ -129,8 +133,8 @@ def get_args_parser(add_help=False):
     add_arg(g, "--final_lr", default=None, type=NONNEG, help="cosine end value (0)")
     add_arg(g, "--warmup_epochs", default=None, type=float,
             help="linear warmup from 0 before the per-iteration cosine (video 8, else 0)")
-    add_arg(g, "--norm_std", default=None, type=float, nargs=3,
-            help="Normalize std (swav 0.228 0.224 0.225, else 0.229 0.224 0.225)")
+    add_arg(g, "--norm_std", default=None, type=POSITIVE, nargs=3,
+            help="Normalize std per channel, each > 0 (swav 0.228 0.224 0.225, else 0.229 0.224 0.225)")
     g = parser.add_argument_group("fast mode")
     add_arg(g, "--precompute_features", action="store_true",
             help="run the frozen trunk ONCE over train and val with the TEST transform (Resize + CenterCrop), cache "
@@ -156,12 +160,12 @@ def main(args):
     apply_protocol(args)
     if args.modality == "video":  # before processes start, so a typo gives one error line, not one per process
         eval_samples(VideoEval.from_flags(args), args.data)
-        return launch(linear_eval, args)
+        return launch(train, args)
     for split in ("train", "val"):  # before processes start, so a typo gives one error line, not one per process
         if not os.path.isdir(os.path.join(args.data, split)):
             raise UserError(f"data folder '{os.path.join(args.data, split)}' does not exist: pass the folder that "
                             "holds train/ and val/, one subfolder per class")
-    return launch(linear_eval, args)
+    return launch(train, args)
 
 
 def apply_protocol(args):
@@ -185,14 +189,94 @@ def apply_protocol(args):
         raise UserError("--global_pooling False pools an image trunk's 2D feature map: drop it for --modality video")
 
 
-def linear_eval(args, info):
+FLAGS = Flags(output="--dump_path", lr="--lr", max_iters="--max_iters")
+# flags a resume may change: those whose effect a require() below checks by content, with its own message (the
+# trunk's weights, the head's kind, the cache mode, which -e may change), and the test's batching
+SAFE = ("pretrained", "arch", "cifar_stem", "trunk_pattern", "global_pooling", "use_bn", "precompute_features",
+        "test_videos_per_batch")
+
+
+def train(args, info):
     """Train and test the linear head; returns the :class:`Results` summary dict (None when stopped early)."""
+    autocast_dtype(args, info.device, info.rank)  # fp16 without CUDA: fp32 with one warning line; amp_dtype() agrees
+    dist.split_batch(args.batch_size, info.world_size, "-b/--batch_size")  # refused before the folder is touched
+    run = Run(info, args, script="eval_linear.py", flags=FLAGS, safe=SAFE,
+              must_resume="-e/--evaluate needs a trained head" if args.evaluate else None)
+    args.seed = run.seed  # a resumed run keeps its checkpoint's seed
+    parts = build(args, info)
+
+    # ==== resuming and saving: a head is resumed only on the trunk it was trained on ====
+    run.require("head_kind", parts.head_kind, "--global_pooling / --use_bn")
+    run.require("trunk_sha256", parts.trunk_hash, "--pretrained (its weights)")
+    if not args.evaluate:
+        run.require("precompute_features", args.precompute_features, "--precompute_features")
+    run.track(head=parts.head, optimizer=parts.optimizer, results=parts.results)
+    build_batches(parts, info)  # after the checks: a feature cache can take hours to compute
+    if args.evaluate:
+        return test_and_report(parts, info, None, run.write_log, final=True)
+
+    # ==== training ====
+    run.start(parts.iters_per_epoch, args.batch_size, formats={"Acc@1": "6.2f", "Acc@5": "6.2f"})
+    for epoch in run.epochs():
+        parts.set_epoch(epoch, run.start_iter)
+        if not run.steps(train_one_epoch(parts, parts.train_batches, run, epoch)):
+            return None  # stopped (signal, --max_iters): checkpoint saved
+        if not torch.equal(fingerprint(parts.trunk), parts.trunk_fp):  # MoCo's sanity_check: the trunk stays as loaded
+            raise RuntimeError("the frozen trunk changed during linear evaluation (weights or BN statistics)")
+        run.check()  # a NaN head is an error line, not a test score
+        if parts.head_kind.endswith("+bn"):  # without SyncBN (CPU) each rank's running statistics saw its own last
+            for buf in parts.head.buffers():  # batch: test with rank 0's, the ones its checkpoint keeps
+                dist.broadcast(buf, src=0)
+        tested = []  # the test's log row follows the epoch's, as the epoch's averages are logged by end_epoch
+        is_best = test_and_report(parts, info, epoch, tested.append)
+        run.end_epoch()
+        run.write_log(tested[0])
+        if is_best and info.rank == 0:
+            save_checkpoint(os.path.join(args.dump_path, "model_best.pth.tar"),
+                            {"epoch": epoch, "head": parts.head.state_dict(), **parts.results.best, "arch": args.arch})
+    parts.finished = run.finished
+    return report(args, parts.results, info.rank) if run.finished else None
+
+
+@dataclass
+class Parts:
+    """What a linear evaluation trains with (:func:`build`, then :func:`build_batches`); :func:`step` reads it."""
+
+    args: argparse.Namespace
+    device: torch.device
+    trunk: nn.Module  # the pretrained trunk, frozen: eval mode, no gradients
+    trunk_hash: str  # content hash of its weights: a head is resumed only on the same trunk
+    trunk_fp: torch.Tensor  # its fingerprint, checked after every epoch (it must never change)
+    frozen: nn.Module  # images -> the head's input: the trunk, or its last map pooled 6x6 for SwAV's other head
+    head: nn.Module  # the trained classifier (what a checkpoint holds)
+    head_ddp: nn.Module  # the head the step calls (DDP-wrapped under a process group)
+    head_kind: str  # "linear", "avgpool6" or "avgpool6+bn"
+    optimizer: torch.optim.Optimizer
+    lr_schedule: np.ndarray  # one lr per global step
+    amp: object  # autocast dtype of the frozen forward (None: fp32)
+    train_set: object
+    val_set: object
+    per_rank_batch: int
+    iters_per_epoch: int
+    results: Results  # every test, best and last
+    # set by build_batches: images (``features`` the frozen module) or cached features (``features`` None)
+    train_batches: object = None
+    val_batches: object = None
+    features: object = None
+    set_epoch: object = None  # set_epoch(epoch, start_iter) before an epoch's batches
+    finished: bool = False  # set by train(): every epoch done
+
+    def trunks(self):
+        """The trunk an evaluation of the run reads (frozen: the pretrained one)."""
+        return {"online": self.trunk}
+
+
+def build(args, info):
+    """The frozen trunk, the head, its optimizer and lr schedule, and the datasets, from the flags (the batches come
+    from :func:`build_batches`). ``args.seed`` seeds the head (the same on every rank) and a random trunk."""
     device, rank = info.device, info.rank
-    autocast_dtype(args, device, rank)  # fp16 without CUDA: fp32 with one warning line; later amp_dtype() agrees
+    dist.seed_everything(args.seed, 0)
     per_rank_batch = dist.split_batch(args.batch_size, info.world_size, "-b/--batch_size")
-    run = Run(info, output_dir=args.dump_path, script="eval_linear.py", config=vars(args), resume=args.resume,
-              seed=args.seed, lr_flag="--lr", must_resume="-e/--evaluate needs a trained head" if args.evaluate
-              else None)
     print_rank0(f"protocol {args.protocol}: lr {args.lr:g}, {args.scheduler_type} schedule, {args.epochs} epochs, "
                 f"batch {args.batch_size} ({per_rank_batch} x {info.world_size} processes), wd {args.weight_decay:g}, "
                 f"momentum {args.momentum:g}" + (f", warmup {args.warmup_epochs:g} epochs" if args.warmup_epochs else "")
@@ -203,84 +287,47 @@ def linear_eval(args, info):
     unit = "videos" if args.modality == "video" else "images"
     print_rank0(f"data: {len(train_set)} train / {len(val_set)} val {unit}, {len(train_set.classes)} classes",
                 rank=rank)
+    iters_per_epoch = math.ceil(math.ceil(len(train_set) / info.world_size) / per_rank_batch)
 
     # ==== building the frozen trunk and the head ====
     trunk, dim = build_frozen_trunk(args, device, rank)
     trunk_hash = content_hash(trunk)
-    dist.seed_everything(run.seed, 0)  # the same head on every rank
-    # frozen: images -> the head's input (the trunk itself, or its map pooled 6x6 for SwAV's other head)
+    dist.seed_everything(args.seed, 0)  # the same head on every rank
     head, frozen, head_kind = build_head(args, trunk, dim, len(train_set.classes), device, rank)
     if info.distributed and head_kind.endswith("+bn") and device.type == "cuda":
         head = nn.SyncBatchNorm.convert_sync_batchnorm(head)  # SwAV: statistics over the global batch (CUDA only)
     head_ddp = dist.wrap_ddp(head, device)
     optimizer = torch.optim.SGD(head.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay, nesterov=args.nesterov)
-    trunk_fp = fingerprint(trunk)
-
-    # ==== resuming and saving: a head is resumed only on the trunk it was trained on ====
-    results = Results()
-    run.require("head_kind", head_kind, "--global_pooling / --use_bn")
-    run.require("trunk_sha256", trunk_hash, "--pretrained (its weights)")
-    if not args.evaluate:
-        run.require("precompute_features", args.precompute_features, "--precompute_features")
-    run.track(head=head, optimizer=optimizer, results=results)
-
-    # ==== batches: images through the trunk, or cached features ====
-    # a cache of locally pooled features is keyed apart from one of the same trunk's global features
-    feature_key = trunk_hash if head_kind == "linear" else f"{trunk_hash}+{head_kind}"
-    train_batches, val_batches, features, set_epoch, iters_per_epoch = build_batches(
-        args, info, frozen, feature_key, train_set, val_set, per_rank_batch)
-    schedule = lr_schedule(args, iters_per_epoch)
-    if args.evaluate:
-        return test_and_report(head, val_batches, features, args, info, results, None, run.write_log, final=True)
-
-    # ==== training ====
-    logger = run.progress(iters_per_epoch, args.epochs, args.batch_size, args.print_freq, max_iters=args.max_iters,
-                          save_every=args.save_every_iters, formats={"Acc@1": "6.2f", "Acc@5": "6.2f"})
-    for epoch in run.epochs():
-        set_epoch(epoch, run.start_iter)
-        logger.start_epoch(epoch, run.start_iter)
-        if not run.steps(train_one_epoch(head_ddp, frozen, train_batches, optimizer, schedule, epoch,
-                                         run.start_iter, iters_per_epoch, device, amp_dtype(args), logger)):
-            return None  # stopped (signal, --max_iters): checkpoint saved
-        logger.end_epoch()
-        if not torch.equal(fingerprint(trunk), trunk_fp):  # MoCo's sanity_check: the trunk must stay as loaded
-            raise RuntimeError("the frozen trunk changed during linear evaluation (weights or BN statistics)")
-        run.check()  # a NaN head is an error line, not a test score
-        if head_kind.endswith("+bn"):  # without SyncBN (CPU) each rank's running statistics saw its own last batch:
-            for buf in head.buffers():  # test with rank 0's, the ones its checkpoint keeps
-                dist.broadcast(buf, src=0)
-        is_best = test_and_report(head, val_batches, features, args, info, results, epoch, run.write_log)
-        run.end_epoch()
-        if is_best and rank == 0:
-            save_checkpoint(os.path.join(args.dump_path, "model_best.pth.tar"),
-                            {"epoch": epoch, "head": head.state_dict(), **results.best, "arch": args.arch})
-    return report(args, results, rank) if run.finished else None
+    return Parts(args, device, trunk, trunk_hash, fingerprint(trunk), frozen, head, head_ddp, head_kind, optimizer,
+                 lr_schedule(args, iters_per_epoch), amp_dtype(args), train_set, val_set, per_rank_batch,
+                 iters_per_epoch, Results())
 
 
-def train_one_epoch(head, trunk, batches, optimizer, schedule, epoch, start_iter, iters_per_epoch, device, amp,
-                    logger):
-    """One epoch of SGD on the head; a generator yielding ``(iteration, loss)`` after each step.
+def train_one_epoch(parts, loader, run, epoch):
+    """One epoch of SGD on the head; yields ``(iteration, stats)`` after each step. The trunk stays in eval mode:
+    BatchNorm uses its running statistics and never updates them."""
+    parts.head_ddp.train()
+    parts.frozen.eval()
+    for it, batch in run.batches(loader):
+        yield it, step(parts, batch, epoch * parts.iters_per_epoch + it)
 
-    ``batches`` holds images (then ``trunk`` embeds them, frozen, under no_grad) or cached features (``trunk`` is
-    then unused). The trunk stays in eval mode: BatchNorm uses its running statistics and never updates them."""
-    head.train()
-    trunk.eval()
-    for it, (x, y) in logger.batches(batches, start_iter):
-        lr = set_lr(optimizer, schedule[epoch * iters_per_epoch + it])
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if x.ndim >= 4:  # images (B, 3, H, W) or clips (B, 3, T, H, W): frozen features (B, D)
-            with torch.no_grad(), autocast(device, amp):
-                x = trunk(x)
-        logits = head(x.float())  # (B, C)
-        loss = F.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
 
-        logger.update(Loss=loss.detach(), **topk_rates(logits, y))
-        logger.maybe_print(it, lr)
-        yield it, loss.detach()
+def step(parts, batch, it):
+    """One SGD step of the head on a batch ``(x, labels)`` at global step ``it``: ``x`` holds images (embedded here by
+    the frozen trunk under no_grad) or cached features. Returns: the step's stats (``Loss``, accuracies, ``lr``)."""
+    device = parts.device
+    lr = set_lr(parts.optimizer, parts.lr_schedule[it])
+    x, y = (t.to(device, non_blocking=True) for t in batch)
+    if x.ndim >= 4:  # images (B, 3, H, W) or clips (B, 3, T, H, W): frozen features (B, D)
+        with torch.no_grad(), autocast(device, parts.amp):
+            x = parts.frozen(x)
+    logits = parts.head_ddp(x.float())  # (B, C)
+    loss = F.cross_entropy(logits, y)
+    parts.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    parts.optimizer.step()
+    return {"Loss": loss.detach(), **topk_rates(logits, y), "lr": lr}
 
 
 # ==================================================================================================
@@ -312,9 +359,15 @@ def build_head(args, trunk, dim, num_classes, device, rank):
 
 
 def build_datasets(args):
-    """``DIR/train`` with the train transform (seeded per sample) and ``DIR/val`` with the test transform."""
+    """``DIR/train`` with the train transform (seeded per sample) and ``DIR/val`` with the test transform.
+
+    Raises:
+        UserError: train/ and val/ have different class folders, or fewer than 2 (a classifier needs 2).
+    """
     if args.modality == "video":  # 1 random clip / 10 clips x 3 crops of every video (src.data.video.build)
-        return eval_sets(VideoEval.from_flags(args), args.data, args.resize, args.crop_size, args.seed)
+        train_set, val_set = eval_sets(VideoEval.from_flags(args), args.data, args.resize, args.crop_size, args.seed)
+        check_classes(train_set.classes, args.data)
+        return train_set, val_set
     tf_train = train_transform(args.crop_size, (args.min_scale, 1.0), args.norm_std)
     tf_test = test_transform(args.resize, args.crop_size, args.norm_std)
     # --precompute_features: the training images go through the test transform, once
@@ -323,8 +376,22 @@ def build_datasets(args):
     val_set = SafeImageFolder(os.path.join(args.data, "val"), tf_test, skip_unreadable=True)
     if train_set.classes != val_set.classes:
         raise UserError(f"train/ and val/ of '{args.data}' have different class folders ({len(train_set.classes)} "
-                        f"vs {len(val_set.classes)}): labels would not match")
+                        f"vs {len(val_set.classes)}): labels would not match", collective=True)
+    check_classes(train_set.classes, os.path.join(args.data, "train"))
     return train_set, val_set
+
+
+def check_classes(classes, folder):
+    """A classifier needs at least 2 classes: with one, every prediction is right and the score says nothing.
+
+    Raises:
+        UserError: fewer than 2 class folders in ``folder``.
+    """
+    if len(classes) < 2:
+        names = f" ({', '.join(repr(c) for c in classes)})" if classes else ""
+        raise UserError(f"'{folder}' has {len(classes)} class{names}: a classifier needs at least 2 classes "
+                        "(every prediction of a 1-class head is right, so its accuracy says nothing); pass a dataset "
+                        "with one subfolder per class, 2 or more", collective=True)
 
 
 def build_frozen_trunk(args, device, rank):
@@ -341,29 +408,30 @@ def build_frozen_trunk(args, device, rank):
     return trunk, dim
 
 
-def build_batches(args, info, trunk, trunk_hash, train_set, val_set, per_rank_batch):
-    """Training and test batches of images (``features`` = the trunk) or of cached features (``features`` None).
-
-    Returns:
-        ``(train_batches, val_batches, features, set_epoch(epoch, start_iter), iters_per_epoch)``.
-    """
+def build_batches(parts, info):
+    """``parts``' training and test batches: images (``parts.features`` = the frozen module) or cached features
+    (``parts.features`` None), and ``parts.set_epoch(epoch, start_iter)``."""
+    args, train_set, val_set, per_rank_batch = parts.args, parts.train_set, parts.val_set, parts.per_rank_batch
     samples_per_rank = math.ceil(len(train_set) / info.world_size)
-    iters_per_epoch = math.ceil(samples_per_rank / per_rank_batch)
     if not args.precompute_features or args.evaluate:  # -e: the val images are all that is needed
         sampler = ResumableSampler(len(train_set), info.world_size, info.rank, shuffle=True, seed=args.seed)
-        loader = build_loader(train_set, per_rank_batch, sampler, args.workers, drop_last=False)
+        parts.train_batches = build_loader(train_set, per_rank_batch, sampler, args.workers, drop_last=False)
         val_batch = args.test_videos_per_batch if args.modality == "video" else per_rank_batch
-        val = build_loader(val_set, val_batch, ShardSampler(len(val_set), info.world_size, info.rank), args.workers,
-                           drop_last=False)
+        parts.val_batches = build_loader(val_set, val_batch, ShardSampler(len(val_set), info.world_size, info.rank),
+                                         args.workers, drop_last=False)
+        parts.features = parts.frozen
 
         def set_epoch(epoch, start_iter):
             sampler.set_epoch(epoch, start_index=start_iter * per_rank_batch)
             train_set.set_epoch(epoch)
-        return loader, val, trunk, set_epoch, iters_per_epoch
-    (tr_f, tr_y), (va_f, va_y) = cached_features(args, info, trunk, trunk_hash, train_set, val_set, per_rank_batch)
+        parts.set_epoch = set_epoch
+        return
+    # a cache of locally pooled features is keyed apart from one of the same trunk's global features
+    key = parts.trunk_hash if parts.head_kind == "linear" else f"{parts.trunk_hash}+{parts.head_kind}"
+    (tr_f, tr_y), (va_f, va_y) = cached_features(args, info, parts.frozen, key, train_set, val_set, per_rank_batch)
     batches = FeatureBatches(tr_f, tr_y, per_rank_batch, samples_per_rank, seed=args.seed, rank=info.rank)
-    val = FeatureBatches(va_f, va_y, per_rank_batch, len(va_y), shuffle=False)  # in order, read batch by batch
-    return batches, val, None, batches.set_epoch, iters_per_epoch
+    parts.train_batches, parts.features, parts.set_epoch = batches, None, batches.set_epoch
+    parts.val_batches = FeatureBatches(va_f, va_y, per_rank_batch, len(va_y), shuffle=False)  # in order, batch by batch
 
 
 def cached_features(args, info, trunk, trunk_hash, train_set, val_set, per_rank_batch):
@@ -406,26 +474,28 @@ def lr_schedule(args, iters_per_epoch):
     return moco_lr_schedule(args.lr, args.epochs, iters_per_epoch, milestones=args.decay_epochs, gamma=args.gamma)
 
 
-def test_and_report(head, val_batches, features, args, info, results, epoch, log, final=False):
+def test_and_report(parts, info, epoch, log, final=False):
     """Test the head; print SwAV's and MoCo's lines and ``log`` the numbers. Returns whether this epoch is the best
     so far (or, with ``final``, the summary after printing it)."""
-    head.eval()
-    res = evaluate(head, val_batches, info.device, features=features, amp_dtype=amp_dtype(args))
+    args, results = parts.args, parts.results
+    parts.head.eval()
+    res = evaluate(parts.head, parts.val_batches, info.device, features=parts.features, amp_dtype=parts.amp)
     if epoch is not None:
         is_best = results.add(epoch, res)
         best = results.best["top1"]
     else:
         is_best, best = False, max([res["top1"]] + [e["top1"] for e in results.history])
     if info.rank == 0:
-        n_batches = max(len(val_batches), 1)
+        unit = "videos" if args.modality == "video" else "images"
+        n_batches = max(len(parts.val_batches), 1)
         print(f"Test:\tTime {res['seconds'] / n_batches:.3f}\tLoss {res['loss']:.4f}\tAcc@1 {res['top1']:.3f}\t"
-              f"Best Acc@1 so far {best:.1f}\t({res['n']} {'videos' if args.modality == 'video' else 'images'}, "
+              f"Best Acc@1 so far {best:.1f}\t({res['n']} {unit}, "
               f"{res['n'] / max(res['seconds'], 1e-9):.1f} {'videos' if args.modality == 'video' else 'img'}/s)",
               flush=True)
         print(f" * Acc@1 {res['top1']:.3f} Acc@5 {res['top5']:.3f}", flush=True)
         if res["skipped"]:
-            print(f"skipped {res['skipped']} unreadable test {'videos' if args.modality == 'video' else 'images'} "
-                  "(warnings above): the accuracies are over the rest", flush=True)
+            print(f"skipped {res['skipped']} unreadable test {unit} (warnings above): the accuracies are over the rest",
+                  flush=True)
     log({"type": "test", "epoch": epoch, **res})
     return res if final else is_best
 

@@ -11,6 +11,8 @@ from helpers import assert_ok, free_port, one_error_line, py, run
 from PIL import Image
 
 import eval_linear
+from src.run.args import ArgumentParser
+from src.run.launch import cli
 
 
 @pytest.fixture(scope="module")
@@ -166,5 +168,63 @@ def test_bad_input_is_one_error_line(tiny, tmp_path, capsys):
     # a dump_path holding a run of another checkpoint is not silently continued
     run_inprocess(flags(tiny, tmp_path / "r", "--epochs", "1", "--precompute_features", "--lr", "0.01"))
     capsys.readouterr()
-    line = _error(flags(tiny, tmp_path / "r", "--epochs", "1", "--precompute_features", pretrained=False), capsys)
+    line = _error(flags(tiny, tmp_path / "r", "--epochs", "1", "--precompute_features", "--lr", "0.01",
+                        pretrained=False), capsys)  # only the trunk differs (another --lr is refused as well)
     assert "--pretrained" in line and "another --dump_path" in line, line
+
+
+# ==== hostile input: refused with one line, exit 2, no traceback ====
+def _cli_error(argv, capsys):
+    """The CLI's own path (the project's parser, then main): exit 2, no traceback, one ``error:`` line."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    code = 0
+    try:
+        cli(eval_linear.main, lambda: ArgumentParser(parents=[eval_linear.get_args_parser()]).parse_args(argv))
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+    out, err = capsys.readouterr()
+    assert code == 2 and "Traceback" not in out + err, (code, out[-2000:], err[-2000:])
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_zero_norm_std_is_refused_where_parsed(tiny, tmp_path, capsys):
+    line = _cli_error(flags(tiny, tmp_path / "z", "--norm_std", "0", "0", "0"), capsys)
+    assert "argument --norm_std" in line and "must be > 0" in line, line
+    assert not (tmp_path / "z").exists()  # refused before anything was written
+
+
+def test_one_class_is_refused(tmp_path, capsys):
+    """One class folder: every prediction is right, so a score of 100% would mean nothing."""
+    one = tmp_path / "one"
+    for split in ("train", "val"):
+        (one / split / "only").mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(one / split / "only" / f"{i}.png")
+    line = _cli_error([str(one), "-a", "resnet_tiny", "--resize", "8", "--crop_size", "8", "-b", "2", "-j", "0",
+                       "--epochs", "1", "--dump_path", str(tmp_path / "x")], capsys)
+    assert "at least 2 classes" in line and f"{one / 'train'}" in line and "'only'" in line, line
+
+
+def test_a_finished_run_is_not_reported_again_with_other_flags(tiny, tmp_path, capsys):
+    """Rerunning a finished evaluation with flags that change its maths is refused with the list (not "nothing to
+    do" and the old score); flags that change nothing (workers, print interval) are accepted."""
+    argv = flags(tiny, tmp_path / "r", "--epochs", "1", "--precompute_features", "--lr", "0.01")
+    first = run_inprocess(argv)
+    capsys.readouterr()
+    line = _cli_error(argv + ["--norm_std", "0.5", "0.5", "0.5"], capsys)
+    assert "--norm_std [0.228, 0.224, 0.225] -> [0.5, 0.5, 0.5]" in line and "--allow_changed_flags" in line, line
+    line = _cli_error(argv + ["--scheduler_type", "step"], capsys)
+    assert "--scheduler_type 'cosine' -> 'step'" in line and "another --dump_path" in line, line
+    same = run_inprocess(argv + ["-j", "1", "-p", "5"])  # harmless: said in a warning, then nothing to do
+    out = capsys.readouterr().out
+    assert "nothing to do: all 1 epochs are done" in out and "warning: resuming with flags" in out
+    assert same["best"] == first["best"]
+    forced = run_inprocess(argv + ["--norm_std", "0.5", "0.5", "0.5", "--allow_changed_flags"])
+    out = capsys.readouterr().out
+    assert "warning: resuming with flags that differ from the checkpoint's: --norm_std" in out
+    assert forced["best"] == first["best"] and "nothing to do" in out
