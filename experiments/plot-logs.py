@@ -293,10 +293,12 @@ def _draw_knn(ax, runs):
     for i, r in enumerate(runs):
         colour = f"C{i}" if several else None
         prefix = f"{r['label']} " if several else ""
+        trunks = list(dict.fromkeys(name.rsplit(" ", 1)[0] for name in r["curves"]["monitor"]))
         for name, pts in r["curves"]["monitor"].items():
             trunk, metric = name.rsplit(" ", 1)
             ax.plot(*zip(*pts), TRUNK_MARKERS.get(trunk, "^"), linestyle="-" if metric == "best_nn" else "--",
-                    markersize=3, color=colour, label=f"{prefix}{trunk} {MONITOR_METRICS[metric]}")
+                    markersize=3, color=colour or f"C{trunks.index(trunk)}",  # one run: a colour per trunk
+                    label=f"{prefix}{trunk} {MONITOR_METRICS[metric]}")
         for name, pts in r["curves"]["knn"].items():
             ax.plot(*zip(*pts), "o-", markersize=3, color=colour, label=f"{prefix}{name}")
         last = max([p[0] for g in ("knn", "monitor") for pts in r["curves"][g].values() for p in pts]

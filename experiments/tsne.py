@@ -177,15 +177,15 @@ def main(args):
                                 per_class=args.sample_per_class, max_classes=args.num_classes)
     views = pairs.views[:3]
     print(f"data: {len(pairs)} images of {len(pairs.classes)} classes, views {views}", flush=True)
-    n_points = len(pairs) * len(views)
-    if not args.perplexity < n_points:  # known now, before the embedding
-        raise UserError(f"--perplexity must be below the number of points ({n_points}: {len(pairs)} images x "
-                        f"{len(views)} views), got {args.perplexity}: lower it or raise -s / --num-classes")
 
     # ==== building the trunk and embedding ====
     model, args.arch, _ = build_trunk(args.pretrained, args.arch, args.cifar_stem, args.trunk_pattern,
                                       args.trust_checkpoint, args.seed, args.crop_size,
                                       log=lambda line: print(line, flush=True))
+    n_points = len(pairs) * len(views)
+    if not args.perplexity < n_points:  # known now, before the embedding
+        raise UserError(f"--perplexity must be below the number of points ({n_points}: {len(pairs)} images x "
+                        f"{len(views)} views), got {args.perplexity}: lower it or raise -s / --num-classes")
     feats, labels = embed_views(model, pairs, views, args.batch_size, args.workers,
                                 dist.pick_device(args.device, args.gpu), amp_dtype(args))
 

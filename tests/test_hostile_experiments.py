@@ -334,9 +334,10 @@ def test_tsne_iters_refused_when_parsed(capsys):
     assert "--tsne-iters" in line and ">= 300" in line and "250" in line
 
 
-def test_tsne_perplexity_refused_before_the_trunk(images, tmp_path, capsys, monkeypatch):
+def test_tsne_perplexity_refused_before_the_embedding(images, tmp_path, capsys, monkeypatch):
     pairs = tmp_path / "pairs"
     assert cli(sample_augs, [images, pairs, "--images-per-class", "1", "--size", "16"], capsys)[0] == 0
-    monkeypatch.setattr(tsne, "build_trunk", lambda *a, **k: pytest.fail("the trunk was built"))
-    line = one_line(*cli(tsne, [pairs, "-s", "1", "--perplexity", "30", "--pic-name", tmp_path / "t.pdf"], capsys))
+    monkeypatch.setattr(tsne, "embed_views", lambda *a, **k: pytest.fail("the features were extracted"))
+    line = one_line(*cli(tsne, [pairs, "-s", "1", "--perplexity", "30", "--resize", "32", "--crop-size", "32",
+                              "-a", "resnet_tiny", "--pic-name", tmp_path / "t.pdf"], capsys))
     assert "--perplexity" in line and "6" in line  # 2 images x 3 views
