@@ -2,13 +2,13 @@
 """DeepCluster-v2 and SeLa-v2 pretraining (Caron et al., NeurIPS 2020, "SwAV" paper, sec. 4 and appendix).
 
 DeepCluster-v2 (``--mode deepcluster``, the default) follows facebookresearch/swav ``main_deepclusterv2.py``
-(flags and defaults, spec ``swav.md`` A.12): a memory bank per process of the two large crops' embeddings; at
-each epoch start, distributed spherical k-means with 3 heads of 3000 clusters; the centroids become the (frozen)
-prototypes; every crop of an image predicts its cluster (cross-entropy, T = 0.1), averaged over the heads.
+(flags and defaults): a memory bank per process of the two large crops' embeddings; at each epoch start,
+distributed spherical k-means with 3 heads of 3000 clusters; the centroids become the (frozen) prototypes; every
+crop of an image predicts its cluster (cross-entropy, T = 0.1), averaged over the heads.
 
 SeLa-v2 (``--mode sela``) has no public training code (only checkpoints); this is the maintainer's recipe (swav
-issue #59, spec A.13): the same script with the k-means labels replaced by an offline Sinkhorn-Knopp
-equipartition of the whole memory bank against the prototypes, which SGD learns as in SwAV.
+issue #59): the same script with the k-means labels replaced by an offline Sinkhorn-Knopp equipartition of the
+whole memory bank against the prototypes, which SGD learns as in SwAV (docs/sela.md).
 
 DeepCluster-v2, 400 epochs, 2x160+4x96, 64 GPUs (paper: 74.3 linear top-1):  sbatch scripts/deepclusterv2_400ep.sh
 SeLa-v2, same crops (paper: 71.8):                                            sbatch scripts/selav2_400ep.sh
@@ -21,8 +21,12 @@ One GPU or a CPU, no launcher needed; two processes with any launcher:
 """
 import argparse
 import math
+from dataclasses import dataclass
+
+import numpy as np
 
 import torch
+from torch import nn
 
 from src.augment.recipes import swav_recipe
 from src.augment.views import resolve_blur_scale
@@ -30,16 +34,16 @@ from src.data.folders import pretrain_loader, resolve_split
 from src.methods.deepcluster import IGNORE, MemoryBank, WithIndex, cluster_memory, deepcluster_loss, fill_memory_bank
 from src.methods.swav import (LossWatch, SwAVModel, cancel_prototype_grads, normalize_prototypes, prepare_model,
                               uniform_loss)
+from src.methods.swav_args import (add_multicrop_args, add_swav_optim_args, add_swav_run_args, check_multicrop_args,
+                                   copy_name)
 from src.models import KNOWN_ARCHS
 from src.optim import set_lr, swav_optimizer
 from src.run import dist
-from src.run.args import (NONNEG, POSITIVE, POSITIVE_INT, ArgumentParser, add_arg, add_multicrop_args, add_speed_args,
-                          add_swav_optim_args, add_swav_run_args, autocast_dtype, check_multicrop_args)
-from src.run.checkpoint import swav_copy_name
+from src.run.args import NONNEG, POSITIVE, POSITIVE_INT, ArgumentParser, add_arg, add_speed_args, autocast_dtype
 from src.run.errors import UserError
 from src.run.launch import cli, launch
 from src.run.logging import n_params, print_rank0
-from src.run.loop import Run
+from src.run.loop import Flags, Run
 from src.run.speed import autocast
 
 FREEZE_DEFAULT = {"deepcluster": 10 ** 10, "sela": 313}
@@ -93,90 +97,135 @@ def check_args(args):
                         f"{args.nmb_prototypes}, {args.feat_dim}, {args.nmb_kmeans_iters}")
 
 
+FLAGS = Flags(output="--dump_path", lr="--base_lr", max_iters="--max_iters")
+
+
 def train(args, info):
-    """Pretrain; returns the model (unwrapped)."""
-    device = info.device
-    run = Run(info, output_dir=args.dump_path, script="main_deepclusterv2.py", config=vars(args),
-              resume=args.resume, seed=args.seed, lr_flag="--base_lr")
-
-    # ==== preparing data: SwAV's multi-crop, each item with its index (the memory bank's rows) ====
-    recipe = swav_recipe(args.size_crops, args.nmb_crops, args.min_scale_crops, args.max_scale_crops,
-                         blur_scale=resolve_blur_scale(args.blur_scale, args.size_crops[0]), pil_blur=args.use_pil_blur)
-    loader, sampler, dataset, iters_per_epoch = pretrain_loader(
-        resolve_split(args.data_path, "train"), recipe.transform(split=args.device_aug), args.batch_size, args.workers,
-        info, run.seed, channels_last=args.channels_last, wrap=WithIndex)
-
-    # ==== building model: prototype heads; SyncBN (CUDA), channels-last, DDP, torch.compile ====
-    model, ddp_model = prepare_model(SwAVModel(args.arch, args.feat_dim, args.hidden_mlp, list(args.nmb_prototypes),
-                                               cifar_stem=args.cifar_stem), info, args.sync_bn,
-                                     args.syncbn_process_group_size, args.channels_last, args.compile)
-    dtype = autocast_dtype(args, device, info.rank)
-    amp = autocast(device, dtype)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    dist.seed_everything(run.seed, info.rank)  # then one RNG stream per rank
-    optimizer, lr_schedule = swav_optimizer(model.parameters(), args.base_lr, args.final_lr, args.wd, args.epochs,
-                                            iters_per_epoch, args.warmup_epochs, args.start_warmup, device)
-    print_rank0(f"=> {args.arch} ({n_params(model)}M parameters): {len(dataset)} images, {iters_per_epoch} "
-                f"iterations/epoch, batch {args.batch_size} x {info.world_size} processes, crops {recipe.describe()}, "
-                f"{args.mode}: {len(args.nmb_prototypes)} heads of {' '.join(map(str, args.nmb_prototypes))}",
-                rank=info.rank)
+    """Pretrain: :func:`build` the parts, then the loop. Returns the parts (``parts.finished``: every epoch done)."""
+    run = Run(info, args, script="main_deepclusterv2.py", flags=FLAGS)
+    args.seed = run.seed  # a resumed run keeps its checkpoint's seed
+    parts = build(args, info)
+    model, bank, device = parts.model, parts.bank, parts.device
 
     # ==== resuming and saving: what a checkpoint holds ====
-    labels = Labels()  # this epoch's cluster labels (a mid-epoch resume must reuse them)
-    run.track(state_dict=model, optimizer=optimizer, scaler=scaler, assignments=labels)
+    run.track(state_dict=model, optimizer=parts.optimizer, scaler=parts.scaler, assignments=parts.labels)
     run.export("trunk.pth", lambda: model.backbone.state_dict())  # torchvision names, no head
-    bank = MemoryBank(len(args.crops_for_assign), iters_per_epoch * args.batch_size, args.feat_dim, device)
     saved = run.track_rank_state("mb", bank.state)  # every rank: mb{rank}.pth, as the reference
-    logger = run.progress(iters_per_epoch, args.epochs, args.batch_size * info.world_size, args.print_freq,
-                          max_iters=args.max_iters, save_every=args.save_every_iters, scaled=scaler.is_enabled(),
-                          formats={"Loss": ".4f", "labelled%": "6.2f"})
+    run.start(parts.iters_per_epoch, args.batch_size * info.world_size, scaled=parts.scaler.is_enabled(),
+              formats={"Loss": ".4f", "labelled%": "6.2f"})
 
     # ==== memory bank: this rank's file if it belongs to the checkpoint, else one pass over the data ====
     if saved is None or not bank.load({k: v.to(device) for k, v in saved.items() if torch.is_tensor(v)}):
         if run.start_iter > 0:
             raise UserError(f"resuming mid-epoch needs mb{info.rank}.pth of the same step in '{args.dump_path}' "
                             "(it is missing or stale): restore it, or resume from an epoch-end checkpoint")
-        sampler.set_epoch(run.start_epoch)
-        dataset.set_epoch(run.start_epoch)
+        parts.sampler.set_epoch(run.start_epoch)
+        parts.dataset.set_epoch(run.start_epoch)
         print_rank0("=> filling the memory banks (one pass over the data)", rank=info.rank)
-        fill_memory_bank(ddp_model, loader, bank, args.crops_for_assign, iters_per_epoch, device, amp)
+        fill_memory_bank(parts.ddp_model, parts.loader, bank, args.crops_for_assign, parts.iters_per_epoch, device,
+                         parts.amp)
 
     # ==== training ====
-    watch = LossWatch(uniform_loss(args.nmb_prototypes), device)
     for epoch in run.epochs():
         if run.start_iter == 0:  # labels from the bank filled during the previous epoch
             normalize_prototypes(model)
-            labels.value, stats, sinkhorn = cluster_memory(
-                model, bank, len(dataset), args.mode, epoch, run.seed, args.nmb_kmeans_iters, args.epsilon,
+            labels, stats, sinkhorn = cluster_memory(
+                model, bank, len(parts.dataset), args.mode, epoch, run.seed, args.nmb_kmeans_iters, args.epsilon,
                 args.sinkhorn_iterations, args.sinkhorn_tolerance, args.sela_rounding == "balanced",
                 return_sinkhorn=True)
+            parts.labels.value = labels
             log_clusters(stats, sinkhorn, args, epoch, info.rank)
-        sampler.set_epoch(epoch, start_index=run.start_iter * args.batch_size)
-        dataset.set_epoch(epoch)
-        logger.start_epoch(epoch, run.start_iter)
-        watch.start_epoch()
-        if not run.steps(train_one_epoch(model, ddp_model, bank, labels.value.to(device), loader, optimizer, scaler,
-                                         lr_schedule, epoch, run.start_iter, iters_per_epoch, args, device, amp,
-                                         logger, watch)):
+        parts.sampler.set_epoch(epoch, start_index=run.start_iter * args.batch_size)
+        parts.dataset.set_epoch(epoch)
+        parts.watch.start_epoch()
+        if not run.steps(train_one_epoch(parts, parts.loader, run, epoch)):
             break  # stopped (signal, --max_iters): checkpoint saved
-        logger.end_epoch({"lr": float(lr_schedule[(epoch + 1) * iters_per_epoch - 1])})
-        watch.end_epoch(info.rank)  # a warning line when the codes collapsed
+        parts.watch.end_epoch(info.rank)  # a warning line when the codes collapsed
         run.end_epoch(dict(model.named_parameters()), what="weights and prototypes",
-                      numbered=swav_copy_name(epoch, args.epochs, args.checkpoint_freq))
-    return model
+                      extra={"lr": parts.lr_at((epoch + 1) * parts.iters_per_epoch - 1)},
+                      numbered=copy_name(epoch, args.epochs, args.checkpoint_freq))
+    parts.finished = run.finished
+    return parts
+
+
+@dataclass
+class Parts:
+    """What a DeepCluster-v2 / SeLa-v2 run trains with (:func:`build`); :func:`step` reads it."""
+
+    args: argparse.Namespace
+    device: torch.device
+    model: SwAVModel  # trunk, projection head, one prototype layer per head: what a checkpoint holds
+    ddp_model: nn.Module  # what the step calls (DDP-wrapped under a process group, maybe compiled)
+    optimizer: torch.optim.Optimizer  # SGD wrapped in LARC, on every parameter
+    scaler: torch.amp.GradScaler
+    lr_schedule: np.ndarray  # one lr per global step: warmup, then cosine
+    amp: object  # the autocast context of the forwards
+    loader: object  # batches (crops, labels, dataset index)
+    sampler: object
+    dataset: object
+    iters_per_epoch: int
+    bank: MemoryBank  # this rank's embeddings of the last epoch, row it * B + b
+    labels: "Labels"  # the epoch's cluster label of every image, per head
+    watch: LossWatch  # the collapse guard (loss at the uniform value all epoch)
+    finished: bool = False  # set by train(): every epoch done
+
+    def lr_at(self, step):
+        return float(self.lr_schedule[step])
+
+    def trunks(self):
+        """The trunk an evaluation of the run reads (live, not a copy): the backbone, pooled features."""
+        return {"online": self.model.backbone}
+
+
+def build(args, info):
+    """Everything a DeepCluster-v2 / SeLa-v2 run trains with, from the flags: data, model, LARC optimizer, scaler, lr
+    schedule, an empty memory bank and labels.
+
+    Called by :func:`train`, the benches and the tests alike; ``args.seed`` seeds the initial weights (the same on
+    every rank), then every rank draws from its own stream."""
+    device = info.device
+    check_args(args)
+    dist.seed_everything(args.seed, 0)
+
+    # ==== preparing data: SwAV's multi-crop, each item with its index (the memory bank's rows) ====
+    recipe = swav_recipe(args.size_crops, args.nmb_crops, args.min_scale_crops, args.max_scale_crops,
+                         blur_scale=resolve_blur_scale(args.blur_scale, args.size_crops[0]), pil_blur=args.use_pil_blur)
+    loader, sampler, dataset, iters_per_epoch = pretrain_loader(
+        resolve_split(args.data_path, "train"), recipe.transform(split=args.device_aug), args.batch_size, args.workers,
+        info, args.seed, channels_last=args.channels_last, wrap=WithIndex)
+
+    # ==== building model: prototype heads; SyncBN (CUDA), channels-last, DDP, torch.compile ====
+    model, ddp_model = prepare_model(SwAVModel(args.arch, args.feat_dim, args.hidden_mlp, list(args.nmb_prototypes),
+                                               cifar_stem=args.cifar_stem), info, args.sync_bn,
+                                     args.syncbn_process_group_size, args.channels_last, args.compile)
+    dtype = autocast_dtype(args, device, info.rank)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    dist.seed_everything(args.seed, info.rank)  # then one RNG stream per rank
+    optimizer, lr_schedule = swav_optimizer(model.parameters(), args.base_lr, args.final_lr, args.wd, args.epochs,
+                                            iters_per_epoch, args.warmup_epochs, args.start_warmup, device)
+    print_rank0(f"=> {args.arch} ({n_params(model)}M parameters): {len(dataset)} images, {iters_per_epoch} "
+                f"iterations/epoch, batch {args.batch_size} x {info.world_size} processes, crops {recipe.describe()}, "
+                f"{args.mode}: {len(args.nmb_prototypes)} heads of {' '.join(map(str, args.nmb_prototypes))}",
+                rank=info.rank)
+    bank = MemoryBank(len(args.crops_for_assign), iters_per_epoch * args.batch_size, args.feat_dim, device)
+    return Parts(args, device, model, ddp_model, optimizer, scaler, lr_schedule, autocast(device, dtype), loader,
+                 sampler, dataset, iters_per_epoch, bank, Labels(device),
+                 LossWatch(uniform_loss(args.nmb_prototypes), device))
 
 
 class Labels:
-    """The epoch's cluster labels, (heads, N) long, saved with the checkpoint as ``assignments``."""
+    """The epoch's cluster labels, (heads, N) long on the training device, saved with the checkpoint as
+    ``assignments`` (a mid-epoch resume must reuse them)."""
 
-    def __init__(self):
-        self.value = torch.zeros(0, dtype=torch.long)
+    def __init__(self, device):
+        self.device = device
+        self.value = torch.zeros(0, dtype=torch.long, device=device)
 
     def state_dict(self):
         return self.value.cpu()
 
     def load_state_dict(self, value):
-        self.value = value
+        self.value = value.to(self.device)
 
 
 def log_clusters(stats, sinkhorn, args, epoch, rank):
@@ -196,43 +245,53 @@ def log_clusters(stats, sinkhorn, args, epoch, rank):
                     f"--sinkhorn_tolerance {args.sinkhorn_tolerance:g}: raise the cap or --epsilon", rank=rank)
 
 
-def train_one_epoch(model, ddp_model, bank, assignments, loader, optimizer, scaler, lr_schedule, epoch, start_iter,
-                    iters_per_epoch, args, device, amp, logger, watch):
-    """One epoch of DeepCluster-v2 / SeLa-v2; a generator yielding ``(iteration, loss)`` after each step."""
-    model.train()
+def train_one_epoch(parts, loader, run, epoch):
+    """One epoch of DeepCluster-v2 / SeLa-v2; yields ``(iteration, stats)`` after each optimizer step (the loss also
+    feeds the collapse guard)."""
+    parts.model.train()
+    for it, batch in run.batches(loader):
+        stats = step(parts, batch, epoch * parts.iters_per_epoch + it)
+        parts.watch.update(stats["Loss"])
+        yield it, stats
+
+
+def step(parts, batch, it):
+    """One step on a loader batch ``(crops, labels, index)`` (labels unused; index: the images' dataset positions)
+    at global step ``it``: every crop predicts its image's cluster label of each head, then the embeddings of the
+    assignment crops overwrite this iteration's rows of the memory bank.
+    Returns: the step's stats (``Loss``, ``labelled%``: images of the batch with a label, ``lr``)."""
+    args, model, optimizer, scaler = parts.args, parts.model, parts.optimizer, parts.scaler
     bs, n_crops = args.batch_size, sum(args.nmb_crops)
-    for it, (index, crops) in logger.batches(loader, start_iter):
-        step = epoch * iters_per_epoch + it
-        lr = set_lr(optimizer, lr_schedule[step])
+    lr = set_lr(optimizer, parts.lr_schedule[it])
 
-        # prototypes on the unit sphere, then one trunk pass per resolution
-        normalize_prototypes(model)
-        index = index.to(device, non_blocking=True)
-        crops = [c.to(device, non_blocking=True) for c in crops]
-        with amp:
-            embedding, scores = ddp_model(crops)  # (V*B, D), list of (V*B, K_h); crop-major
-        embedding = embedding.detach()
+    # prototypes on the unit sphere, then one trunk pass per resolution
+    normalize_prototypes(model)
+    crops, _, index = batch
+    index = index.to(parts.device, non_blocking=True)
+    crops = [c.to(parts.device, non_blocking=True) for c in crops]
+    with parts.amp:
+        embedding, scores = parts.ddp_model(crops)  # (V*B, D), list of (V*B, K_h); crop-major
+    embedding = embedding.detach()
 
-        # every crop predicts its image's label of each head (the label repeated for the V crops)
-        targets = [assignments[h][index].repeat(n_crops) for h in range(len(scores))]
-        loss = deepcluster_loss(scores, targets, args.temperature)
+    # every crop predicts its image's label of each head (the label repeated for the V crops)
+    assignments = parts.labels.value  # (heads, N)
+    targets = [assignments[h][index].repeat(n_crops) for h in range(len(scores))]
+    loss = deepcluster_loss(scores, targets, args.temperature)
 
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if step < args.freeze_prototypes_niters:
-            cancel_prototype_grads(model)  # DeepCluster-v2: always (the prototypes are the centroids)
-        scaler.unscale_(optimizer)  # LARC's trust ratio needs the true gradient norms
-        scaler.step(optimizer)
-        scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if it < args.freeze_prototypes_niters:
+        cancel_prototype_grads(model)  # DeepCluster-v2: always (the prototypes are the centroids)
+    scaler.unscale_(optimizer)  # LARC's trust ratio needs the true gradient norms
+    scaler.step(optimizer)
+    scaler.update()
 
-        # the bank rows of this iteration now hold this epoch's embeddings of the assignment crops
-        bank.write(it * bs, index, [embedding[a * bs:(a + 1) * bs] for a in args.crops_for_assign])
+    # the bank rows of this iteration now hold this epoch's embeddings of the assignment crops
+    row = it % parts.iters_per_epoch * bs
+    parts.bank.write(row, index, [embedding[a * bs:(a + 1) * bs] for a in args.crops_for_assign])
 
-        watch.update(loss)
-        known = (targets[0][:bs] != IGNORE).float().mean() * 100
-        logger.update(Loss=loss.detach(), **{"labelled%": known})
-        logger.maybe_print(it, lr)
-        yield it, loss.detach()
+    known = (targets[0][:bs] != IGNORE).float().mean() * 100
+    return {"Loss": loss.detach(), "labelled%": known, "lr": lr}
 
 
 if __name__ == "__main__":

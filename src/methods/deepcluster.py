@@ -1,5 +1,5 @@
 """DeepCluster-v2 and SeLa-v2 pieces (Caron et al. 2020, appendix; facebookresearch/swav
-``main_deepclusterv2.py``; spec ``swav.md`` A.12-A.13).
+``main_deepclusterv2.py``; SeLa-v2 from the maintainer's recipe in swav issue #59).
 
 Both keep, on every process, a memory bank of the embeddings of the assignment crops of the images it saw in
 the last epoch. At each epoch start the bank is turned into one hard pseudo-label per image and per head:
@@ -12,7 +12,7 @@ the last epoch. At each epoch start the bank is turned into one hard pseudo-labe
 
 Labels are gathered from every process with their dataset indices (:func:`gather_assignments`); the loss is
 the cross-entropy of every crop's prototype scores against its image's label, averaged over heads
-(:func:`deepcluster_loss`). The step itself is written out in ``main_deepclusterv2.py``.
+(:func:`deepcluster_loss`). The step itself is written out in ``main_deepclusterv2.py``'s ``step``.
 """
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,8 @@ IGNORE = -100  # label of images not in any bank (cross-entropy's ignore_index)
 
 
 class WithIndex(torch.utils.data.Dataset):
-    """Items ``(index, crops)`` instead of ``(crops, target)``: the labels are indexed by dataset position.
+    """Items ``(crops, target, index)``: the dataset's item followed by its position, which indexes the memory bank's
+    rows and the cluster labels. A batch still starts with ``(crops, labels)``, as every pretraining batch does.
 
     Args:
         dataset: a dataset returning ``(x, target)`` with ``set_epoch`` (``src.data.folders``).
@@ -38,7 +39,8 @@ class WithIndex(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index):
-        return index, self.dataset[index][0]
+        x, target = self.dataset[index]
+        return x, target, index
 
     def set_epoch(self, epoch):
         self.dataset.set_epoch(epoch)
@@ -48,7 +50,8 @@ class MemoryBank:
     """This process's bank: the dataset index and the assignment crops' embeddings of each image it saw.
 
     Row ``it * B + b`` holds sample b of iteration it: a training epoch overwrites it in place, so the labels
-    computed at the start of epoch e come from the embeddings produced during epoch e - 1 (spec A.12).
+    computed at the start of epoch e come from the embeddings produced during epoch e - 1 (as the
+    reference's ``local_memory_embeddings``).
 
     Args:
         n_assign: number of assignment crops; size: rows (``iters_per_epoch * batch_size``); dim: 128; device.
@@ -83,7 +86,7 @@ def fill_memory_bank(model, loader, bank, crops_for_assign, iters_per_epoch, dev
     """Before the first epoch: one pass over the loader (train mode, no gradient, as the reference), each
     assignment crop through the model on its own."""
     model.train()
-    for it, (index, crops) in enumerate(loader):
+    for it, (crops, _, index) in enumerate(loader):
         if it >= iters_per_epoch:
             break
         with autocast:
@@ -93,9 +96,9 @@ def fill_memory_bank(model, loader, bank, crops_for_assign, iters_per_epoch, dev
 
 @torch.no_grad()
 def spherical_kmeans(x, centroids, n_iters):
-    """Distributed spherical k-means (spec A.12): ``n_iters`` rounds of [assign each row to its highest
-    dot-product centroid; per-cluster sums and counts all-reduced over processes; non-empty clusters take the
-    mean; every centroid is L2-normalised], then a last assignment.
+    """Distributed spherical k-means (the reference's ``cluster_memory``): ``n_iters`` rounds of [assign each row
+    to its highest dot-product centroid; per-cluster sums and counts all-reduced over processes; non-empty clusters
+    take the mean; every centroid is L2-normalised], then a last assignment.
 
     Args:
         x: (N_local, D) unit rows of this process.
