@@ -3,25 +3,22 @@
     python -m bench.sce                                   # CPU-sized: resnet18 at 64 px, resnet50 at 224 px
     python -m bench.sce --arch resnet50 --batch-size 256 --crop-size 224 --amp fp16 --steps 20   # a GPU
 
-The step timed is ``main_sce.train_one_epoch`` itself (queue snapshot, online forward of every crop, target
-forward of the 2 global crops, fp32 SCE loss over all pairs, backward, unscale, LARS, momentum update,
-enqueue), fed with pre-made batches so the loader does not count. 6 crops are the paper's
-2x224 + 192 + 160 + 128 + 96, scaled by crop-size/224. The data pipeline (per-sample PIL augmentations,
-one worker) is timed separately on the demo images.
+The step timed is ``main_sce.step`` itself (queue snapshot, online forward of every crop, target forward of
+the 2 global crops, fp32 SCE loss over all pairs, backward, unscale, LARS, momentum update, enqueue) on the
+parts ``main_sce.build`` makes, fed with a pre-made batch so the loader does not count. 6 crops are the
+paper's 2x224 + 192 + 160 + 128 + 96, scaled by crop-size/224. The data pipeline (per-sample PIL
+augmentations, one worker) is timed separately on the demo images.
 """
 import argparse
-import time
 
-import numpy as np
 import torch
 
 import main_sce
-from bench.common import add_io_args, ensure_demo_data, machine, peak_memory_mb, per_arch, report, time_per_sample
+from bench.common import (add_io_args, ensure_demo_data, machine, peak_memory_mb, per_arch, report, time_per_sample,
+                          time_steps)
 from src.augment.recipes import sce_recipe
 from src.augment.views import relative_blur_scale
-from src.optim import LARS
 from src.run import dist
-from src.run.logging import ProgressLogger
 
 LOCAL_SIZES, LOCAL_MIN, LOCAL_MAX = (192, 160, 128, 96), (0.172, 0.143, 0.114, 0.086), (0.86, 0.715, 0.571, 0.429)
 
@@ -35,29 +32,20 @@ def crop_flags(crops, size):
             "--min_scale_crops", "0.2", *map(str, LOCAL_MIN), "--max_scale_crops", "1", *map(str, LOCAL_MAX)]
 
 
-def bench_step(arch, batch_size, crop_size, crops, steps, amp, device, mutual_pass=False):
+def bench_step(arch, batch_size, crop_size, crops, steps, amp, device, data, mutual_pass=False):
+    """``main_sce.step`` on one pre-made batch, after ``main_sce.build`` from the recipe's flags."""
     args = main_sce.get_args_parser().parse_args(
-        ["--arch", arch, "--batch_size", str(batch_size), "--queue_size", str(2 * batch_size * 16), "--amp", amp,
-         "--print_freq", str(10**9), "--mutual_pass", str(mutual_pass), *crop_flags(crops, crop_size)])
+        ["--data_path", data, "--arch", arch, "--batch_size", str(batch_size), "--queue_size", str(2 * batch_size * 16),
+         "--amp", amp, "--workers", "0", "--mutual_pass", str(mutual_pass), "--device", str(device),
+         *crop_flags(crops, crop_size)])
     info = dist.DistInfo(rank=0, world_size=1, local_rank=0, device=device, distributed=False, backend=None,
                          launcher="none")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    model, online, target = main_sce.build_model(args, info)
-    opt = LARS(model.online_params(), lr=0.3, weight_decay=1e-6, momentum=0.9)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    parts = main_sce.build(args, info)
+    parts.model.train()
     batch = ([torch.randn(batch_size, 3, s, s) for s in main_sce.crop_list(args)], torch.zeros(batch_size))
-    warmup = 2
-    loader = [batch] * (steps + warmup)
-    logger = ProgressLogger(steps + warmup, 1, batch_size, 10**9, None, rank=1)
-    times, t = [], time.time()
-    for _ in main_sce.train_one_epoch(model, online, target, loader, opt, scaler, np.full(steps + warmup, 0.3),
-                                      np.full(steps + warmup, 0.99), 0, 0, steps + warmup, args, device, logger):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.time() - t)
-        t = time.time()
-    timed = sum(times[warmup:])
+    timed = time_steps(lambda it: main_sce.step(parts, batch, it), steps, device)
     what = f"sce step {arch}, {crops} crops" + (", mutual pass" if mutual_pass else "")
     return {"what": what, "batch": batch_size, "px": crop_size, "amp": amp, "images/s": batch_size * steps / timed,
             "ms/step": 1000 * timed / steps, "peak MiB": peak_memory_mb(device)}
@@ -85,13 +73,13 @@ def main():
     device = torch.device(a.device)
     sizes = per_arch(a.crop_size, a.arch)
     rows = []
+    ensure_demo_data(a.data)
     for arch, size in zip(a.arch, sizes):
         batch = a.batch_size if size <= 96 or device.type == "cuda" else max(a.batch_size // 4, 4)
         for crops in a.crops:
             for mutual in ([False, True] if a.mutual_pass and crops == 6 else [False]):
-                rows.append(bench_step(arch, batch, size, crops, a.steps, a.amp, device, mutual))
+                rows.append(bench_step(arch, batch, size, crops, a.steps, a.amp, device, a.data, mutual))
                 print(rows[-1], flush=True)
-    ensure_demo_data(a.data)
     for crops in a.crops:
         rows.append(bench_data(a.data, 224, crops, a.data_samples))
     report(f"SCE bench on {machine(device)}", rows, a.output)
