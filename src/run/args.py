@@ -3,6 +3,7 @@
 alike. Parsing has no side effects (no files, no CUDA queries); a bad value is refused where it is parsed, with one
 line (``error: argument --lr: must be > 0, got -1``) and exit status 2."""
 import argparse
+import math
 import sys
 
 from src.run import dist
@@ -30,6 +31,8 @@ def number(kind=float, low=None, high=None, low_open=False, high_open=False):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
         if low is not None and (value < low or (low_open and value == low)):
             raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {low}, got {text}")
         if high is not None and (value > high or (high_open and value == high)):

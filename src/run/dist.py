@@ -164,6 +164,38 @@ def init_distributed(dist_url=None, world_size=-1, rank=-1, local_rank=None, bac
     return DistInfo(rank, world_size, local_rank, dev, distributed, backend, launcher)
 
 
+def launcher_env():
+    """Returns: True when a launcher (torchrun, torch.distributed.launch, srun) set this process's ranks."""
+    env = os.environ
+    return ("RANK" in env and "WORLD_SIZE" in env) or ("SLURM_PROCID" in env and "SLURM_NTASKS" in env)
+
+
+def check_manual_launch(dist_url, world_size, rank, what="process"):
+    """MoCo-style launch flags that cannot work, refused before any process or process group exists.
+
+    Args:
+        dist_url: ``--dist-url``. world_size / rank: ``--world-size`` / ``--rank`` (nodes with
+            ``--multiprocessing-distributed``, processes otherwise; -1: not given). what: "node" or "process".
+    Raises:
+        UserError: a rank outside [0, world_size), or a ``tcp://`` URL without a valid port or a resolvable host
+        (a rendezvous that can never complete would wait for its whole timeout).
+    """
+    if world_size >= 1 and not 0 <= rank < world_size:
+        many = "nodes" if what == "node" else "processes"
+        raise UserError(f"--rank {rank} is this {what}'s index among --world-size {world_size} {many}: it must be in "
+                        f"[0, {world_size - 1}]")
+    if dist_url and dist_url.startswith("tcp://"):
+        host, _, port = dist_url[len("tcp://"):].rstrip("/").rpartition(":")
+        if not port.isdigit() or not 0 < int(port) < 65536 or not host:
+            raise UserError(f"--dist-url {dist_url}: give tcp://HOST:PORT with a port in 1-65535 (e.g. "
+                            "tcp://127.0.0.1:23456)")
+        try:
+            socket.getaddrinfo(host.strip("[]"), int(port))
+        except (OSError, UnicodeError):
+            raise UserError(f"--dist-url {dist_url}: host '{host}' cannot be resolved; give node 0's host name or "
+                            "address") from None
+
+
 def spawn_workers(worker_fn, nprocs_per_node, node_rank, num_nodes, dist_url, fn_args=()):
     """MoCo's ``--multiprocessing-distributed``: start ``nprocs_per_node`` processes on this node and wait.
 

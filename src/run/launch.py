@@ -7,9 +7,12 @@ then ``main(args)``; a :class:`~src.run.errors.UserError` anywhere is one ``erro
 ``launch(fn, args)`` handles MoCo's ``--multiprocessing-distributed`` (one spawned process per GPU, or
 ``--nproc_per_node`` on a CPU; the parent passes SIGTERM / SIGUSR1 / SIGINT on to them and waits) and otherwise
 runs in this process, which ``src.run.dist.init_distributed`` places in the group of torchrun,
-``torch.distributed.launch``, ``srun`` or a plain ``python`` (no group). Each process installs its stop handler
-first (a signal from then on is a stop request), checks that a requested CUDA device exists, joins the group and
-calls ``fn(args, info)``; the flags read are those of ``src.run.args.add_dist_args``.
+``torch.distributed.launch``, ``srun`` or a plain ``python`` (no group). Each process checks that a requested CUDA
+device exists, joins the group, installs its stop handler (a signal from then on is a stop request) and calls
+``fn(args, info)``; the flags read are those of ``src.run.args.add_dist_args``. Until the process has joined
+its group a stop signal ends it at once (nothing exists to save, and a rendezvous wait would not see a handler);
+launch flags that cannot work (a node rank outside ``--world-size``, a URL without a usable host and port) are refused
+before any process starts.
 """
 import functools
 import sys
@@ -18,7 +21,7 @@ import torch
 
 from src.run import dist
 from src.run.errors import UserError
-from src.run.signals import process_stop_signal
+from src.run.signals import ends_process_while_starting, process_stop_signal
 
 
 def report(exc, rank=None):
@@ -69,34 +72,50 @@ def launch(fn, args):
         ``fn``'s return value in this process (None when processes were spawned).
     """
     if not args.multiprocessing_distributed:
+        if args.dist_url not in ("", "env://") and not dist.launcher_env():
+            dist.check_manual_launch(args.dist_url, args.world_size, args.rank)
         return _worker(None, None, None, None, fn, args)
     nprocs = args.nproc_per_node or max(torch.cuda.device_count(), 1)
+    if nprocs < 1:
+        raise UserError(f"--nproc-per-node {args.nproc_per_node}: give at least 1 process per node")
+    dist.check_manual_launch(args.dist_url, max(args.world_size, 1), max(args.rank, 0), what="node")
     try:
         dist.spawn_workers(_worker, nprocs, max(args.rank, 0), max(args.world_size, 1), args.dist_url, (fn, args))
     except torch.multiprocessing.ProcessExitedException as exc:
+        if exc.signal_name in ("SIGTERM", "SIGUSR1"):  # only possible before the processes joined (see _worker)
+            print(f"=> stopped by signal {exc.signal_name} while the processes were starting: nothing was saved, run "
+                  "the same command to start", flush=True)
+            sys.exit(0)
         # 2: a UserError, 130: Ctrl-C, both already said by the process itself in one line
         if exc.exit_code not in (2, 130):
             print(f"error: process {exc.error_index} exited with code {exc.exit_code} (its output is above)",
                   file=sys.stderr, flush=True)
         sys.exit(exc.exit_code if exc.exit_code in (2, 130) else 1)
     except torch.multiprocessing.ProcessRaisedException as exc:
-        print(f"error: process {exc.error_index} failed (its traceback is above)", file=sys.stderr, flush=True)
+        # the spawned process's traceback travels in the exception, not on its stderr
+        print(str(exc).strip(), file=sys.stderr, flush=True)
+        last = [line for line in str(exc).strip().splitlines() if line.strip()][-1:] or ["?"]
+        print(f"error: process {exc.error_index} failed: {last[0].strip()} (its traceback is above)",
+              file=sys.stderr, flush=True)
         sys.exit(1)
     return None
 
 
 def _worker(local_rank, rank, world_size, dist_url, fn, args):
     """One process: stop handler, device check, process group (any launcher), ``fn``, clean exit."""
-    process_stop_signal()
     if rank is None:  # not spawned here: torchrun / launch / srun / plain python / MoCo-style manual ranks
         local_rank, rank, world_size = args.local_rank, args.rank, args.world_size
         dist_url = args.dist_url if args.dist_url != "env://" else None
+    restore = ends_process_while_starting()  # no rendezvous wait may outlive a SIGTERM
     try:
         info = dist.init_distributed(dist_url=dist_url, world_size=world_size, rank=rank, local_rank=local_rank,
                                      backend=args.dist_backend or None, device=args.device or None, gpu=args.gpu)
     except UserError as exc:  # e.g. --device cuda on a machine without one
         report(exc, rank if rank is not None and rank >= 0 else None)
         sys.exit(2)
+    finally:
+        restore()
+    process_stop_signal()  # from here on a stop signal is a stop request: the run saves and exits
     try:
         out = fn(args, info)
     except UserError as exc:

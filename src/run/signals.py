@@ -92,6 +92,21 @@ def process_stop_signal():
     return _PROCESS_STOP[pid]
 
 
+def ends_process_while_starting():
+    """Until the returned callable is called, SIGTERM / SIGUSR1 end this process at once (their default action).
+
+    For the rendezvous of a process group: a stop request before the run exists has nothing to save, and a Python
+    handler would not run while the process waits inside the rendezvous, so the wait would outlive the signal.
+    Returns: a callable that reinstalls the previous handlers (the stop flag's)."""
+    previous = {}
+    for sig in STOP_SIGNALS:
+        try:
+            previous[sig] = signal.signal(sig, signal.SIG_DFL)
+        except ValueError:  # not the main thread
+            pass
+    return lambda: [signal.signal(s, h) for s, h in previous.items()]
+
+
 def track_loader(loader):
     """Shut ``loader``'s workers down at exit if it is still alive then (a loader referenced from a module or an
     exception): they ignore SIGTERM (:func:`ignore_stop_signals`), so multiprocessing's exit handler, which SIGTERMs
