@@ -138,7 +138,7 @@ def init_centroids(x, k, generator):
 
 
 SELA_TOLERANCE = 1e-3  # prototypes' soft shares within 0.1% of N / K before rounding
-SELA_MAX_ITERS = 1000  # a cap only: the tolerance stops it first (2-25 iterations on the synthetic banks tested)
+SELA_MAX_ITERS = 1000  # a cap only: the tolerance stops it first
 
 
 @torch.no_grad()
@@ -149,12 +149,12 @@ def sela_labels(x, prototypes, epsilon=0.05, max_iters=SELA_MAX_ITERS, tolerance
     1. Sinkhorn-Knopp to convergence (:func:`src.losses.sinkhorn_equipartition`, as SeLa's ``optimize_L_sk``
        runs it until its error is small rather than for a fixed count): the transport plan's prototype
        marginals are within ``tolerance`` of ``N / K`` (N: images in all banks).
-    2. Hard labels. SeLa's code takes each image's argmax of the plan; that is not balanced (on the crowded
-       synthetic bank of tests/test_sela_equipartition.py, N / K = 50, the clusters get 0 to 93 images even
-       with the plan converged), so by default (``balanced=True``) the plan is rounded under capacities: every cluster takes
-       ``floor(N / K)`` images and the ``N mod K`` clusters the argmax asks for most take one more, so the
-       cluster sizes are exactly floor or ceil of N / K (:func:`balanced_rounding`). ``balanced=False`` gives
-       SeLa's argmax.
+    2. Hard labels. SeLa's code takes each image's argmax of the plan; that is not balanced (where the features
+       crowd a few prototypes, some clusters take well over their share and others almost nothing, even with the
+       plan converged: tests/test_sela_equipartition.py), so by default (``balanced=True``) the plan is rounded
+       under capacities: every cluster takes ``floor(N / K)`` images and the ``N mod K`` clusters the argmax asks
+       for most take one more, so the cluster sizes are exactly floor or ceil of N / K (:func:`balanced_rounding`).
+       ``balanced=False`` gives SeLa's argmax.
 
     Args:
         x: (N_local, D) unit rows; prototypes: (K, D) (normalised here); epsilon: entropy regularisation

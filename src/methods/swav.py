@@ -1,9 +1,8 @@
 """SwAV's pieces (Caron et al., "Unsupervised Learning of Visual Features by Contrasting Cluster Assignments",
-NeurIPS 2020; facebookresearch/swav; spec ``swav.md`` A.1-A.6, A.17), shared with DeepCluster-v2 and SeLa-v2.
+NeurIPS 2020; facebookresearch/swav ``main_swav.py`` and ``src/resnet50.py``), shared with DeepCluster-v2 and SeLa-v2.
 
 The training step itself (normalise prototypes, grouped forward, queue + Sinkhorn codes, swapped loss, frozen
-prototype gradients, LARC step) is written out in ``main_swav.py``'s ``train_one_epoch``; this module names
-the pieces:
+prototype gradients, LARC step) is written out in ``main_swav.py``'s ``step``; this module names the pieces:
 
 * :class:`SwAVModel`: trunk -> projection head -> L2-normalise -> prototypes, with the state-dict layout
   ``backbone.*`` (torchvision names), ``projection_head.*``, ``prototypes.weight`` (one head) or
@@ -27,7 +26,7 @@ from src.run.speed import maybe_compile, to_channels_last
 
 
 class SwAVModel(nn.Module):
-    """Trunk, projection head and prototypes (spec A.1).
+    """Trunk, projection head and prototypes (facebookresearch/swav ``src/resnet50.py``).
 
     "a projection head ... Linear(2048, 2048) - BN - ReLU - Linear(2048, 128)" whose output is L2-normalised,
     then "prototypes ... a linear layer without bias" (facebookresearch/swav ``src/resnet50.py``).
@@ -74,7 +73,7 @@ class SwAVModel(nn.Module):
 
 @torch.no_grad()
 def normalize_prototypes(model):
-    """Put every prototype on the unit sphere (before each forward, frozen or not; spec A.6)."""
+    """Put every prototype on the unit sphere (before each forward, frozen or not, as the reference's loop)."""
     for layer in model.prototype_layers():
         layer.weight.copy_(F.normalize(layer.weight, dim=1, p=2))
 
@@ -128,7 +127,7 @@ def prepare_model(model, info, sync_bn="pytorch", group_size=8, channels_last=Fa
 
 
 class SwAVQueue:
-    """Assignment-only memory of past embeddings (spec A.5): one (L, D) FIFO per assignment crop.
+    """Assignment-only memory of past embeddings (the reference's ``queue``): one (L, D) FIFO per assignment crop.
 
     Its rows only enlarge the Sinkhorn problem (scored with the CURRENT prototypes); they never enter the loss.
     ``in_use`` becomes true once the queue has been filled (the reference checks its last row), and
@@ -188,7 +187,7 @@ def code_entropies(codes):
 
 
 class LossWatch:
-    """Collapse guard on the loss (spec A.17; the non-finite guard is the run loop's, ``src.run.health``).
+    """Collapse guard on the loss (the non-finite guard is the run loop's, ``src.run.health``).
 
     ``update(loss)`` keeps, on the loss's device (no sync), the largest distance of the epoch's finite losses from
     ``uniform_loss`` (ln K: the loss of uniform codes / predictions); :meth:`end_epoch` returns a warning when the
@@ -219,8 +218,9 @@ class LossWatch:
         if self.steps == 0 or float(self.max_dev) > self.tol * self.uniform:
             return None
         warning = (f"warning: the loss stayed within {self.tol * self.uniform:.3f} of ln K = {self.uniform:.3f} for "
-                   "the whole epoch: the codes are uniform (collapse). Known remedies (SwAV README): --epsilon 0.03, "
-                   "freeze the prototypes longer (--freeze_prototypes_niters), a smaller or later queue, a different lr")
+                   "the whole epoch: the codes are uniform (collapse). Known remedies (facebookresearch/swav README): "
+                   "--epsilon 0.03, freeze the prototypes longer (--freeze_prototypes_niters), a smaller or later "
+                   "queue, a different lr")
         if rank == 0:
             print(warning, flush=True)
         return warning

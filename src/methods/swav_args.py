@@ -62,7 +62,8 @@ def add_swav_run_args(parser, archs, checkpoint_freq=25):
     add_arg(g, "--sync_bn", default="pytorch", type=str,
             help="pytorch: SyncBatchNorm over all processes; apex: over groups of --syncbn_process_group_size "
                  "ranks (torch's SyncBatchNorm, no apex needed); anything else: per-process BN. CUDA only")
-    add_arg(g, "--syncbn_process_group_size", default=8, type=POSITIVE_INT, help="ranks per BN group with --sync_bn apex (8)")
+    add_arg(g, "--syncbn_process_group_size", default=8, type=POSITIVE_INT,
+            help="ranks per BN group with --sync_bn apex (8)")
     add_arg(g, "--seed", default=31, type=int, help="seed for init, sampling and augmentation (31)")
     g = add_run_args(parser, ("--dump_path", "--output_dir"), "experiment folder: checkpoint.pth.tar, "
                      "checkpoints/ckp-E.pth, trunk.pth, args.json, log.txt, per-rank files", print_freq=50)
