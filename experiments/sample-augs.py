@@ -19,6 +19,7 @@ views all exist are skipped (re-run the command to finish an interrupted job), a
     python -m experiments.sample-augs data/demo/val data/demo-hard --aug hard --size 32
 """
 import argparse
+import errno
 import io
 import json
 import os
@@ -123,6 +124,9 @@ def write_views(task):
     except OSError as exc:  # a full or read-only disk: stop the job rather than skip every image after
         if os.path.exists(path + ".tmp"):
             os.remove(path + ".tmp")
+        if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+            raise UserError(f"cannot create the class folder '{out_dir}': a file is in the way; remove it or pass "
+                            "another DST") from None
         reason = os.strerror(exc.errno) if exc.errno else f"{exc}; a full disk?"
         raise UserError(f"cannot write '{path}' ({reason}): free some space or pass another DST; the views "
                         "written so far are kept and the same command goes on from them") from None

@@ -297,6 +297,13 @@ def test_sample_augs_destination_is_a_file(images, tmp_path, capsys):
     assert "is a file, not a folder" in line and "DST" in line
 
 
+def test_sample_augs_file_where_a_class_folder_goes(images, tmp_path, capsys):
+    (tmp_path / "pairs").mkdir()
+    (tmp_path / "pairs" / sorted(os.listdir(images))[0]).write_text("x")
+    line = one_line(*cli(sample_augs, [images, tmp_path / "pairs", *SAMPLE], capsys))
+    assert "a file is in the way" in line and sorted(os.listdir(images))[0] in line
+
+
 def test_sample_augs_every_image_unreadable(tmp_path, capsys):
     for cls in ("a", "b"):
         (tmp_path / "src" / cls).mkdir(parents=True)
