@@ -51,8 +51,8 @@ from torch import nn
 from src.data.folders import ResumableSampler, SafeImageFolder, build_loader
 from src.data.video.build import VideoEval, add_video_eval_args, eval_samples, eval_sets
 from src.evaluation.classifier import (FeatureBatches, LinearClassifier, PooledMapClassifier, Results, ShardSampler,
-                                       content_hash, evaluate, feature_dim, fingerprint, shard_features, test_transform,
-                                       train_transform)
+                                       check_classes, content_hash, evaluate, feature_dim, fingerprint, shard_features,
+                                       test_transform, train_transform)
 from src.evaluation.feature_store import open_split, read_meta, write_cache
 from src.evaluation.pair_eval import build_trunk
 from src.evaluation.pretrained import add_pretrained_args
@@ -379,19 +379,6 @@ def build_datasets(args):
                         f"vs {len(val_set.classes)}): labels would not match", collective=True)
     check_classes(train_set.classes, os.path.join(args.data, "train"))
     return train_set, val_set
-
-
-def check_classes(classes, folder):
-    """A classifier needs at least 2 classes: with one, every prediction is right and the score says nothing.
-
-    Raises:
-        UserError: fewer than 2 class folders in ``folder``.
-    """
-    if len(classes) < 2:
-        names = f" ({', '.join(repr(c) for c in classes)})" if classes else ""
-        raise UserError(f"'{folder}' has {len(classes)} class{names}: a classifier needs at least 2 classes "
-                        "(every prediction of a 1-class head is right, so its accuracy says nothing); pass a dataset "
-                        "with one subfolder per class, 2 or more", collective=True)
 
 
 def build_frozen_trunk(args, device, rank):

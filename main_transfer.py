@@ -17,7 +17,9 @@ Defaults are the published runs' commands (SSL-small tools/transfer*.sh), not th
     linear:    lr 1.5 (CIFAR) / 2 (Caltech-101 and folders), 60 epochs, step at 40, batch 256
     fine-tune: lr 0.01, 100 epochs, steps at 40 and 70, batch 256
 Each test prints `` * Acc@1 xx.xxx Acc@5 xx.xxx`` (MoCo format); the end prints the best and last epochs and
-writes them to OUTPUT_DIR/transfer.json. Runs resume from OUTPUT_DIR/checkpoint.pth.tar.
+writes them to OUTPUT_DIR/transfer.json. Runs resume from OUTPUT_DIR/checkpoint.pth.tar. A diverged training is an
+error line, never a score: a NaN/inf loss, or an epoch whose mean training loss is over 100 x ln(classes) (finite
+but far above the ln(classes) of a uniform guess: an lr far too high). A dataset with one class is refused.
 
     # CPU smoke run on CIFAR-10 at its native 32 px with a main_moco.py checkpoint
     python main_transfer.py /datasets --dataset cifar10 --pretrained runs/moco/checkpoint.pth.tar \
@@ -28,17 +30,20 @@ writes them to OUTPUT_DIR/transfer.json. Runs resume from OUTPUT_DIR/checkpoint.
     torchrun --nproc_per_node=4 main_transfer.py /datasets/caltech101 --dataset caltech101 \
         --pretrained ckpt.pth.tar --finetune --output-dir runs/caltech_ft
 
-Video (spec sce.md 5.5): ``--modality video --finetune`` fine-tunes an R3D from ``main_sce.py --modality video`` on
+Video (docs/video.md): ``--modality video --finetune`` fine-tunes an R3D from ``main_sce.py --modality video`` on
 UCF101 or HMDB51 with their official split files: head Dropout(0.8) -> Linear, SGD lr 0.1 x batch/256 (0.025 at 64),
 wd 0, cosine per iteration without warmup, 200 epochs, 1 random clip (short side 256-320, crop 224, colour jitter,
 grey, flip) to train, 10 clips x 3 crops of 256 px with averaged softmax to test (scripts/video_finetune_*.sh):
     torchrun --nproc_per_node=8 main_transfer.py /datasets/UCF-101 --modality video --dataset ucf101 --finetune \
         --splits_dir /datasets/ucfTrainTestlist --split_id 1 --pretrained runs/video_sce_r3d50/checkpoint.pth.tar
 """
+import argparse
 import json
 import math
 import os
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -46,8 +51,8 @@ from torch import nn
 from src.data.cifar import CifarPickleDataset, find_cifar_folder
 from src.data.folders import ResumableSampler, SafeImageFolder, build_loader
 from src.data.video.build import VideoEval, add_video_eval_args, eval_samples, eval_sets
-from src.evaluation.classifier import (LinearClassifier, Results, ShardSampler, content_hash, evaluate, fingerprint,
-                                       test_transform, train_transform)
+from src.evaluation.classifier import (LinearClassifier, Results, ShardSampler, check_classes, content_hash, evaluate,
+                                       fingerprint, test_transform, train_transform)
 from src.evaluation.pair_eval import build_trunk
 from src.evaluation.pretrained import add_pretrained_args
 from src.metrics import topk_rates
@@ -59,7 +64,7 @@ from src.run.checkpoint import save_checkpoint
 from src.run.errors import UserError
 from src.run.launch import cli_main, launch
 from src.run.logging import print_rank0
-from src.run.loop import Run
+from src.run.loop import Flags, Run
 from src.run.speed import autocast
 
 DATASETS = ("cifar10", "cifar100", "caltech101", "folder", "ucf101", "hmdb51")  # the last two: --modality video
@@ -67,7 +72,7 @@ DATASETS = ("cifar10", "cifar100", "caltech101", "folder", "ucf101", "hmdb51")  
 RECIPES = {"linear": dict(epochs=60, schedule=[40], gamma=0.1, lr={"cifar10": 1.5, "cifar100": 1.5}, lr_other=2.0,
                           min_scale=0.6),
            "finetune": dict(epochs=100, schedule=[40, 70], gamma=0.2, lr={}, lr_other=0.01, min_scale=0.2),
-           # sce.md 5.5 (eztorch run/finetuning/resnet3d*): lr 0.1 x batch / 256, cosine per iteration, batch 64
+           # docs/video.md (eztorch run/finetuning/resnet3d*): lr 0.1 x batch / 256, cosine per iteration, batch 64
            "video_finetune": dict(epochs=200, schedule=[], gamma=1.0, lr={}, lr_other=None, min_scale=0.2)}
 
 
@@ -93,7 +98,9 @@ def get_args_parser(add_help=False):
     add_arg(g, "-b", "--batch-size", default=None, type=POSITIVE_INT,
             help="TOTAL batch over all processes (256; video fine-tuning 64)")
     add_arg(g, "--lr", "--learning-rate", default=None, type=float, dest="lr",
-            help="initial lr (linear: 1.5 CIFAR, 2 Caltech-101 / folders; fine-tune 0.01)")
+            help="initial lr (linear: 1.5 CIFAR, 2 Caltech-101 / folders; fine-tune 0.01). An lr so high that an "
+                 "epoch's mean training loss exceeds 100 x ln(classes) (a uniform guess scores ln(classes)) ends "
+                 "the run with an error line instead of a score, as a NaN loss does")
     add_arg(g, "--schedule", default=None, type=int, nargs="*",
             help="epochs where the lr drops x0.1 (linear) / x0.2 (fine-tune) (linear 40; fine-tune 40 70)")
     add_arg(g, "--momentum", default=0.9, type=MOMENTUM, help="SGD momentum (0.9)")
@@ -110,9 +117,9 @@ def main(args):
     fill_recipe(args)
     if args.modality == "video":  # before processes start, so a wrong path gives one error line, not one per process
         eval_samples(VideoEval.from_flags(args), args.data)
-        return launch(transfer, args)
+        return launch(train, args)
     find_test_split(args)  # before processes start, so a wrong path gives one error line, not one per process
-    return launch(transfer, args)
+    return launch(train, args)
 
 
 def fill_recipe(args):
@@ -137,14 +144,94 @@ def fill_recipe(args):
                         f"{args.batch_size}, {args.crop_size}, {args.lr}")
 
 
-def transfer(args, info):
+FLAGS = Flags(output="--output-dir", lr="--lr", max_iters="--max-iters")
+# flags a resume may change: those whose effect a require() below checks by content, with its own message (the
+# pretrained weights, the dataset, the mode), and the test's batching
+SAFE = ("pretrained", "arch", "cifar_stem", "trunk_pattern", "dataset", "finetune", "test_videos_per_batch")
+# A classifier that guesses uniformly has a loss of ln(C); an epoch whose mean training loss is DIVERGED times that
+# means confidently wrong answers throughout: training diverged (an lr far too high), even when the loss is finite
+DIVERGED = 100
+
+
+def train(args, info):
     """Train and test; returns the :class:`Results` summary dict (None when stopped early)."""
-    device, rank = info.device, info.rank
-    autocast_dtype(args, device, rank)  # fp16 without CUDA: fp32 with one warning line; later amp_dtype() agrees
-    per_rank_batch = dist.split_batch(args.batch_size, info.world_size)
-    run = Run(info, output_dir=args.output_dir, script="main_transfer.py", config=vars(args), resume=args.resume,
-              seed=args.seed, output_flag="--output-dir", lr_flag="--lr", max_iters_flag="--max-iters",
+    autocast_dtype(args, info.device, info.rank)  # fp16 without CUDA: fp32 with one warning line; amp_dtype() agrees
+    dist.split_batch(args.batch_size, info.world_size)  # refused before the folder is touched
+    run = Run(info, args, script="main_transfer.py", flags=FLAGS, safe=SAFE,
               must_resume="-e/--evaluate needs a trained network" if args.evaluate else None)
+    args.seed = run.seed  # a resumed run keeps its checkpoint's seed
+    parts = build(args, info)
+
+    # ==== resuming and saving: only from the same pretrained weights, dataset and mode ====
+    run.require("pretrained_sha256", parts.trunk_hash, "--pretrained (its weights)")
+    run.require("dataset", args.dataset, "--dataset")
+    run.require("finetune", args.finetune, "--finetune")
+    run.track(state_dict=parts.net, optimizer=parts.optimizer, scaler=parts.scaler, results=parts.results)
+    if args.evaluate:
+        return test(parts, info, None, run.write_log)
+
+    # ==== training ====
+    run.start(parts.iters_per_epoch, args.batch_size, scaled=parts.scaler.is_enabled(),
+              formats={"Loss": ".4e", "Acc@1": "6.2f", "Acc@5": "6.2f"})
+    for epoch in run.epochs():
+        parts.sampler.set_epoch(epoch, start_index=run.start_iter * parts.per_rank_batch)
+        parts.train_set.set_epoch(epoch)
+        if not run.steps(train_one_epoch(parts, parts.loader, run, epoch)):
+            return None  # stopped (signal, --max-iters): checkpoint saved
+        if parts.trunk_fp is not None and not torch.equal(fingerprint(parts.trunk), parts.trunk_fp):
+            raise RuntimeError("the frozen trunk changed during linear transfer (weights or BN statistics)")
+        run.check()  # a NaN network is an error line, not a test score
+        check_not_diverged(parts, epoch)  # nor is a finite loss far above chance
+        tested = []  # the test's log row follows the epoch's, as the epoch's averages are logged by end_epoch
+        is_best = test(parts, info, epoch, tested.append)
+        run.end_epoch()
+        run.write_log(tested[0])
+        if is_best and info.rank == 0:
+            save_checkpoint(os.path.join(args.output_dir, "model_best.pth.tar"),
+                            {"arch": args.arch, "state_dict": parts.net.state_dict(), **parts.results.best},
+                            "--output-dir")
+    parts.finished = run.finished
+    return report(args, parts.results, info.rank) if run.finished else None
+
+
+@dataclass
+class Parts:
+    """What a transfer run trains with (:func:`build`); :func:`step` reads it."""
+
+    args: argparse.Namespace
+    device: torch.device
+    trunk: nn.Module  # the pretrained trunk: frozen in eval mode (linear) or trained (fine-tune)
+    head: nn.Module  # the classifier on its features
+    net: nn.Sequential  # trunk then head: what a checkpoint holds
+    model: nn.Module  # what the gradients flow through: the head (linear) or net (fine-tune), maybe DDP-wrapped
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    lr_schedule: np.ndarray  # one lr per global step
+    amp: object  # autocast dtype (None: fp32)
+    loader: object
+    sampler: object
+    train_set: object
+    test_loader: object
+    per_rank_batch: int
+    iters_per_epoch: int
+    num_classes: int
+    trunk_hash: str  # content hash of the pretrained weights this run started from
+    trunk_fp: object  # linear: the frozen trunk's fingerprint, checked after every epoch; fine-tune: None
+    results: Results  # every test, best and last
+    epoch_loss: torch.Tensor  # [sum of the step losses, steps] of the epoch so far, on the device (no host sync)
+    finished: bool = False  # set by train(): every epoch done
+
+    def trunks(self):
+        """The trunk an evaluation of the run reads (linear: the pretrained one; fine-tune: as trained)."""
+        return {"online": self.trunk}
+
+
+def build(args, info):
+    """Data, the pretrained trunk with its head, optimizer, scaler and lr schedule, from the flags. ``args.seed``
+    seeds the head (the same on every rank), the data order, the augmentations and a random trunk."""
+    device, rank = info.device, info.rank
+    dist.seed_everything(args.seed, 0)
+    per_rank_batch = dist.split_batch(args.batch_size, info.world_size)
     mode = "finetune" if args.finetune else "linear"
     lr_words = (f"lr {args.lr:g} cosine per iteration" if args.modality == "video" else
                 f"lr {args.lr:g} x{args.gamma:g} at epochs {' '.join(map(str, args.schedule)) or '-'}")
@@ -174,80 +261,79 @@ def transfer(args, info):
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.SGD(trainable, args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(args) == torch.float16)
-    if args.modality == "video":  # cosine per iteration to 0, no warmup (spec 5.5)
+    if args.modality == "video":  # cosine per iteration to 0, no warmup (docs/video.md)
         schedule = cosine_schedule(args.lr, 0.0, args.epochs, iters_per_epoch)
     else:
         schedule = moco_lr_schedule(args.lr, args.epochs, iters_per_epoch, milestones=args.schedule, gamma=args.gamma)
     trunk_fp = None if args.finetune else fingerprint(trunk)
-
-    # ==== resuming and saving: only from the same pretrained weights, dataset and mode ====
-    results = Results()
-    run.require("pretrained_sha256", trunk_hash, "--pretrained (its weights)")
-    run.require("dataset", args.dataset, "--dataset")
-    run.require("finetune", args.finetune, "--finetune")
-    run.track(state_dict=net, optimizer=optimizer, scaler=scaler, results=results)
-    if args.evaluate:
-        return test(net, test_loader, args, info, results, None, run.write_log)
-
-    # ==== training ====
-    logger = run.progress(iters_per_epoch, args.epochs, args.batch_size, args.print_freq, max_iters=args.max_iters,
-                          save_every=args.save_every_iters, scaled=scaler.is_enabled(),
-                          formats={"Loss": ".4e", "Acc@1": "6.2f", "Acc@5": "6.2f"})
-    for epoch in run.epochs():
-        sampler.set_epoch(epoch, start_index=run.start_iter * per_rank_batch)
-        train_set.set_epoch(epoch)
-        logger.start_epoch(epoch, run.start_iter)
-        if not run.steps(train_one_epoch(trunk, head, model, loader, optimizer, scaler, schedule, epoch,
-                                         run.start_iter, iters_per_epoch, args, device, logger)):
-            return None  # stopped (signal, --max-iters): checkpoint saved
-        logger.end_epoch()
-        if trunk_fp is not None and not torch.equal(fingerprint(trunk), trunk_fp):
-            raise RuntimeError("the frozen trunk changed during linear transfer (weights or BN statistics)")
-        run.check()  # a diverged network is an error line, not a test score
-        is_best = test(net, test_loader, args, info, results, epoch, run.write_log)
-        run.end_epoch()
-        if is_best and rank == 0:
-            save_checkpoint(os.path.join(args.output_dir, "model_best.pth.tar"),
-                            {"arch": args.arch, "state_dict": net.state_dict(), **results.best}, "--output-dir")
-    return report(args, results, rank) if run.finished else None
+    return Parts(args, device, trunk, head, net, model, optimizer, scaler, schedule, amp_dtype(args), loader, sampler,
+                 train_set, test_loader, per_rank_batch, iters_per_epoch, num_classes, trunk_hash, trunk_fp,
+                 Results(), torch.zeros(2, dtype=torch.float64, device=device))
 
 
-def train_one_epoch(trunk, head, model, loader, optimizer, scaler, schedule, epoch, start_iter, iters_per_epoch, args,
-                    device, logger):
-    """One epoch; a generator yielding ``(iteration, loss)`` after each step.
+def train_one_epoch(parts, loader, run, epoch):
+    """One epoch; yields ``(iteration, stats)`` after each step. Linear: the trunk runs frozen, in eval mode.
+    Fine-tune: trunk and head are in train mode, set here at every epoch since testing switched them to eval mode."""
+    parts.trunk.train(parts.args.finetune)
+    parts.head.train()
+    parts.epoch_loss.zero_()
+    for it, batch in run.batches(loader):
+        stats = step(parts, batch, epoch * parts.iters_per_epoch + it)
+        parts.epoch_loss += torch.stack([stats["Loss"].double(), parts.epoch_loss.new_ones(())])
+        yield it, stats
 
-    ``model`` is what learns (possibly DDP-wrapped): the head (linear) or trunk + head (fine-tune). Linear: the
-    trunk runs frozen, in eval mode and under no_grad. Fine-tune: trunk and head are in train mode, set here at
-    every epoch since testing switched them to eval mode."""
-    trunk.train(args.finetune)
-    head.train()
-    amp = amp_dtype(args)
-    for it, (images, target) in logger.batches(loader, start_iter):
-        lr = set_lr(optimizer, schedule[epoch * iters_per_epoch + it])
-        images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
-        with autocast(device, amp):
-            if args.finetune:
-                logits = model(images).float()  # (B, C) through trunk and head
-            else:
-                with torch.no_grad():
-                    feats = trunk(images)  # (B, D) frozen features
-                logits = model(feats.float()).float()
-        loss = F.cross_entropy(logits, target)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
 
-        logger.update(Loss=loss.detach(), **topk_rates(logits, target))
-        logger.maybe_print(it, lr)
-        yield it, loss.detach()
+def step(parts, batch, it):
+    """One SGD step on a batch ``(images, labels)`` at global step ``it``: through the frozen trunk (under no_grad)
+    and the head (linear), or through both (fine-tune). Returns: the step's stats (``Loss``, accuracies, ``lr``)."""
+    device = parts.device
+    lr = set_lr(parts.optimizer, parts.lr_schedule[it])
+    images, target = (t.to(device, non_blocking=True) for t in batch)
+    with autocast(device, parts.amp):
+        if parts.args.finetune:
+            logits = parts.model(images).float()  # (B, C) through trunk and head
+        else:
+            with torch.no_grad():
+                feats = parts.trunk(images)  # (B, D) frozen features
+            logits = parts.model(feats.float()).float()
+    loss = F.cross_entropy(logits, target)
+    parts.optimizer.zero_grad(set_to_none=True)
+    parts.scaler.scale(loss).backward()
+    parts.scaler.step(parts.optimizer)
+    parts.scaler.update()
+    return {"Loss": loss.detach(), **topk_rates(logits, target), "lr": lr}
+
+
+def check_not_diverged(parts, epoch):
+    """Refuse to test a network whose training diverged: the epoch's mean training loss (over every rank) above
+    ``DIVERGED`` x ln(classes), the loss of a uniform guess. A collective (every rank calls it).
+
+    Raises:
+        UserError: naming the loss, the bound and the learning rate."""
+    total = dist.all_reduce(parts.epoch_loss.clone())  # [loss sum, steps] over the ranks
+    if total[1] == 0:
+        return
+    mean, chance = float(total[0] / total[1]), math.log(parts.num_classes)
+    if mean > DIVERGED * chance:
+        raise UserError(f"training diverged in epoch {epoch}: its mean training loss {mean:.4g} is over {DIVERGED} x "
+                        f"ln({parts.num_classes} classes) = {DIVERGED * chance:.4g} (a uniform guess scores "
+                        f"{chance:.3g}), so no score is reported: --lr {parts.args.lr:g} is far too high; lower it "
+                        "(the recipes: linear 1.5 CIFAR / 2 folders, fine-tune 0.01) and run in a new --output-dir",
+                        collective=True)
 
 
 # ==================================================================================================
 def build_datasets(args):
-    """Train set (random crops, seeded per sample) and test set of ``--dataset``."""
+    """Train set (random crops, seeded per sample) and test set of ``--dataset``.
+
+    Raises:
+        UserError: train/ and test/ have different class folders, or fewer than 2 (a classifier needs 2).
+    """
     if args.modality == "video":  # 1 random clip with colour / 10 clips x 3 crops of every video (src.data.video.build)
-        return eval_sets(VideoEval.from_flags(args), args.data, args.resize, args.crop_size, args.seed, finetune=True)
+        train_set, test_set = eval_sets(VideoEval.from_flags(args), args.data, args.resize, args.crop_size, args.seed,
+                                        finetune=True)
+        check_classes(train_set.classes, args.data)
+        return train_set, test_set
     train_tf = train_transform(args.crop_size, (args.min_scale, 1.0), interpolation="bicubic")
     if args.dataset.startswith("cifar"):
         test_tf = test_transform(args.crop_size, None, interpolation="bicubic")  # square 32 px images: no crop
@@ -259,7 +345,9 @@ def build_datasets(args):
                                skip_unreadable=True)
     if train_set.classes != test_set.classes:
         raise UserError(f"train/ and {os.path.basename(test_folder)}/ of '{args.data}' have different class folders "
-                        f"({len(train_set.classes)} vs {len(test_set.classes)}): labels would not match")
+                        f"({len(train_set.classes)} vs {len(test_set.classes)}): labels would not match",
+                        collective=True)
+    check_classes(train_set.classes, os.path.join(args.data, "train"))
     return train_set, test_set
 
 
@@ -293,16 +381,17 @@ def build_model(args, device, num_classes, rank):
     with torch.no_grad():
         dim = trunk.eval()(torch.zeros(1, 3, *frames, args.crop_size, args.crop_size, device=device)).shape[1]
     dist.seed_everything(args.seed, 0)  # the same head on every rank
-    if args.modality == "video":  # pool -> Dropout(0.8) -> Linear, features not normalised (spec 5.5)
+    if args.modality == "video":  # pool -> Dropout(0.8) -> Linear, features not normalised (docs/video.md)
         return trunk, LinearClassifier(dim, num_classes, dropout=0.8).to(device)
     return trunk, LinearClassifier(dim, num_classes, normalize=True).to(device)
 
 
-def test(net, loader, args, info, results, epoch, log):
+def test(parts, info, epoch, log):
     """Test in eval mode, print `` * Acc@1 .. Acc@5 ..`` and ``log`` the numbers; returns whether the epoch is the
     best so far (``epoch`` None: only test, return the numbers)."""
+    args, net = parts.args, parts.net
     net.eval()
-    res = evaluate(net[1], loader, info.device, features=net[0], amp_dtype=amp_dtype(args))
+    res = evaluate(net[1], parts.test_loader, info.device, features=net[0], amp_dtype=parts.amp)
     if info.rank == 0:
         unit = ("videos", "videos/s") if args.modality == "video" else ("images", "img/s")
         rate = res['n'] / max(res['seconds'], 1e-9)
@@ -312,7 +401,7 @@ def test(net, loader, args, info, results, epoch, log):
             print(f"skipped {res['skipped']} unreadable test {unit[0]} (warnings above): the accuracies are over the "
                   "rest", flush=True)
     log({"type": "test", "epoch": epoch, **res})
-    return res if epoch is None else results.add(epoch, res)
+    return res if epoch is None else parts.results.add(epoch, res)
 
 
 def report(args, results, rank):

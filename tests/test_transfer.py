@@ -208,3 +208,53 @@ def test_image_folders_resume_and_cli_error(data, tmp_path, capsys):
     proc = run(py("main_transfer.py", str(tmp_path / "nowhere"), "--dataset", "cifar100", "-j", "0"))
     line = one_error_line(proc)
     assert "cifar-100-python/ holding train, test, meta" in line and "nothing is downloaded" in line, line
+
+
+# ==== hostile input: refused with one line, exit 2, no traceback, no score ====
+def _cli_error(argv, capsys):
+    """The CLI's own path: exit 2, no traceback, one ``error:`` line; returns (line, stdout)."""
+    from src.run.args import ArgumentParser
+    from src.run.launch import cli
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    code = 0
+    try:
+        cli(main_transfer.main, lambda: ArgumentParser(parents=[main_transfer.get_args_parser()]).parse_args(argv))
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+        torch.set_num_threads(threads)
+    out, err = capsys.readouterr()
+    assert code == 2 and "Traceback" not in out + err, (code, out[-2000:], err[-2000:])
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0], out
+
+
+def test_one_class_folder_is_refused(tmp_path, capsys):
+    one = tmp_path / "one"
+    for split in ("train", "test"):
+        (one / split / "only").mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (40, 40), (60 * i, 0, 0)).save(one / split / "only" / f"{i}.jpg")
+    line, out = _cli_error([str(one), "--dataset", "folder", *COMMON, "--resize", "36", "--epochs", "1",
+                            "--output-dir", str(tmp_path / "x")], capsys)
+    assert "at least 2 classes" in line and f"{one / 'train'}" in line and " * Acc@1" not in out, line
+
+
+def test_a_diverged_training_gives_no_score(data, tmp_path, capsys):
+    """--lr 1e30 on the linear head: the loss stays finite (about 1e29) but is far above ln(classes), the loss of a
+    uniform guess: an error line naming the loss and --lr, no test line, no results file."""
+    out_dir = tmp_path / "div"
+    line, out = _cli_error([str(data / "folders"), "--dataset", "folder", *COMMON, "--resize", "36", "--epochs", "2",
+                            "--lr", "1e30", "--output-dir", str(out_dir)], capsys)
+    assert "training diverged in epoch 0" in line and "--lr 1e+30 is far too high" in line, line
+    assert f"over {main_transfer.DIVERGED} x ln(" in line and "NaN" not in line, line
+    assert " * Acc@1" not in out and not (out_dir / "transfer.json").exists()
+    # the bound: 100 x ln(C); an epoch under it (a sane lr) is tested as before
+    assert run_inprocess([str(data / "folders"), "--dataset", "folder", *COMMON, "--resize", "36", "--epochs", "1",
+                          "--output-dir", str(tmp_path / "ok")])["last"]["top1"] >= 0

@@ -11,6 +11,7 @@
   rank's shard of a dataset, then epochs of shuffled batches from that cache (in memory, or streamed from disk by
   ``src.evaluation.feature_store``);
 * :class:`Results`: best (by top-1) and last accuracies, the per-epoch history, saved in checkpoints and JSON;
+* :func:`check_classes`: a classifier needs at least 2 classes;
 * :func:`fingerprint`: a checksum of a frozen module, so a run can assert that it never changed (MoCo's
   ``sanity_check``); :func:`content_hash`: what resumes and feature caches are keyed on.
 """
@@ -329,6 +330,21 @@ class Results(History):
         skipped = f"; {last['skipped']} unreadable test images skipped" if last.get("skipped") else ""
         return (f"best Acc@1 {b['top1']:.3f} Acc@5 {b['top5']:.3f} (epoch {b['epoch']}); "
                 f"last Acc@1 {last['top1']:.3f} Acc@5 {last['top5']:.3f} (epoch {last['epoch']}){skipped}")
+
+
+def check_classes(classes, where):
+    """A classifier needs at least 2 classes: with one, every prediction is right and its accuracy says nothing.
+
+    Args:
+        classes: the training set's class names. where: the folder (or dataset) named in the error.
+    Raises:
+        UserError: fewer than 2 classes (collective: every rank reads the same folder).
+    """
+    if len(classes) < 2:
+        names = f" ({', '.join(repr(c) for c in classes)})" if classes else ""
+        raise UserError(f"'{where}' has {len(classes)} class{names}: a classifier needs at least 2 classes (every "
+                        "prediction of a 1-class head is right, so its accuracy says nothing); pass a dataset with one "
+                        "subfolder per class, 2 or more", collective=True)
 
 
 @torch.no_grad()
