@@ -18,7 +18,7 @@ def _unit(*shape, seed=0, dtype=torch.float64):
 
 
 def _loop_sce(q, k, queue, tau, tau_m, lam, mask_positive=False):
-    """Paper, eq. 5-7, with the instances k replaced by [positive, queue entries] (spec sce.md section 1):
+    """Paper, eq. 5-7, with the instances k replaced by [positive, queue entries] (the reference code's form):
     w_ik = lam * 1[k = positive] + (1 - lam) * s_ik, s_ik = exp(z'_i.z'_k / tau_m) / sum_j exp(...), where
     the positive's own similarity term is exp(0) in the code (or removed by the paper's 1[i != k] mask);
     p_ik = exp(z_i.z'_k / tau) / sum_j exp(z_i.z'_j / tau); L = -1/N sum_i sum_k w_ik log p_ik."""
@@ -98,5 +98,5 @@ def test_momentum_schedule_endpoints_and_shape():
     m = momentum_schedule(0.99, epochs=3, iters_per_epoch=7)
     assert len(m) == 21 and m[0] == 0.99 and m[-1] == 1.0
     assert all(a <= b for a, b in zip(m[:-1], m[1:]))
-    s, total = 5, 21  # the cosine formula of the spec at an inner step
+    s, total = 5, 21  # eztorch's cosine formula at an inner step
     assert abs(m[s] - (1 - 0.01 * (1 + math.cos(math.pi * s / (total - 1))) / 2)) < 1e-15

@@ -1,4 +1,4 @@
-"""SCE pieces: model layout (spec sce.md section 2), per-crop vs grouped forwards, EMA on parameters only,
+"""SCE pieces: model layout (the reference's heads), per-crop vs grouped forwards, EMA on parameters only,
 the asymmetric views, the torchvision trunk export, and AMP's skipped step on an fp16 overflow."""
 import numpy as np
 import pytest
@@ -13,7 +13,6 @@ from src.evaluation.pretrained import load_trunk
 from src.methods.sce import SCE
 from src.models import build_backbone
 from src.run import dist
-from src.run.logging import ProgressLogger
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread per module
 
@@ -118,22 +117,22 @@ def test_trunk_export_loads_into_torchvision_and_checkpoint_into_eval_trunk(tmp_
     torch.testing.assert_close(fresh.conv1.weight, model.trunk.conv1.weight)
 
 
-def test_fp16_overflow_skips_the_step_and_lowers_the_scale():
+def test_fp16_overflow_skips_the_step_and_lowers_the_scale(tiny_data):
     args = main_sce.get_args_parser().parse_args(
-        ["--arch", "resnet18", "--batch_size", "4", "--queue_size", "32", "--feat_dim", "16", "--proj_hidden_dim", "32",
-         "--pred_hidden_dim", "32", "--size_crops", "32", "--use_fp16", "true", "--print_freq", "1000"])
-    torch.manual_seed(0)
-    model, online, target = main_sce.build_model(args, CPU)
-    opt = torch.optim.SGD(model.online_params(), lr=0.1)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 100)  # every fp16 gradient overflows
+        ["--data_path", tiny_data, "--arch", "resnet18", "--batch_size", "4", "--queue_size", "32", "--feat_dim", "16",
+         "--proj_hidden_dim", "32", "--pred_hidden_dim", "32", "--size_crops", "32", "--use_fp16", "true", "--workers",
+         "0", "--seed", "0"])
+    parts = main_sce.build(args, CPU)
+    # fp16 autocast even on the CPU (build falls back to fp32 there), and a scale at which every fp16 gradient overflows
+    parts.amp = torch.autocast("cpu", dtype=torch.float16)
+    parts.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 100)
+    parts.optimizer = torch.optim.SGD(parts.model.online_params(), lr=0.1)
+    model = parts.model.train()
     before = {k: v.clone() for k, v in model.trunk.state_dict().items()}
     g = torch.Generator().manual_seed(0)
-    loader = [([torch.randn(4, 3, 32, 32, generator=g), torch.randn(4, 3, 32, 32, generator=g)], torch.zeros(4))]
-    logger = ProgressLogger(1, 1, 4, 1000, None, rank=1)
-    for _ in main_sce.train_one_epoch(model, online, target, loader, opt, scaler, np.full(1, 0.1), np.full(1, 0.99),
-                                      0, 0, 1, args, torch.device("cpu"), logger):
-        pass
-    assert scaler.get_scale() == 2.0 ** 99  # overflow seen: scale halved
+    batch = ([torch.randn(4, 3, 32, 32, generator=g), torch.randn(4, 3, 32, 32, generator=g)], torch.zeros(4))
+    main_sce.step(parts, batch, 0)
+    assert parts.scaler.get_scale() == 2.0 ** 99  # overflow seen: scale halved
     for k, v in model.trunk.state_dict().items():
         if v.is_floating_point() and "running" not in k:
             assert torch.equal(v, before[k]), k  # the optimizer step was skipped

@@ -1,4 +1,4 @@
-"""main_sce.py --modality video: the spec 5.3 defaults for unset flags (given flags win), flag checks, a 1-process
+"""main_sce.py --modality video: the video recipe's defaults for unset flags (given flags win), flag checks, a 1-process
 smoke run whose trunk loads back, and a 2-process gloo run of R3D-18 at 4 frames x 32 px that ends an epoch with
 the ranks in sync and a checkpoint."""
 import os

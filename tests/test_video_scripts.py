@@ -1,5 +1,5 @@
 """scripts/video_*.sh: every sbatch recipe parses with its script's own flag parser, passes its checks, and carries
-the spec's values (sce.md 5.3-5.6)."""
+the paper's values (video SCE recipes, linear, fine-tuning, retrieval)."""
 import argparse
 import glob
 import os
