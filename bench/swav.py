@@ -4,65 +4,50 @@
     python -m bench.swav --arch resnet50 --batch-size 64 --amp fp16 --steps 20          # one GPU, the paper's crops
     python -m bench.swav --arch resnet50 --batch-size 32 --queue-length 3840 --amp fp16  # bs256 recipe, per GPU
 
-The step timed is ``main_swav.train_one_epoch`` itself (prototype normalisation, grouped forwards, Sinkhorn in
-fp32 over the batch and, with ``--queue-length``, the full queue, swapped loss, backward, LARC step), fed with
-pre-made batches so the loader does not count; images/s counts unique images (each has 8 crops). The data
-pipeline is timed separately, one worker, on the demo images (64 px PNGs: cheaper to decode than ImageNet JPEGs).
+The step timed is ``main_swav.step`` itself (prototype normalisation, grouped forwards, Sinkhorn in fp32 over the
+batch and, with ``--queue-length``, the full queue, swapped loss, backward, LARC step) on the parts
+``main_swav.build`` makes, fed with a pre-made batch so the loader does not count; images/s counts unique images
+(each has 8 crops). The data pipeline is timed separately, one worker, on the demo images (64 px PNGs: cheaper to
+decode than ImageNet JPEGs).
 """
 import argparse
-import math
-import time
 
 import torch
 
 import main_swav
-from bench.common import add_io_args, ensure_demo_data, machine, peak_memory_mb, per_arch, report, time_per_sample
+from bench.common import (add_io_args, ensure_demo_data, machine, peak_memory_mb, per_arch, report, time_per_sample,
+                          time_steps)
 from src.augment.views import relative_blur_scale
-from src.methods.swav import LossWatch, SwAVModel, SwAVQueue, prepare_model
-from src.optim import swav_optimizer
 from src.run import dist
-from src.run.args import autocast_dtype
-from src.run.logging import ProgressLogger
 
 
-def bench_step(arch, batch_size, size_crops, nmb_crops, steps, amp, device, nmb_prototypes=3000, queue_length=0):
-    """Time ``steps`` SwAV steps after 2 warm-up steps; returns one table row."""
+def bench_step(arch, batch_size, size_crops, nmb_crops, steps, amp, device, data, nmb_prototypes=3000,
+               queue_length=0):
+    """``main_swav.step`` on one pre-made batch, after ``main_swav.build``; with ``queue_length`` the queue is full
+    (random unit rows) from the first step. Returns one table row."""
     args = main_swav.get_args_parser().parse_args(
-        ["--arch", arch, "--batch_size", str(batch_size), "--size_crops", *map(str, size_crops),
+        ["--data_path", data, "--arch", arch, "--batch_size", str(batch_size), "--size_crops", *map(str, size_crops),
          "--nmb_crops", *map(str, nmb_crops), "--min_scale_crops", *["0.1"] * len(nmb_crops),
          "--max_scale_crops", *["1"] * len(nmb_crops), "--nmb_prototypes", str(nmb_prototypes),
-         "--amp", amp, "--use_fp16", "false", "--print_freq", str(10 ** 9), "--freeze_prototypes_niters", "1"])
+         "--queue_length", str(queue_length), "--amp", amp, "--use_fp16", "false", "--workers", "0",
+         "--freeze_prototypes_niters", "1", "--device", str(device)])
     info = dist.DistInfo(rank=0, world_size=1, local_rank=0, device=device, distributed=False, backend=None,
                          launcher="none")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    model, ddp_model = prepare_model(SwAVModel(arch, 128, args.hidden_mlp, nmb_prototypes), info)
-    warmup = 2
-    optimizer, schedule = swav_optimizer(model.parameters(), args.base_lr, args.final_lr, args.wd, args.epochs,
-                                         steps + warmup, device=device)
-    dtype = autocast_dtype(args, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    queue = None
-    if queue_length:
-        queue = SwAVQueue(len(args.crops_for_assign), queue_length, 128, device)
-        queue.queue.copy_(torch.nn.functional.normalize(torch.randn_like(queue.queue), dim=2))  # full from step 1
-        queue.filled = queue_length
+    parts = main_swav.build(args, info)
+    if parts.queue_rows:
+        parts.queue = parts.new_queue()
+        parts.queue.queue.copy_(torch.nn.functional.normalize(torch.randn_like(parts.queue.queue), dim=2))
+        parts.queue.filled = parts.queue_rows
+    parts.model.train()
     crops = [torch.randn(batch_size, 3, s, s) for s, n in zip(size_crops, nmb_crops) for _ in range(n)]
-    loader = [(crops, torch.zeros(batch_size))] * (steps + warmup)
-    logger = ProgressLogger(steps + warmup, 1, batch_size, 10 ** 9, None, rank=1)
-    watch = LossWatch(math.log(nmb_prototypes), device)
-    times, t = [], time.time()
-    for _ in main_swav.train_one_epoch(model, ddp_model, queue, loader, optimizer, scaler, schedule, 0, 0,
-                                       steps + warmup, args, device, dtype, logger, watch):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.time() - t)
-        t = time.time()
-    timed = sum(times[warmup:])
+    batch = (crops, torch.zeros(batch_size, dtype=torch.long))
+    timed = time_steps(lambda it: main_swav.step(parts, batch, it), steps, device)
     crops_txt = "+".join(f"{n}x{s}" for s, n in zip(size_crops, nmb_crops))
-    return {"what": f"swav step {arch}" + (f" queue {queue_length}" if queue_length else ""), "batch": batch_size,
-            "crops": crops_txt, "amp": amp, "images/s": batch_size * steps / timed, "ms/step": 1000 * timed / steps,
-            "peak MiB": peak_memory_mb(device)}
+    return {"what": f"swav step {arch}" + (f" queue {parts.queue_rows}" if parts.queue_rows else ""),
+            "batch": batch_size, "crops": crops_txt, "amp": amp, "images/s": batch_size * steps / timed,
+            "ms/step": 1000 * timed / steps, "peak MiB": peak_memory_mb(device)}
 
 
 def bench_data(root, size_crops, nmb_crops, n):
@@ -85,18 +70,19 @@ def main():
                    help="crop sides of the two groups for every arch (default: 224 96 for resnet50*, 32 16 otherwise)")
     p.add_argument("--nmb-crops", type=int, nargs=2, default=[2, 6])
     p.add_argument("--nmb-prototypes", type=int, default=3000)
-    p.add_argument("--queue-length", type=int, default=0, help="rows of a full queue in every Sinkhorn (0: none)")
+    p.add_argument("--queue-length", type=int, default=0,
+                   help="main_swav's --queue_length (rounded down to whole batches), full from the first step (0: none)")
     p.add_argument("--steps", type=int, default=3)
     add_io_args(p, "swav", data_samples=100)
     a = p.parse_args()
     device = torch.device(a.device)
     batches = per_arch(a.batch_size, a.arch)
+    ensure_demo_data(a.data)  # build reads a folder of images (the step is fed a pre-made batch)
     rows = []
     for arch, batch in zip(a.arch, batches):
         sizes = a.size_crops or ([224, 96] if arch.startswith("resnet50") else [32, 16])
-        rows.append(bench_step(arch, batch, sizes, a.nmb_crops, a.steps, a.amp, device, a.nmb_prototypes,
+        rows.append(bench_step(arch, batch, sizes, a.nmb_crops, a.steps, a.amp, device, a.data, a.nmb_prototypes,
                                a.queue_length))
-    ensure_demo_data(a.data)
     rows.append(bench_data(a.data, [224, 96], [2, 6], a.data_samples))
     report(f"SwAV bench on {machine(device)}", rows, a.output)
 
