@@ -165,3 +165,30 @@ def test_missing_data_folder_is_one_error_line(tmp_path):
     assert proc.returncode == 2
     line = one_error_line(proc)
     assert "val" in line and "does not exist" in line
+
+
+@pytest.mark.parametrize("rep_space", ["original", "shift-norm"])
+def test_per_rank_shards_equal_run_knn(tiny, rep_space):
+    """What an online monitor does on `world_size` ranks: each searches its contiguous shard (shard_bounds) with
+    search_shard (shift-norm: bank_mean of every rank's bank_sum first), and summarize merges the parts in rank
+    order; the figures equal run_knn in one process, and so eval.knn's."""
+    from eval.knn import build_datasets, build_model, get_args_parser
+    from src.evaluation.knn import bank_mean, bank_sum, run_knn, search_shard, shard_bounds, summarize
+
+    args = get_args_parser().parse_args([tiny.data, "-a", "resnet18", *COMMON])
+    model = build_model(args)
+    train_set, val_set = build_datasets(args)
+
+    def loader(ds):
+        return torch.utils.data.DataLoader(ds, batch_size=4)
+
+    whole = run_knn(model, loader(train_set), loader(val_set), "cpu", max_k=3, rep_space=rep_space)
+    for world_size in (2, 3):
+        shards = [loader(torch.utils.data.Subset(train_set, range(lo, hi)))
+                  for lo, hi in shard_bounds(len(train_set), world_size)]
+        mean = bank_mean([bank_sum(model, s, "cpu") for s in shards]) if rep_space == "shift-norm" else None
+        parts = [search_shard(model, s, loader(val_set), "cpu", max_k=3, rep_space=rep_space, bank_mean=mean)
+                 for s in shards]
+        res = summarize(parts, parts[0]["val_labels"], 3)
+        assert res["best_k"] == whole["best_k"] and res["acc_by_k"] == pytest.approx(whole["acc_by_k"], abs=1e-9)
+        assert res["weighted_knn_top1"] == pytest.approx(whole["weighted_knn_top1"], abs=1e-9)

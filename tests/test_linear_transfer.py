@@ -18,6 +18,7 @@ from sklearn.linear_model import LogisticRegression
 
 from eval import linear_transfer as lt
 from src.data.transfer import carve_val, load_dataset, resolve_names
+from src.run.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -164,6 +165,70 @@ def test_voc_binary_fit_is_the_references_two_row_softmax():
     assert probe.models[0].intercept_[0] == pytest.approx(b, abs=1e-5)
 
 
+def _blobs64(n=60, dim=5, classes=3, seed=0):
+    X, y = blobs(n, dim, classes, seed, noise=2.0)
+    return X.astype(np.float64), y
+
+
+def reference_lbfgs(X, y, C, tol):
+    """ssl-transfer's fit (scikit-learn 0.22, multinomial lbfgs), written out: scipy's L-BFGS-B in float64 on
+    ``sum(loss) + ||W||^2 / (2C)`` (cross-entropy summed over the rows, intercepts not penalised), from zero, to a
+    gradient of ``gtol=tol``; ftol and maxls as today's scikit-learn passes them, so only the scaling differs."""
+    n, d = X.shape
+    k = int(y.max()) + 1
+    Y = np.eye(k)[y]
+
+    def objective(theta):
+        W, b = theta[:k * d].reshape(k, d), theta[k * d:]
+        z = X @ W.T + b
+        z = z - z.max(1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+        g = np.exp(logp) - Y
+        return -np.sum(Y * logp) + np.sum(W * W) / (2 * C), np.concatenate([(g.T @ X + W / C).ravel(), g.sum(0)])
+
+    res = minimize(objective, np.zeros(k * (d + 1)), jac=True, method="L-BFGS-B",
+                   options={"gtol": tol, "ftol": 64 * np.finfo(float).eps, "maxls": 50, "maxiter": 1000})
+    return res.x[:k * d].reshape(k, d), res.x[k * d:], res.nit
+
+
+def test_each_lbfgs_fit_gets_tol_over_n(monkeypatch):
+    """scikit-learn minimises the reference's objective divided by n: every fit (search, refit, each VOC class)
+    gets tol / n, whatever its C."""
+    seen = []
+    fit = LogisticRegression.fit
+
+    def spy(self, X, y, *a, **k):
+        seen.append((self.tol, self.C, X.shape[0]))
+        return fit(self, X, y, *a, **k)
+
+    monkeypatch.setattr(LogisticRegression, "fit", spy)
+    train, val, test = blobs(40, 4, 3, 0), blobs(20, 4, 3, 1), blobs(20, 4, 3, 2)
+    trainval = (np.concatenate([train[0], val[0]]), np.concatenate([train[1], val[1]]))
+    lt.run_protocol(train, val, trainval, test, "top1", [100.0, 1.0, 0.01], tol=3e-4, log=lambda s: None)
+    assert [(c, n) for _, c, n in seen] == [(100.0, 40), (1.0, 40), (0.01, 40), (seen[-1][1], 60)]
+    assert all(tol == pytest.approx(3e-4 / n, rel=1e-12) for tol, _, n in seen)
+    seen.clear()
+    Y = np.stack([train[1] == 0, train[1] == 1], 1).astype(np.int64)
+    lt.LinearProbe("map11", tol=1e-4).fit(train[0], Y, 0.5)
+    assert [(c, n) for _, c, n in seen] == [(1.0, 40), (1.0, 40)]  # one binary fit per class at 2C
+    assert all(tol == pytest.approx(1e-4 / 40, rel=1e-12) for tol, _, _ in seen)
+
+
+@pytest.mark.parametrize("C,tol", [(0.05, 1e-2), (0.05, 1e-4), (30.0, 1e-2), (30.0, 1e-4)])
+def test_fit_is_the_references_lbfgs_on_the_summed_objective(C, tol):
+    """Same L-BFGS iterations as the reference's objective run to gtol=tol: the same number of iterations and the
+    same weights to rounding (L-BFGS steps do not change when the objective is scaled; only the stop does)."""
+    X, y = _blobs64()
+    W, b, nit = reference_lbfgs(X, y, C, tol)
+    probe = lt.LinearProbe("top1", max_iter=1000, tol=tol).fit(X, y, C)
+    model = probe.models[0]
+    assert probe.n_iter == [nit]
+    assert np.allclose(model.coef_, W, rtol=0, atol=1e-10) and np.allclose(model.intercept_, b, rtol=0, atol=1e-10)
+    if tol == 1e-2:  # the former tol / (C n) stops elsewhere when C != 1: this test tells the rules apart
+        old = LogisticRegression(C=C, tol=tol / (C * len(X)), max_iter=1000).fit(X, y)
+        assert old.n_iter_[0] != nit and not np.allclose(old.coef_, W, rtol=0, atol=1e-6)
+
+
 # ==== data on disk ====
 def write_folders(root, splits=("train", "val", "test"), per_class=(10, 4, 6), classes=("a", "b", "c")):
     """Class folders of coloured squares: class k is mostly colour channel k."""
@@ -231,6 +296,144 @@ def test_readers(tmp_path):
     assert voc.train.labels[3].tolist() == [1, 1, 0] and voc.train.labels[7].tolist() == [0, 1, 1]
     cifar = load_dataset(str(tmp_path), "cifar10", transform=lambda im: torch.zeros(1))
     assert len(cifar.train.labels) == 20 and len(cifar.test.labels) == 10 and cifar.val is None
+
+
+# ==== ssl-transfer's image order, from the archives' metadata ====
+def touch(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"image")  # only listed here, never decoded
+    return path
+
+
+def write_food101(root):
+    """food-101/meta with classes.txt and train / test JSON lists in an order that is not the sorted one."""
+    base = root / "food101" / "food-101"
+    classes = ["apple_pie", "baklava"]
+    train = {"baklava": ["baklava/30", "baklava/4"], "apple_pie": ["apple_pie/9", "apple_pie/10", "apple_pie/2"]}
+    test = {"apple_pie": ["apple_pie/5"], "baklava": ["baklava/7"]}
+    (base / "meta").mkdir(parents=True)
+    (base / "meta" / "classes.txt").write_text("\n".join(classes) + "\n")
+    for split, lists in (("train", train), ("test", test)):
+        (base / "meta" / f"{split}.json").write_text(json.dumps(lists))
+        for ids in lists.values():
+            for i in ids:
+                touch(base / "images" / f"{i}.jpg")
+    expected = [(f"images/{i}.jpg", k) for k, c in enumerate(classes) for i in train[c]]
+    return base, expected
+
+
+def write_sun397(root):
+    base = root / "sun397"
+    (base).mkdir(parents=True)
+    (base / "ClassName.txt").write_text("/b/bakery/shop\n/a/abbey\n")
+    lines = ["/b/bakery/shop/sun_c.jpg", "/a/abbey/sun_b.jpg", "/b/bakery/shop/sun_a.jpg", "/a/abbey/sun_a.jpg"]
+    (base / "Training_01.txt").write_text("\n".join(lines) + "\n")
+    (base / "Testing_01.txt").write_text("/a/abbey/sun_t.jpg\n/b/bakery/shop/sun_t.jpg\n")
+    for line in lines + ["/a/abbey/sun_t.jpg", "/b/bakery/shop/sun_t.jpg"]:
+        touch(base / line[1:])
+    return base, [(line[1:], 1 if "bakery" in line else 0) for line in lines]  # classes sorted: abbey, bakery/shop
+
+
+def write_cars(root):
+    from scipy.io import savemat
+
+    base = root / "cars"
+    fields = ["bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname"]
+    rows = {"train": [(3, "00001.jpg"), (1, "00002.jpg"), (3, "00003.jpg"), (2, "00004.jpg")],
+            "test": [(1, "00001.jpg"), (2, "00002.jpg"), (3, "00003.jpg")]}
+    for split, annos in (("train", "cars_train_annos.mat"), ("test", "cars_test_annos_withlabels.mat")):
+        arr = np.empty((1, len(rows[split])), dtype=[(f, "O") for f in fields])
+        for i, (c, fname) in enumerate(rows[split]):  # the devkit's layout: [[x]] numbers, [name] strings
+            for f, v in zip(fields, (np.array([[5]]),) * 4 + (np.array([[c]], dtype=np.uint8), np.array([fname]))):
+                arr[0, i][f] = v
+            touch(base / f"cars_{split}" / fname)
+        (base / "devkit").mkdir(parents=True, exist_ok=True)
+        savemat(str(base / "devkit" / annos), {"annotations": arr})
+    return base, [(f"cars_train/{f}", c - 1) for c, f in rows["train"]]
+
+
+def write_pets(root):
+    base = root / "pets"
+    train = ["Bengal_3 6 1 2", "Abyssinian_10 1 1 1", "american_bulldog_2 2 2 1", "Abyssinian_2 1 1 1"]
+    (base / "annotations").mkdir(parents=True)
+    (base / "annotations" / "trainval.txt").write_text("\n".join(train) + "\n")
+    (base / "annotations" / "test.txt").write_text("Abyssinian_5 1 1 1\nBengal_9 6 1 2\n")
+    for name in ["Bengal_3", "Abyssinian_10", "american_bulldog_2", "Abyssinian_2", "Abyssinian_5", "Bengal_9"]:
+        touch(base / "images" / f"{name}.jpg")
+    return base, [(f"images/{line.split()[0]}.jpg", int(line.split()[1]) - 1) for line in train]
+
+
+def write_caltech101(root):
+    base = root / "caltech101"
+    train = ["BACKGROUND_Google/image_0003.jpg 0", "BACKGROUND_Google/image_0001.jpg 0", "Faces/image_0002.jpg 1",
+             "accordion/image_0010.jpg 2", "accordion/image_0002.jpg 2"]
+    test = ["BACKGROUND_Google/image_0002.jpg 0", "Faces/image_0001.jpg 1", "accordion/image_0001.jpg 2"]
+    base.mkdir(parents=True)
+    (base / "train.txt").write_text("\n".join(train) + "\n")
+    (base / "test.txt").write_text("\n".join(test) + "\n")
+    for line in train + test:
+        touch(base / "caltech101" / "101_ObjectCategories" / line.split(" ")[0])
+    return base, [(f"caltech101/101_ObjectCategories/{line.split(' ')[0]}", int(line.split(" ")[1]))
+                  for line in train]
+
+
+ARCHIVES = {"food101": write_food101, "sun397": write_sun397, "cars": write_cars, "pets": write_pets,
+            "caltech101": write_caltech101}
+
+
+@pytest.mark.parametrize("name", list(ARCHIVES))
+def test_archive_layouts_list_train_in_the_references_order(name, tmp_path):
+    """Each of the five is listed as ssl-transfer's dataset class lists it (metadata order, its labels), so
+    carve_val's seed-0 draw picks the images the reference's draw picks."""
+    base, expected = ARCHIVES[name](tmp_path)
+    data = load_dataset(str(tmp_path), name, transform=lambda im: torch.zeros(1))
+    listed = [(os.path.relpath(p, base), t) for p, t in data.train.dataset.samples]
+    assert listed == expected
+    assert data.train.labels.tolist() == [t for _, t in expected] and data.val is None and data.note is None
+    assert "ssl-transfer's order" in data.order
+    indices = list(range(len(expected)))  # the reference's draw over its own listing
+    np.random.seed(0)
+    np.random.shuffle(indices)
+    val_names = [expected[i][0] for i in indices[:int(np.floor(0.2 * len(expected)))]]
+    assert [listed[i][0] for i in carve_val(len(listed))[1]] == val_names
+    assert len(data.test.labels) in (2, 3)
+
+
+def test_archive_class_names(tmp_path):
+    for write in ARCHIVES.values():
+        write(tmp_path)
+    names = {n: load_dataset(str(tmp_path), n, transform=None).classes for n in ARCHIVES}
+    assert names["food101"] == ["apple_pie", "baklava"] and names["sun397"] == ["abbey", "bakery/shop"]
+    assert names["pets"][:2] == ["Abyssinian", "american_bulldog"] and names["pets"][5] == "Bengal"
+    assert names["caltech101"] == ["BACKGROUND_Google", "Faces", "accordion"] and names["cars"] == ["1", "2", "3"]
+
+
+def test_folder_layout_of_an_archive_dataset_warns_about_the_order(tmp_path):
+    write_folders(tmp_path / "food101", splits=("train", "test"), per_class=(5, 2))
+    data = load_dataset(str(tmp_path), "food101", transform=None)
+    assert data.val is None and data.order.startswith("sorted")
+    assert "picks other images than the reference's" in data.note and "meta/" in data.note
+
+
+@pytest.mark.parametrize("case", ["val_for_pets", "no_val_for_dtd", "listed_image_missing", "food_class_missing"])
+def test_val_policy_and_archive_errors(case, tmp_path):
+    if case == "val_for_pets":
+        write_folders(tmp_path / "pets", per_class=(3, 1, 1))
+        match = "ssl-transfer has no val split for pets: it draws 20% of train"
+    elif case == "no_val_for_dtd":
+        write_folders(tmp_path / "dtd", splits=("train", "test"), per_class=(3, 1))
+        match = f"split folder '{tmp_path / 'dtd' / 'val'}' does not exist: dtd needs train/, val/, test/"
+    elif case == "listed_image_missing":
+        base, _ = write_pets(tmp_path)
+        os.remove(base / "images" / "Bengal_3.jpg")
+        match = "1 of the 4 images listed in .*trainval.txt' are not on disk, e.g. .*Bengal_3.jpg"
+    else:
+        base, _ = write_food101(tmp_path)
+        (base / "meta" / "classes.txt").write_text("apple_pie\nbaklava\ncannoli\n")
+        match = "has no image list for class 'cannoli'"
+    with pytest.raises(UserError, match=match):
+        load_dataset(str(tmp_path), {"val_for_pets": "pets", "no_val_for_dtd": "dtd", "listed_image_missing": "pets",
+                                     "food_class_missing": "food101"}[case], transform=None)
 
 
 # ==== the CLI ====
