@@ -31,9 +31,11 @@ DUMP_PATH/checkpoint.pth.tar (same pretrained weights and the same labelled imag
     python -m torch.distributed.launch --nproc_per_node=8 eval_semisup.py --data_path /datasets/imagenet \
         --pretrained swav_800ep_pretrain.pth.tar --labels_perc 10 --lr 0.01 --lr_last_layer 0.2
 """
+import argparse
 import json
 import math
 import os
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +55,7 @@ from src.run.checkpoint import atomic_write
 from src.run.errors import UserError
 from src.run.launch import cli_main, launch
 from src.run.logging import print_rank0
-from src.run.loop import Run
+from src.run.loop import Flags, Run
 from src.run.speed import autocast
 
 LISTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data_lists")
@@ -109,7 +111,7 @@ def main(args):
             raise UserError(f"data folder '{os.path.join(args.data, split)}' does not exist: pass the ImageNet folder "
                             "that holds train/ and val/, one subfolder per class (--data_path)")
     read_list(args.labels_file)  # a malformed list is one line now; its images are checked by every process
-    return launch(semisup, args)
+    return launch(train, args)
 
 
 def fill_recipe(args):
@@ -123,30 +125,90 @@ def fill_recipe(args):
     args.labels_file = args.labels_file or os.path.join(LISTS, f"imagenet_{args.labels_perc}percent.txt")
 
 
-def semisup(args, info):
+FLAGS = Flags(output="--dump_path", lr="--lr / --lr_last_layer", max_iters="--max_iters")
+# flags a resume may change: those whose effect a require() below checks by content, with its own message (the
+# pretrained weights, the labelled images)
+SAFE = ("pretrained", "arch", "cifar_stem", "trunk_pattern", "labels_file", "labels_perc")
+
+
+def train(args, info):
     """Fine-tune and test; returns the :class:`Results` summary dict (None when stopped early)."""
+    autocast_dtype(args, info.device, info.rank)  # fp16 without CUDA: fp32 with one warning line; amp_dtype() agrees
+    run = Run(info, args, script="eval_semisup.py", flags=FLAGS, safe=SAFE)
+    args.seed = run.seed  # a resumed run keeps its checkpoint's seed
+    parts = build(args, info)
+
+    # ==== resuming: only from the same pretrained weights and the same labelled images ====
+    run.require("pretrained_sha256", parts.trunk_hash, "--pretrained (its weights)")
+    run.require("labels_sha256", parts.train_set.digest, "--labels_file / --labels_perc (the labelled images)")
+    run.track(state_dict=parts.net, optimizer=parts.optimizer, scaler=parts.scaler, results=parts.results)
+
+    # ==== fine-tuning ====
+    run.start(parts.iters_per_epoch, args.batch_size * info.world_size, scaled=parts.scaler.is_enabled(),
+              formats={"Loss": ".4f", "Acc@1": "6.2f", "Acc@5": "6.2f", "lr_head": ".5f"})
+    for epoch in run.epochs():
+        parts.sampler.set_epoch(epoch, start_index=run.start_iter * args.batch_size)
+        parts.train_set.set_epoch(epoch)
+        if not run.steps(train_one_epoch(parts, parts.loader, run, epoch)):
+            return None  # stopped (signal, --max_iters): checkpoint saved
+        run.check()  # a diverged network is an error line, not a test score
+        tested = []  # the test's log row follows the epoch's, as the epoch's averages are logged by end_epoch
+        test(parts, info, epoch, tested.append)
+        run.end_epoch()
+        run.write_log(tested[0])
+    parts.finished = run.finished
+    return report(args, parts.results, parts.train_set, info.rank) if run.finished else None
+
+
+@dataclass
+class Parts:
+    """What a semi-supervised fine-tuning trains with (:func:`build`); :func:`step` reads it."""
+
+    args: argparse.Namespace
+    device: torch.device
+    net: nn.Module  # FineTuneNet: the trunk and the Linear head, all trained (what a checkpoint holds)
+    model: nn.Module  # the network the step calls (DDP-wrapped under a process group)
+    optimizer: torch.optim.Optimizer  # two groups: trunk, head
+    scaler: torch.amp.GradScaler
+    lr_schedules: list  # [trunk, head]: one lr per global step each
+    amp: object  # autocast dtype (None: fp32)
+    loader: object
+    sampler: object
+    train_set: object  # the labelled subset
+    val_loader: object
+    iters_per_epoch: int
+    trunk_hash: str  # content hash of the pretrained weights this run started from
+    results: Results  # every test, best and last
+    finished: bool = False  # set by train(): every epoch done
+
+    def trunks(self):
+        """The trunk an evaluation of the run reads (as fine-tuned)."""
+        return {"online": self.net.trunk}
+
+
+def build(args, info):
+    """Data (the labelled subset and the val set), the network, its optimizer, scaler and lr schedules, from the flags.
+    ``args.seed`` seeds the head (the same on every rank), the data order, the augmentations and a random trunk."""
     device, rank = info.device, info.rank
-    autocast_dtype(args, device, rank)  # fp16 without CUDA: fp32 with one warning line; later amp_dtype() agrees
-    run = Run(info, output_dir=args.dump_path, script="eval_semisup.py", config=vars(args), resume=args.resume,
-              seed=args.seed, lr_flag="--lr / --lr_last_layer")
+    dist.seed_everything(args.seed, 0)
     print_rank0(f"semi-supervised fine-tuning, {args.labels_perc}% labels: lr {args.lr:g} trunk / "
                 f"{args.lr_last_layer:g} head, x{args.gamma:g} at epochs {' '.join(map(str, args.decay_epochs))}, "
                 f"{args.epochs} epochs, batch {args.batch_size} x {info.world_size} processes, momentum "
                 f"{args.momentum:g}, wd {args.weight_decay:g}", rank=rank)
 
     # ==== preparing data ====
-    train_set, val_set = build_datasets(args, run.seed)
+    train_set, val_set = build_datasets(args, args.seed)
     print_rank0(f"data: {len(train_set)} labelled train images from '{args.labels_file}' "
                 f"({len({t for t in train_set.targets})} classes) / {len(val_set)} val images, "
                 f"{len(train_set.classes)} classes", rank=rank)
-    sampler = ResumableSampler(len(train_set), info.world_size, rank, shuffle=True, seed=run.seed)
+    sampler = ResumableSampler(len(train_set), info.world_size, rank, shuffle=True, seed=args.seed)
     loader = build_loader(train_set, args.batch_size, sampler, args.workers, drop_last=False)
     val_loader = build_loader(val_set, args.batch_size, ShardSampler(len(val_set), info.world_size, rank),
                               args.workers, drop_last=False)
     iters_per_epoch = math.ceil(sampler.num_samples / args.batch_size)
 
     # ==== building the network: trunk -> Linear head, all trained ====
-    net = build_model(args, device, len(train_set.classes), run.seed, info)
+    net = build_model(args, device, len(train_set.classes), args.seed, info)
     trunk_hash = content_hash(net.trunk)  # the pretrained weights this run started from
     model = nn.parallel.DistributedDataParallel(
         net, device_ids=[device.index] if device.type == "cuda" else None) if info.distributed else net
@@ -155,55 +217,35 @@ def semisup(args, info):
     # MultiStepLR stepped once per epoch, as one value per iteration: [trunk group, head group]
     schedules = [moco_lr_schedule(base, args.epochs, iters_per_epoch, milestones=args.decay_epochs, gamma=args.gamma)
                  for base in (args.lr, args.lr_last_layer)]
-
-    # ==== resuming: only from the same pretrained weights and the same labelled images ====
-    results = Results()
-    run.require("pretrained_sha256", trunk_hash, "--pretrained (its weights)")
-    run.require("labels_sha256", train_set.digest, "--labels_file / --labels_perc (the labelled images)")
-    run.track(state_dict=net, optimizer=optimizer, scaler=scaler, results=results)
-
-    # ==== fine-tuning ====
-    logger = run.progress(iters_per_epoch, args.epochs, args.batch_size * info.world_size, args.print_freq,
-                          max_iters=args.max_iters, save_every=args.save_every_iters, scaled=scaler.is_enabled(),
-                          formats={"Loss": ".4f", "Acc@1": "6.2f", "Acc@5": "6.2f", "lr_head": ".5f"})
-    for epoch in run.epochs():
-        sampler.set_epoch(epoch, start_index=run.start_iter * args.batch_size)
-        train_set.set_epoch(epoch)
-        logger.start_epoch(epoch, run.start_iter)
-        if not run.steps(train_one_epoch(model, loader, optimizer, scaler, schedules, epoch, run.start_iter,
-                                         iters_per_epoch, device, amp_dtype(args), logger)):
-            return None  # stopped (signal, --max_iters): checkpoint saved
-        logger.end_epoch()
-        run.check()  # a diverged network is an error line, not a test score
-        test(net, val_loader, args, info, results, epoch, run.write_log)
-        run.end_epoch()
-    return report(args, results, train_set, rank) if run.finished else None
+    return Parts(args, device, net, model, optimizer, scaler, schedules, amp_dtype(args), loader, sampler, train_set,
+                 val_loader, iters_per_epoch, trunk_hash, Results())
 
 
-def train_one_epoch(model, loader, optimizer, scaler, schedules, epoch, start_iter, iters_per_epoch, device, amp,
-                    logger):
-    """One epoch of fine-tuning; a generator yielding ``(iteration, loss)`` after each step.
+def train_one_epoch(parts, loader, run, epoch):
+    """One epoch of fine-tuning; yields ``(iteration, stats)`` after each step. The whole network is in train mode
+    (BatchNorm statistics update), set at every epoch since testing switched it to eval mode."""
+    parts.model.train()
+    for it, batch in run.batches(loader):
+        yield it, step(parts, batch, epoch * parts.iters_per_epoch + it)
 
-    The whole network is in train mode (BatchNorm statistics update), set at every epoch since testing switched it
-    to eval mode; ``schedules[g][step]`` is the learning rate of parameter group ``g`` (trunk, head)."""
-    model.train()
-    for it, (images, target) in logger.batches(loader, start_iter):
-        step = epoch * iters_per_epoch + it
-        for group, schedule in zip(optimizer.param_groups, schedules):
-            group["lr"] = float(schedule[step])
-        images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
-        with autocast(device, amp):
-            logits = model(images).float()  # (B, C)
-        loss = F.cross_entropy(logits, target)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
 
-        logger.update(Loss=loss.detach(), **topk_rates(logits, target),
-                      lr_head=optimizer.param_groups[1]["lr"])
-        logger.maybe_print(it, optimizer.param_groups[0]["lr"])
-        yield it, loss.detach()
+def step(parts, batch, it):
+    """One SGD step of the whole network on a batch ``(images, labels)`` at global step ``it``; the learning rate of
+    parameter group ``g`` (trunk, head) is ``parts.lr_schedules[g][it]``. Returns: the step's stats (``Loss``,
+    accuracies, ``lr_head``, and ``lr``: the trunk's)."""
+    device, optimizer = parts.device, parts.optimizer
+    for group, schedule in zip(optimizer.param_groups, parts.lr_schedules):
+        group["lr"] = float(schedule[it])
+    images, target = (t.to(device, non_blocking=True) for t in batch)
+    with autocast(device, parts.amp):
+        logits = parts.model(images).float()  # (B, C)
+    loss = F.cross_entropy(logits, target)
+    optimizer.zero_grad(set_to_none=True)
+    parts.scaler.scale(loss).backward()
+    parts.scaler.step(optimizer)
+    parts.scaler.update()
+    return {"Loss": loss.detach(), **topk_rates(logits, target), "lr_head": optimizer.param_groups[1]["lr"],
+            "lr": optimizer.param_groups[0]["lr"]}
 
 
 # ==================================================================================================
@@ -263,13 +305,14 @@ def build_optimizer(net, args):
                            lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
 
 
-def test(net, loader, args, info, results, epoch, log):
+def test(parts, info, epoch, log):
     """Test in eval mode, print SwAV's and MoCo's lines and ``log`` the numbers."""
+    net, results = parts.net, parts.results
     net.eval()
-    res = evaluate(net.head, loader, info.device, features=net.trunk, amp_dtype=amp_dtype(args))
+    res = evaluate(net.head, parts.val_loader, info.device, features=net.trunk, amp_dtype=parts.amp)
     results.add(epoch, res)
     if info.rank == 0:
-        print(f"Test:\tTime {res['seconds'] / max(len(loader), 1):.3f}\tLoss {res['loss']:.4f}\t"
+        print(f"Test:\tTime {res['seconds'] / max(len(parts.val_loader), 1):.3f}\tLoss {res['loss']:.4f}\t"
               f"Acc@1 {res['top1']:.3f}\tBest Acc@1 so far {results.best['top1']:.1f}\t({res['n']} images, "
               f"{res['n'] / max(res['seconds'], 1e-9):.1f} img/s)", flush=True)
         print(f" * Acc@1 {res['top1']:.3f} Acc@5 {res['top5']:.3f}", flush=True)
