@@ -47,6 +47,7 @@ from src.augment.recipes import moco_multicrop_recipe, moco_recipe, ssl_small_ji
 from src.augment.views import MOCO_V2_JITTER, relative_blur_scale
 from src.data.folders import pretrain_loader, resolve_split
 from src.evaluation import demo
+from src.evaluation.monitor import Monitor, add_watch_args, check_watch_args
 from src.evaluation.pretrained import TRUST_HELP, read_checkpoint
 from src.losses import knn_positive_loss
 from src.methods.moco import MoCo, headless, load_for_restart
@@ -154,6 +155,7 @@ def get_args_parser(add_help=True):
                      "--ckpt-dir is SSL-small's name)", dash=True, short_print=True)
     add_arg(g, "--save-freq", default=1, type=NONNEG_INT,
             help="keep a numbered checkpoint_EEEE.pth.tar every N epochs (0: never)")
+    add_watch_args(parser, dash=True)
     add_speed_args(parser)
     add_demo_args(parser, dash=True)
     return parser
@@ -171,6 +173,7 @@ def main(args):
     if not args.data:
         raise UserError("no dataset given: pass DIR (with train/ and one folder per class) or use --demo")
     check_recipe_args(args)
+    check_watch_args(args)
     return launch(train, args)
 
 
@@ -192,7 +195,9 @@ def train(args, info):
     run.export("trunk.pth", parts.model.trunk_state)  # the query trunk, torchvision names, no head
 
     # ==== training ====
-    run.start(parts.iters_per_epoch, args.batch_size, scaled=parts.scaler.is_enabled(),
+    monitor = Monitor.from_args(args, info, parts.trunks, parts.crop_size, args.epochs * parts.iters_per_epoch,
+                                args.output_dir)
+    run.start(parts.iters_per_epoch, args.batch_size, scaled=parts.scaler.is_enabled(), monitor=monitor,
               formats={"Loss": ".4e", "CE": ".4e", "Aux": ".4e", "Acc@1": "6.2f", "Acc@5": "6.2f"})
     for epoch in run.epochs():
         parts.sampler.set_epoch(epoch, start_index=run.start_iter * parts.per_rank_batch)
@@ -222,6 +227,7 @@ class Parts:
     dataset: object
     per_rank_batch: int
     iters_per_epoch: int
+    crop_size: int  # side of the query and key crops
     finished: bool = False  # set by train(): every epoch done
 
     def lr_at(self, step):
@@ -262,7 +268,8 @@ def build(args, info):
                 f"{per_rank_batch} x {info.world_size} processes, queue {args.moco_k}, bn-splits {bn_splits}",
                 rank=info.rank)
     return Parts(args, device, model, encoder_q, optimizer, scaler, lr_schedule, autocast(device, dtype), loader,
-                 sampler, dataset, per_rank_batch, iters_per_epoch)
+                 sampler, dataset, per_rank_batch, iters_per_epoch, args.size_crops[0] if args.num_crops
+                 else args.crop_size)
 
 
 def build_transform(args):
@@ -298,7 +305,7 @@ def build_model(args, info, per_rank_batch):
     image_size = args.size_crops[0] if args.num_crops else args.crop_size
     model = MoCo(args.arch, dim=args.moco_dim, K=args.moco_k, m=args.moco_m, T=args.moco_t, head=moco_head(args),
                  bn_splits=bn_splits, cifar_stem=args.cifar_stem, image_size=image_size,
-                 feature_queue=args.aux_weight > 0).to(info.device)
+                 feature_queue=args.aux_weight > 0, tap_features=args.online_linear).to(info.device)
     model = to_channels_last(model, args.channels_last)
     encoder_q = model.encoder_q
     if info.distributed:
@@ -343,8 +350,9 @@ def step(parts, batch, it):
             model.enqueue_features(h_k)
         # neighbours-first (builder_ours_warmup): chosen among earlier steps' keys, enqueued after the step
         use_aux = it // parts.iters_per_epoch >= args.warmup_epochs
-        aux = knn_positive_loss(logits[:, 1:], h_q, model.queue_backbone.queue, args.aux_topk) if use_aux \
-            else torch.zeros((), device=device)
+        aux = torch.zeros((), device=device)
+        if use_aux:
+            aux = knn_positive_loss(logits[:, 1:], F.normalize(h_q, dim=1), model.queue_backbone.queue, args.aux_topk)
         extra = {"CE": loss.detach(), "Aux": aux.detach()}
         loss = loss + args.aux_weight * aux
 
@@ -359,7 +367,10 @@ def step(parts, batch, it):
         model.enqueue_features(h_k)
 
     # (K+1)-way instance accuracy, as MoCo prints it: the positive is column 0
-    return {"Loss": loss.detach(), **extra, **topk_rates(logits, labels), "lr": lr}
+    stats = {"Loss": loss.detach(), **extra, **topk_rates(logits, labels), "lr": lr}
+    if args.online_linear:  # the query crop's backbone features, for the online linear probe
+        stats["features"] = h_q[:im_k.shape[0]]
+    return stats
 
 
 # ==================================================================================================

@@ -37,10 +37,12 @@ class MoCo(nn.Module):
         feature_queue: also keep a queue of the keys' unit-norm BACKBONE features (``queue_backbone``,
             K x feature dim, same pointer as ``queue``) and record the backbone feature of every
             forward (``tap_q`` / ``tap_k``), for the nearest-neighbour loss of Van Gansbeke et al. 2021.
+        tap_features: record the query encoder's backbone features (``tap_q``) without a feature queue (an
+            online linear probe reads them).
     """
 
     def __init__(self, arch="resnet50", dim=128, K=65536, m=0.999, T=0.07, head="none", bn_splits=1, cifar_stem=False,
-                 image_size=224, feature_queue=False):
+                 image_size=224, feature_queue=False, tap_features=False):
         super().__init__()
         self.m, self.T = m, T
         self.encoder_q, feat_dim = build_backbone(arch, cifar_stem=cifar_stem, image_size=image_size)
@@ -53,7 +55,9 @@ class MoCo(nn.Module):
         self.queue_backbone = self.tap_q = self.tap_k = None
         if feature_queue:
             self.queue_backbone = KeyQueue(K, feat_dim)
-            self.tap_q, self.tap_k = InputTap(self.encoder_q.fc), InputTap(self.encoder_k.fc)
+            self.tap_k = InputTap(self.encoder_k.fc)
+        if feature_queue or tap_features:
+            self.tap_q = InputTap(self.encoder_q.fc)
 
     @torch.no_grad()
     def momentum_update(self):
@@ -68,15 +72,15 @@ class MoCo(nn.Module):
             encoder_q: the query encoder as the step calls it (possibly DDP-wrapped or compiled).
             crops: list of V tensors (B, 3, H_v, W_v), same-size crops next to each other.
         Returns:
-            q (V*B, dim), crop-major (rows v*B ... v*B+B-1 are crop v); h (V*B, F) unit-norm backbone
-            features without gradient with a feature queue, else None.
+            q (V*B, dim), crop-major (rows v*B ... v*B+B-1 are crop v); h (V*B, F) the backbone features (fp32,
+            without gradient) when they are tapped, else None.
         """
         qs, hs = [], []
         for start, end in resolution_groups(crops):
             x = crops[start] if end - start == 1 else torch.cat(crops[start:end])
             qs.append(F.normalize(encoder_q(x), dim=1))
             if self.tap_q is not None:
-                hs.append(F.normalize(self.tap_q.take().float(), dim=1))
+                hs.append(self.tap_q.take().float())
         q = qs[0] if len(qs) == 1 else torch.cat(qs)
         return q, (torch.cat(hs) if hs else None)
 

@@ -29,10 +29,12 @@ def format_eta(seconds):
 
 
 class JsonLog:
-    """Appends one JSON object per line to ``path`` (rank 0 only; a no-op elsewhere or with path None)."""
+    """Appends one JSON object per line to ``path`` (rank 0 only; a no-op elsewhere or with path None), and, once
+    :meth:`mirror_to_tensorboard` was called, every number of every row as a TensorBoard scalar too."""
 
     def __init__(self, path, rank=0):
         self.path = path if rank == 0 else None
+        self.writer = None
         if self.path:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
 
@@ -40,6 +42,25 @@ class JsonLog:
         if self.path:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+        if self.writer is not None and "step" in record:
+            for tag, value in scalars(record):
+                self.writer.add_scalar(tag, value, record["step"])
+            self.writer.flush()
+
+    def mirror_to_tensorboard(self, folder, step):
+        """From now on also write each row's numbers to TensorBoard event files in ``folder`` (rank 0), tagged
+        ``<row type>/<key>`` (monitor rows: ``monitor/<trunk>/<key>``) at the row's global step. ``step``: where the
+        run (re)starts; events an interrupted attempt wrote after it are purged, so a resumed run continues one step
+        axis, as ``log.txt`` does."""
+        if self.path:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(folder, purge_step=step)
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
     def keep_until(self, step):
         """Start (or resume) the log at global step ``step``: the file exists from now on, and rows logged after
@@ -61,6 +82,16 @@ class JsonLog:
         with open(tmp, "w") as f:
             f.writelines(rows)
         os.replace(tmp, self.path)
+
+
+def scalars(record):
+    """The ``(tag, value)`` pairs of a log row: its numbers, tagged ``<type>/<key>`` (``monitor/<trunk>/<key>``)."""
+    kind = record.get("type", "row")
+    if kind == "monitor":
+        kind = f"monitor/{record.get('trunk', 'online')}"
+    return [(f"{kind}/{key}", float(value)) for key, value in record.items()
+            if key not in ("type", "step", "epoch", "iter", "trunk") and isinstance(value, (int, float))
+            and not isinstance(value, bool)]
 
 
 class ProgressLogger:

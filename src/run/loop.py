@@ -34,7 +34,7 @@ from src.run import dist
 from src.run.checkpoint import (check_writable, load_checkpoint, load_rank_file, load_state_strict,
                                 remove_stale_temp_files, save_checkpoint, save_rank_file, set_rng_state)
 from src.run.errors import UserError
-from src.run.health import Health
+from src.run.health import Health, NonFiniteError
 from src.run.lock import lock_folder
 from src.run.logging import JsonLog, ProgressLogger, print_rank0
 from src.run.signals import process_stop_signal
@@ -185,7 +185,7 @@ class Run:
         self.stop = process_stop_signal()
         self.started = self.stopped = self.finished = False
         self.total = 0  # iterations done, over every resume (set by start())
-        self.logger = self.epoch = None
+        self.logger = self.epoch = self.monitor = self._labels = None
         self._stop_reason, self._signalled = None, False
         self.last_saved = f"{self.resume_path} (epoch {self.start_epoch}, iteration {self.start_iter})" \
             if self.ckpt else None
@@ -294,7 +294,8 @@ class Run:
         self.exports[filename] = get
 
     # ==== 3. the loop ====
-    def start(self, iters_per_epoch, images_per_step, *, epochs=None, formats=None, scaled=False, note=""):
+    def start(self, iters_per_epoch, images_per_step, *, epochs=None, formats=None, scaled=False, note="",
+              monitor=None):
         """Restore every rank's RNG states from the resumed checkpoint (after everything that draws at start-up:
         model init, initial queues), say where the run resumed, and set the loop's bounds.
 
@@ -304,6 +305,10 @@ class Run:
             formats: {stat: format spec} for the progress line (default ``.4f``).
             scaled: fp16 with a grad scaler (an isolated non-finite loss is a skipped step, not an error).
             note: appended to the ``=> resumed from ...`` line (e.g. ", queue restored").
+            monitor: a :class:`~src.evaluation.monitor.Monitor` (or None): scored at the end of its epochs, before
+                the checkpoint, which keeps its rows; fed every step's ``stats["features"]`` for its probe.
+        With ``args.tensorboard`` every ``log.txt`` row is also written as TensorBoard scalars to
+        ``OUTPUT/tensorboard/`` (rank 0).
         """
         self._before_start("start")
         args = self.args
@@ -315,6 +320,11 @@ class Run:
         self.total = self.start_epoch * iters_per_epoch + self.start_iter
         if self.rank == 0:  # log.txt: exists from the first step, one row per logged step after any resume
             self.log.keep_until(self.total)
+            if getattr(args, "tensorboard", False):
+                self.log.mirror_to_tensorboard(os.path.join(self.output_dir, "tensorboard"), self.total)
+        self.monitor = monitor
+        if monitor is not None and self.ckpt is not None and "monitor" in self.ckpt:
+            monitor.load_state_dict(self.ckpt["monitor"])
         if self.ckpt is not None:
             rngs = self.ckpt.get("rng") or []
             if len(rngs) == self.info.world_size:
@@ -350,8 +360,11 @@ class Run:
         self.finished = True
 
     def batches(self, loader):
-        """This epoch's batches from the resumed iteration on, as ``(iteration, batch)``, each step timed."""
-        return self.logger.batches(loader, self.start_iter)
+        """This epoch's batches from the resumed iteration on, as ``(iteration, batch)``, each step timed. A batch
+        is ``(crops, labels, ...)``: the labels feed the monitor's online probe."""
+        for it, batch in self.logger.batches(loader, self.start_iter):
+            self._labels = batch[1]
+            yield it, batch
 
     def steps(self, steps):
         """Drive one epoch's step generator (it yields ``(it, stats)``): count, log, check, save, stop.
@@ -364,8 +377,10 @@ class Run:
         ipe = self.iters_per_epoch
         for it, stats in steps:
             stats = dict(stats)
-            lr = stats.pop("lr", 0.0)
+            lr, features = stats.pop("lr", 0.0), stats.pop("features", None)
             self.health.update(stats["Loss"], self.epoch * ipe + it)
+            if self.monitor is not None:
+                self.monitor.observe(features, self._labels, self.epoch * ipe + it)
             self.logger.update(**stats)
             self.logger.maybe_print(it, lr)
             self.total += 1
@@ -393,6 +408,8 @@ class Run:
         record = self.logger.end_epoch(extra)
         if replicated is not None:
             check_ranks_in_sync(replicated, self.device, what=what)
+        if self.monitor is not None and self.monitor.due(self.epoch, self.epochs_total):
+            self._monitor_pass()
         self._save(self.epoch + 1, 0, numbered=numbered)
         if self._stop_reason is None and self._signalled:  # a signal during the epoch's last steps
             self._stop_reason = f"signal {self.stop.name}"
@@ -420,6 +437,20 @@ class Run:
             raise UserError(f"'{self.resume_path}' was made with another {flag} ({key} {self.ckpt[key]!r}, this run "
                             f"has {value!r}): pass another {self.flags.output}, or the same {flag}",
                             collective=True)
+
+    def _monitor_pass(self):
+        """The monitor's pass at this epoch's end (before the checkpoint that keeps its rows); a NaN feature is the
+        run's NaN error."""
+        from src.evaluation.monitor import NonFiniteFeatures  # the monitor is the scripts' to build: no import cycle
+
+        try:
+            rows = self.monitor.after_epoch(self.epoch)
+        except NonFiniteFeatures as exc:
+            kept = f"the last good checkpoint is kept: {self.last_saved}" if self.last_saved else \
+                "no checkpoint was saved by this run"
+            raise NonFiniteError(f"{exc}: {self.nan_hint}; {kept}") from None
+        for row in rows:
+            self.write_log(row)
 
     def _after_start(self, what):
         if not self.started:
@@ -460,6 +491,8 @@ class Run:
                  "args": self.config, "seed": self.seed,
                  "rng": rngs, "world_size": self.info.world_size, **self.meta,
                  **{k: obj.state_dict() for k, obj in self.objects.items()}}
+        if self.monitor is not None:
+            state["monitor"] = self.monitor.state_dict()
         path = os.path.join(self.output_dir, CHECKPOINT)
         save_checkpoint(path, state, flag)
         self.last_saved = f"{path} (epoch {epoch}, iteration {it})"
