@@ -200,7 +200,10 @@ def train(args, info):
     """Train and test the linear head; returns the :class:`Results` summary dict (None when stopped early)."""
     autocast_dtype(args, info.device, info.rank)  # fp16 without CUDA: fp32 with one warning line; amp_dtype() agrees
     dist.split_batch(args.batch_size, info.world_size, "-b/--batch_size")  # refused before the folder is touched
-    run = Run(info, args, script="eval_linear.py", flags=FLAGS, safe=SAFE,
+    # -e only tests the saved head: training flags do not matter and test flags (sizes, views) are this test's
+    # choice, so any difference is allowed (the warning lists them); the require() checks below still hold
+    safe = tuple(vars(args)) if args.evaluate else SAFE
+    run = Run(info, args, script="eval_linear.py", flags=FLAGS, safe=safe,
               must_resume="-e/--evaluate needs a trained head" if args.evaluate else None)
     args.seed = run.seed  # a resumed run keeps its checkpoint's seed
     parts = build(args, info)
