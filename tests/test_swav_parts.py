@@ -7,12 +7,12 @@ import torch.nn.functional as F
 
 import main_swav
 from src.losses import distributed_sinkhorn, swav_loss
-from src.methods.swav import LossWatch, SwAVModel, SwAVQueue, code_entropies, prepare_model, resolution_groups
-from src.optim import swav_optimizer
+from src.methods.swav import LossWatch, SwAVModel, SwAVQueue, code_entropies, resolution_groups
+from src.optim import LARC
 from src.run import dist
 from src.run.errors import UserError
 from src.run.health import Health
-from src.run.logging import ProgressLogger
+from tests.helpers import tiny_dataset
 
 CPU = dist.DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), distributed=False, backend=None,
                     launcher="none")
@@ -92,70 +92,90 @@ def test_queue_is_fifo_and_used_once_full():
     assert fresh.filled == 6 and fresh.scores(0, batch, protos).shape == (8, 4)
 
 
-def _tiny_args(extra=()):
-    return main_swav.get_args_parser().parse_args(
-        ["--arch", "resnet18", "--hidden_mlp", "16", "--feat_dim", "8", "--nmb_prototypes", "6", "--batch_size", "4",
-         "--size_crops", "32", "16", "--nmb_crops", "2", "1", "--base_lr", "0.5", "--wd", "0.1", "--warmup_epochs", "0",
-         "--epochs", "1", "--print_freq", "1000", "--use_fp16", "false", *extra])
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return tiny_dataset(str(tmp_path_factory.mktemp("swav_parts") / "demo"), num_classes=2, train_per_class=8,
+                        val_per_class=1, size=32)
 
 
-def build_optimizer(model, args, iters_per_epoch):
-    """main_swav.py's optimizer and lr schedule."""
-    return swav_optimizer(model.parameters(), args.base_lr, args.final_lr, args.wd, args.epochs, iters_per_epoch,
-                          args.warmup_epochs, args.start_warmup)
+def _parts(data, extra=()):
+    """main_swav.build on the tiny flags: 16 images, 4 iterations per epoch of batch 4."""
+    args = main_swav.get_args_parser().parse_args(
+        ["--data_path", data, "--arch", "resnet18", "--hidden_mlp", "16", "--feat_dim", "8", "--nmb_prototypes", "6",
+         "--batch_size", "4", "--size_crops", "32", "16", "--nmb_crops", "2", "1", "--min_scale_crops", "0.14", "0.05",
+         "--max_scale_crops", "1", "0.14", "--base_lr", "0.5", "--wd", "0.1", "--warmup_epochs", "0", "--epochs", "1", "--print_freq", "1000", "--use_fp16", "false", "--workers", "0",
+         *extra])
+    return main_swav.build(args, CPU)
 
 
-def _steps(args, n, model=None, start=0):
-    torch.manual_seed(0)
-    if model is None:
-        model, _ = prepare_model(SwAVModel("resnet18", 8, 16, 6), CPU)
-    optimizer, sched = build_optimizer(model, args, n)
+def _batches(n):
+    """n loader batches ``(crops, labels)``: 2 crops of 32 px and one of 16 px, 4 images."""
     g = torch.Generator().manual_seed(1)
-    loader = [([torch.randn(4, 3, 32, 32, generator=g), torch.randn(4, 3, 32, 32, generator=g),
-                torch.randn(4, 3, 16, 16, generator=g)], torch.zeros(4)) for _ in range(n)]
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    logger = ProgressLogger(n, 1, 4, 1000, None, rank=1)
-    watch = LossWatch(math.log(6), torch.device("cpu"))
-    for _ in main_swav.train_one_epoch(model, model, None, loader, optimizer, scaler, sched, 0, start, n, args,
-                                       torch.device("cpu"), None, logger, watch):
-        pass
-    return model, optimizer
+    return [([torch.randn(4, 3, 32, 32, generator=g), torch.randn(4, 3, 32, 32, generator=g),
+              torch.randn(4, 3, 16, 16, generator=g)], torch.zeros(4)) for _ in range(n)]
 
 
-def test_frozen_prototypes_unchanged_before_threshold():
-    args = _tiny_args(["--freeze_prototypes_niters", "3"])
-    torch.manual_seed(0)
-    model, _ = prepare_model(SwAVModel("resnet18", 8, 16, 6), CPU)
-    init_trunk = model.backbone.conv1.weight.detach().clone()
-    normalized = F.normalize(model.prototypes.weight.detach(), dim=1)
-    model, opt = _steps(args, 3, model)
+def _steps(parts, n):
+    """n calls of main_swav.step, in train mode, as train_one_epoch makes them."""
+    parts.model.train()
+    for it, batch in enumerate(_batches(n)):
+        main_swav.step(parts, batch, it)
+    return parts.model, parts.optimizer
+
+
+def test_frozen_prototypes_unchanged_before_threshold(data):
+    parts = _parts(data, ["--freeze_prototypes_niters", "3"])
+    init_trunk = parts.model.backbone.conv1.weight.detach().clone()
+    normalized = F.normalize(parts.model.prototypes.weight.detach(), dim=1)
+    model, opt = _steps(parts, 3)
     torch.testing.assert_close(model.prototypes.weight.detach(), normalized, rtol=0, atol=1e-7)  # only renormalised
     assert model.prototypes.weight not in opt.state or "momentum_buffer" not in opt.state[model.prototypes.weight]
     assert not torch.equal(model.backbone.conv1.weight, init_trunk)  # everything else trained
-    model2, opt2 = _steps(_tiny_args(["--freeze_prototypes_niters", "1"]), 3)
+    model2, opt2 = _steps(_parts(data, ["--freeze_prototypes_niters", "1"]), 3)
     assert not torch.allclose(model2.prototypes.weight, normalized, atol=1e-4)
     assert "momentum_buffer" in opt2.state[model2.prototypes.weight]
 
 
-def test_amp_scaler_unscales_before_larc():
-    """The LARC trust ratio sees unscaled gradients: a scaler with a huge scale gives the same update as none."""
-    args = _tiny_args(["--freeze_prototypes_niters", "0"])
-    torch.manual_seed(0)
-    a, _ = prepare_model(SwAVModel("resnet18", 8, 16, 6), CPU)
-    b, _ = prepare_model(SwAVModel("resnet18", 8, 16, 6), CPU)
-    b.load_state_dict(a.state_dict())
-    crops = [torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32), torch.randn(4, 3, 16, 16)]
-    for model, scale in ((a, None), (b, 2.0 ** 14)):
-        opt, _ = build_optimizer(model, args, 1)
-        scaler = torch.amp.GradScaler("cpu", init_scale=scale or 1.0, enabled=scale is not None)
-        _, s = model(crops)
-        codes = [distributed_sinkhorn(s[:4]), distributed_sinkhorn(s[4:8])]
-        scaler.scale(swav_loss(s, codes, [0, 1], 0.1)).backward()
-        scaler.unscale_(opt)
-        scaler.step(opt)
-        scaler.update()
-    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+class _OrderedScaler(torch.amp.GradScaler):
+    """A GradScaler that records the order of the step's calls to it."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.calls = []
+
+    def unscale_(self, optimizer):
+        self.calls.append("unscale_")
+        return super().unscale_(optimizer)
+
+    def step(self, optimizer, *a, **k):
+        self.calls.append("step")
+        return super().step(optimizer, *a, **k)
+
+
+def test_amp_scaler_unscales_before_larc(data, monkeypatch):
+    """main_swav.step under a scaler with a huge scale: LARC's trust ratio sees the unscaled gradients, so the update
+    is the unscaled run's, and the step unscales explicitly before the optimizer step."""
+    seen = []  # gradient norms LARC sees when its step starts
+    real_step = LARC.step
+
+    def recording(self, closure=None):
+        seen.append(torch.stack([p.grad.norm() for g in self.param_groups for p in g["params"] if p.grad is not None]))
+        return real_step(self, closure)
+
+    monkeypatch.setattr(LARC, "step", recording)
+    a = _parts(data, ["--freeze_prototypes_niters", "0"])
+    b = _parts(data, ["--freeze_prototypes_niters", "0"])  # the same seed: the same initial weights
+    b.scaler = _OrderedScaler("cpu", init_scale=2.0 ** 14, enabled=True)
+    batch = _batches(1)[0]
+    for parts in (a, b):
+        parts.model.train()
+        main_swav.step(parts, batch, 0)
+    torch.testing.assert_close(seen[1], seen[0], rtol=1e-4, atol=1e-6)  # not 2 ** 14 times larger
+    for (n, p), q in zip(a.model.named_parameters(), b.model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=n)
+    # GradScaler.step would unscale by itself; the step does it first, so that the gradients are the true ones
+    # from there on (whatever reads them before the optimizer step)
+    assert b.scaler.calls[:2] == ["unscale_", "step"], b.scaler.calls
 
 
 def _verdict(health):

@@ -1,5 +1,5 @@
 """Every SwAV / DeepCluster-v2 / SeLa-v2 sbatch recipe parses with its script's flags and carries the published
-values (spec swav.md A.11); shebang on line 1 and srun launch (STYLE rule 18)."""
+values (facebookresearch/swav scripts/*.sh and its README); shebang on line 1 and srun launch (STYLE rule 18)."""
 import glob
 import os
 import shlex
@@ -15,7 +15,7 @@ SCRIPTS = sorted(p for pattern in ("swav_*.sh", "deepclusterv2_*.sh", "selav2_*.
 
 # name: (GPUs, per-GPU batch, nmb_crops, size_crops, min scales, queue, queue start, base/final lr, warmup, start,
 #        freeze iters, sync_bn, epochs)
-A11 = {
+PUBLISHED = {
     "swav_100ep": (64, 64, [2, 6], [224, 96], [0.14, 0.05], 0, None, 4.8, 0.0048, 10, 0.3, 313, "apex", 100),
     "swav_200ep": (64, 64, [2, 6], [224, 96], [0.14, 0.05], 0, None, 4.8, 0.0048, 10, 0.3, 313, "apex", 200),
     "swav_400ep": (64, 64, [2, 6], [224, 96], [0.14, 0.05], 0, None, 4.8, 0.0048, 10, 0.3, 313, "apex", 400),
@@ -47,14 +47,14 @@ def _parse(path):
 
 
 def test_every_row_of_the_table_has_a_script():
-    assert sorted(os.path.basename(p)[:-3] for p in SCRIPTS) == sorted(A11)
+    assert sorted(os.path.basename(p)[:-3] for p in SCRIPTS) == sorted(PUBLISHED)
 
 
 @pytest.mark.parametrize("path", SCRIPTS, ids=[os.path.basename(p) for p in SCRIPTS])
 def test_script_matches_published_recipe(path):
     text, sbatch, script, a = _parse(path)
     name = os.path.basename(path)[:-3]
-    gpus, bs, nmb, size, mins, queue, qstart, lr, final, warm, start, freeze, sbn, epochs = A11[name]
+    gpus, bs, nmb, size, mins, queue, qstart, lr, final, warm, start, freeze, sbn, epochs = PUBLISHED[name]
     assert text.startswith("#!/bin/bash\n") and "srun " in text and "MASTER_ADDR=$(scontrol show hostnames" in text
     assert int(sbatch["nodes"]) * int(sbatch["ntasks-per-node"]) == gpus
     assert (a.batch_size, a.nmb_crops, a.size_crops, a.min_scale_crops) == (bs, nmb, size, mins)
