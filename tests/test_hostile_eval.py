@@ -304,5 +304,5 @@ def test_every_image_unreadable_gives_the_true_count(tmp_path, capsys):
     code, out, err = exits(lambda: knn.main(parse(knn, [data, *KNN, "--output-json", str(tmp_path / "k.json")])),
                            capsys)
     line = one_line(code, out, err)
-    assert f"none of the 8 images in '{tmp_path / 'data' / 'train'}' can be read" in line and "51" not in line
+    assert f"all 8 images in '{tmp_path / 'data' / 'train'}' cannot be read" in line and "51" not in line
     assert "best-NN=" not in out

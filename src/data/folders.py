@@ -217,8 +217,8 @@ class _ImageListDataset(torch.utils.data.Dataset):
                 if self.skip_unreadable:  # evaluation: left out and counted, never replaced by another image
                     return None, UNREADABLE
         if tries == len(self.samples):
-            raise UserError(f"none of the {tries} images in '{self.root}' can be read (e.g. {path}): replace or "
-                            "re-extract the files")
+            raise UserError(f"all {tries} images in '{self.root}' cannot be read, not one decodes (e.g. {path}): "
+                            "replace or re-extract the files")
         raise UserError(f"{tries} images in a row from index {index} in '{self.root}' cannot be read: check the "
                         f"files (last: {path})")
 
