@@ -80,3 +80,38 @@ def test_too_many_prototypes_one_line(data, tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert exc.value.code == 2 and len(lines) == 1 and "--nmb_prototypes 100 is larger than the 48" in lines[0]
+
+
+def _main_in_process(argv, monkeypatch):
+    """``python main_deepclusterv2.py argv`` in this process: its parts, or SystemExit (bad input)."""
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.delenv(k, raising=False)
+    return exit_on_user_error(main_deepclusterv2.main)(main_deepclusterv2.get_args_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize("cut", ["epoch_end", "mid_epoch"])
+def test_resume_with_a_foreign_memory_bank_file(data, tmp_path, capsys, monkeypatch, cut):
+    """Issue "Nothing shared": mb0.pth replaced by ``torch.save([1, 2, 3])``. Resumed at an epoch end, the run
+    rebuilds the bank with one pass over the data and finishes; resumed mid-epoch (the bank of that very step is
+    needed) it ends in one ``error:`` line, exit status 2, no traceback."""
+    out = tmp_path / cut
+    flags = ["--data_path", data, *TINY, "--batch_size", "16", "--dump_path", str(out)]  # 3 iterations per epoch
+    _main_in_process([*flags, "--max_iters", "3" if cut == "epoch_end" else "4"], monkeypatch)
+    ck = _load(out / "checkpoint.pth.tar")
+    assert (ck["epoch"], ck["iter"]) == ((1, 0) if cut == "epoch_end" else (1, 1))
+    torch.save([1, 2, 3], out / "mb0.pth")
+    capsys.readouterr()
+    if cut == "epoch_end":
+        parts = _main_in_process(flags, monkeypatch)
+        stdout = capsys.readouterr().out
+        assert parts.finished and "=> filling the memory banks" in stdout and "at epoch 1, iteration 0" in stdout
+        mb = _load(out / "mb0.pth")
+        assert mb["local_memory_embeddings"].shape == (2, 48, 16) and (mb["epoch"], mb["iter"]) == (2, 0)
+        assert _load(out / "checkpoint.pth.tar")["epoch"] == 2
+        return
+    with pytest.raises(SystemExit) as exc:
+        _main_in_process(flags, monkeypatch)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert exc.value.code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert "resuming mid-epoch needs mb0.pth" in lines[0] and "epoch-end checkpoint" in lines[0]
