@@ -12,11 +12,14 @@ ignored). ``--recipe`` fills every flag left unset with the reference's values (
     cityscapes  train        8      150     Adam lr 1e-4, wd 1e-4          poly (1 - e/E)^0.9 per epoch  1
 
 Transforms (``src.augment.segmentation``): VOC flip, rotation +-5 deg and zoom 0.75-1.25, resize to 512 x 512;
-tested at 512 x 512 with the prediction brought back to each image's own size (full-resolution scoring).
-Cityscapes scale {0.5 .. 2.0}, 768 crop, flip; tested on the full 2048 x 1024 images. The val set is scored after
-every ``--eval_every`` epochs and after the last; the reported mIoU is that of the best epoch (``--report best``,
-the reference's choice: it keeps the best model on val) or of the last one (``--report last``). The end prints
-per-class IoU, then ``mIoU: XX.XX`` as the LAST line, and writes OUTPUT_DIR/segmentation.json. ``--runs N`` repeats
+tested at 512 x 512. Cityscapes scale {0.5 .. 2.0}, 768 crop, flip; tested on the full 2048 x 1024 images. The val
+set is scored after every ``--eval_every`` epochs and after the last, in one pass both as the reference scores it:
+at the network's input (each mask resized to 512 x 512, nearest: its online score) and at full resolution (the
+prediction brought back to each image's own size, against the original mask: its final score). As in the
+reference, the best epoch is the one of highest mIoU at the input (``--report best``; ``--report last``: the last
+epoch), and the mIoU reported is that epoch's at full resolution; both are printed and written to the JSON (with
+``--test_size 0`` the two are the same). The end prints per-class IoU, then ``mIoU: XX.XX`` as the LAST line, and
+writes OUTPUT_DIR/segmentation.json. Every mask must have its image's size (refused otherwise). ``--runs N`` repeats
 the run with seeds SEED..SEED+N-1 (each in OUTPUT_DIR/run_<i>/, finished runs are not redone) and reports their
 mean and std (the paper averages five runs). Runs resume from their checkpoint.pth.tar.
 
@@ -34,6 +37,7 @@ import argparse
 import copy
 import json
 import os
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -43,7 +47,7 @@ from torch import nn
 
 from src.augment.segmentation import CityscapesTrain, SegTest, VOCTrain
 from src.data.folders import build_loader, train_loader
-from src.data.segmentation import cityscapes_segmentation, collate_eval, voc_segmentation
+from src.data.segmentation import check_pair_sizes, cityscapes_segmentation, collate_eval, voc_segmentation
 from src.evaluation.classifier import ShardSampler, content_hash
 from src.evaluation.pair_eval import build_trunk
 from src.evaluation.pretrained import add_pretrained_args
@@ -58,7 +62,7 @@ from src.run.checkpoint import atomic_write, save_checkpoint
 from src.run.errors import UserError
 from src.run.launch import cli_main, launch
 from src.run.logging import print_rank0
-from src.run.loop import Run
+from src.run.loop import Flags, Run
 from src.run.speed import autocast
 
 # The reference's configs (configs/pascal_voc.yml, cityscapes.yml) and transforms (utils/common_config.py).
@@ -92,8 +96,9 @@ def get_args_parser(add_help=False):
     add_arg(g, "--crop_size", default=None, type=POSITIVE_INT,
             help="training input side in px: VOC resize to 512 x 512, Cityscapes crop 768 x 768 (64-128 on a CPU)")
     add_arg(g, "--test_size", default=None, type=NONNEG_INT,
-            help="test images resized to this square side before the network, predictions scored at each image's "
-                 "own size (VOC 512; Cityscapes 0: the images as they are)")
+            help="test images resized to this square side before the network; predictions scored at each image's "
+                 "own size (reported) and, against masks resized to it, at this size (picks the best epoch) (VOC 512; "
+                 "Cityscapes 0: the images as they are, one score)")
     add_arg(g, "--scales", default=None, type=float, nargs="+",
             help="VOC: the zoom range LOW HIGH (0.75 1.25); Cityscapes: the factors one is drawn from "
                  "(0.5 0.75 1 1.25 1.5 1.75 2)")
@@ -134,7 +139,8 @@ def get_args_parser(add_help=False):
     add_arg(g, "--eval_every", default=1, type=POSITIVE_INT,
             help="score the val set after every N epochs (the reference: 1); the last epoch is always scored")
     add_arg(g, "--report", default="best", choices=["best", "last"],
-            help="the epoch whose mIoU is reported: best (the reference keeps the best model on val) or last")
+            help="the epoch whose full-resolution mIoU is reported: best (highest mIoU at the network's input, "
+                 "the reference's choice of the model it keeps) or last")
     add_run_args(parser, ("--output_dir", "--dump_path"), "checkpoint.pth.tar, model_best.pth.tar, segmentation.json, "
                  "log.txt (with --runs: one run_<i>/ folder per run; --max_iters then bounds each run)",
                  short_print=True)
@@ -148,7 +154,10 @@ def main(args):
     if not args.data:
         raise UserError("no dataset given: pass DIR (or --data_path DIR)")
     fill_recipe(args)
-    build_datasets(args)  # before processes start, so a missing file is one error line, not one per process
+    # before processes start, so a missing file or a mask of another size is one error line, not one per process
+    name = "VOC" if args.recipe == "voc" else "Cityscapes"
+    for dataset, split in zip(build_datasets(args), (args.train_split, args.val_split)):
+        check_pair_sizes(dataset, f"{name} {split}")
     return launch(segment, args)
 
 
@@ -189,36 +198,101 @@ def segment(args, info):
     """Every run of ``--runs``; returns the summary dict (None when a run stopped early)."""
     cv2.setNumThreads(1)  # as the reference: loader workers resample in parallel already
     if args.runs == 1:
-        return train_one_run(args, info)
+        return train(args, info)
     summaries = []
     for i in range(args.runs):
         sub = argparse.Namespace(**{**vars(args), "seed": args.seed + i, "runs": 1,
                                     "output_dir": os.path.join(args.output_dir, f"run_{i}")})
         print_rank0(f"=> run {i + 1} of {args.runs} (seed {sub.seed}) in {sub.output_dir}", rank=info.rank)
-        summary = train_one_run(sub, info)
+        summary = train(sub, info)
         if summary is None:
             return None  # stopped (signal, --max_iters): the same command resumes this run
         summaries.append(summary)
     return report_runs(args, summaries, info.rank)
 
 
-def train_one_run(args, info):
+FLAGS = Flags(output="--output_dir", lr="--lr", max_iters="--max_iters")
+# flags a resume may change: those whose effect a require() below checks by content, with its own message (the
+# pretrained weights, the recipe), and those that change no number of the run (which epoch is reported, the test's
+# batching)
+SAFE = ("pretrained", "arch", "cifar_stem", "trunk_pattern", "recipe", "report", "test_batch_size")
+
+
+def train(args, info):
     """Fine-tune and score one run in ``args.output_dir``; returns its summary (None when stopped early)."""
+    autocast_dtype(args, info.device, info.rank)  # fp16 without CUDA: fp32 with one warning line; amp_dtype() agrees
+    dist.split_batch(args.batch_size, info.world_size, "-b/--batch_size")  # refused before the folder is touched
+    run = Run(info, args, script="eval_segmentation.py", flags=FLAGS, safe=SAFE)
+    args.seed = run.seed  # a resumed run keeps its checkpoint's seed
+    parts = build(args, info)
+
+    # ==== resuming and saving: only from the same pretrained weights and data ====
+    run.require("pretrained_sha256", parts.trunk_hash, "--pretrained (its weights)")
+    run.require("recipe", args.recipe, "--recipe")
+    run.track(state_dict=parts.net, optimizer=parts.optimizer, scaler=parts.scaler, results=parts.results)
+
+    # ==== training ====
+    run.start(parts.iters_per_epoch, args.batch_size, scaled=parts.scaler.is_enabled(), formats={"Loss": ".4e"})
+    for epoch in run.epochs():
+        parts.sampler.set_epoch(epoch, start_index=run.start_iter * parts.per_rank_batch)
+        parts.train_set.set_epoch(epoch)
+        if not run.steps(train_one_epoch(parts, parts.loader, run, epoch)):
+            return None  # stopped (signal, --max_iters): checkpoint saved
+        run.check()  # a diverged network is an error line, not a score
+        tested = None
+        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
+            tested = score(parts, info, epoch)
+        run.end_epoch()
+        if tested is not None:  # after the epoch's row, which end_epoch logs
+            run.write_log(tested)
+    parts.finished = run.finished
+    return report(args, parts.results, info.rank) if run.finished else None
+
+
+@dataclass
+class Parts:
+    """What a segmentation fine-tuning trains with (:func:`build`); :func:`step` reads it."""
+
+    args: argparse.Namespace
+    device: torch.device
+    net: nn.Module  # SegmentationFCN: dilated trunk, FCN decoder, upsampling (what a checkpoint holds)
+    model: nn.Module  # the network the step calls (DDP-wrapped under a process group)
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    lr_schedule: np.ndarray  # one lr per global step, constant within an epoch
+    amp: object  # autocast dtype (None: fp32)
+    loader: object
+    sampler: object
+    train_set: object
+    val_loader: object
+    val_set: object
+    per_rank_batch: int
+    iters_per_epoch: int
+    trunk_hash: str  # content hash of the pretrained weights this run started from
+    results: SegResults  # every scored epoch, best and last
+    finished: bool = False  # set by train(): every epoch done
+
+    def trunks(self):
+        """The trunk an evaluation of the run reads (as fine-tuned, dilated)."""
+        return {"online": self.net.backbone}
+
+
+def build(args, info):
+    """Data, the network, its optimizer, scaler and lr schedule, from the flags. ``args.seed`` seeds the decoder,
+    the data order, every augmentation and a random trunk."""
     device, rank = info.device, info.rank
-    autocast_dtype(args, device, rank)  # fp16 without CUDA: fp32 with one warning line; later amp_dtype() agrees
+    dist.seed_everything(args.seed, 0)
     per_rank_batch = dist.split_batch(args.batch_size, info.world_size, "-b/--batch_size")
-    run = Run(info, output_dir=args.output_dir, script="eval_segmentation.py", config=vars(args), resume=args.resume,
-              seed=args.seed, output_flag="--output_dir", lr_flag="--lr")
     sched = (f"x{args.lr_decay_rate:g} after epochs {' '.join(map(str, args.lr_decay_epochs)) or '-'}"
              if args.scheduler == "step" else f"poly {args.poly_power:g}")
     print_rank0(f"recipe {args.recipe}: {args.optimizer} lr {args.lr:g} {sched}, wd {args.weight_decay:g}, "
                 f"{args.epochs} epochs, batch {args.batch_size} ({per_rank_batch} x {info.world_size} processes), "
-                f"seed {run.seed}", rank=rank)
+                f"seed {args.seed}", rank=rank)
 
     # ==== preparing data ====
-    train_set, val_set = build_datasets(args, seed=run.seed)
+    train_set, val_set = build_datasets(args, seed=args.seed)
     loader, sampler, iters_per_epoch = train_loader(train_set, per_rank_batch, args.workers, info.world_size, rank,
-                                                    run.seed, flag="-b/--batch_size")  # drop_last, as the reference
+                                                    args.seed, flag="-b/--batch_size")  # drop_last, as the reference
     val_loader = build_loader(val_set, args.test_batch_size, ShardSampler(len(val_set), info.world_size, rank),
                               args.workers, drop_last=False, collate_fn=collate_eval)
     print_rank0(f"data: {len(train_set)} {args.train_split} / {len(val_set)} {args.val_split} images, "
@@ -229,61 +303,51 @@ def train_one_run(args, info):
     model = dist.wrap_ddp(net, device)
     optimizer = build_optimizer(args, net)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(args) == torch.float16)
-    schedule = lr_schedule(args, iters_per_epoch)
-
-    # ==== resuming and saving: only from the same pretrained weights and data ====
-    results = SegResults(train_set.classes)
-    run.require("pretrained_sha256", trunk_hash, "--pretrained (its weights)")
-    run.require("recipe", args.recipe, "--recipe")
-    run.track(state_dict=net, optimizer=optimizer, scaler=scaler, results=results)
-
-    # ==== training ====
-    logger = run.progress(iters_per_epoch, args.epochs, args.batch_size, args.print_freq, max_iters=args.max_iters,
-                          save_every=args.save_every_iters, scaled=scaler.is_enabled(), formats={"Loss": ".4e"})
-    for epoch in run.epochs():
-        sampler.set_epoch(epoch, start_index=run.start_iter * per_rank_batch)
-        train_set.set_epoch(epoch)
-        logger.start_epoch(epoch, run.start_iter)
-        if not run.steps(train_one_epoch(model, loader, optimizer, scaler, schedule, epoch, run.start_iter,
-                                         iters_per_epoch, device, amp_dtype(args), logger)):
-            return None  # stopped (signal, --max_iters): checkpoint saved
-        logger.end_epoch()
-        run.check()  # a diverged network is an error line, not a score
-        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
-            # DDP hands rank 0's BatchNorm statistics to the others at each forward, then every rank updates its
-            # own: score (and save) rank 0's network on every shard
-            for buf in net.buffers():
-                dist.broadcast(buf)
-            res = evaluate(net, val_loader, len(val_set.classes), device, amp_dtype(args))
-            is_best = results.add(epoch, res)
-            print_rank0(results.test_line(), rank=rank)
-            run.write_log({"type": "test", "epoch": epoch, **results.last})
-            if is_best and rank == 0:  # the reference keeps the best model on val
-                best = {"arch": args.arch, "epoch": epoch, "miou": res["miou"], "state_dict": net.state_dict()}
-                save_checkpoint(os.path.join(args.output_dir, "model_best.pth.tar"), best, "--output_dir")
-        run.end_epoch()
-    return report(args, results, rank) if run.finished else None
+    return Parts(args, device, net, model, optimizer, scaler, lr_schedule(args, iters_per_epoch), amp_dtype(args),
+                 loader, sampler, train_set, val_loader, val_set, per_rank_batch, iters_per_epoch, trunk_hash,
+                 SegResults(train_set.classes, input_size=args.test_size))
 
 
-def train_one_epoch(model, loader, optimizer, scaler, schedule, epoch, start_iter, iters_per_epoch, device, amp,
-                    logger):
-    """One epoch; a generator yielding ``(iteration, loss)`` after each step. The whole network trains, in train
-    mode (BatchNorm statistics update), set here at every epoch since scoring switched it to eval mode."""
-    model.train()
-    for it, (images, masks) in logger.batches(loader, start_iter):
-        lr = set_lr(optimizer, schedule[epoch * iters_per_epoch + it])
-        images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-        with autocast(device, amp):
-            logits = model(images)  # (B, C, H, W), upsampled to the input size
-        loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+def train_one_epoch(parts, loader, run, epoch):
+    """One epoch; yields ``(iteration, stats)`` after each step. The whole network trains, in train mode (BatchNorm
+    statistics update), set here at every epoch since scoring switched it to eval mode."""
+    parts.model.train()
+    for it, batch in run.batches(loader):
+        yield it, step(parts, batch, epoch * parts.iters_per_epoch + it)
 
-        logger.update(Loss=loss.detach())
-        logger.maybe_print(it, lr)
-        yield it, loss.detach()
+
+def step(parts, batch, it):
+    """One optimizer step of the whole network on a batch ``(images, masks)`` at global step ``it``: per-pixel
+    cross-entropy, label 255 ignored. Returns: the step's stats (``Loss``, ``lr``)."""
+    device = parts.device
+    lr = set_lr(parts.optimizer, parts.lr_schedule[it])
+    images, masks = (t.to(device, non_blocking=True) for t in batch)
+    with autocast(device, parts.amp):
+        logits = parts.model(images)  # (B, C, H, W), upsampled to the input size
+    loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX)
+    parts.optimizer.zero_grad(set_to_none=True)
+    parts.scaler.scale(loss).backward()
+    parts.scaler.step(parts.optimizer)
+    parts.scaler.update()
+    return {"Loss": loss.detach(), "lr": lr}
+
+
+def score(parts, info, epoch):
+    """Score the val set after ``epoch``, print the test line and, when the epoch is the best so far, save
+    ``model_best.pth.tar`` (rank 0). Returns: the test's log row."""
+    # DDP hands rank 0's BatchNorm statistics to the others at each forward, then every rank updates its own: score
+    # (and save) rank 0's network on every shard
+    for buf in parts.net.buffers():
+        dist.broadcast(buf)
+    res = evaluate(parts.net, parts.val_loader, len(parts.val_set.classes), parts.device, parts.amp)
+    results = parts.results
+    is_best = results.add(epoch, res)
+    print_rank0(results.test_line(), rank=info.rank)
+    if is_best and info.rank == 0:  # the reference keeps the best model on val
+        best = {"arch": parts.args.arch, "epoch": epoch, "miou": res["miou"], "miou_input": res["miou_input"],
+                "state_dict": parts.net.state_dict()}
+        save_checkpoint(os.path.join(parts.args.output_dir, "model_best.pth.tar"), best, "--output_dir")
+    return {"type": "test", "epoch": epoch, **results.last}
 
 
 # ==================================================================================================
@@ -330,18 +394,24 @@ def write_results(summary, output_dir):
 
 
 def report(args, results, rank):
-    """JSON first, then per-class IoU and ``mIoU: XX.XX`` as the last line (rank 0); returns the summary."""
+    """JSON first, then per-class IoU and ``mIoU: XX.XX`` as the last line (rank 0); returns the summary. The mIoU
+    reported is at full resolution, of the epoch ``--report`` chooses (best: on the mIoU at the network's input)."""
     chosen = results.best if args.report == "best" else results.last
     summary = {"recipe": args.recipe, "report": args.report, "epoch": chosen["epoch"], "miou": chosen["miou"],
                "classes": results.classes, "iou": chosen["iou"], "skipped": chosen["skipped"], "n": chosen["n"],
-               "best": results.best, "last": results.last, "history": results.history, "seed": args.seed,
-               "pretrained": args.pretrained, "arch": args.arch, "args": vars(args)}
+               "miou_input": chosen["miou_input"], "iou_input": chosen["iou_input"], "test_size": args.test_size,
+               "best_by": results.metric, "best": results.best, "last": results.last, "history": results.history,
+               "seed": args.seed, "pretrained": args.pretrained, "arch": args.arch, "args": vars(args)}
     if rank == 0:
         out = write_results(summary, args.output_dir)
         skipped = f", {chosen['skipped']} unreadable left out" if chosen["skipped"] else ""
         print(f"segmentation {args.recipe} {args.val_split}: {args.report} epoch {chosen['epoch']} of {args.epochs} "
               f"({chosen['n']} images{skipped}; best {results.best['miou']:.2f} at epoch {results.best['epoch']}, "
               f"last {results.last['miou']:.2f})", flush=True)
+        if results.input_size:  # the two figures of the reference: the one that picks, the one reported
+            print(f"{args.report} epoch {chosen['epoch']}: mIoU {chosen['miou_input']:.2f} {results.input_words()} "
+                  f"(the reference's online score, which picks the best epoch), {chosen['miou']:.2f} at full "
+                  "resolution (reported)", flush=True)
         print(f"results written to {out}", flush=True)
         print("\n".join(iou_lines(results.classes, chosen["iou"])), flush=True)
         print(f"mIoU: {chosen['miou']:.2f}", flush=True)
@@ -351,17 +421,22 @@ def report(args, results, rank):
 def report_runs(args, summaries, rank):
     """Mean and sample std (n - 1) over the runs: JSON, per-run and per-class lines, ``mIoU: XX.XX`` last."""
     mious = np.array([s["miou"] for s in summaries], dtype=np.float64)
+    inputs = np.array([s["miou_input"] for s in summaries], dtype=np.float64)
     per_class = [[s["iou"][c] for s in summaries if s["iou"][c] is not None] for c in range(len(summaries[0]["iou"]))]
     mean_iou = [float(np.mean(v)) if v else None for v in per_class]
     std = float(mious.std(ddof=1)) if len(mious) > 1 else 0.0
     summary = {"recipe": args.recipe, "report": args.report, "runs": len(summaries), "miou_mean": float(mious.mean()),
-               "miou_std": std, "miou_runs": mious.tolist(), "seeds": [s["seed"] for s in summaries],
+               "miou_std": std, "miou_runs": mious.tolist(), "miou_input_mean": float(inputs.mean()),
+               "miou_input_runs": inputs.tolist(), "test_size": args.test_size, "seeds": [s["seed"] for s in summaries],
                "classes": summaries[0]["classes"], "iou_mean": mean_iou, "pretrained": args.pretrained,
                "args": vars(args)}
     if rank == 0:
         out = write_results(summary, args.output_dir)
+        at_input = f" at the {args.test_size}x{args.test_size} input" if args.test_size else ""
         for i, s in enumerate(summaries):
-            print(f"run {i} (seed {s['seed']}): mIoU {s['miou']:.2f} ({args.report} epoch {s['epoch']})", flush=True)
+            extra = f", {s['miou_input']:.2f}{at_input}" if at_input else ""
+            print(f"run {i} (seed {s['seed']}): mIoU {s['miou']:.2f} ({args.report} epoch {s['epoch']}{extra})",
+                  flush=True)
         print(f"mIoU over {len(summaries)} runs: mean {mious.mean():.2f}, std {std:.2f} (sample std)", flush=True)
         print(f"results written to {out}", flush=True)
         print("\n".join(iou_lines(summary["classes"], mean_iou)), flush=True)

@@ -490,3 +490,84 @@ def test_sbatch_recipes_write_out_the_published_values(name):
     assert (written.runs, written.seed, written.report, written.arch) == (5, 0, "best", "resnet50")
     tasks = int(text.split("--ntasks-per-node=")[1].split()[0])
     assert tasks == {"voc": 1, "cityscapes": 2}[name]  # the reference: one GPU for VOC, 2 x 1080 Ti for Cityscapes
+
+
+# ==== the reference's choice of the best epoch: the mIoU at the network's input picks, full resolution reports ====
+def test_input_size_scoring_matches_the_reference_online_path(voc):
+    """evaluate()'s second score: the argmax at the network's input against each mask resized to it with cv2
+    INTER_NEAREST (the reference's fixed 512 x 512 val transform), scored with loops."""
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(3, 21, 3, padding=1).eval()
+    val = voc_segmentation(str(voc), "val", SegTest(40), train=False)
+    loader = build_loader(val, 3, ShardSampler(len(val)), 0, drop_last=False, collate_fn=collate_eval)
+    res = seg.evaluate(net, loader, 21, torch.device("cpu"), None)
+    preds, targets = [], []
+    for i in range(len(val)):
+        x, y, _ = val[i]
+        with torch.no_grad():
+            preds.append(net(x[None]).argmax(dim=1)[0].numpy().reshape(-1))
+        targets.append(cv2.resize(y.numpy().astype(np.uint8), (40, 40), interpolation=cv2.INTER_NEAREST).reshape(-1))
+    reference = loop_iou(np.concatenate(preds), np.concatenate(targets), 21)
+    present = [v for v in reference if v is not None]
+    assert res["miou_input"] == pytest.approx(100 * sum(present) / len(present), abs=1e-9)
+    assert [v for v in res["iou_input"] if v is not None] == pytest.approx([100 * v for v in present], abs=1e-9)
+    assert res["miou_input"] != res["miou"]  # the masks are not 40 x 40: the two scores differ here
+    same = voc_segmentation(str(voc), "val", SegTest(0), train=False)  # images at their own size: one score
+    res = seg.evaluate(net, build_loader(same, 1, ShardSampler(len(same)), 0, drop_last=False,
+                                         collate_fn=collate_eval), 21, torch.device("cpu"), None)
+    assert res["miou_input"] == res["miou"] and res["iou_input"] == res["iou"]
+
+
+def _res(miou, miou_input):
+    return {"miou": miou, "iou": [miou], "miou_input": miou_input, "iou_input": [miou_input], "n": 4, "skipped": 0}
+
+
+def test_best_epoch_is_chosen_at_the_input_and_reported_at_full_resolution():
+    picked = seg.SegResults(["a"], input_size=512)
+    assert picked.add(0, _res(50.0, 40.0)) and picked.add(1, _res(45.0, 42.0)) and not picked.add(2, _res(60.0, 41.0))
+    assert picked.best["epoch"] == 1 and picked.best["miou"] == 45.0  # not epoch 2, the best at full resolution
+    assert picked.test_line() == ("Test: epoch 2, 4 images: mIoU 60.00 at full resolution, 41.00 at the 512x512 "
+                                  "input (best at the 512x512 input: 42.00 at epoch 1)")
+    tie = seg.SegResults(["a"], input_size=512)
+    tie.add(0, _res(1.0, 5.0))
+    assert not tie.add(1, _res(2.0, 5.0)) and tie.best["epoch"] == 0  # the reference's "mIoU > best": the earliest
+    own = seg.SegResults(["a"], input_size=0)  # images scored at their own size (Cityscapes): the one score
+    own.add(0, _res(50.0, 50.0))
+    own.add(1, _res(45.0, 45.0))
+    assert own.best["epoch"] == 0 and own.test_line() == "Test: epoch 1, 4 images: mIoU 45.00 (best 50.00 at epoch 0)"
+    with pytest.raises(UserError, match="new --output_dir"):  # scores of an older checkpoint: no input mIoU
+        seg.SegResults(["a"], input_size=512).load_state_dict({"history": [{"epoch": 0, "miou": 1.0}]})
+
+
+def test_voc_run_reports_both_figures(voc, tmp_path, capsys):
+    out = tmp_path / "both"
+    summary = run_inprocess([str(voc), *VOC_FAST, "--epochs", "3", "--output_dir", str(out)])
+    lines = capsys.readouterr().out.strip().splitlines()
+    history = summary["history"]
+    chosen = max(history, key=lambda e: (e["miou_input"], -e["epoch"]))  # the reference's choice
+    assert summary["epoch"] == chosen["epoch"] and summary["best_by"] == "miou_input"
+    assert summary["miou"] == chosen["miou"] and summary["miou_input"] == chosen["miou_input"]
+    assert summary["iou_input"] == chosen["iou_input"] and summary["test_size"] == 64
+    assert lines[-1] == f"mIoU: {chosen['miou']:.2f}"  # the full-resolution score of the chosen model
+    assert (f"best epoch {chosen['epoch']}: mIoU {chosen['miou_input']:.2f} at the 64x64 input (the reference's "
+            f"online score, which picks the best epoch), {chosen['miou']:.2f} at full resolution (reported)") in lines
+    saved = json.load(open(out / "segmentation.json"))
+    assert (saved["miou"], saved["miou_input"], saved["epoch"]) == (chosen["miou"], chosen["miou_input"],
+                                                                    chosen["epoch"])
+    best = torch.load(out / "model_best.pth.tar", weights_only=True)
+    assert best["epoch"] == chosen["epoch"] and best["miou_input"] == chosen["miou_input"]
+
+
+# ==== a mask of another size than its image ====
+def test_a_mask_of_another_size_is_refused(tmp_path, capsys):
+    root = write_voc(tmp_path / "v", n_train=4, n_val=3)
+    mask = root / "VOCdevkit/VOC2012/SegmentationClass/2008_val_001.png"
+    Image.fromarray(np.zeros((10, 13), np.uint8), mode="L").save(mask)  # 13 x 10 px for an image of about 60 x 60
+    line = cli_error([str(root), *VOC_FAST, "--train_split", "train", "--epochs", "1", "--output_dir",
+                      str(tmp_path / "x")], capsys)
+    assert "1 of 3 VOC val masks differ in size from their images" in line and str(mask) in line, line
+    assert "13x10 px" in line and "2008_val_001.jpg" in line and not (tmp_path / "x").exists(), line
+    # the reader refuses it too (a file replaced after the check): unreadable, left out of the score and counted
+    val = voc_segmentation(str(root), "val", SegTest(32), train=False)
+    assert val[1][2] is False and val[0][2] is True
+    assert "a mask labels its own image pixel for pixel" in capsys.readouterr().err

@@ -11,7 +11,8 @@ PASCAL VOC 2012 (21 classes with background; 255 marks object boundaries, ignore
                                            or DeepLab's "/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png"
 
 ``trainaug`` reads its masks from SegmentationClassAug/, the other splits from SegmentationClass/ (the reference's
-choice). A mask whose size differs from its image is brought to it (nearest), as the reference does.
+choice). A mask must have its image's size: :func:`check_pair_sizes` refuses a split where one does not (the
+reference resizes such a mask to its image; a mask of another size labels another picture, or a thumbnail of it).
 
 Cityscapes (the 19 train classes of the fine annotations; every other class is 255)::
 
@@ -101,12 +102,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
         if mask.ndim != 2 or mask.dtype != np.uint8:
             raise ValueError(f"mask of shape {mask.shape} and type {mask.dtype}: expected one 8-bit channel of class "
                              "ids (a palette or grey PNG), not a colour rendering")
+        if mask.shape != image.shape[:2]:  # check_pair_sizes refuses these up front; a file changed since is unreadable
+            raise ValueError(f"mask of {mask.shape[1]}x{mask.shape[0]} px for an image of {image.shape[1]}x"
+                             f"{image.shape[0]}: a mask labels its own image pixel for pixel")
         if self.lut is not None:
             mask = self.lut[mask]
-        if mask.shape != image.shape[:2]:  # the reference resizes the mask to its image
-            import cv2
-
-            mask = cv2.resize(mask, image.shape[1::-1], interpolation=cv2.INTER_NEAREST)
         return image, mask
 
     def __getitem__(self, index):
@@ -129,6 +129,31 @@ class SegmentationDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng(None if self.seed is None else sample_seed(self.seed, epoch, index))
         x, y = self.transform(image, mask, rng)
         return (x, y) if self.train else (x, y, True)
+
+
+def check_pair_sizes(dataset, what):
+    """Every mask of ``dataset`` has its image's size, read from the file headers (nothing is decoded). A file whose
+    header cannot be read is left to the reader (replaced in training, counted when scoring).
+
+    Args:
+        dataset: a :class:`SegmentationDataset`. what: the split's name in the error ("VOC val").
+    Raises:
+        UserError: naming the first pairs that differ (and how many).
+    """
+    bad = []
+    for image, mask in zip(dataset.images, dataset.masks):
+        try:
+            with Image.open(image) as a, Image.open(mask) as b:
+                if a.size != b.size:
+                    bad.append(f"'{mask}' is {b.size[0]}x{b.size[1]} px, its image '{image}' {a.size[0]}x{a.size[1]}")
+        except Exception:  # noqa: BLE001 - an unreadable file: the reader's warning or count says it
+            continue
+    if bad:
+        more = f" and {len(bad) - SHOWN} more" if len(bad) > SHOWN else ""
+        raise UserError(f"{len(bad)} of {len(dataset.masks)} {what} masks differ in size from their images: "
+                        f"{'; '.join(bad[:SHOWN])}{more}: a mask labels its own image pixel for pixel, so a score "
+                        "against a resized one would mean nothing; replace those masks or remove their ids from the "
+                        "split list")
 
 
 def collate_eval(batch):

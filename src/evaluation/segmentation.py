@@ -1,8 +1,17 @@
-"""Scoring a segmentation network (``eval_segmentation.py``): the confusion matrix of the val shard of every rank,
-summed, its per-class IoU and mIoU (``src.metrics``), and the record of every scored epoch."""
+"""Scoring a segmentation network (``eval_segmentation.py``): the confusion matrices of the val shard of every rank,
+summed, their per-class IoU and mIoU (``src.metrics``), and the record of every scored epoch.
+
+Two scores come from one pass, as the reference (Revisiting-Contrastive-SSL ``utils/evaluate_utils.py``) has them:
+at full resolution (the prediction brought back to each image's own size, against its original mask: the reported
+number) and at the network's input size (each mask resized to the input with nearest neighbours, against the
+prediction as it is: the reference's online score, which picks the best epoch). With test images kept at their own
+size the two are the same.
+"""
 import math
 import time
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -16,17 +25,21 @@ from src.run.speed import autocast
 @torch.no_grad()
 def evaluate(net, loader, num_classes, device, amp):
     """Score the val shard of every rank: argmax at the network's input size, brought back to each image's own size
-    (nearest, as the reference's ``save_results_to_disk``), one confusion matrix summed over ranks.
+    (nearest, as the reference's ``save_results_to_disk``) against the full mask, and, as the reference's online
+    evaluation, against the mask resized to the input (cv2 ``INTER_NEAREST``); each a confusion matrix summed over
+    ranks.
 
     Returns:
-        dict ``iou`` (C floats, None for a class absent from ground truth and predictions), ``miou`` (percent),
-        ``n`` (images scored), ``skipped`` (unreadable ones left out), ``seconds``; the same on every rank.
+        dict ``iou`` (C floats, None for a class absent from ground truth and predictions) and ``miou`` (percent) at
+        full resolution; ``iou_input`` and ``miou_input`` at the network's input size; ``n`` (images scored),
+        ``skipped`` (unreadable ones left out), ``seconds``; the same on every rank.
     Raises:
         UserError: non-finite logits (no score is computed from them).
     """
     net.eval()
     t0 = time.time()
-    conf = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    # [0]: full resolution, [1]: the network's input size
+    conf = torch.zeros(2, num_classes, num_classes, dtype=torch.int64, device=device)
     counts = torch.zeros(3, dtype=torch.float64, device=device)  # images scored, unreadable, non-finite
     for images, masks, readable in loader:
         keep = [i for i, ok in enumerate(readable) if ok]
@@ -39,11 +52,17 @@ def evaluate(net, loader, num_classes, device, amp):
             counts[2] += (~torch.isfinite(logits).flatten(1).all(dim=1)).sum()
             pred = logits.argmax(dim=1)
             for j, i in enumerate(group):
-                mask = masks[i].to(device, non_blocking=True)
-                p = pred[j]
-                if p.shape != mask.shape:
-                    p = F.interpolate(p[None, None].float(), size=mask.shape, mode="nearest")[0, 0].long()
-                conf += confusion_matrix(p, mask, num_classes)
+                mask, p = masks[i], pred[j]
+                if p.shape == mask.shape:
+                    both = confusion_matrix(p, mask.to(device, non_blocking=True), num_classes)
+                    conf[0] += both
+                    conf[1] += both
+                    continue
+                full = F.interpolate(p[None, None].float(), size=mask.shape, mode="nearest")[0, 0].long()
+                conf[0] += confusion_matrix(full, mask.to(device, non_blocking=True), num_classes)
+                small = cv2.resize(mask.numpy().astype(np.uint8), (p.shape[1], p.shape[0]),
+                                   interpolation=cv2.INTER_NEAREST)  # class ids and 255 fit in uint8
+                conf[1] += confusion_matrix(p, torch.from_numpy(small).to(device).long(), num_classes)
             counts[0] += len(group)
     dist.all_reduce(conf)
     dist.all_reduce(counts)
@@ -52,27 +71,54 @@ def evaluate(net, loader, num_classes, device, amp):
         raise UserError(f"the network produced NaN/inf logits on {bad} of {n} test images: its weights or BatchNorm "
                         "statistics are not finite (lower --lr or turn AMP off); no score is reported",
                         collective=True)
-    iou, miou = iou_from_confusion(conf.cpu())
-    return {"iou": [None if math.isnan(v) else 100.0 * v for v in iou.tolist()], "miou": 100.0 * miou, "n": n,
-            "skipped": skipped, "seconds": time.time() - t0}
+    res = {"n": n, "skipped": skipped, "seconds": time.time() - t0}
+    for suffix, c in (("", conf[0]), ("_input", conf[1])):
+        iou, miou = iou_from_confusion(c.cpu())
+        res[f"iou{suffix}"] = [None if math.isnan(v) else 100.0 * v for v in iou.tolist()]
+        res[f"miou{suffix}"] = 100.0 * miou
+    return res
 
 
 class SegResults(History):
-    """:class:`~src.evaluation.classifier.History` of scored epochs (mIoU, per-class IoU in percent, images
-    scored and skipped), best by mIoU."""
+    """:class:`~src.evaluation.classifier.History` of scored epochs (mIoU and per-class IoU in percent at full
+    resolution and at the network's input, images scored and skipped).
+
+    Args:
+        classes: class names.
+        input_size: the side the test images are resized to (``--test_size``); 0: kept at their own size.
+    The best epoch is the one of highest mIoU at the network's input, as the reference picks it (with
+    ``input_size`` 0 that is the full-resolution mIoU); the earliest on ties.
+    """
     metric = "miou"
 
-    def __init__(self, classes):
+    def __init__(self, classes, input_size=0):
         super().__init__()
         self.classes = list(classes)
+        self.input_size = int(input_size)
+        self.metric = "miou_input" if self.input_size else "miou"
 
     def entry(self, epoch, res):
-        return {"epoch": int(epoch), **{k: res[k] for k in ("miou", "iou", "n", "skipped")}}
+        return {"epoch": int(epoch), **{k: res[k] for k in ("miou", "iou", "miou_input", "iou_input", "n", "skipped")}}
+
+    def load_state_dict(self, state):
+        if any(self.metric not in e for e in state["history"]):
+            raise UserError(f"the checkpoint's scores have no '{self.metric}' (it was written before the best epoch "
+                            "was chosen on the mIoU at the network's input): start this run in a new --output_dir",
+                            collective=True)
+        super().load_state_dict(state)
+
+    def input_words(self):
+        """``at the 512x512 input`` (the network's input the test images are resized to)."""
+        return f"at the {self.input_size}x{self.input_size} input"
 
     def test_line(self):
         e, b = self.last, self.best
         skipped = f", {e['skipped']} unreadable left out" if e["skipped"] else ""
-        return (f"Test: epoch {e['epoch']}, {e['n']} images{skipped}: mIoU {e['miou']:.2f} (best {b['miou']:.2f} at "
+        head = f"Test: epoch {e['epoch']}, {e['n']} images{skipped}: mIoU {e['miou']:.2f}"
+        if not self.input_size:
+            return f"{head} (best {b['miou']:.2f} at epoch {b['epoch']})"
+        words = self.input_words()
+        return (f"{head} at full resolution, {e['miou_input']:.2f} {words} (best {words}: {b['miou_input']:.2f} at "
                 f"epoch {b['epoch']})")
 
 
