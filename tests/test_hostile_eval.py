@@ -238,6 +238,18 @@ def test_a_file_as_transfer_dataset_folder_is_called_a_file(tmp_path, capsys):
     assert f"dataset folder '{tmp_path / 'dtd'}' is a file, not a folder" in line
 
 
+def test_a_file_as_voc_or_cifar_folder_is_called_a_file(tmp_path, capsys):
+    (tmp_path / "voc").write_text("x")
+    line = one_line(*exits(lambda: voc_svm.main(parse(voc_svm, [str(tmp_path / "voc"), "--output-json",
+                                                               str(tmp_path / "v.json")])), capsys))
+    assert f"'{tmp_path / 'voc'}' is a file, not a folder" in line
+    (tmp_path / "data" / "cifar10").mkdir(parents=True)
+    (tmp_path / "data" / "cifar10" / "cifar-10-batches-py").write_text("x")
+    argv = ["--data_root", str(tmp_path / "data"), "--datasets", "cifar10", "--output_dir", str(tmp_path / "o")]
+    line = one_line(*exits(lambda: linear_transfer.main(parse(linear_transfer, argv)), capsys))
+    assert "cifar-10-batches-py/" in line and "it is a file, not a folder" in line
+
+
 # ==== 8. a checkpoint that runs a command when unpickled ====
 @pytest.fixture
 def system_checkpoint(tmp_path):

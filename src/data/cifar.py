@@ -93,7 +93,8 @@ def find_cifar_folder(root, name):
             return folder
     folder = os.path.join(str(root), spec["folder"])
     missing = [f for f in files if not os.path.isfile(os.path.join(folder, f))]
-    found = f"missing: {', '.join(missing)}" if os.path.isdir(folder) else "that folder does not exist"
+    found = f"missing: {', '.join(missing)}" if os.path.isdir(folder) else \
+        "it is a file, not a folder" if os.path.exists(folder) else "that folder does not exist"
     raise UserError(f"{name} not found: expected {folder}/ holding {', '.join(files)} ({found}); extract the python "
                     f"version of the dataset ({name.replace('cifar', 'cifar-')}-python.tar.gz from "
                     f"https://www.cs.toronto.edu/~kriz/cifar.html) into {root}: nothing is downloaded")

@@ -36,6 +36,8 @@ def find_voc_dir(root, year="VOC2007"):
     for folder in (os.path.join(root, "VOCdevkit", year), os.path.join(root, year), root):
         if all(os.path.isdir(os.path.join(folder, *sub)) for sub in (["JPEGImages"], ["ImageSets", "Main"])):
             return folder
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise UserError(f"'{root}' is a file, not a folder: pass the folder holding VOCdevkit/{year}")
     raise UserError(f"no VOC-style folder at '{root}': expected {root}/VOCdevkit/{year}/ (or {root}/{year}/, or "
                     f"'{root}' itself) holding JPEGImages/<id>.jpg, ImageSets/Main/<split>.txt and either "
                     "ImageSets/Main/<class>_<split>.txt or Annotations/<id>.xml; extract VOCtrainval and VOCtest there "
