@@ -1,7 +1,7 @@
 #!/bin/bash
 # DeepCluster-v2, ResNet-50, 400 epochs, batch 4096, 2x160 + 4x96 (paper: 74.3 linear top-1).
 # Every hyperparameter of the published recipe (facebookresearch/swav scripts/) is written out;
-# only the launcher lines differ (srun reads SLURM_* in src/dist.py). Usage: sbatch scripts/deepclusterv2_400ep.sh
+# only the launcher lines differ (srun reads SLURM_* in src/run/dist.py). Usage: sbatch scripts/deepclusterv2_400ep.sh
 #SBATCH --job-name=deepclusterv2_400ep
 #SBATCH --nodes=8
 #SBATCH --ntasks-per-node=8

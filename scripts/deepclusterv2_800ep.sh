@@ -1,7 +1,7 @@
 #!/bin/bash
 # DeepCluster-v2, ResNet-50, 800 epochs, batch 4096, 2x224 + 6x96 (paper: 75.2 linear top-1).
 # Every hyperparameter of the published recipe (facebookresearch/swav scripts/) is written out;
-# only the launcher lines differ (srun reads SLURM_* in src/dist.py). Usage: sbatch scripts/deepclusterv2_800ep.sh
+# only the launcher lines differ (srun reads SLURM_* in src/run/dist.py). Usage: sbatch scripts/deepclusterv2_800ep.sh
 #SBATCH --job-name=deepclusterv2_800ep
 #SBATCH --nodes=8
 #SBATCH --ntasks-per-node=8

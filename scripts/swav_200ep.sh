@@ -1,7 +1,7 @@
 #!/bin/bash
 # SwAV, ResNet-50, 200 epochs, batch 4096 (64 GPUs x 64), 2x224 + 6x96 (paper: 73.9 linear top-1).
 # Every hyperparameter of the published recipe (facebookresearch/swav scripts/) is written out;
-# only the launcher lines differ (srun reads SLURM_* in src/dist.py). Usage: sbatch scripts/swav_200ep.sh
+# only the launcher lines differ (srun reads SLURM_* in src/run/dist.py). Usage: sbatch scripts/swav_200ep.sh
 #SBATCH --job-name=swav_200ep
 #SBATCH --nodes=8
 #SBATCH --ntasks-per-node=8

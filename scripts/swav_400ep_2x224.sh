@@ -1,7 +1,7 @@
 #!/bin/bash
 # SwAV, ResNet-50, 400 epochs, batch 4096, 2x224 only, no multi-crop (paper: 70.1 linear top-1).
 # Every hyperparameter of the published recipe (facebookresearch/swav scripts/) is written out;
-# only the launcher lines differ (srun reads SLURM_* in src/dist.py). Usage: sbatch scripts/swav_400ep_2x224.sh
+# only the launcher lines differ (srun reads SLURM_* in src/run/dist.py). Usage: sbatch scripts/swav_400ep_2x224.sh
 #SBATCH --job-name=swav_400ep_2x224
 #SBATCH --nodes=8
 #SBATCH --ntasks-per-node=8

@@ -1,7 +1,7 @@
 #!/bin/bash
 # SwAV, ResNet-50, 400 epochs, batch 256 (4 GPUs x 64) with a queue of 3840 from epoch 15 (paper: 74.3 linear top-1).
 # Every hyperparameter of the published recipe (facebookresearch/swav scripts/) is written out;
-# only the launcher lines differ (srun reads SLURM_* in src/dist.py). Usage: sbatch scripts/swav_400ep_bs256.sh
+# only the launcher lines differ (srun reads SLURM_* in src/run/dist.py). Usage: sbatch scripts/swav_400ep_bs256.sh
 #SBATCH --job-name=swav_400ep_bs256
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=4

@@ -1,7 +1,7 @@
 #!/bin/bash
 # SwAV, ResNet-50, 800 epochs, batch 4096 (64 GPUs x 64), 2x224 + 6x96 (paper: 75.3 linear top-1).
 # Every hyperparameter of the published recipe (facebookresearch/swav scripts/) is written out;
-# only the launcher lines differ (srun reads SLURM_* in src/dist.py). Usage: sbatch scripts/swav_800ep.sh
+# only the launcher lines differ (srun reads SLURM_* in src/run/dist.py). Usage: sbatch scripts/swav_800ep.sh
 #SBATCH --job-name=swav_800ep
 #SBATCH --nodes=8
 #SBATCH --ntasks-per-node=8

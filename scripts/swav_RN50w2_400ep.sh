@@ -1,7 +1,7 @@
 #!/bin/bash
 # SwAV, ResNet-50 w2 (94M parameters), 400 epochs, batch 4096 (128 GPUs x 32), 2x224 + 4x96 (paper: 77.3 linear top-1).
 # Every hyperparameter of the published recipe (facebookresearch/swav scripts/) is written out;
-# only the launcher lines differ (srun reads SLURM_* in src/dist.py). Usage: sbatch scripts/swav_RN50w2_400ep.sh
+# only the launcher lines differ (srun reads SLURM_* in src/run/dist.py). Usage: sbatch scripts/swav_RN50w2_400ep.sh
 #SBATCH --job-name=swav_RN50w2_400ep
 #SBATCH --nodes=16
 #SBATCH --ntasks-per-node=8

@@ -1,7 +1,7 @@
 #!/bin/bash
 # SwAV, ResNet-50 w4 (375M parameters), 400 epochs, batch 2560 (64 GPUs x 40), 2x224 + 4x96, queue 2560 from epoch 0 (paper: 77.9 linear top-1).
 # Every hyperparameter of the published recipe (facebookresearch/swav scripts/) is written out;
-# only the launcher lines differ (srun reads SLURM_* in src/dist.py). Usage: sbatch scripts/swav_RN50w4_400ep.sh
+# only the launcher lines differ (srun reads SLURM_* in src/run/dist.py). Usage: sbatch scripts/swav_RN50w4_400ep.sh
 #SBATCH --job-name=swav_RN50w4_400ep
 #SBATCH --nodes=8
 #SBATCH --ntasks-per-node=8

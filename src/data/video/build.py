@@ -1,4 +1,4 @@
-"""The video datasets of each script, assembled from ``src.video``'s parts (what ``main_sce.py``, ``eval_linear.py``,
+"""The video datasets of each script, assembled from the parts in ``src.data.video`` (what ``main_sce.py``, ``eval_linear.py``,
 ``main_transfer.py`` and ``eval/retrieval.py`` would otherwise each write out):
 
 * :func:`pretrain_set`: 2 random 2.56 s clips per video, SCE's two time-consistent views, temporal difference;
