@@ -118,7 +118,7 @@ class ClipAugment:
 
     def device_view(self):
         """The colour / blur / solarize / flip / normalise settings of this view as a
-        :class:`~src.augment.device.ViewAug`, for the split pipeline (``--device-aug``)."""
+        :class:`~src.augment.views.ViewAug`, for the split pipeline (``--device-aug``)."""
         return ViewAug(jitter=tuple(self.jitter) if self.jitter is not None else (0.0, 0.0, 0.0, 0.0),
                        jitter_p=self.jitter_p if self.jitter is not None else 0.0, grey_p=self.grey_p,
                        blur_p=self.blur_p, blur_sigma=tuple(self.blur_sigma), blur_kernel=self.blur_kernel,
