@@ -191,7 +191,7 @@ def apply_protocol(args):
 
 FLAGS = Flags(output="--dump_path", lr="--lr", max_iters="--max_iters")
 # flags a resume may change: those whose effect a require() below checks by content, with its own message (the
-# trunk's weights, the head's kind, the cache mode, which -e may change), and the test's batching
+# trunk's weights, the head's kind, the cache mode), and the test's batching
 SAFE = ("pretrained", "arch", "cifar_stem", "trunk_pattern", "global_pooling", "use_bn", "precompute_features",
         "test_videos_per_batch")
 
@@ -418,17 +418,19 @@ def build_batches(parts, info):
         return
     # a cache of locally pooled features is keyed apart from one of the same trunk's global features
     key = parts.trunk_hash if parts.head_kind == "linear" else f"{parts.trunk_hash}+{parts.head_kind}"
-    (tr_f, tr_y), (va_f, va_y) = cached_features(args, info, parts.frozen, key, train_set, val_set, per_rank_batch)
+    (tr_f, tr_y), (va_f, va_y) = cached_features(parts, info, key)
     batches = FeatureBatches(tr_f, tr_y, per_rank_batch, samples_per_rank, seed=args.seed, rank=info.rank)
     parts.train_batches, parts.features, parts.set_epoch = batches, None, batches.set_epoch
     parts.val_batches = FeatureBatches(va_f, va_y, per_rank_batch, len(va_y), shuffle=False)  # in order, batch by batch
 
 
-def cached_features(args, info, trunk, trunk_hash, train_set, val_set, per_rank_batch):
-    """This rank's train and val features, read batch by batch from its cache folder (``feature_store``: fp16 rows
-    on disk, never loaded whole) when that was made from the same trunk weights (a content hash, not the file's
-    path) and transform (and every rank has its folder), else computed once and streamed there. The head trains
-    on the stored values in both cases, so a resumed run equals an uninterrupted one."""
+def cached_features(parts, info, trunk_hash):
+    """This rank's train and val features of ``parts.frozen``, read batch by batch from its cache folder
+    (``feature_store``: fp16 rows on disk, never loaded whole) when that was made from the same trunk weights
+    (``trunk_hash``, a content hash, not the file's path) and transform (and every rank has its folder), else computed
+    once and streamed there. The head trains on the stored values in both cases, so a resumed run equals an
+    uninterrupted one."""
+    args, trunk, train_set, val_set = parts.args, parts.frozen, parts.train_set, parts.val_set
     folder = os.path.join(args.dump_path, f"feature_cache_{info.rank}-{info.world_size}")
     key = {"trunk_sha256": trunk_hash, "arch": args.arch, "cifar_stem": bool(args.cifar_stem),
            "resize": args.resize, "crop_size": args.crop_size, "norm_std": list(args.norm_std),
@@ -444,7 +446,7 @@ def cached_features(args, info, trunk, trunk_hash, train_set, val_set, per_rank_
             def make():
                 if counts is not None:
                     counts.clear()
-                return shard_features(trunk, dataset, per_rank_batch, args.workers, info.device, amp,
+                return shard_features(trunk, dataset, parts.per_rank_batch, args.workers, info.device, amp,
                                       progress=f"features {name}", stats=counts)
             return make
         meta = write_cache(folder, key, {"train": shard(train_set, "train", stats), "val": shard(val_set, "val")},
