@@ -1,5 +1,6 @@
-"""main_swav.py end to end on CPU: the facebookresearch/swav README's launcher command with 2 gloo processes, the queue switching on at
---epoch_queue_starts, bit-exact resume (queue included), the NaN guard, bad flags, and eval.knn on the result."""
+"""main_swav.py end to end on CPU: the facebookresearch/swav README's launcher command with 2 gloo processes, the
+queue switching on at --epoch_queue_starts, bit-exact resume (queue included), the NaN guard, bad flags, and eval.knn
+on the result."""
 import json
 
 import pytest
