@@ -14,10 +14,8 @@ import os
 import pickle
 
 import numpy as np
-import torch
-from PIL import Image
 
-from src.data.folders import fork_rng, sample_seed
+from src.data.arrays import PixelArrays
 from src.run.errors import UserError
 
 LAYOUTS = {
@@ -100,7 +98,7 @@ def find_cifar_folder(root, name):
                     f"https://www.cs.toronto.edu/~kriz/cifar.html) into {root}: nothing is downloaded")
 
 
-class CifarPickleDataset(torch.utils.data.Dataset):
+class CifarPickleDataset(PixelArrays):
     """CIFAR-10 / 100 train or test split read from the python pickles; items ``(transform(PIL RGB), label)``.
 
     Same ``data`` (N, 32, 32, 3) uint8, ``targets`` and ``classes`` as ``torchvision.datasets.CIFAR10/100``.
@@ -111,7 +109,8 @@ class CifarPickleDataset(torch.utils.data.Dataset):
         train: the training split (else the test split).
         transform: callable on a PIL image, or None.
         seed: None, or an int: the transform of sample ``i`` then runs under an RNG seeded from
-            ``(seed, epoch, i)`` (see :meth:`set_epoch`), as ``src.data.folders.SafeImageFolder`` does.
+            ``(seed, epoch, i)`` (see :meth:`set_epoch`), as ``src.data.folders.SafeImageFolder`` does
+            (:class:`~src.data.arrays.PixelArrays`).
     Raises:
         UserError: missing files (naming them), unreadable or inconsistent files.
     """
@@ -121,8 +120,8 @@ class CifarPickleDataset(torch.utils.data.Dataset):
             raise UserError(f"unknown CIFAR variant {name!r}: cifar10 or cifar100")
         spec = LAYOUTS[name]
         folder = find_cifar_folder(root, name)
-        self.transform, self.root, self.seed = transform, folder, seed
-        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()  # seen by DataLoader workers
+        super().__init__(transform, seed)
+        self.root = folder
         data, targets = [], []
         for fname in spec["train" if train else "test"]:
             entry = read_pickle(os.path.join(folder, fname))
@@ -152,18 +151,5 @@ class CifarPickleDataset(torch.utils.data.Dataset):
             raise UserError(f"labels of {folder} go from {min(targets)} to {max(targets)} but the meta file names "
                             f"{len(self.classes)} classes")
 
-    def set_epoch(self, epoch):
-        """Set the epoch that seeds the augmentations (with ``seed``); call it before iterating."""
-        self._epoch[0] = int(epoch)
-
-    def __len__(self):
-        return len(self.targets)
-
-    def __getitem__(self, index):
-        img = Image.fromarray(self.data[index])
-        if self.transform is None:
-            return img, self.targets[index]
-        if self.seed is None:
-            return self.transform(img), self.targets[index]
-        with fork_rng(sample_seed(self.seed, int(self._epoch[0]), index)):
-            return self.transform(img), self.targets[index]
+    def pixels(self, index):
+        return self.data[index]

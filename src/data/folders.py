@@ -1,7 +1,8 @@
 """Datasets, a resumable sampler and the loader that the training and evaluation scripts read images with.
 
 :func:`resolve_split` turns ``--data ROOT`` into ``ROOT/train`` (or ROOT itself when it already is an
-image folder). :class:`SafeImageFolder` is ``torchvision.datasets.ImageFolder`` (same classes and
+image folder, or a split of the CIFAR-10 / CIFAR-100 pickles or STL-10 binaries ROOT holds, which
+:func:`build_dataset` opens with their readers). :class:`SafeImageFolder` is ``torchvision.datasets.ImageFolder`` (same classes and
 ``samples``) that checks the folder up front and skips unreadable images instead of crashing a long
 run; :class:`FlatImageFolder` reads images without class folders (COCO ``train2017/``), targets 0.
 With ``seed`` set, the transform of sample ``i`` runs under an RNG seeded from ``(seed, epoch, i)``,
@@ -16,6 +17,7 @@ so augmentations do not depend on the worker count or on where a run resumed; wi
         train_set.set_epoch(epoch)  # before iterating: the workers read it as they build samples
 """
 import contextlib
+import dataclasses
 import math
 import os
 import pathlib
@@ -98,15 +100,68 @@ def class_folder_samples(root, list_items, what, kinds, hint):
     return samples, classes
 
 
-def resolve_split(root, split):
-    """The folder that holds one split of a dataset.
+# datasets stored as pixel arrays: the folder their archive extracts to, and the files that mark that folder itself
+ARRAY_LAYOUTS = {"cifar10": ("CIFAR-10", "cifar-10-batches-py", ("batches.meta",)),
+                 "cifar100": ("CIFAR-100", "cifar-100-python", ("meta", "train")),
+                 "stl10": ("STL-10", "stl10_binary", ("train_X.bin",))}
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySplit:
+    """One split of a dataset stored as pixel arrays (what :func:`resolve_split` returns for such a root and
+    :func:`build_dataset` opens).
+
+    Attributes:
+        root: the folder given. layout: a key of ``ARRAY_LAYOUTS``. split: the reader's split ("train", "test",
+        "train+unlabeled").
+    """
+
+    root: str
+    layout: str
+    split: str
+
+    def __str__(self):
+        return f"{self.root} ({ARRAY_LAYOUTS[self.layout][0]} {self.split})"
+
+    def open(self, transform=None, seed=None):
+        """The split as a dataset (:class:`~src.data.cifar.CifarPickleDataset` or
+        :class:`~src.data.stl10.STL10Binary`)."""
+        from src.data.cifar import CifarPickleDataset  # the readers import this module
+        from src.data.stl10 import STL10Binary
+
+        if self.layout == "stl10":
+            return STL10Binary(self.root, self.split, transform=transform, seed=seed)
+        return CifarPickleDataset(self.root, self.layout, train=self.split == "train", transform=transform, seed=seed)
+
+
+def array_layout(root):
+    """Which dataset stored as pixel arrays ``root`` holds: its archive's folder (``root/cifar-10-batches-py``,
+    ``root/cifar-100-python``, ``root/stl10_binary``) or that folder itself; None for anything else.
+
+    Raises:
+        UserError: ``root`` holds more than one of them.
+    """
+    found = [name for name, (_, folder, marks) in ARRAY_LAYOUTS.items()
+             if os.path.exists(os.path.join(root, folder)) or all(os.path.isfile(os.path.join(root, m)) for m in marks)]
+    if len(found) > 1:
+        raise UserError(f"'{root}' holds {' and '.join(ARRAY_LAYOUTS[n][0] for n in found)}: pass the folder of the "
+                        f"one to read ({', '.join(os.path.join(str(root), ARRAY_LAYOUTS[n][1]) for n in found)})")
+    return found[0] if found else None
+
+
+def resolve_split(root, split, labelled=False):
+    """One split of a dataset: the folder that holds it, or, for CIFAR-10 / CIFAR-100 python pickles and STL-10
+    binaries in their archives' layouts (:func:`array_layout`), an :class:`ArraySplit`.
 
     Args:
-        root: dataset root, usually holding ``train/`` and ``val/``.
-        split: subfolder name, e.g. "train" or "val".
+        root: dataset root, usually holding ``train/`` and ``val/``, or an extracted CIFAR / STL-10 archive.
+        split: subfolder name, e.g. "train" or "val" (an array dataset's "val" is its test split).
+        labelled: only labelled images: STL-10's "train" is then its 5,000 labelled images; otherwise (the
+            pretraining set, as solo-learn and torchvision name it) "train+unlabeled", the 100,000 unlabelled
+            images labelled -1.
     Returns:
         pathlib.Path: ``root/split`` if it exists, else ``root`` itself when it directly holds class
-        subfolders with images or images (a flat dataset).
+        subfolders with images or images (a flat dataset); or an :class:`ArraySplit`.
     Raises:
         UserError: ``root`` is missing, holds another split but not this one, or holds no images.
     """
@@ -114,6 +169,15 @@ def resolve_split(root, split):
     root = pathlib.Path(root)
     if (root / split).is_dir():
         return root / split
+    layout = array_layout(root)
+    if layout is not None:
+        if split not in ("train", "val", "test"):
+            raise UserError(f"{ARRAY_LAYOUTS[layout][0]} in '{root}' has a train and a test split, no {split!r}")
+        if split != "train":
+            split = "test"
+        elif layout == "stl10" and not labelled:
+            split = "train+unlabeled"
+        return ArraySplit(str(root), layout, split)
     if (root / split).exists():
         raise UserError(f"'{root / split}' is a file, not a folder: the {split} split needs a folder there "
                         f"({_LAYOUT_HINT})")
@@ -313,16 +377,19 @@ class ImageList(_ImageListDataset):
 
 
 def build_dataset(root, transform, seed=None, flat=False):
-    """SafeImageFolder, or FlatImageFolder when ``flat`` or when ``root`` holds images and no subfolders.
+    """SafeImageFolder, or FlatImageFolder when ``flat`` or when ``root`` holds images and no subfolders; the reader of
+    an :class:`ArraySplit`.
 
     Args:
-        root: split folder (see :func:`resolve_split`).
+        root: split folder, or an :class:`ArraySplit` (see :func:`resolve_split`).
         transform: callable on a PIL image, or None.
         seed: None, or an int for per-sample seeded augmentation.
         flat: force a flat dataset (every target 0).
     Returns:
-        SafeImageFolder or FlatImageFolder.
+        SafeImageFolder or FlatImageFolder (an ArraySplit's reader for an ArraySplit).
     """
+    if isinstance(root, ArraySplit):
+        return root.open(transform, seed=seed)
     _require_dir(root)
     if not flat:
         entries = list(os.scandir(root))

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.augment.image import eval_transform
-from src.data.folders import SafeImageFolder, require_folder
+from src.data.folders import array_layout, build_dataset, require_folder, resolve_split
 from src.evaluation.knn import embed_queries, search_bank, shard_bounds, summarize
 from src.run import dist
 from src.run.args import NONNEG_INT, POSITIVE, POSITIVE_INT, add_arg
@@ -88,6 +88,10 @@ def check_watch_args(args):
     if args.monitor_data:
         if getattr(args, "modality", "image") == "video":
             return  # the video layouts (train/ + val/ or the official splits) are checked when they are read
+        require_folder(args.monitor_data, what="--monitor_data", hint="pass a root holding train/ and val/ class "
+                       "folders, or an extracted CIFAR / STL-10 archive")
+        if array_layout(args.monitor_data) is not None:
+            return  # its train and test splits: the reader names any missing file
         for split in ("train", "val"):
             require_folder(os.path.join(args.monitor_data, split), what="--monitor_data split",
                            hint="pass a root holding train/ and val/ class folders")
@@ -148,8 +152,9 @@ class OnlineLinear:
         labels = labels.to(features.device).long().repeat(features.shape[0] // labels.shape[0])
         for group in self.optimizer.param_groups:
             group["lr"] = 0.5 * self.lr * (1 + math.cos(math.pi * min(step, self.total_steps) / self.total_steps))
-        with torch.enable_grad():
-            loss = F.cross_entropy(self.linear(features), labels)
+        with torch.enable_grad():  # unlabelled images (label -1, STL-10's) are left out; none at all: a zero loss
+            loss = F.cross_entropy(self.linear(features), labels, ignore_index=-1, reduction="sum")
+            loss = loss / (labels >= 0).sum().clamp(min=1)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
         if dist.is_dist():
@@ -215,8 +220,8 @@ class Monitor:
                             test_clips=1, test_crops=1)
             train_set, val_set = bank_sets(cfg, args.monitor_data, resize)
         else:
-            tf = eval_transform(resize=resize, crop_size=crop)
-            train_set, val_set = (SafeImageFolder(os.path.join(args.monitor_data, s), transform=tf)
+            tf = eval_transform(resize=resize, crop_size=crop)  # class folders, CIFAR pickles, STL-10 binaries
+            train_set, val_set = (build_dataset(resolve_split(args.monitor_data, s, labelled=True), tf)
                                   for s in ("train", "val"))
         classes = getattr(train_set, "classes", None)
         if classes is not None and classes != getattr(val_set, "classes", classes):
