@@ -31,7 +31,10 @@ from torch import nn
 from src.augment.recipes import swav_recipe
 from src.augment.views import resolve_blur_scale
 from src.data.folders import pretrain_loader, resolve_split
-from src.methods.deepcluster import IGNORE, MemoryBank, WithIndex, cluster_memory, deepcluster_loss, fill_memory_bank
+from src.methods.deepcluster import (IGNORE, MemoryBank, WithIndex, cluster_memory, cluster_stats, deepcluster_loss,
+                                     fill_memory_bank)
+from src.evaluation.monitor import Monitor, add_watch_args, check_watch_args
+from src.methods.taps import OutputTap, recording
 from src.methods.swav import (LossWatch, SwAVModel, cancel_prototype_grads, normalize_prototypes, prepare_model,
                               uniform_loss)
 from src.methods.swav_args import (add_multicrop_args, add_swav_optim_args, add_swav_run_args, check_multicrop_args,
@@ -78,6 +81,7 @@ def get_args_parser(add_help=True):
     add_swav_optim_args(parser, None, "iterations during which the prototypes get no SGD update (default: 1e10 = never "
                                  "for deepcluster, whose prototypes are the k-means centroids; 313 for sela)")
     add_swav_run_args(parser, KNOWN_ARCHS)  # with --amp off by default: the reference trains it in fp32
+    add_watch_args(parser)
     add_speed_args(parser)
     return parser
 
@@ -85,6 +89,7 @@ def get_args_parser(add_help=True):
 # ==================================================================================================
 def main(args):
     check_args(args)
+    check_watch_args(args)
     return launch(train, args)
 
 
@@ -112,7 +117,9 @@ def train(args, info):
     run.export("trunk.pth", lambda: model.backbone.state_dict())  # torchvision names, no head
     saved = run.track_rank_state("mb", bank.state)  # every rank: mb{rank}.pth, as the reference
     run.start(parts.iters_per_epoch, args.batch_size * info.world_size, scaled=parts.scaler.is_enabled(),
-              formats={"Loss": ".4f", "labelled%": "6.2f"})
+              formats={"Loss": ".4f", "labelled%": "6.2f"},
+              monitor=Monitor.from_args(args, info, parts.trunks, args.size_crops[0],
+                                        args.epochs * parts.iters_per_epoch, args.dump_path))
 
     # ==== memory bank: this rank's file if it belongs to the checkpoint, else one pass over the data ====
     if saved is None or not bank.load({k: v.to(device) for k, v in saved.items() if torch.is_tensor(v)}):
@@ -142,7 +149,8 @@ def train(args, info):
             break  # stopped (signal, --max_iters): checkpoint saved
         parts.watch.end_epoch(info.rank)  # a warning line when the codes collapsed
         run.end_epoch(dict(model.named_parameters()), what="weights and prototypes",
-                      extra={"lr": parts.lr_at((epoch + 1) * parts.iters_per_epoch - 1)},
+                      extra={"lr": parts.lr_at((epoch + 1) * parts.iters_per_epoch - 1),
+                             **cluster_use(parts.labels.value, args.nmb_prototypes)},
                       numbered=copy_name(epoch, args.epochs, args.checkpoint_freq))
     parts.finished = run.finished
     return parts
@@ -167,6 +175,7 @@ class Parts:
     bank: MemoryBank  # this rank's embeddings of the last epoch, row it * B + b
     labels: "Labels"  # the epoch's cluster label of every image, per head
     watch: LossWatch  # the collapse guard (loss at the uniform value all epoch)
+    tap: OutputTap = None  # the trunk's outputs, for the online linear probe (--online_linear)
     finished: bool = False  # set by train(): every epoch done
 
     def lr_at(self, step):
@@ -210,7 +219,8 @@ def build(args, info):
     bank = MemoryBank(len(args.crops_for_assign), iters_per_epoch * args.batch_size, args.feat_dim, device)
     return Parts(args, device, model, ddp_model, optimizer, scaler, lr_schedule, autocast(device, dtype), loader,
                  sampler, dataset, iters_per_epoch, bank, Labels(device),
-                 LossWatch(uniform_loss(args.nmb_prototypes), device))
+                 LossWatch(uniform_loss(args.nmb_prototypes), device),
+                 OutputTap(model.backbone) if args.online_linear else None)
 
 
 class Labels:
@@ -245,6 +255,14 @@ def log_clusters(stats, sinkhorn, args, epoch, rank):
                     f"--sinkhorn_tolerance {args.sinkhorn_tolerance:g}: raise the cap or --epsilon", rank=rank)
 
 
+def cluster_use(labels, nmb_prototypes):
+    """The epoch's labels per head as log values: clusters used and the entropy of the cluster sizes (nats)."""
+    out = {}
+    for h, k in enumerate(nmb_prototypes):
+        out[f"clusters_used_{h}"], out[f"cluster_entropy_{h}"] = cluster_stats(labels[h], k)
+    return out
+
+
 def train_one_epoch(parts, loader, run, epoch):
     """One epoch of DeepCluster-v2 / SeLa-v2; yields ``(iteration, stats)`` after each optimizer step (the loss also
     feeds the collapse guard)."""
@@ -269,7 +287,7 @@ def step(parts, batch, it):
     crops, _, index = batch
     index = index.to(parts.device, non_blocking=True)
     crops = [c.to(parts.device, non_blocking=True) for c in crops]
-    with parts.amp:
+    with parts.amp, recording(parts.tap):
         embedding, scores = parts.ddp_model(crops)  # (V*B, D), list of (V*B, K_h); crop-major
     embedding = embedding.detach()
 
@@ -291,7 +309,10 @@ def step(parts, batch, it):
     parts.bank.write(row, index, [embedding[a * bs:(a + 1) * bs] for a in args.crops_for_assign])
 
     known = (targets[0][:bs] != IGNORE).float().mean() * 100
-    return {"Loss": loss.detach(), "labelled%": known, "lr": lr}
+    stats = {"Loss": loss.detach(), "labelled%": known, "lr": lr}
+    if parts.tap is not None:  # the two large crops' trunk features, for the online linear probe
+        stats["features"] = parts.tap.take(2 * bs)
+    return stats
 
 
 if __name__ == "__main__":

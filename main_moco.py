@@ -204,7 +204,8 @@ def train(args, info):
         parts.dataset.set_epoch(epoch)
         if not run.steps(train_one_epoch(parts, parts.loader, run, epoch)):
             break  # stopped (signal, --max-iters): checkpoint saved
-        run.end_epoch(replicated_state(parts.model), extra={"lr": parts.lr_at((epoch + 1) * parts.iters_per_epoch - 1)},
+        run.end_epoch(replicated_state(parts.model), extra={"lr": parts.lr_at((epoch + 1) * parts.iters_per_epoch - 1),
+                                                            "momentum": args.moco_m},
                       numbered=bool(args.save_freq) and (epoch + 1) % args.save_freq == 0)
     parts.finished = run.finished
     return parts

@@ -46,7 +46,9 @@ from src.augment.split import device_loader
 from src.augment.views import relative_blur_scale
 from src.data.folders import pretrain_loader, resolve_split, train_loader
 from src.evaluation import demo
+from src.evaluation.monitor import Monitor, add_watch_args, check_watch_args
 from src.methods.momentum import check_queue_size
+from src.methods.taps import OutputTap, recording
 from src.methods.sce import SCE, momentum_schedule
 from src.models import KNOWN_ARCHS, VIDEO_ARCHS
 from src.optim import LARS, cosine_schedule, set_lr
@@ -125,6 +127,7 @@ def get_args_parser(add_help=True):
                      "where checkpoint.pth.tar, trunk.pth (torchvision layout), args.json and log.txt go")
     add_arg(g, "--checkpoint_freq", default=25, type=NONNEG_INT,
             help="keep a numbered checkpoint_EEEE.pth.tar every N epochs (0: never)")
+    add_watch_args(parser)
     add_speed_args(parser)
     add_demo_args(parser)
     g = parser.add_argument_group("video (Denize et al., MVAP 2023)")
@@ -185,6 +188,7 @@ def main(args):
     if args.demo:
         return run_demo(args)
     check_args(args)
+    check_watch_args(args)
     if not args.data_path:
         raise UserError("no dataset given: pass --data_path DIR (with train/ and one folder per class) or use --demo")
     return launch(train, args)
@@ -240,8 +244,10 @@ def train(args, info):
     run.export("trunk.pth", parts.model.trunk_state)  # the online trunk alone, torchvision names
 
     # ==== training ====
+    monitor = Monitor.from_args(args, info, parts.trunks, args.size_crops[0], args.epochs * parts.iters_per_epoch,
+                                args.dump_path, modality=args.modality)
     run.start(parts.iters_per_epoch, args.batch_size * info.world_size, scaled=parts.scaler.is_enabled(),
-              formats={"Loss": ".4f", "m": ".5f"})
+              formats={"Loss": ".4f", "m": ".5f"}, monitor=monitor)
     for epoch in run.epochs():
         parts.sampler.set_epoch(epoch, start_index=run.start_iter * args.batch_size)
         parts.dataset.set_epoch(epoch)
@@ -272,6 +278,7 @@ class Parts:
     sampler: object
     dataset: object
     iters_per_epoch: int
+    tap: OutputTap = None  # the online trunk's outputs, for the online linear probe (--online_linear)
     finished: bool = False  # set by train(): every epoch done
 
     def lr_at(self, step):
@@ -315,7 +322,8 @@ def build(args, info):
                 f"{crop_list(args)}" + (f" x {args.num_frames} frames" if args.modality == "video" else "") +
                 f", queue {args.queue_size}, lr {lr:g}", rank=info.rank)
     return Parts(args, device, model, online, target, optimizer, scaler, lr_schedule, m_schedule,
-                 autocast(device, dtype), loader, sampler, dataset, iters_per_epoch)
+                 autocast(device, dtype), loader, sampler, dataset, iters_per_epoch,
+                 OutputTap(model.trunk) if args.online_linear else None)
 
 
 def crop_list(args):
@@ -399,7 +407,7 @@ def step(parts, batch, it):
 
     # one queue snapshot for every pair of this step; queries for every crop, keys for the 2 global crops
     queue = model.queue_snapshot()  # (K, D)
-    with parts.amp:
+    with parts.amp, recording(parts.tap):
         queries = parts.online(crops)  # list of (B, D), unit norm
         with torch.no_grad():
             keys = parts.target(crops[:2])  # list of 2 (B, D), unit norm
@@ -416,7 +424,10 @@ def step(parts, batch, it):
     # EMA of the online weights (parameters only), then both views' keys of the global batch into the queue
     model.momentum_update(m)
     model.enqueue(keys)
-    return {"Loss": loss.detach(), "m": m, "lr": lr}
+    stats = {"Loss": loss.detach(), "m": m, "lr": lr}
+    if parts.tap is not None:  # the global crops' trunk features, for the online linear probe
+        stats["features"] = parts.tap.take(2 * crops[0].shape[0])
+    return stats
 
 
 # ==================================================================================================

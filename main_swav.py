@@ -38,6 +38,8 @@ from src.augment.views import resolve_blur_scale
 from src.data.folders import pretrain_loader, resolve_split
 from src.evaluation import demo
 from src.losses import distributed_sinkhorn, swav_loss
+from src.evaluation.monitor import Monitor, add_watch_args, check_watch_args
+from src.methods.taps import OutputTap, recording
 from src.methods.swav import (LossWatch, SwAVModel, SwAVQueue, cancel_prototype_grads, code_entropies,
                               normalize_prototypes, prepare_model, uniform_loss)
 from src.methods.swav_args import (add_multicrop_args, add_swav_optim_args, add_swav_run_args, check_multicrop_args,
@@ -73,6 +75,7 @@ def get_args_parser(add_help=True):
     add_swav_optim_args(parser, 313, "iterations during which the prototypes get no update (313 = 1 epoch at "
                                 "batch 4096; 5005 at batch 256)")
     add_swav_run_args(parser, KNOWN_ARCHS)
+    add_watch_args(parser)
     add_speed_args(parser)
     parser.set_defaults(use_fp16=True)  # the reference's default; a CPU run falls back to fp32 (one note line)
     add_demo_args(parser)
@@ -84,6 +87,7 @@ def main(args):
     if args.demo:
         return run_demo(args)
     check_args(args)
+    check_watch_args(args)
     return launch(train, args)
 
 
@@ -118,7 +122,9 @@ def train(args, info):
     # ==== training ====
     run.start(parts.iters_per_epoch, args.batch_size * info.world_size, scaled=parts.scaler.is_enabled(),
               formats={"Loss": ".4f", "H(avg code)": ".3f", "H(code)": ".3f"},
-              note=", queue restored" if parts.queue is not None else "")
+              note=", queue restored" if parts.queue is not None else "",
+              monitor=Monitor.from_args(args, info, parts.trunks, args.size_crops[0],
+                                        args.epochs * parts.iters_per_epoch, args.dump_path))
     for epoch in run.epochs():
         parts.sampler.set_epoch(epoch, start_index=run.start_iter * args.batch_size)
         parts.dataset.set_epoch(epoch)
@@ -157,6 +163,7 @@ class Parts:
     queue_rows: int  # this rank's queue length (--queue_length over the processes, whole batches; 0: no queue)
     watch: LossWatch  # the collapse guard (loss at ln K all epoch)
     queue: Optional[SwAVQueue] = None  # made by train() from --epoch_queue_starts on (or restored)
+    tap: Optional[OutputTap] = None  # the trunk's outputs, for the online linear probe (--online_linear)
     finished: bool = False  # set by train(): every epoch done
 
     def lr_at(self, step):
@@ -204,7 +211,8 @@ def build(args, info):
                 rank=info.rank)
     return Parts(args, device, model, ddp_model, optimizer, scaler, lr_schedule, autocast(device, dtype), loader,
                  sampler, dataset, iters_per_epoch, queue_length // info.world_size,
-                 LossWatch(uniform_loss(args.nmb_prototypes), device))
+                 LossWatch(uniform_loss(args.nmb_prototypes), device),
+                 tap=OutputTap(model.backbone) if args.online_linear else None)
 
 
 def train_one_epoch(parts, loader, run, epoch):
@@ -228,7 +236,7 @@ def step(parts, batch, it):
     # prototypes back on the unit sphere (frozen or not), then one trunk pass per resolution
     normalize_prototypes(model)
     crops = [c.to(parts.device, non_blocking=True) for c in batch[0]]  # V crops, each (B, 3, s, s)
-    with parts.amp:
+    with parts.amp, recording(parts.tap):
         embedding, scores = parts.ddp_model(crops)  # (V*B, D) unit rows, (V*B, K); crop-major
     embedding = embedding.detach()
 
@@ -255,7 +263,10 @@ def step(parts, batch, it):
     scaler.update()
 
     h_avg, h_code = code_entropies(codes)  # collapse indicators, in nats (ln K at most)
-    return {"Loss": loss.detach(), "H(avg code)": h_avg, "H(code)": h_code, "lr": lr}
+    stats = {"Loss": loss.detach(), "H(avg code)": h_avg, "H(code)": h_code, "lr": lr}
+    if parts.tap is not None:  # the two large crops' trunk features, for the online linear probe
+        stats["features"] = parts.tap.take(2 * bs)
+    return stats
 
 
 # ==================================================================================================

@@ -62,7 +62,7 @@ def add_watch_args(parser, dash=False):
                  "training data needs class folders) and report its val top-1 at every monitor pass")
     add_arg(g, name("--online_linear_lr"), default=0.1, type=POSITIVE,
             help="learning rate of the online linear probe's SGD, cosine to 0 over the run (0.1)")
-    add_arg(g, name("--tensorboard"), action=TensorBoardFlag, nargs=0,
+    add_arg(g, name("--tensorboard"), action=TensorBoardFlag, nargs=0, default=False,
             help="also write every log.txt value (loss, lr, images/s, epoch statistics, monitor figures) as "
                  "TensorBoard scalars to OUTPUT/tensorboard/ (needs: pip install tensorboard)")
     return g
@@ -213,12 +213,14 @@ class Monitor:
             return None
         crop = args.monitor_crop or crop_size
         resize = args.monitor_resize or (crop if crop <= 96 else round(crop * 256 / 224))
-        if modality == "video":
-            from src.data.video.build import VideoEval, bank_sets
+        if modality == "video":  # one central clip per video, eval.retrieval's test views otherwise
+            from src.data.video.build import VideoEval, ViewAverage, bank_sets
 
             cfg = VideoEval(num_frames=args.num_frames, clip_duration=args.clip_duration, frames_fps=args.frames_fps,
                             test_clips=1, test_crops=1)
             train_set, val_set = bank_sets(cfg, args.monitor_data, resize)
+            clip_trunks = trunks
+            trunks = lambda: {name: ViewAverage(t) for name, t in clip_trunks().items()}  # noqa: E731
         else:
             tf = eval_transform(resize=resize, crop_size=crop)  # class folders, CIFAR pickles, STL-10 binaries
             train_set, val_set = (build_dataset(resolve_split(args.monitor_data, s, labelled=True), tf)

@@ -16,6 +16,7 @@ from torch import nn
 from src.losses import infonce_logits
 from src.methods.momentum import KeyQueue, copy_params, momentum_update
 from src.methods.multicrop import resolution_groups
+from src.methods.taps import InputTap
 from src.models import build_backbone
 from src.models.heads import build_moco_head
 from src.run import dist
@@ -131,29 +132,6 @@ def headless(encoder):
     trunk = copy.deepcopy(encoder)
     trunk.fc = nn.Identity()
     return trunk
-
-
-class InputTap:
-    """Remembers the input of ``module`` at its latest forward (a forward pre-hook).
-
-    Put on an encoder's ``fc`` (the projection head), it records the backbone feature that entered
-    the head, for every architecture of ``src.models`` and through DDP, while the encoder keeps
-    returning only the head's output (the released state-dict layout is unchanged). Read it with
-    :meth:`take` right after the forward.
-    """
-
-    def __init__(self, module):
-        self.value = None
-        self.handle = module.register_forward_pre_hook(self._keep)
-
-    def _keep(self, module, inputs):
-        self.value = inputs[0]
-
-    def take(self):
-        """The recorded (B, feature dim) input, detached; cleared so a stale value is never read twice."""
-        value, self.value = self.value, None
-        assert value is not None, "no forward of the tapped module since the last take()"
-        return value.detach()
 
 
 @torch.no_grad()
