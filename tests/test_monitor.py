@@ -3,6 +3,7 @@ splits over ranks without changing a row, leaves the training bit for bit as it 
 pass; the online probe never touches the trunk; TensorBoard holds exactly log.txt's values."""
 import importlib
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -213,3 +214,41 @@ def test_watch_flags_that_cannot_work_are_one_line(tiny_data, tmp_path, capsys):
     args = main_moco.get_args_parser().parse_args([tiny_data, *MOCO, "--monitor_data", str(tmp_path / "one")])
     with pytest.raises(UserError, match="at least 2 classes"):
         Monitor.from_args(args, CPU, dict, 32, 10, None)
+
+
+# ==== every pretraining script ====
+SCRIPTS = {
+    "sce": ("main_sce", ["--arch", "resnet_tiny", "--size_crops", "32", "--batch_size", "8", "--queue_size", "32",
+                         "--feat_dim", "16", "--proj_hidden_dim", "32", "--pred_hidden_dim", "32", "--warmup_epochs",
+                         "0"]),
+    "swav": ("main_swav", ["--arch", "resnet_tiny", "--hidden_mlp", "32", "--feat_dim", "16", "--nmb_prototypes", "10",
+                           "--batch_size", "8", "--size_crops", "32", "--nmb_crops", "2", "--min_scale_crops", "0.14",
+                           "--max_scale_crops", "1", "--warmup_epochs", "0", "--use_fp16", "false"]),
+    "deepcluster": ("main_deepclusterv2", ["--arch", "resnet_tiny", "--hidden_mlp", "32", "--feat_dim", "16",
+                                           "--nmb_prototypes", "8", "8", "--batch_size", "8", "--size_crops", "32",
+                                           "--nmb_crops", "2", "--min_scale_crops", "0.14", "--max_scale_crops", "1",
+                                           "--warmup_epochs", "0"]),
+}
+SCRIPTS["sela"] = (SCRIPTS["deepcluster"][0], SCRIPTS["deepcluster"][1] + ["--mode", "sela"])
+
+
+@pytest.mark.parametrize("name", list(SCRIPTS))
+def test_every_script_prints_a_monitor_line_per_epoch_and_trains_as_without(name, tiny_data, tmp_path, capsys):
+    module = importlib.import_module(SCRIPTS[name][0])
+    parse = module.parse_args if hasattr(module, "parse_args") else module.get_args_parser().parse_args
+    common = ["--data_path", tiny_data, *SCRIPTS[name][1], "--epochs", "3", "--workers", "0", "--print_freq", "3"]
+    states = []
+    for out, watch in ((tmp_path / "plain", []), (tmp_path / "watched", ["--monitor_data", tiny_data,
+                                                                        "--online_linear", "--tensorboard"])):
+        try:
+            cli(module.main, lambda: parse([*common, "--dump_path", str(out), *watch]))
+        except SystemExit as exc:
+            assert exc.code in (0, None), capsys.readouterr().err
+        states.append(torch.load(out / "checkpoint.pth.tar", weights_only=True)["state_dict"])
+    printed = capsys.readouterr().out
+    assert len(re.findall(r"^=> monitor epoch \d: best-NN \d+\.\d\d% \(k=\d\), weighted kNN \(k=20\) \d+\.\d\d%$",
+                          printed, re.M)) == 3
+    assert printed.count("online linear probe: val top-1") == 3
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "watched" / "tensorboard"))
+    for k in states[0]:
+        assert torch.equal(states[0][k], states[1][k]), k
