@@ -29,8 +29,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision import transforms as T
 
 from src.augment.image import eval_transform
+from src.augment.views import IMAGENET_MEAN, IMAGENET_STD
 from src.data.folders import array_layout, build_dataset, require_folder, resolve_split
 from src.evaluation.knn import embed_queries, search_bank, shard_bounds, summarize
 from src.run import dist
@@ -38,6 +40,7 @@ from src.run.args import NONNEG_INT, POSITIVE, POSITIVE_INT, add_arg
 from src.run.checkpoint import atomic_write
 from src.run.errors import UserError
 
+CACHE_BYTES = 2 << 30  # a process keeps up to 2 GiB of decoded monitor images (uint8) between passes
 MAX_K, KNN_K, KNN_T = 5, 20, 0.07  # eval.knn's defaults: Best-NN over odd k <= 5, weighted kNN k 20, T 0.07
 
 
@@ -190,16 +193,19 @@ class Monitor:
             modules mapping a batch of images (or clips) to pooled features; live trunks or copies.
         train_set, val_set: the monitor's datasets (``(image, label)`` items, evaluation transform, in order).
         info: :class:`~src.run.dist.DistInfo`. every: epochs between passes (0: only after the last).
-        batch_size, workers: the loaders of a pass. probe: an :class:`OnlineLinear` or None.
+        batch_size, workers: the loaders of a pass (eval.knn's default batch). probe: an :class:`OnlineLinear` or None.
         output_dir: where ``monitor.json`` (every row so far) is written, rank 0.
+        normalize: ``(mean, std)`` when the datasets give uint8 images (the evaluation transform without its last
+            two steps): the images of a split are then decoded once and kept in memory, up to ``cache_bytes`` per
+            process, and ToTensor + Normalize are applied per batch (the same operations, so the same values).
     """
 
-    def __init__(self, trunks, train_set, val_set, info, every=1, batch_size=256, workers=2, probe=None,
-                 output_dir=None, what="images"):
+    def __init__(self, trunks, train_set, val_set, info, every=1, batch_size=512, workers=2, probe=None,
+                 output_dir=None, normalize=None, cache_bytes=CACHE_BYTES):
         self.trunks, self.train_set, self.val_set, self.info = trunks, train_set, val_set, info
         self.every, self.batch_size, self.workers, self.probe = every, batch_size, workers, probe
-        self.output_dir, self.what = output_dir, what
-        self.rows = []
+        self.output_dir, self.normalize, self.cache_bytes = output_dir, normalize, cache_bytes
+        self.rows, self._cache = [], {}
 
     @classmethod
     def from_args(cls, args, info, trunks, crop_size, total_steps, output_dir, modality="image"):
@@ -221,8 +227,8 @@ class Monitor:
             train_set, val_set = bank_sets(cfg, args.monitor_data, resize)
             clip_trunks = trunks
             trunks = lambda: {name: ViewAverage(t) for name, t in clip_trunks().items()}  # noqa: E731
-        else:
-            tf = eval_transform(resize=resize, crop_size=crop)  # class folders, CIFAR pickles, STL-10 binaries
+        else:  # class folders, CIFAR pickles, STL-10 binaries, through eval.knn's transform, ToTensor per batch
+            tf = T.Compose(eval_transform(resize=resize, crop_size=crop).transforms[:-2] + [T.PILToTensor()])
             train_set, val_set = (build_dataset(resolve_split(args.monitor_data, s, labelled=True), tf)
                                   for s in ("train", "val"))
         classes = getattr(train_set, "classes", None)
@@ -240,7 +246,8 @@ class Monitor:
                   f"{resize}/{crop} px, every {args.monitor_every or 'last'} epoch(s)"
                   + (", online linear probe" if probe else ""), flush=True)
         return cls(trunks, train_set, val_set, info, every=args.monitor_every, workers=min(args.workers, 4),
-                   probe=probe, output_dir=output_dir, what=f"{modality}s")
+                   probe=probe, output_dir=output_dir,
+                   normalize=None if modality == "video" else (IMAGENET_MEAN, IMAGENET_STD))
 
     # ==== what the run calls ====
     def due(self, epoch, epochs_total):
@@ -261,9 +268,9 @@ class Monitor:
         trunks = self.trunks()
         rows, probe = [], None
         with untouched(list(trunks.values()), device), torch.no_grad():
-            val_loader = self._loader(self.val_set)
+            val_loader = Batches(self, "val", self.val_set)
             lo, hi = shard_bounds(len(self.train_set), self.info.world_size)[self.info.rank]
-            train_loader = self._loader(torch.utils.data.Subset(self.train_set, range(lo, hi)))
+            train_loader = Batches(self, "train", torch.utils.data.Subset(self.train_set, range(lo, hi)))
             for name, trunk in trunks.items():
                 trunk = trunk.to(device)
                 try:
@@ -295,9 +302,29 @@ class Monitor:
                              lambda f: f.write(json.dumps(self.rows, indent=1).encode()))
         return rows
 
-    def _loader(self, dataset):
-        return torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, shuffle=False,
-                                           num_workers=self.workers, pin_memory=self.info.device.type == "cuda")
+    def batches(self, name, dataset):
+        """``(images, labels)`` batches of ``dataset`` in order, as eval.knn's loader gives them: from memory after
+        the first pass when the split's uint8 images fit ``cache_bytes``, else read again."""
+        if name in self._cache:
+            yield from ((self._to_input(x), y) for x, y in self._cache[name])
+            return
+        keep, size = ([], 0) if self.normalize is not None else (None, 0)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, shuffle=False,
+                                             num_workers=self.workers, pin_memory=self.info.device.type == "cuda")
+        for x, y in loader:
+            if keep is not None:
+                size += x.numel() * x.element_size()
+                keep = keep + [(x, y)] if size <= self.cache_bytes else None
+            yield self._to_input(x), y
+        if keep is not None:
+            self._cache[name] = keep
+
+    def _to_input(self, x):
+        """uint8 images -> what ToTensor + Normalize would have made of each (float, /255, minus mean, over std)."""
+        if self.normalize is None:
+            return x
+        mean, std = (torch.as_tensor(v, dtype=torch.get_default_dtype()).view(1, -1, 1, 1) for v in self.normalize)
+        return x.to(torch.get_default_dtype()).div(255).sub_(mean).div_(std)
 
     def state_dict(self):
         return {"rows": list(self.rows), "probe": self.probe.state_dict() if self.probe is not None else {}}
@@ -306,6 +333,16 @@ class Monitor:
         self.rows = list(state.get("rows", []))
         if self.probe is not None:
             self.probe.load_state_dict(state.get("probe") or {})
+
+
+class Batches:
+    """A split's batches for :mod:`src.evaluation.knn` (an iterable with a ``dataset``, like a DataLoader)."""
+
+    def __init__(self, monitor, name, dataset):
+        self.monitor, self.name, self.dataset = monitor, name, dataset
+
+    def __iter__(self):
+        return self.monitor.batches(self.name, self.dataset)
 
 
 def _all_gather(part):
