@@ -92,7 +92,7 @@ def sce_target(k, queue, temperature_m, coeff, mask_positive=False):
 
 def knn_positive_loss(neg_logits, features, feature_queue, topk):
     """Nearest neighbours as extra positives (Van Gansbeke et al. 2021, "Revisiting Contrastive Methods",
-    wvangansbeke/Revisiting-Contrastive-SSL ``builder_ours``; spec moco.md C.6).
+    wvangansbeke/Revisiting-Contrastive-SSL ``builder/builder_ours.py``).
 
     For each query row, the ``topk`` queue entries closest to it in BACKBONE space are its positives in
     HEAD space: ``-mean_rows( (1/topk) sum_{n in topk} log softmax(neg_logits)_n )``, the softmax taken
@@ -116,7 +116,7 @@ def knn_positive_loss(neg_logits, features, feature_queue, topk):
     return -log_prob.gather(1, idx).mean(dim=1).mean()
 
 
-# ==== SwAV (Caron et al., NeurIPS 2020; facebookresearch/swav; spec swav.md A.3-A.4) ====
+# ==== SwAV (Caron et al., NeurIPS 2020; facebookresearch/swav main_swav.py) ====
 @torch.no_grad()
 def distributed_sinkhorn(scores, epsilon=0.05, n_iters=3):
     """Sinkhorn-Knopp soft codes with equal prototype marginals over the GLOBAL batch (SwAV eq. 3-4).
@@ -173,16 +173,12 @@ class Transport(NamedTuple):
 def sinkhorn_equipartition(scores, epsilon=0.05, tolerance=1e-3, max_iters=1000, inplace=False):
     """Sinkhorn-Knopp run until every prototype holds the same share of the samples (SeLa's label step).
 
-    SeLa (Asano et al., ICLR 2020, section 3; yukimasano/self-label ``optimize_L_sk``) solves the transport problem
-    between samples and clusters to convergence instead of running a fixed number of iterations as SwAV does
-    per batch: with ``kernel = exp(scores / epsilon)`` it alternates ``c <- 1 / (kernel r)`` (every sample's row
-    sums to 1) and ``r <- (n_total / K) / (c^T kernel)`` (every prototype's column to ``n_total / K``), and
-    stops when the columns, after a row step, are all within ``tolerance`` of ``n_total / K`` (relative).
-    SeLa's kernel ``softmax(logits) ** lambda`` (lambda 25) is this one with ``epsilon = 1 / lambda`` on its
-    logits (the softmax's per-row factor is absorbed by ``c``). Each iteration is two matrix-vector products
-    over the kernel and one all-reduce of a K-vector; rows live on one process. The plan is kept factored
-    (the kernel is never rescaled), so the cost is O(iterations x n_local x K) with no N x K temporary
-    besides the kernel itself.
+    SeLa (Asano et al., ICLR 2020, section 3; yukimasano/self-label ``optimize_L_sk``) runs to convergence rather
+    than SwAV's fixed count: with ``kernel = exp(scores / epsilon)`` it alternates ``c <- 1 / (kernel r)`` (rows sum
+    to 1) and ``r <- (n_total / K) / (c^T kernel)`` (columns to ``n_total / K``), until every column, after a row
+    step, is within ``tolerance`` of ``n_total / K``. SeLa's ``softmax(logits) ** lambda`` is this kernel with
+    ``epsilon = 1 / lambda``. Per iteration: two matrix-vector products and one all-reduce of a K-vector; the plan
+    stays factored, so no N x K temporary besides the kernel.
 
     Args:
         scores: (n_local, K) scores of this process's samples (cosine similarities in [-1, 1] here);

@@ -1,24 +1,11 @@
-"""Evaluation metrics on feature tensors: Best-NN, weighted kNN and classification accuracy.
+"""Evaluation metrics on feature tensors, pure and on the device of their inputs (nothing here reads files):
 
-Every function is pure and follows the device of its inputs (CPU or GPU); nothing here reads files.
-
-* **Best-NN** (the SCE / SSL-small ``eval/knn.py`` protocol, ``spec/evals.md`` D.8): Euclidean nearest
-  neighbours of every test feature among the training features, found by an exact *streaming* top-k
-  over batches of the training set (so the whole bank never has to sit in memory); then, for every
-  odd k' in 1, 3, ..., max_k, an unweighted majority vote of the k' nearest labels (ties go to the
-  smallest class id); the best accuracy over k' is reported. Features can first be mapped to another
-  representation space (:func:`transform_rep`).
-* **Weighted kNN** (Wu et al. 2018, "Unsupervised Feature Learning via Non-Parametric Instance
-  Discrimination", and Caron et al. 2021, DINO ``eval_knn.py``): cosine similarity, the k most similar
-  training features vote with weight ``exp(sim / T)``; k=20, T=0.07 is the usual setting. Its neighbours
-  come from the same streaming top-k (:class:`StreamingKNN`, largest similarities), so neither search
-  holds the bank.
-* :func:`accuracy`: top-k classification accuracy of logits, in percent.
-* **Retrieval at k** (video SCE, spec ``sce.md`` 5.6, eztorch ``run/retrieval_from_bank.py``): each set centred
-  by its own mean, cosine similarity, a query is a hit when any of its k nearest bank items shares its label.
-* **Segmentation mIoU** (Revisiting-Contrastive-SSL ``evaluation/segmentation``, PASCAL VOC / Cityscapes): a pixel
-  confusion matrix (:func:`confusion_matrix`, label 255 ignored) and per-class IoU ``TP / (TP + FP + FN)`` from it
-  (:func:`iou_from_confusion`).
+* Best-NN (SSL-small ``eval/knn.py``; docs/knn.md): Euclidean neighbours from an exact streaming top-k over bank
+  batches (:class:`StreamingKNN`, the bank is never held whole), majority vote, best odd k;
+* weighted kNN (Wu et al. 2018; facebookresearch/dino ``eval_knn.py``): cosine, votes ``exp(sim / T)``;
+* :func:`accuracy`, alignment / uniformity (Wang & Isola 2020), instance discrimination on static pairs;
+* retrieval at k (video SCE; juliendenize/eztorch ``run/retrieval_from_bank.py``);
+* segmentation mIoU (wvangansbeke/Revisiting-Contrastive-SSL ``evaluation/segmentation``).
 """
 import torch
 import torch.nn.functional as F
@@ -440,7 +427,7 @@ RETRIEVAL_KS = (1, 5, 10, 15, 20, 25)
 
 
 def retrieval_at_k(query, query_labels, bank, bank_labels, ks=RETRIEVAL_KS, chunk_size=1024):
-    """Top-k retrieval accuracy of a query set against a bank (spec sce.md 5.6).
+    """Top-k retrieval accuracy of a query set against a bank (video SCE; docs/video.md "Evaluation").
 
     Each set is centred by **its own** mean (query minus the query mean, bank minus the bank mean), rows are
     L2-normalised, similarity is the cosine; for each k, a query is a hit when **any** of its k most similar bank

@@ -51,7 +51,8 @@ class LARS(torch.optim.Optimizer):
 
     For ``p.ndim > 1``: ``g <- g + wd * p``; ``g <- eta * ||p|| / ||g|| * g`` when both norms are non-zero.
     Every parameter then takes ``mu <- momentum * mu + g``; ``p <- p - lr * mu``. Biases and norm
-    parameters get plain momentum SGD with no weight decay (You et al. 2017; spec sce.md "LARS step").
+    parameters get plain momentum SGD with no weight decay (You et al. 2017; juliendenize/eztorch
+    ``eztorch/optimizers/lars.py``).
 
     Args:
         params: parameters or groups.
@@ -193,8 +194,8 @@ def sgd_larc(params, lr, weight_decay, device):
 
 def swav_optimizer(params, base_lr, final_lr, weight_decay, epochs, iters_per_epoch, warmup_epochs=0, start_warmup=0.0,
                    device="cpu"):
-    """SwAV's optimizer and the lr of every iteration (spec A.7): :func:`sgd_larc`, and a linear warmup from
-    ``start_warmup`` then a cosine to ``final_lr`` (:func:`cosine_schedule`).
+    """SwAV's optimizer and the lr of every iteration (facebookresearch/swav ``main_swav.py``): :func:`sgd_larc`,
+    and a linear warmup from ``start_warmup`` then a cosine to ``final_lr`` (:func:`cosine_schedule`).
 
     Returns: ``(optimizer, lr_schedule)``, the schedule of length ``epochs * iters_per_epoch``.
     """

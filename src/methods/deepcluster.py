@@ -8,7 +8,7 @@ the last epoch. At each epoch start the bank is turned into one hard pseudo-labe
   BECOME the prototypes (which SGD never updates: they are frozen for ``--freeze_prototypes_niters``);
 * SeLa-v2: Sinkhorn-Knopp equipartition of the whole bank against the current prototypes, run to
   convergence and rounded to equal cluster sizes (:func:`sela_labels`, docs/sela.md); the prototypes are
-  learned by SGD, as in SwAV (maintainer's recipe, swav issue #59).
+  learned by SGD, as in SwAV.
 
 Labels are gathered from every process with their dataset indices (:func:`gather_assignments`); the loss is
 the cross-entropy of every crop's prototype scores against its image's label, averaged over heads
@@ -146,15 +146,11 @@ def sela_labels(x, prototypes, epsilon=0.05, max_iters=SELA_MAX_ITERS, tolerance
                 return_transport=False):
     """SeLa-v2 pseudo-labels: an equipartition of the WHOLE bank of every process over the current prototypes.
 
-    1. Sinkhorn-Knopp to convergence (:func:`src.losses.sinkhorn_equipartition`, as SeLa's ``optimize_L_sk``
-       runs it until its error is small rather than for a fixed count): the transport plan's prototype
-       marginals are within ``tolerance`` of ``N / K`` (N: images in all banks).
-    2. Hard labels. SeLa's code takes each image's argmax of the plan; that is not balanced (where the features
-       crowd a few prototypes, some clusters take well over their share and others almost nothing, even with the
-       plan converged: tests/test_sela_equipartition.py), so by default (``balanced=True``) the plan is rounded
-       under capacities: every cluster takes ``floor(N / K)`` images and the ``N mod K`` clusters the argmax asks
-       for most take one more, so the cluster sizes are exactly floor or ceil of N / K (:func:`balanced_rounding`).
-       ``balanced=False`` gives SeLa's argmax.
+    1. Sinkhorn-Knopp to convergence (:func:`src.losses.sinkhorn_equipartition`, as SeLa's ``optimize_L_sk``):
+       the plan's prototype marginals within ``tolerance`` of ``N / K`` (N: images in all banks).
+    2. Hard labels: by default the plan is rounded under capacities, so cluster sizes are exactly floor or ceil
+       of N / K (:func:`balanced_rounding`); ``balanced=False`` gives SeLa's per-image argmax, which is not
+       balanced where the features crowd a few prototypes (docs/sela.md).
 
     Args:
         x: (N_local, D) unit rows; prototypes: (K, D) (normalised here); epsilon: entropy regularisation
@@ -280,9 +276,7 @@ def cluster_memory(model, bank, n_images, mode, epoch, seed, kmeans_iters=10, ep
     """Labels for the coming epoch, one row per head (bank j = h modulo the number of assignment crops).
 
     DeepCluster-v2 (``mode="deepcluster"``): spherical k-means with K_h clusters; the centroids are copied into
-    prototype head h. SeLa-v2 (``mode="sela"``): :func:`sela_labels` with the current prototypes (unchanged):
-    Sinkhorn until the soft shares are within ``sinkhorn_tolerance`` (at most ``sinkhorn_iterations``), then
-    balanced rounding (sizes floor / ceil of N / K) unless ``balanced=False`` (SeLa's argmax).
+    prototype head h. SeLa-v2 (``mode="sela"``): :func:`sela_labels` with the current prototypes (unchanged).
 
     Args:
         model: SwAVModel with several prototype heads; bank: MemoryBank; n_images: dataset size;

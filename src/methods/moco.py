@@ -136,7 +136,8 @@ def headless(encoder):
 
 @torch.no_grad()
 def load_for_restart(model, state):
-    """SSL-small's ``--resume CKPT --restart`` (spec moco.md D.4): start a new run from a checkpoint's weights.
+    """SSL-small's ``--resume CKPT --restart`` (WOWNICE/ssl-small ``main_moco.py``): start a new run from a
+    checkpoint's weights.
 
     A ``module.`` prefix (DDP) is stripped; tensors whose shape differs from the model's (another head,
     queue size or feature dim) are dropped; the rest is loaded non-strictly; then every parameter and

@@ -25,8 +25,8 @@ def add_multicrop_args(parser):
     add_arg(g, "--max_scale_crops", default=[1.0], type=float, nargs="+",
             help="RandomResizedCrop max area per group (1 0.14)")
     add_arg(g, "--use_pil_blur", default=True, type=bool_flag,
-            help="PIL Gaussian blur (true, the reference since April 2021); false: the older fixed 23x23-kernel blur "
-                 "that trained the released checkpoints (same sigma range 0.1-2 and p 0.5)")
+            help="PIL Gaussian blur (true, the current reference); false: the fixed 23x23-kernel blur that "
+                 "trained the released checkpoints (same sigma range 0.1-2 and p 0.5)")
     add_arg(g, "--blur_scale", default="1", type=blur_scale_arg,
             help="multiplies the blur radius range 0.1-2 px (and the fixed kernel): 1 as the official scripts, at "
                  "every crop size (default); 'relative' scales it by size_crops[0] / 224, for small (CPU) crops")
