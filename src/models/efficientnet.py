@@ -16,7 +16,7 @@ reference where torchvision's ``efficientnet_b0`` (kept as ``tv_efficientnet_b0`
 The reference pads statically for the 224 px it is built for; this module computes the same TF padding
 from the actual input, which is identical at 224 px and at every size whose stride-2 inputs are even
 (all multiples of 32) and stays TF-correct elsewhere.
-Representation: the 1280-d pooled output of the head conv (spec moco.md D.3).
+Representation: the 1280-d pooled output of the head conv (docs/small-models.md).
 """
 import math
 

@@ -42,7 +42,7 @@ MOCO_HEADS = ("none", "simple", "deep", "dropout", "wide", "bn")
 
 
 def build_moco_head(kind, in_dim, out_dim=128):
-    """MoCo / SSL-small heads (spec moco.md B.1, D.2). ``kind``: none (a Linear, MoCo v1), simple
+    """MoCo / SSL-small heads (``main_moco.py --mlp``; docs/moco.md). ``kind``: none (a Linear, MoCo v1), simple
     (MoCo v2), deep (two hidden d layers), dropout (hidden d, Dropout 0.5), wide (hidden 2d), bn (the
     MoCo-v2 MLP with BatchNorm after the hidden Linear and a non-affine BatchNorm on the output, as
     MoCo v3's projector: the output cannot collapse onto one common direction; the CPU demo uses it)."""

@@ -12,7 +12,7 @@ this trunk key for key (``features.3.conv.5.fc.0.weight`` ...). Where it differs
 - the SE gate is a pair of Linears on the pooled vector (torchvision: 1x1 convolutions);
 - init: conv weights N(0, sqrt(2 / (k*k*out_channels))), Linear N(0, 0.01), biases 0, BN (1, 0).
 
-Representation (spec moco.md D.3): 960 / 576 channels -> 1x1 conv -> average pool -> ``classifier``
+Representation (docs/small-models.md): 960 / 576 channels -> 1x1 conv -> average pool -> ``classifier``
 (Linear to 1280 | 1024, h-swish, Dropout 0.2) -> ``fc``. MoCo replaces ``fc`` by its head, so the
 dropout stays active during pre-training, as in the reference; evaluation keeps ``fc = Identity``.
 """

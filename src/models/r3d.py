@@ -1,4 +1,4 @@
-"""Slow-only 3D ResNets for video SCE: R3D-18 and R3D-50 (spec ``sce.md`` section 5.1).
+"""Slow-only 3D ResNets for video SCE: R3D-18 and R3D-50 (docs/video.md "Networks").
 
 Denize et al., "Similarity Contrastive Estimation for Image and Video Soft Contrastive Self-Supervised Learning"
 (MVAP 2023) pretrain two video trunks, built in the reference code with pytorchvideo (eztorch
