@@ -1,5 +1,5 @@
 """Crop geometry: torchvision's RandomResizedCrop sampling (:func:`rrc_box`), the constrained small crops of Van
-Gansbeke et al. 2021 (:func:`constrained_box`, spec moco.md C.3), and the multi-crop geometry of a recipe
+Gansbeke et al. 2021 (:func:`constrained_box`, docs/moco.md), and the multi-crop geometry of a recipe
 (:class:`MultiScaleCrops`), which the per-image and the split pipelines share."""
 import math
 
@@ -60,7 +60,7 @@ def box_intersection(a, b):
 
 
 def constrained_box(width, height, key_box, scale, ratio=(3 / 4, 4 / 3), min_overlap=0.1, tries=10):
-    """A small-crop box that overlaps the key crop (spec moco.md C.3).
+    """A small-crop box that overlaps the key crop (wvangansbeke/Revisiting-Contrastive-SSL).
 
     Up to ``tries`` RandomResizedCrop proposals; the first that fits and shares at least
     ``min_overlap`` x its target area with ``key_box`` is taken. When none does, the box is an

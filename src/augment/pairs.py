@@ -2,7 +2,7 @@
 
 The static set freezes augmentation so that instance discrimination, alignment and uniformity
 (``eval/instdisc.py``, ``eval/stats-dist.py``) compare checkpoints on identical pairs. Behaviour follows
-SSL-small's ``experiments/sample-augs.py`` (``spec/evals.md`` D.5); view 0, the original image, is written
+SSL-small's ``experiments/sample-augs.py`` (docs/evaluation.md); view 0, the original image, is written
 by the caller. Modes:
 
 * ``moco``: views 1 and 2, each an independent MoCo v2 augmentation: RandomResizedCrop(size, scale

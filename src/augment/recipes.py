@@ -5,7 +5,7 @@
     recipe = swav_recipe([224, 96], [2, 6], [0.14, 0.05], [1.0, 0.14])
     transform = recipe.split() if device_aug else recipe.per_image()
 
-Recipes (the references' values; spec moco.md, sce.md, swav.md):
+Recipes (the references' values; docs/moco.md, docs/sce.md, docs/swav.md):
 
 - :func:`moco_recipe`: MoCo v1 / v2 (and SSL-small's jitter / grey / blur): two views of one augmentation;
 - :func:`moco_multicrop_recipe`: Van Gansbeke et al. 2021: a query and a key crop plus small crops (optionally
@@ -150,7 +150,7 @@ def sce_views(nmb_crops, blur_probs=(1.0, 0.1, 0.5), solarize_probs=(0.0, 0.2, 0
 
 def sce_recipe(size_crops, nmb_crops, min_scale_crops, max_scale_crops, blur_probs=(1.0, 0.1, 0.5),
                solarize_probs=(0.0, 0.2, 0.2), blur_scale=1.0):
-    """SCE's views of one image, global crops first: ``[g1, g2, l1, ..., lL]`` (spec sce.md 3). The 5-crop recipe is
+    """SCE's views of one image, global crops first: ``[g1, g2, l1, ..., lL]`` (docs/sce.md). The 5-crop recipe is
     ``nmb 2 1 1 1 1``, ``size 224 192 160 128 96``, ``min 0.2 0.172 0.143 0.114 0.086``, ``max 1 0.86 0.715 0.571
     0.429``."""
     return Recipe("sce", "sce", _groups(size_crops, nmb_crops, min_scale_crops, max_scale_crops),

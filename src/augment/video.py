@@ -1,4 +1,4 @@
-"""Time-consistent clip augmentations (spec ``sce.md`` 5.2, 5.4, 5.5).
+"""Time-consistent clip augmentations of video SCE (docs/video.md "Data and augmentation").
 
 Every random parameter (crop box, colour-jitter factors and order, grey, blur sigma, solarize, flip) is drawn
 **once per clip** and applied to all of its frames, and the two clips of a video draw theirs independently: the
@@ -31,7 +31,7 @@ from src.augment.device import MultiCropAugment
 from src.augment.views import ViewAug, scaled_blur
 
 VIDEO_MEAN, VIDEO_STD = 0.45, 0.225
-SOLARIZE_THRESHOLD = 0.5  # on [0, 1] values: x >= 0.5 becomes 1 - x (spec 5.2)
+SOLARIZE_THRESHOLD = 0.5  # on [0, 1] values: x >= 0.5 becomes 1 - x
 SCE_VIDEO_JITTER = (0.8, 0.8, 0.4, 0.2)  # brightness, contrast, saturation, hue (kinetics_sce_color_strength_1)
 FINETUNE_JITTER = (0.4, 0.4, 0.4, 0.1)  # kinetics_contrastive_gpu
 
@@ -155,7 +155,7 @@ class ClipCropToUint8:
     frames are resized to it and rounded to 8 bits; everything else (colour, grey, blur, solarize, flip,
     normalisation) runs batched on the training device with one parameter draw per clip shared by its frames
     (``device_augment``, a :class:`~src.augment.device.MultiCropAugment` with one view per clip rank), which is
-    what the reference does with ``same_on_frames=True`` (spec 5.2).
+    what the reference does with ``same_on_frames=True``.
 
     Args:
         views: list of :class:`ClipAugment`, one per ``view_id`` (their geometry is used here, the rest on the
@@ -186,7 +186,7 @@ class ViewTransforms:
 
 
 def sce_clip_views(size, blur_probs=(1.0, 0.1), solarize_probs=(0.0, 0.2), scale=(0.2, 0.766), blur_scale=1.0):
-    """The two SCE video views (spec 5.2): clip 1 blur p 1.0 and no solarize, clip 2 blur p 0.1 and solarize 0.2.
+    """The two SCE video views: clip 1 blur p 1.0 and no solarize, clip 2 blur p 0.1 and solarize 0.2.
 
     Args:
         size: crop side. blur_probs, solarize_probs: (clip 1, clip 2). scale: RandomResizedCrop area range.
@@ -207,7 +207,7 @@ def sce_clip_split_views(size, blur_probs=(1.0, 0.1), solarize_probs=(0.0, 0.2),
 
 def eval_train_transform(size=224, short_side=(256, 320), finetune=False):
     """Training views of the evaluations: random short side in ``short_side``, random crop, flip 0.5; fine-tuning
-    adds ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8 and grey 0.2 (spec 5.4, 5.5)."""
+    adds ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8 and grey 0.2."""
     return ClipAugment(size, "short_side", short_side=short_side, jitter=FINETUNE_JITTER if finetune else None,
                        jitter_p=0.8 if finetune else 0.0, grey_p=0.2 if finetune else 0.0)
 
