@@ -1,5 +1,8 @@
-"""Helpers shared by the bench commands: peak memory, machine description, table and JSON output."""
+"""Helpers shared by the bench commands: peak memory, machine description, table and JSON output, and what a bench
+needs to call a training script's own ``build`` and ``step``: the data folders its build reads, the DistInfo of one
+process, and its loader's device half for pre-made batches."""
 import json
+import math
 import os
 import platform
 import resource
@@ -69,6 +72,59 @@ def ensure_demo_data(path):
     if path == DEMO_TRAIN and not os.path.isdir(path):
         from src.data.demo import make_demo_dataset
         make_demo_dataset(os.path.dirname(DEMO_TRAIN))
+
+
+BENCH_VIDEO = "./data/bench_video"
+
+
+def generated_videos(path, clips):
+    """Moving-shapes videos (``src.data.video.demo``: 2 classes, 32x40 px, 3 s) with at least ``clips`` training
+    videos, written under ``path`` (again only when the count changed). Returns ``path`` as a string."""
+    from src.data.video.demo import make_video_demo
+
+    return make_video_demo(path, num_classes=2, train_per_class=max(2, math.ceil(clips / 2)), val_per_class=1,
+                           height=32, width=40, seconds=3.0)
+
+
+def ensure_video_data(path, clips):
+    """Build the generated videos when the default folder ``BENCH_VIDEO`` is asked for; any other folder is read as
+    given. Returns ``path``."""
+    if path == BENCH_VIDEO:
+        generated_videos(path, clips)
+    return path
+
+
+def step_data(root, batch_size, clips):
+    """Generated folders under ``root`` for a bench that feeds a script's step pre-made batches (its ``build`` still
+    reads a data folder: it sizes the loader, the schedules and DeepCluster's memory bank): 16 batches of 32-px
+    shapes images (``src.data.demo``), so that the few steps a bench runs stay early in the scripts' warmups (counted
+    in epochs) as a real run's first steps do, and :func:`generated_videos` for one batch of ``clips``.
+    Returns ``{"images": the images' train folder, "videos": the videos' root}``."""
+    from src.data.demo import make_demo_dataset
+
+    images = make_demo_dataset(os.path.join(root, "images"), num_classes=4, train_per_class=4 * batch_size,
+                               val_per_class=1, size=32, seed=0, workers=2)
+    return {"images": os.path.join(str(images), "train"), "videos": generated_videos(os.path.join(root, "videos"),
+                                                                                     clips)}
+
+
+def local_info(device):
+    """The DistInfo of one process without a process group: what ``python main_<method>.py`` sees."""
+    from src.run.dist import DistInfo
+
+    return DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device(device), distributed=False, backend=None,
+                    launcher="none")
+
+
+def loader_feed(loader, batch):
+    """A callable that returns ``batch`` (pre-made, in the loader's format) as the script's ``loader`` hands it to
+    the step: through the loader's device half when the flags gave it one (copy to the device, batched augmentation
+    of uint8 crops, memory format: ``src.augment.split.DeviceLoader.move``), else as is (the step copies it)."""
+    from src.augment.split import DeviceLoader
+
+    if isinstance(loader, DeviceLoader):
+        return lambda: loader.move(batch)
+    return lambda: batch
 
 
 def time_steps(step, steps, device, warmup=2):

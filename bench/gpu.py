@@ -10,8 +10,10 @@ Without CUDA it prints one line and exits with status 2. In order, under one glo
 1. ceilings: the bare trunk (ResNet-50; R3D-18 for video) forward + backward in fp16 (NCHW and channels-last) on
    each recipe's crops and batch; "matched" ceilings add a forward-only pass over the crops a momentum encoder
    embeds (MoCo's key, SCE's two global targets), "bare" ones are forward + backward on every crop;
-2. steps: each recipe's ``train_one_epoch`` (:func:`bench.speed.make_step`) under ``base`` (fp32, per-sample
-   augmentation: the step gets augmented float crops), ``all`` (``--device-aug --channels-last --amp bf16``),
+2. steps: each recipe's script's own ``step`` on the parts its ``build`` makes (:func:`bench.speed.script_step`:
+   a pre-made batch through the loader's device half; the builds read small generated image and video folders,
+   ``bench.common.step_data``) under ``base`` (fp32, per-sample augmentation: the step gets augmented float
+   crops), ``all`` (``--device-aug --channels-last --amp bf16``),
    ``fp16`` (``--amp fp16``, i.e. ``--use_fp16 true``, with the grad scaler), ``bf16``, ``channels_last``,
    ``device_aug``; one worker process per recipe, every cell with its own time cap;
 3. checks, side by side: the scripts' steps under a 1-process NCCL group with SyncBatchNorm converted
@@ -36,7 +38,9 @@ from bench.gpu_runner import PYTHON, Deadline, run_cells
 
 SWAV = dict(sizes=[224, 96], nmb=[2, 6], min_scale=[0.14, 0.05], max_scale=[1.0, 0.14], grad=[2, 6], keys=None,
             pipeline="swav")
-RECIPES = {  # make_step method, crops, which crops the online trunk back-propagates (grad) / a momentum encoder embeds
+# per recipe: the bench.speed.script_step method, the crops, which crops the online trunk back-propagates (grad) and
+# which a momentum encoder embeds (keys)
+RECIPES = {
     "sce": dict(method="sce", sizes=[224], nmb=[2], min_scale=[0.2], max_scale=[1.0], grad=[2], keys=[2],
                 pipeline="sce"),
     "sce_6crop": dict(method="sce", sizes=[224, 192, 160, 128, 96], nmb=[2, 1, 1, 1, 1],  # spec sce.md section 3
@@ -113,10 +117,14 @@ def plan(a):
 
 def run_phases(a, deadline, log):
     """Run every phase; returns ``(rows, checks)``."""
+    from bench.common import step_data
     from bench.gpu_checks import demo_check, make_check_data, script_check
 
     recipes, ceilings, steps, group, feeds, compiled = plan(a)
-    worker = PYTHON + ["-m", "bench.gpu_cells"]
+    made = step_data(os.path.join(a.workdir, "steps"), max(r["batch_size"] for r in recipes),
+                     max([r["batch_size"] for r in recipes if r.get("video")], default=1))
+    folders = ["--data", made["images"], "--video-data", made["videos"]]  # what the step cells' builds read
+    worker = PYTHON + ["-m", "bench.gpu_cells", *folders]
     rows = []
     log(f"== 1. ceilings ({len(ceilings)} cells)")
     rows += run_cells(ceilings, worker, a.cell_cap, deadline, log)
@@ -129,7 +137,7 @@ def run_phases(a, deadline, log):
     if not a.skip_checks and deadline.left() > 30:
         data = make_check_data(os.path.join(a.workdir, "data"), a.tiny)
         torchrun = PYTHON + ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m",
-                             "bench.gpu_cells", "--group"]
+                             "bench.gpu_cells", "--group", *folders]
         with ThreadPoolExecutor(max_workers=len(recipes) + 2) as pool:
             jobs = [pool.submit(run_cells, group, torchrun, a.cell_cap, deadline, log)]
             jobs += [pool.submit(script_check, r["name"], r, data, os.path.join(a.workdir, "runs", r["name"]),

@@ -2,20 +2,22 @@
 one JSON line when it ends, so that the parent (:mod:`bench.gpu_runner`) turns a crash, a hang or an OOM into one
 failed row and restarts a worker for the cells that are left.
 
-    python -m bench.gpu_cells CELLS.json                # cells of kind step / ceiling / feed
-    torchrun --standalone --nproc_per_node=1 -m bench.gpu_cells --group CELLS.json   # under a 1-process group
+    python -m bench.gpu_cells --data IMAGES --video-data VIDEOS CELLS.json     # cells of kind step / ceiling / feed
+    torchrun --standalone --nproc_per_node=1 -m bench.gpu_cells --group --data IMAGES --video-data VIDEOS CELLS.json
 
 Cell kinds (dicts, see :func:`bench.gpu.plan`):
 
-* ``step``: ``main_<method>.train_one_epoch`` itself (:func:`bench.speed.make_step`), warm-up then timed steps;
+* ``step``: ``main_<method>.step`` itself on the parts ``main_<method>.build`` makes (:func:`bench.speed.script_step`:
+  a pre-made batch through the loader's device half), warm-up then timed steps; the builds read the folders of
+  ``--data`` / ``--video-data`` (``bench.common.step_data``);
 * ``ceiling``: the bare trunk's forward + backward on the same crops (:func:`bench.speed.make_backbone_step`),
   plus the crops a momentum encoder only embeds (forward, no grad) when the cell has ``key_nmb``;
 * ``feed``: the split pipeline's CPU half (decode, crop, resize to uint8) in a DataLoader with ``workers``
   processes over generated 500x375 JPEGs: the images/s that can reach the device.
 
 With ``--group`` the worker first creates a process group of one (NCCL on CUDA, gloo on the CPU) and every step
-cell is built with a ``distributed=True`` DistInfo: the scripts then wrap DDP and convert SyncBatchNorm (CUDA only)
-as they do under a real launch; the row counts the SyncBatchNorm layers.
+cell is built with a ``distributed=True`` DistInfo: the scripts' builds then wrap DDP and convert SyncBatchNorm (CUDA
+only) as they do under a real launch; the row counts the SyncBatchNorm layers.
 """
 import argparse
 import contextlib
@@ -89,42 +91,45 @@ def group_info(device, init_method="env://"):
                     launcher="bench")
 
 
-def build(cell, device, info=None):
-    """The callable of a step or ceiling cell: one training step (or one trunk pass) per call."""
-    from bench.speed import make_backbone_step, make_step
+def build(cell, device, info=None, data=None):
+    """The callable of a step or ceiling cell: ``step(it)``, one training step at global step ``it`` (or one trunk
+    pass). ``data``: the folders a script's build reads, ``{"images", "videos"}`` (step cells only)."""
+    from bench.speed import make_backbone_step, script_step
 
     o = options(cell["config"])
     if cell["kind"] == "ceiling":
         return make_backbone_step(cell["arch"], cell["batch_size"], cell["sizes"], cell["nmb"], device, o["amp"],
                                   o["channels_last"], o["compile"], frames=cell.get("frames", 0),
                                   key_nmb=cell.get("key_nmb"))
-    return make_step(cell["method"], cell["arch"], cell["batch_size"], cell["sizes"], cell["nmb"], device,
-                     o["device_aug"], o["amp"], o["channels_last"], o["compile"],
-                     max_steps=cell["warmup"] + cell["steps"] + 1, frames=cell.get("frames", 0),
-                     extra_args=cell.get("extra_args", ()), info=info)
+    if data is None:
+        raise ValueError("a step cell needs the data folders its script's build reads (--data, --video-data)")
+    return script_step(cell["method"], cell["arch"], cell["batch_size"], cell["sizes"], cell["nmb"], device,
+                       o["device_aug"], o["amp"], o["channels_last"], o["compile"], data,
+                       frames=cell.get("frames", 0), extra_args=cell.get("extra_args", ()), info=info)
 
 
-def time_steps(cell, info=None):
-    """Build a step / ceiling cell, run ``warmup`` then ``steps`` calls; returns the cell's result fields."""
+def time_steps(cell, info=None, data=None):
+    """Build a step / ceiling cell, run ``warmup`` then ``steps`` calls (global steps 0, 1, ...); returns the cell's
+    result fields."""
     device = info.device if info is not None else cell_device(cell["device"])
     base_mib = _clear(device)
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    step = build(cell, device, info)
+    step = build(cell, device, info, data)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     out = None
-    for _ in range(cell["warmup"]):
-        out = step()
+    for it in range(cell["warmup"]):
+        out = step(it)
     sync()
     t1 = time.perf_counter()
-    for _ in range(cell["steps"]):
-        out = step()
+    for it in range(cell["warmup"], cell["warmup"] + cell["steps"]):
+        out = step(it)
     sync()
     dt = time.perf_counter() - t1
     row = {"images_per_s": cell["batch_size"] * cell["steps"] / dt, "ms_per_step": 1000 * dt / cell["steps"],
            "build_and_warmup_s": t1 - t0, "peak_mib": _peak(device) - base_mib}
-    if out is not None:  # a training step yields (iteration, loss)
-        row["loss"] = float(out[1])
+    if out is not None:  # a training step returns the script's stats
+        row["loss"] = float(out["Loss"])
         if not math.isfinite(row["loss"]):
             row["error"] = f"non-finite loss {row['loss']}"
     if info is not None:
@@ -190,14 +195,14 @@ class _Tee(io.TextIOBase):
         self.out.flush()
 
 
-def run_cell(cell, info=None):
+def run_cell(cell, info=None, data=None):
     """One cell -> its row (the cell's fields plus results, or plus ``error``: one line, the exception's). A
     compile cell whose ``torch.compile`` fell back to eager keeps its figures but is an error row (they are not
     compiled figures)."""
     tee = _Tee(sys.stdout)
     try:
         with contextlib.redirect_stdout(tee):
-            result = feed(cell) if cell["kind"] == "feed" else time_steps(cell, info)
+            result = feed(cell) if cell["kind"] == "feed" else time_steps(cell, info, data)
         fallback = [line for line in tee.copy.getvalue().splitlines() if "--compile failed" in line]
         if fallback:
             result["error"] = "torch.compile fell back to eager: " + fallback[0][:200]
@@ -213,7 +218,10 @@ def main(argv=None):
     p.add_argument("cells", help="JSON file: a list of cells")
     p.add_argument("--group", action="store_true", help="create a 1-process group first (under torchrun)")
     p.add_argument("--skip", type=int, default=0, help="start at this cell (the parent restarts after a crash)")
+    p.add_argument("--data", default=None, help="image folder the step cells' builds read (bench.common.step_data)")
+    p.add_argument("--video-data", default=None, help="video folder the sce_video builds read")
     a = p.parse_args(argv)
+    data = {"images": a.data, "videos": a.video_data} if a.data else None
     with open(a.cells) as f:
         cells = json.load(f)
     if cells and cells[0].get("threads"):
@@ -226,7 +234,7 @@ def main(argv=None):
     info = group_info(cells[0]["device"]) if a.group and cells else None
     for i, cell in enumerate(cells[a.skip:], start=a.skip):
         print(MARK + json.dumps({"start": i}), flush=True)
-        print(MARK + json.dumps({"row": i, "result": run_cell(cell, info)}), flush=True)
+        print(MARK + json.dumps({"row": i, "result": run_cell(cell, info, data)}), flush=True)
     if info is not None:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

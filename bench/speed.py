@@ -12,18 +12,22 @@ Normalize, 2x224 + 6x96) and of the MoCo v2 pipeline (facebookresearch/moco ``ma
 video clips (2 clips x 8 frames at 224 from decoded 256x340 frames), our per-clip path (every op on the CPU worker)
 against the split path's CPU half (crop to uint8); plus, for reference, what the device half costs when the "device"
 is this CPU.
-(b) Training-step images/s and peak memory of each method (``main_<method>.train_one_epoch`` itself, fed with
-pre-made batches) under each configuration: ``base`` (fp32, per-sample path: the step receives augmented float
-crops), ``device_aug`` (uint8 crops, augmented in the step), ``channels_last``, ``bf16``, ``fp16``, ``compile``, and
-``a+b`` combinations; ``sce_video`` is ``main_sce.py --modality video`` (``--video-arch`` on 2 clips of ``--frames``
-frames at the global crop side). Each cell runs in its own process, so its peak memory is its own (CUDA: max allocated;
-CPU: peak resident set minus the process's after importing torch and the scripts). (c) The bare backbone
+(b) Training-step images/s and peak memory of each method: ``main_<method>.step`` itself on the parts
+``main_<method>.build`` makes from the script's own flags (:func:`script_argv`), fed with a batch made once in the
+loader's format (``(crops, labels)``; DeepCluster-v2 ``(crops, labels, index)``) and passed through the loader's
+device half as the loader would, so data loading does not count. Configurations: ``base`` (fp32, per-sample path: the
+step receives augmented float crops), ``device_aug`` (``--device-aug``: uint8 crops, augmented on the device in each
+step), ``channels_last``, ``bf16``, ``fp16``, ``compile``, and ``a+b`` combinations; ``sce_video`` is
+``main_sce.py --modality video`` (``--video-arch`` on 2 clips of ``--frames`` frames at the global crop side). The
+builds read ``--data`` (default: the demo images, ./data/demo/train, built when missing) and, for ``sce_video``,
+``--video-data`` (default: tiny generated videos, ./data/bench_video); the data only sizes the loader, the schedules
+and DeepCluster's memory bank. Each cell runs in its own process, so its peak memory is its own (CUDA: max
+allocated; CPU: peak resident set minus the process's after importing torch and the scripts). (c) The bare backbone
 forward+backward on the same crops and batch (the ceiling).
 Prints a table with ratios and writes JSON (``--output``).
 """
 import argparse
 import contextlib
-import itertools
 import json
 import os
 import subprocess
@@ -34,7 +38,8 @@ import time
 import numpy as np
 import torch
 
-from bench.common import machine, peak_memory_mb, write_json
+from bench.common import (BENCH_VIDEO, DEMO_TRAIN, ensure_demo_data, ensure_video_data, loader_feed, local_info,
+                          machine, peak_memory_mb, write_json)
 
 METHODS = ("swav", "deepclusterv2", "sce", "moco", "sce_video")
 OPTIONS = {"device_aug", "channels_last", "bf16", "fp16", "compile"}
@@ -164,6 +169,10 @@ def bench_video_data(n_clips=4, passes=2, frames=8, size=224, height=256, width=
 
 
 # ==== (b) training steps, (c) backbone ====
+SCRIPTS = {"swav": "main_swav", "deepclusterv2": "main_deepclusterv2", "sce": "main_sce", "moco": "main_moco",
+           "sce_video": "main_sce"}
+
+
 def _crops(sizes, nmb, batch_size, uint8, device, frames=0):
     """The crops of one batch: (B, 3, s, s) images, or (B, 3, frames, s, s) clips when ``frames``."""
     shapes = [s for s, n in zip(sizes, nmb) for _ in range(n)]
@@ -174,141 +183,73 @@ def _crops(sizes, nmb, batch_size, uint8, device, frames=0):
     return [c.pin_memory() for c in crops] if device.type == "cuda" else crops
 
 
-def _option_flags(amp, channels_last, compile):
+def _option_flags(device_aug, amp, channels_last, compile):
     """The speed options of a cell as script flags (every method script spells them the same)."""
-    return ["--amp", amp, *(["--channels-last"] if channels_last else []), *(["--compile"] if compile else [])]
+    return ["--amp", amp, *(["--device-aug"] if device_aug else []), *(["--channels-last"] if channels_last else []),
+            *(["--compile"] if compile else [])]
 
 
-def _flags(sizes, nmb, amp, channels_last, compile):
+def _crop_flags(sizes, nmb):
     scales = [("0.14", "1"), ("0.05", "0.14")] + [("0.05", "0.14")] * (len(sizes) - 2)
     return ["--size_crops", *map(str, sizes), "--nmb_crops", *map(str, nmb),
             "--min_scale_crops", *[lo for lo, _ in scales[:len(sizes)]],
-            "--max_scale_crops", *[hi for _, hi in scales[:len(sizes)]], *_option_flags(amp, channels_last, compile)]
+            "--max_scale_crops", *[hi for _, hi in scales[:len(sizes)]]]
 
 
-def make_step(method, arch, batch_size, sizes, nmb, device, device_aug, amp, channels_last, compile, max_steps=50,
-              frames=0, extra_args=(), info=None):
-    """One callable = one training step of ``main_<method>.train_one_epoch`` (a generator resumed once per call),
-    on a batch made once: uint8 crops augmented in the step (``device_aug``), else augmented float crops.
-    ``sce_video``: ``main_sce.py --modality video`` on 2 clips of ``frames`` frames at ``sizes[0]``.
-    ``extra_args``: more script flags (e.g. ``--mode sela``). ``info``: the DistInfo the script's builders see
-    (default: one process, no group); give a ``distributed=True`` one, under an initialised process group, for the
-    DDP / SyncBN path. The callable's ``model`` attribute is the module the script checkpoints."""
-    from src.augment.device import MultiCropAugment
-    from src.augment.recipes import moco_views, sce_views, swav_views
-    from src.augment.split import DeviceLoader
-    from src.augment.views import relative_blur_scale, scaled_blur
-    from src.run import dist
-    from src.run.args import autocast_dtype
-    from src.run.logging import ProgressLogger
-
-    info = info or dist.DistInfo(rank=0, world_size=1, local_rank=0, device=device, distributed=False, backend=None,
-                                 launcher="none")
-    logger = ProgressLogger(max_steps, 1, batch_size, 10 ** 9, None, rank=1)
-    if method in ("moco", "sce_video"):
-        sizes, nmb = [sizes[0]], [2]  # MoCo v2: two views of one size; video SCE: two clips
-    crops = _crops(sizes, nmb, batch_size, device_aug, device, frames if method == "sce_video" else 0)
-    common = _flags(sizes, nmb, amp, channels_last, compile) + list(extra_args)
-    if method in ("swav", "deepclusterv2"):
-        import main_deepclusterv2
-        import main_swav
-        from src.methods.deepcluster import MemoryBank
-        from src.methods.swav import LossWatch, SwAVModel, prepare_model, uniform_loss
-        from src.optim import swav_optimizer
-
-        script = main_swav if method == "swav" else main_deepclusterv2
-        args = script.get_args_parser().parse_args(["--arch", arch, "--batch_size", str(batch_size), "--print_freq",
-                                                    str(10 ** 9), *common, "--freeze_prototypes_niters", "0",
-                                                    *(["--use_fp16", "false"] if method == "swav" else [])])
-        if method == "deepclusterv2":
-            main_deepclusterv2.check_args(args)
-        heads = args.nmb_prototypes if method == "swav" else list(args.nmb_prototypes)
-        model, step_model = prepare_model(SwAVModel(arch, args.feat_dim, args.hidden_mlp, heads), info, args.sync_bn,
-                                          args.syncbn_process_group_size, args.channels_last, args.compile)
-        optimizer, schedule = swav_optimizer(model.parameters(), args.base_lr, args.final_lr, args.wd, args.epochs,
-                                             max_steps, device=device)
-        dtype = autocast_dtype(args, device)
-        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-        watch = LossWatch(uniform_loss(args.nmb_prototypes), device)
-        augment = MultiCropAugment(swav_views(sizes, nmb, blur_scale=relative_blur_scale(sizes[0])))
-        if method == "swav":
-            batch = (crops, torch.zeros(batch_size, dtype=torch.long))
-            run = lambda loader: script.train_one_epoch(model, step_model, None, loader, optimizer, scaler,  # noqa
-                                                        schedule, 0, 0, max_steps, args, device, dtype, logger, watch)
-        else:
-            batch = (torch.arange(batch_size), crops)
-            bank = MemoryBank(len(args.crops_for_assign), max_steps * batch_size, args.feat_dim, device)
-            labels = torch.randint(0, min(heads), (len(heads), batch_size), device=device)
-            autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-            run = lambda loader: script.train_one_epoch(model, step_model, bank, labels, loader, optimizer,  # noqa
-                                                        scaler, schedule, 0, 0, max_steps, args, device, autocast,
-                                                        logger, watch)
-    elif method == "sce":
-        import main_sce
-        from src.optim import LARS
-
-        args = main_sce.get_args_parser().parse_args(["--arch", arch, "--batch_size", str(batch_size), "--queue_size",
-                                                      str(32 * batch_size), "--print_freq", str(10 ** 9), *common])
-        model, online, target = main_sce.build_model(args, info)
-        optimizer = LARS(model.online_params(), lr=0.3, weight_decay=1e-6, momentum=0.9)
-        dtype = autocast_dtype(args, device)
-        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-        augment = MultiCropAugment(sce_views(nmb, blur_scale=relative_blur_scale(sizes[0])))
-        batch = (crops, torch.zeros(batch_size, dtype=torch.long))
-        run = lambda loader: main_sce.train_one_epoch(model, online, target, loader, optimizer, scaler,  # noqa
-                                                      np.full(max_steps, 0.3), np.full(max_steps, 0.99), 0, 0,
-                                                      max_steps, args, device, logger)
-    elif method == "sce_video":
-        import main_sce
-        from src.augment.video import sce_clip_split_views
-        from src.optim import LARS
-
-        args = main_sce.parse_args(["--modality", "video", "--data_path", "x", "--arch", arch, "--batch_size",
-                                    str(batch_size), "--queue_size", str(32 * batch_size), "--num_frames", str(frames),
-                                    "--size_crops", str(sizes[0]), "--print_freq", str(10 ** 9),
-                                    *_option_flags(amp, channels_last, compile), *extra_args])
-        main_sce.check_args(args)
-        model, online, target = main_sce.build_model(args, info)
-        optimizer = LARS(model.online_params(), lr=0.3, weight_decay=1e-6, momentum=0.9)
-        dtype = autocast_dtype(args, device)
-        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-        augment = sce_clip_split_views(sizes[0], blur_scale=relative_blur_scale(sizes[0])).device_augment
-        batch = (crops, torch.zeros(batch_size, dtype=torch.long))
-        run = lambda loader: main_sce.train_one_epoch(model, online, target, loader, optimizer, scaler,  # noqa
-                                                      np.full(max_steps, 0.3), np.full(max_steps, 0.99), 0, 0,
-                                                      max_steps, args, device, logger)
-    elif method == "moco":
-        import main_moco
-        from src.optim import moco_lr_schedule
-        from src.run.speed import fused_kwargs
-
-        bn = "8" if batch_size % 8 == 0 else "1"
-        args = main_moco.get_args_parser().parse_args(
-            ["x", "-a", arch, "-b", str(batch_size), "--crop-size", str(sizes[0]), "--moco-k", str(64 * batch_size),
-             "--mlp", "--moco-t", "0.2", "--aug-plus", "--cos", "--bn-splits", bn, "--print-freq", str(10 ** 9),
-             *_option_flags(amp, channels_last, compile), *extra_args])
-        main_moco.check_recipe_args(args)
-        model, encoder_q, _ = main_moco.build_model(args, info, batch_size)
-        optimizer = torch.optim.SGD(encoder_q.parameters(), 0.03, momentum=0.9, weight_decay=1e-4,
-                                    **fused_kwargs(device))
-        dtype = autocast_dtype(args, device)
-        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-        augment = MultiCropAugment(moco_views(2, blur_sigma=scaled_blur(relative_blur_scale(sizes[0]))[1]))
-        batch = (crops, torch.zeros(batch_size, dtype=torch.long))
-        sched = moco_lr_schedule(0.03, 1, max_steps, cos=True)
-        run = lambda loader: main_moco.train_one_epoch(model, encoder_q, loader, optimizer, scaler, sched,  # noqa
-                                                       0, 0, max_steps, args, device, logger)
+def script_argv(method, arch, batch_size, sizes, nmb, data, options, frames=0, extra_args=()):
+    """The command line of a cell's script, as ``python main_<method>.py`` would get it: the cell's trunk, batch,
+    crops and speed ``options`` (``_option_flags``' arguments), the folder its build reads (``data["images"]``, or
+    ``data["videos"]`` for ``sce_video``), no loader workers, seed 0; queues of 64 (MoCo) / 32 (SCE) batches."""
+    b = str(batch_size)
+    if method == "moco":  # MoCo v2; split-BN over 8 sub-batches where the batch divides
+        argv = [data["images"], "-a", arch, "-b", b, "--crop-size", str(sizes[0]), "--moco-k", str(64 * batch_size),
+                "--mlp", "--moco-t", "0.2", "--aug-plus", "--cos", "--bn-splits", "8" if batch_size % 8 == 0 else "1",
+                "-j", "0"]
+    elif method == "sce_video":  # 2 clips of `frames` frames at the global crop side; the video recipe's defaults
+        argv = ["--modality", "video", "--data_path", data["videos"], "--arch", arch, "--batch_size", b,
+                "--queue_size", str(32 * batch_size), "--num_frames", str(frames), "--size_crops", str(sizes[0]),
+                "--workers", "0"]
+    elif method in ("sce", "swav", "deepclusterv2"):
+        argv = ["--data_path", data["images"], "--arch", arch, "--batch_size", b, *_crop_flags(sizes, nmb),
+                "--workers", "0"]
+        argv += (["--queue_size", str(32 * batch_size)] if method == "sce" else
+                 ["--freeze_prototypes_niters", "0", *(["--use_fp16", "false"] if method == "swav" else [])])
     else:
         raise ValueError(f"unknown method {method!r}")
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    loader = itertools.repeat(batch)
-    if device_aug or channels_last or device.type == "cuda":
-        loader = DeviceLoader(loader, device, augment=augment if device_aug else None, memory_format=fmt)
-    steps = run(loader)
+    return argv + ["--seed", "0", *_option_flags(*options), *extra_args]
 
-    def step():
-        return next(steps)
-    step.model = model
+
+def script_step(method, arch, batch_size, sizes, nmb, device, device_aug, amp, channels_last, compile, data, frames=0,
+                extra_args=(), info=None):
+    """``main_<method>.step`` on a batch made once, after ``main_<method>.build`` from :func:`script_argv`'s flags
+    (``--device-aug``: uint8 crops that the loader's device half augments in each step, else augmented float
+    crops). ``sce_video``: ``main_sce.py --modality video`` on 2 clips of ``frames`` frames at ``sizes[0]``; MoCo:
+    two views at ``sizes[0]``. ``data``: ``{"images": folder, "videos": folder}`` (``bench.common.step_data``).
+    ``extra_args``: more script flags (e.g. ``--mode sela``). ``info``: the DistInfo the build sees (default: one
+    process, no group); a ``distributed=True`` one, under an initialised process group, gives the DDP / SyncBN path.
+    Returns ``step(it)`` -> the script's stats at global step ``it``; ``step.parts`` is what build made,
+    ``step.model`` the module the script checkpoints."""
+    import importlib
+
+    script = importlib.import_module(SCRIPTS[method])
+    if method in ("moco", "sce_video"):
+        sizes, nmb = [sizes[0]], [2]  # MoCo v2: two views of one size; video SCE: two clips
+    argv = script_argv(method, arch, batch_size, sizes, nmb, data, (device_aug, amp, channels_last, compile), frames,
+                       extra_args)
+    args = (script.parse_args if method.startswith("sce") else script.get_args_parser().parse_args)(argv)
+    parts = script.build(args, info or local_info(device))
+    parts.model.train()  # as train_one_epoch
+    batch = (_crops(sizes, nmb, batch_size, device_aug, device, frames if method == "sce_video" else 0),
+             torch.zeros(batch_size, dtype=torch.long))
+    if method == "deepclusterv2":  # (crops, labels, index); every image of the dataset with a label of each head
+        batch += (torch.arange(batch_size),)
+        heads = list(args.nmb_prototypes)
+        parts.labels.value = torch.randint(0, min(heads), (len(heads), len(parts.dataset)), device=parts.device)
+    deliver = loader_feed(parts.loader, batch)
+
+    def step(it):
+        return script.step(parts, deliver(), it)
+    step.parts, step.model = parts, parts.model
     return step
 
 
@@ -332,7 +273,7 @@ def make_backbone_step(arch, batch_size, sizes, nmb, device, amp, channels_last,
     dtype = autocast_dtype(argparse.Namespace(amp=amp), device)  # as the scripts: fp16 without CUDA -> fp32
     trunk.train()
 
-    def step():
+    def step(it=0):
         with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
             loss = sum(step_trunk(x).float().mean() for x in groups)
             with torch.no_grad():
@@ -344,8 +285,9 @@ def make_backbone_step(arch, batch_size, sizes, nmb, device, amp, channels_last,
     return step
 
 
-def time_cell(cell):
-    """Run one cell (a dict) in this process: warm-up steps, then timed steps. Returns its result row."""
+def time_cell(cell, data):
+    """Run one cell (a dict) in this process: warm-up steps, then timed steps (global steps 0, 1, ...). ``data``:
+    the folders a script's build reads (:func:`script_step`). Returns its result row."""
     device = torch.device(cell["device"])
     if cell.get("threads"):
         torch.set_num_threads(cell["threads"])
@@ -366,16 +308,16 @@ def time_cell(cell):
     if cell["method"] == "backbone":
         step = make_backbone_step(*args, amp, "channels_last" in opts, "compile" in opts, frames=frames)
     else:
-        step = make_step(cell["method"], *args, "device_aug" in opts, amp, "channels_last" in opts,
-                         "compile" in opts, max_steps=cell["warmup"] + cell["steps"] + 1, frames=frames)
+        step = script_step(cell["method"], *args, "device_aug" in opts, amp, "channels_last" in opts,
+                           "compile" in opts, data, frames=frames)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     t0 = time.time()
-    for _ in range(cell["warmup"]):
-        step()
+    for it in range(cell["warmup"]):
+        step(it)
     sync()
     t1, c1 = time.time(), time.process_time()
-    for _ in range(cell["steps"]):
-        step()
+    for it in range(cell["warmup"], cell["warmup"] + cell["steps"]):
+        step(it)
     sync()
     dt, cpu = time.time() - t1, time.process_time() - c1
     peak = peak_memory_mb(device) if device.type == "cuda" else peak_rss_mb()
@@ -410,9 +352,10 @@ def peak_rss_mb():
         return peak_memory_mb(torch.device("cpu"))
 
 
-def run_cell(cell, timeout):
+def run_cell(cell, timeout, data):
     """``time_cell`` in a fresh process (its own peak memory); returns the row, or an error row."""
-    cmd = [sys.executable, "-m", "bench.speed", "--cell", json.dumps(cell)]
+    cmd = [sys.executable, "-m", "bench.speed", "--cell", json.dumps(cell), "--data", data["images"], "--video-data",
+           data["videos"]]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -472,7 +415,7 @@ def ceiling_key(config):
     return "+".join(sorted(set(config.split("+")) - {"device_aug", "base"})) or "base"
 
 
-def main():
+def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cell", default=None, help=argparse.SUPPRESS)
     p.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
@@ -486,26 +429,27 @@ def main():
     p.add_argument("--video-arch", default="r3d18", help="trunk of the sce_video rows (r3d_tiny, r3d18, r3d50)")
     p.add_argument("--frames", type=int, default=8, help="frames per clip of the sce_video rows (8; the clip side is "
                                                          "the global crop side, --sizes' first value)")
+    p.add_argument("--data", default=DEMO_TRAIN,
+                   help=f"image folder the image scripts' build reads (the timed steps get pre-made batches; it must "
+                        f"hold at least one batch): default {DEMO_TRAIN}, the demo images, built when missing")
+    p.add_argument("--video-data", default=BENCH_VIDEO,
+                   help=f"video folder main_sce.py --modality video's build reads: default {BENCH_VIDEO}, tiny "
+                        "generated moving-shapes videos (src.data.video.demo), built when missing")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch threads per step cell (0: torch's default)")
-    p.add_argument("--data-images", type=int, default=32)
-    p.add_argument("--data-passes", type=int, default=2)
-    p.add_argument("--skip-data", action="store_true")
+    p.add_argument("--data-images", type=int, default=32, help="generated JPEGs of part (a)")
+    p.add_argument("--data-passes", type=int, default=2, help="passes over them in part (a)")
+    p.add_argument("--skip-data", action="store_true", help="no part (a)")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--output", default="bench/results/speed.json")
-    a = p.parse_args()
-    if a.cell:
-        print(json.dumps(time_cell(json.loads(a.cell))), flush=True)
-        return
-    for c in a.configs:
-        bad = set(c.split("+")) - OPTIONS - {"base"}
-        if bad:
-            p.error(f"unknown option(s) {', '.join(sorted(bad))} in --configs {c}")
-    device = torch.device(a.device)
-    data_rows = [] if a.skip_data else bench_data(a.data_images, a.data_passes)
-    step_rows = []
+    return p
+
+
+def plan_cells(a):
+    """The cells of parts (b) and (c), in order: every method under every configuration, then the backbone of each
+    distinct batch shape under the configurations' compute options."""
     common = {"arch": a.arch, "batch_size": a.batch_size, "device": a.device, "threads": a.threads,
               "steps": a.steps, "warmup": a.warmup}
     backbone_configs = sorted({ceiling_key(c) for c in a.configs})
@@ -518,14 +462,33 @@ def main():
 
     plan = [(m, *shape(m), a.configs) for m in a.methods]
     plan += [("backbone", *batch, backbone_configs) for batch in dict.fromkeys(shape(m) for m in a.methods)]
-    for method, arch, sizes, nmb, frames, configs in plan:
-        for config in configs:
-            cell = {**common, "method": method, "config": config, "arch": arch, "sizes": list(sizes),
-                    "nmb": list(nmb), "frames": frames}
-            row = run_cell(cell, a.timeout)
-            step_rows.append(row)
-            print(f"  done {method} {config}: " + (f"{row['images_per_s']:.1f} img/s" if "error" not in row
-                                                   else row["error"]), flush=True)
+    return [{**common, "method": method, "config": config, "arch": arch, "sizes": list(sizes), "nmb": list(nmb),
+             "frames": frames} for method, arch, sizes, nmb, frames, configs in plan for config in configs]
+
+
+def main(argv=None):
+    p = get_args_parser()
+    a = p.parse_args(argv)
+    data = {"images": a.data, "videos": a.video_data}
+    if a.cell:
+        print(json.dumps(time_cell(json.loads(a.cell), data)), flush=True)
+        return
+    for c in a.configs:
+        bad = set(c.split("+")) - OPTIONS - {"base"}
+        if bad:
+            p.error(f"unknown option(s) {', '.join(sorted(bad))} in --configs {c}")
+    device = torch.device(a.device)
+    if set(a.methods) - {"sce_video"}:
+        ensure_demo_data(a.data)
+    if "sce_video" in a.methods:
+        ensure_video_data(a.video_data, a.batch_size)
+    data_rows = [] if a.skip_data else bench_data(a.data_images, a.data_passes)
+    step_rows = []
+    for cell in plan_cells(a):
+        row = run_cell(cell, a.timeout, data)
+        step_rows.append(row)
+        print(f"  done {cell['method']} {cell['config']}: " + (f"{row['images_per_s']:.1f} img/s" if "error" not in row
+                                                             else row["error"]), flush=True)
     # on a CPU shared with other jobs, wall-clock rates swing with their load: compare CPU-time rates there
     print_tables(data_rows, step_rows, rate="images_per_s" if device.type == "cuda" else "images_per_cpu_s")
     result = {"machine": machine(device), "cpu_count": os.cpu_count(), "torch": torch.__version__,

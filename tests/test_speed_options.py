@@ -110,23 +110,37 @@ def _count_host_reads(monkeypatch):
     return counts
 
 
+@pytest.fixture(scope="module")
+def step_folders(tmp_path_factory):
+    """The generated image and video folders the scripts' builds read (bench.common.step_data)."""
+    from bench.common import step_data
+
+    return step_data(str(tmp_path_factory.mktemp("bench")), 4, 4)
+
+
 @pytest.mark.parametrize("method", ["swav", "moco", "sce", "deepclusterv2", "sce_video"])
 @pytest.mark.parametrize("device_aug", [False, True])
-def test_no_host_sync_inside_training_steps(monkeypatch, method, device_aug):
+def test_no_host_sync_inside_training_steps(monkeypatch, step_folders, method, device_aug):
     """Outside the log interval, a step reads nothing back from the device (the queue pointer once, at the first
-    enqueue). Python-level conversions are counted; a CUDA run can also use torch.cuda.set_sync_debug_mode."""
-    from bench.speed import make_step
+    enqueue). Python-level conversions are counted around each script's own ``step`` (on the parts its ``build``
+    made) and the loader's device half that feeds it; a CUDA run can also use torch.cuda.set_sync_debug_mode."""
+    from bench.speed import script_step
 
     torch.manual_seed(0)
     video = method == "sce_video"  # 2 clips of 2 frames through an r3d_tiny
-    step = make_step(method, "r3d_tiny" if video else "resnet18", batch_size=4, sizes=[32, 16], nmb=[2, 2],
-                     device=torch.device("cpu"), device_aug=device_aug, amp="none", channels_last=False,
-                     compile=False, frames=2 if video else 0)
-    step()  # first step: the queue pointer is read once
+    step = script_step(method, "r3d_tiny" if video else "resnet18", batch_size=4, sizes=[32, 16], nmb=[2, 2],
+                       device=torch.device("cpu"), device_aug=device_aug, amp="none", channels_last=False,
+                       compile=False, data=step_folders, frames=2 if video else 0)
+    script = sys.modules[{"sce_video": "main_sce"}.get(method, f"main_{method}")]
+    calls = []
+    real_step = script.step
+    monkeypatch.setattr(script, "step", lambda *a: calls.append(a[2]) or real_step(*a))
+    step(0)  # first step: the queue pointer is read once
     counts = _count_host_reads(monkeypatch)
-    step()
-    step()
+    step(1)
+    step(2)
     assert sum(counts.values()) == 0, dict(counts)
+    assert calls == [0, 1, 2]  # the script's real step ran each time
 
 
 @pytest.mark.parametrize("name", list(SCRIPTS))
@@ -137,7 +151,7 @@ def test_script_runs_with_channels_last_and_bf16(data, tmp_path, name):  # noqa:
     assert "iteration 2; checkpoint saved" in p.stdout
 
 
-def test_bench_command_writes_rows_ratios_and_json(tmp_path):
+def test_bench_command_writes_rows_ratios_and_json(tmp_path, step_folders):
     """``python -m bench.speed`` end to end, tiny: the input pipelines (a), an image and a video method, each with
     and without the device augmentation, their backbone ceilings (the video one an R3D on clips), ratios in the
     table and the JSON."""
@@ -147,7 +161,8 @@ def test_bench_command_writes_rows_ratios_and_json(tmp_path):
     p = run([sys.executable, "-m", "bench.speed", "--methods", "moco", "sce_video", "--configs", "base",
              "device_aug+channels_last", "--arch", "resnet_tiny", "--video-arch", "r3d_tiny", "--sizes", "16", "8",
              "--frames", "2", "--batch-size", "4", "--steps", "1", "--warmup", "1", "--threads", "1",
-             "--data-images", "2", "--data-passes", "1", "--output", str(out)], timeout=600)
+             "--data-images", "2", "--data-passes", "1", "--data", step_folders["images"], "--video-data",
+             step_folders["videos"], "--output", str(out)], timeout=600)
     assert_ok(p)
     rows = json.load(open(out))["steps"]
     assert not [r for r in rows if "error" in r], rows
