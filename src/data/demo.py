@@ -6,11 +6,9 @@ are drawn from the same distributions for every class, and the shape's *area* is
 of its class, so brightness, position and the fraction of pixels covered carry no class information:
 the class is recoverable only from the shape.
 
-Version 3 (the default) keeps only nuisances that the pretraining augmentations (crop, jitter, blur,
-flip) can undo. Version 2 also drew random colours, rotations, textured backgrounds and distractor
-blobs (the module constants below still give it): there, every method we ran for a few CPU minutes
-learned to tell images apart by colour, rotation and texture, which no augmentation removes, and its
-kNN accuracy fell *below* random init (README "Demo" lists the measurements).
+Only nuisances that the pretraining augmentations (crop, jitter, blur, flip) can undo are drawn: colour,
+rotation, texture and distractors (the ``v2`` values of the constants below) are cues no augmentation removes,
+and a few CPU minutes of pretraining learn them instead of the shape (docs/sce.md "Demo").
 
 Output layout (an ``ImageFolder`` twice, plus a marker written last)::
 
@@ -51,9 +49,8 @@ _GREY = True              # draw in grey levels only (colour carries no instance
 _ROTATION = 0.0             # shapes are rotated by an angle drawn in [0, this) (v2: 2 pi)
 _MIN_CONTRAST = 0.6           # RGB distance between the fill and the mean background under the shape
 _MIN_GREY_CONTRAST = 0.0      # with _GREY: minimum grey-level distance between the fill and that background. Off:
-                              # the RGB distance alone leaves 24% of the shapes within 0.1 grey of their background,
-                              # a contrast nuisance that jitter covers; with 0.3, random-init features reach 45%
-                              # Best-NN and beat 140 pretraining steps (README "Demo")
+                              # low contrast is a nuisance that jitter covers; a floor makes the random-init
+                              # trunk hard to beat (docs/sce.md "Demo")
 
 
 def _ngon(n, radius=1.0, phase=0.0):

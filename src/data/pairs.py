@@ -3,8 +3,8 @@
 Layout: ``root/<class>/<stem>-<v>.jpeg`` (``.jpg`` and ``.png`` are read too), where view 0 is the
 original image ("domain" D) and views 1, 2, ... are augmented ``size`` x ``size`` views of it ("shifted
 domain" SD), see ``src/augment/pairs.py``.
-Which views an evaluation reads is named by a *view set* (SSL-small ``util.PositivePairDataset``,
-``spec/evals.md`` D.5): ``normal`` (0, 1, 2), ``g-mask`` (0, 3, 4), ``rand-g-mask`` (0, 5, 6),
+Which views an evaluation reads is named by a *view set* (SSL-small ``util.PositivePairDataset``):
+``normal`` (0, 1, 2), ``g-mask`` (0, 3, 4), ``rand-g-mask`` (0, 5, 6),
 ``avg-mask`` (0, 7, 8), ``rand-avg-mask`` (0, 9, 10), ``all`` (0 to 10). View 0 is evaluated like a
 validation image (Resize -> CenterCrop -> Normalize); the augmented views are only resized when they
 are not already ``crop_size`` and normalised.

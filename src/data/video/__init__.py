@@ -1,3 +1,3 @@
-"""Video data for video SCE (spec ``sce.md`` section 5): decoding (``io``), clip sampling and temporal difference
+"""Video data for video SCE (docs/video.md): decoding (``io``), clip sampling and temporal difference
 (``clips``), time-consistent augmentations (``transforms``), datasets (``dataset``), the UCF101 / HMDB51 split files
 (``splits``) and a generated demo dataset (``demo``). ``build`` assembles them for the scripts."""

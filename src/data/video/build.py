@@ -48,7 +48,7 @@ def video_samples(root, split, splits_dir="", split_id=1):
 def pretrain_set(root, size=224, num_frames=8, clip_duration=2.56, temporal_diff_p=0.2, scale=(0.2, 0.766),
                  blur_probs=(1.0, 0.1), solarize_probs=(0.0, 0.2), blur_scale=1.0, seed=None, frames_fps=30.0,
                  split=False):
-    """SCE pretraining: items ``([clip_1, clip_2], label)``, each (3, num_frames, size, size) (spec 5.2): float
+    """SCE pretraining: items ``([clip_1, clip_2], label)``, each (3, num_frames, size, size): float
     and fully augmented, or with ``split`` (``--device-aug``) uint8 crops whose transform's ``device_augment``
     finishes them on the training device (``src.augment.video.ClipCropToUint8``)."""
     samples, classes = video_samples(root, "train")
@@ -59,7 +59,7 @@ def pretrain_set(root, size=224, num_frames=8, clip_duration=2.56, temporal_diff
 
 def train_set(samples, classes, size=224, short_side=(256, 320), finetune=False, num_frames=8, clip_duration=2.56,
               seed=None, frames_fps=30.0):
-    """Classifier training: items ``(clip (3, T, size, size), label)``, 1 random clip (spec 5.4, 5.5)."""
+    """Classifier training: items ``(clip (3, T, size, size), label)``, 1 random clip."""
     return VideoDataset(samples, classes, RandomMultiClipSampler(1, clip_duration),
                         eval_train_transform(size, short_side, finetune), num_frames=num_frames, output="single",
                         seed=seed, frames_fps=frames_fps)
@@ -74,10 +74,10 @@ def test_set(samples, classes, short_side=256, crop=256, num_clips=10, num_crops
 
 
 def add_video_eval_args(parser):
-    """The ``video`` flag group of the evaluation scripts (spec 5.4-5.6); with ``--modality image`` (the default)
-    none of them is read. ``--resize`` / ``--crop_size`` of the script give the short side (train: random in
-    [resize, 1.25 resize]; test: resize) and the training crop; the test crops are resize x resize."""
-    g = parser.add_argument_group("video (spec sce.md 5.4-5.6)")
+    """The ``video`` flag group of the evaluation scripts (docs/video.md "Evaluation"); with ``--modality image``
+    (the default) none of them is read. ``--resize`` / ``--crop_size`` of the script give the short side (train:
+    random in [resize, 1.25 resize]; test: resize) and the training crop; the test crops are resize x resize."""
+    g = parser.add_argument_group("video")
     add_arg(g, "--modality", default="image", choices=["image", "video"],
             help="video: DIR holds videos (files decoded with PyAV, or folders of frames) in class folders under "
                  "train/ and val/ (or test/), or the class folders of UCF101 / HMDB51 with --splits_dir; the trunk "
@@ -158,7 +158,7 @@ def eval_sets(cfg, data, resize, crop_size, seed, finetune=False):
 
 class ViewAverage(nn.Module):
     """``trunk`` applied to every view of a video and averaged: (B, V, 3, T, H, W) -> (B, D) (raw features, no
-    normalisation before the mean, spec 5.6); a plain (B, 3, T, H, W) batch goes through unchanged."""
+    normalisation before the mean, as eztorch's retrieval); a plain (B, 3, T, H, W) batch goes through unchanged."""
 
     def __init__(self, trunk):
         super().__init__()

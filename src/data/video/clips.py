@@ -1,5 +1,5 @@
 """Which clips of a video are read, which of their frames are kept, and the temporal-difference augmentation
-(spec ``sce.md`` 5.2, 5.4; pytorchvideo's clip samplers and ``UniformTemporalSubsample`` as configured by eztorch).
+(pytorchvideo's clip samplers and ``UniformTemporalSubsample`` as juliendenize/eztorch configures them).
 
 A clip sampler maps a video's duration to a list of views ``(start, end, view_id)``:
 

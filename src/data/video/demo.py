@@ -74,9 +74,8 @@ def render_video(kind, rng, height=64, width=80, num_frames=80):
 def write_video(path, frames, fps=25):
     """Encode (T, H, W, 3) uint8 frames to ``path`` as MPEG-4 part 2 (FFmpeg's own encoder, fixed quantiser 3).
 
-    Not H.264: libx264 (crf 18, one thread) wrote different bytes for the same frames in one pytest process, after
-    ``torch.set_num_threads(1)``, and the decoded frames differed by up to 16 levels; FFmpeg's MPEG-4 encoder
-    writes the same bytes every time, and every decoder reads it.
+    Not H.264: libx264 did not write the same bytes for the same frames within one process; FFmpeg's MPEG-4
+    encoder does, and every decoder reads it.
     """
     import av
 
