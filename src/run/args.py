@@ -112,8 +112,8 @@ def add_amp_args(parser):
 
 
 def add_speed_args(parser):
-    """Input-pipeline and compute options: ``--device-aug``, ``--channels-last``, ``--compile`` (README "Speed
-    options"). All off by default: the per-sample path and eager fp32 stay the reference."""
+    """Input-pipeline and compute options: ``--device-aug``, ``--channels-last``, ``--compile`` (docs/speed.md
+    "Speed options"). All off by default: the per-sample path and eager fp32 stay the reference."""
     g = parser.add_argument_group("speed")
     add_arg(g, "--device-aug", action="store_true",
             help="split pipeline: loader workers only decode (reduced-size JPEG decoding when the crops allow), crop "
@@ -133,10 +133,10 @@ def autocast_dtype(args, device, rank=0):
     """Resolve ``--amp`` / ``--use_fp16`` for ``device``: an explicit ``--amp fp16|bf16`` wins, else
     ``--use_fp16 true`` means fp16 (with a grad scaler), else None (fp32).
 
-    fp16 without CUDA falls back to fp32 with one warning line: CPU fp16 autocast is emulated (a ResNet-18 step
-    ran about 21x slower than fp32 on this project's 2-core machine) and the references' fp16 is a GPU setting,
-    so their published commands still run on a CPU; ``--amp bf16`` is honoured everywhere. The effective choice
-    is written back to ``args.amp`` / ``args.use_fp16`` so that later :func:`amp_dtype` calls agree.
+    fp16 without CUDA falls back to fp32 with one warning line: CPU fp16 autocast is emulated and far slower than
+    fp32 (docs/speed.md), and the references' fp16 is a GPU setting, so their published commands still run on a
+    CPU; ``--amp bf16`` is honoured everywhere. The effective choice is written back to ``args.amp`` /
+    ``args.use_fp16`` so that later :func:`amp_dtype` calls agree.
 
     Returns:
         torch.float16, torch.bfloat16 or None.

@@ -232,7 +232,7 @@ def _spawned(i, worker_fn, nprocs, node_rank, num_nodes, dist_url, fn_args):
     Returns: what ``worker_fn`` returns (ignored by spawn).
     """
     if "OMP_NUM_THREADS" not in os.environ:  # as torchrun does: N processes x all-cores threads oversubscribe the
-        # CPU (2 gloo processes on 2 cores ran 4x slower than under torchrun)
+        # CPU (docs/launching.md)
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // nprocs))
     return worker_fn(i, node_rank * nprocs + i, num_nodes * nprocs, dist_url, *fn_args)
 
@@ -263,8 +263,7 @@ def seed_everything(seed, rank=0):
 def cleanup():
     """Barrier, then destroy the process group, if one exists. Returns: None.
 
-    The barrier matters: gloo workers that tear down while a peer is still in a collective abort
-    (SIGABRT in about a third of runs without it).
+    The barrier matters: gloo workers that tear down while a peer is still in a collective may abort (SIGABRT).
     """
     if tdist.is_available() and tdist.is_initialized():
         tdist.barrier()

@@ -1,4 +1,4 @@
-"""Compute options shared by the scripts (README "Speed options"): mixed precision (:func:`autocast`, the dtype
+"""Compute options shared by the scripts (docs/speed.md "Speed options"): mixed precision (:func:`autocast`, the dtype
 chosen by ``src.run.args.autocast_dtype``), channels-last weights, ``torch.compile`` with an eager fallback, fused
 optimizer steps. The input side (device augmentation, channels-last images, non-blocking copies) is
 ``src.augment.split``.
