@@ -1,17 +1,14 @@
 """Distributed setup and collectives: the only module that reads launchers, env variables and backends.
 
-Launch styles, all served by the same script; :func:`init_distributed` detects them in this order:
+:func:`init_distributed` detects the launcher in this order (docs/launching.md):
 
-1. ``torchrun`` or ``python -m torch.distributed.launch``: env ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
-   ``MASTER_ADDR``, ``MASTER_PORT``; init with ``env://``. The second launcher also passes ``--local-rank=N``
-   to the script; when the script hands that on as ``local_rank=`` the launcher is reported as "launch".
-2. ``srun`` (SLURM): ``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID``. ``MASTER_ADDR`` comes from the env or
-   the first host of ``SLURM_JOB_NODELIST``; ``MASTER_PORT`` from the env or 29500; both are exported, then
-   ``env://``. Caveat: inside an sbatch script ``SLURM_PROCID``/``SLURM_NTASKS`` are set even for a plain
-   ``python`` without ``srun``; launch with ``srun`` (as ``scripts/*.sh`` do) when ``--ntasks`` > 1.
-3. MoCo style: ``dist_url="tcp://host:port"`` with ``world_size`` >= 1 and ``rank`` >= 0 (``--dist-url
-   --world-size --rank``, and what :func:`spawn_workers` passes for ``--multiprocessing-distributed``).
-4. Nothing: one process, no process group.
+1. ``torchrun`` / ``python -m torch.distributed.launch``: env ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``env://``;
+2. ``srun``: ``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID``; ``MASTER_ADDR`` from the env or the first host
+   of ``SLURM_JOB_NODELIST``, ``MASTER_PORT`` from the env or 29500. Inside sbatch these are set even for a plain
+   ``python``: launch with ``srun`` when ``--ntasks`` > 1;
+3. MoCo style: ``dist_url="tcp://host:port"`` with ``world_size`` and ``rank`` (``--dist-url --world-size --rank``,
+   and what :func:`spawn_workers` passes for ``--multiprocessing-distributed``);
+4. nothing: one process, no process group.
 
 A process group is created only when the world size is above 1; without one every helper below is the
 identity, so single-process code needs no special case. Backend: NCCL on CUDA, gloo otherwise (CPU tests).

@@ -4,15 +4,10 @@
 then ``main(args)``; a :class:`~src.run.errors.UserError` anywhere is one ``error:`` line and exit 2, Ctrl-C is
 ``interrupted`` and exit 130, never a traceback.
 
-``launch(fn, args)`` handles MoCo's ``--multiprocessing-distributed`` (one spawned process per GPU, or
-``--nproc_per_node`` on a CPU; the parent passes SIGTERM / SIGUSR1 / SIGINT on to them and waits) and otherwise
-runs in this process, which ``src.run.dist.init_distributed`` places in the group of torchrun,
-``torch.distributed.launch``, ``srun`` or a plain ``python`` (no group). Each process checks that a requested CUDA
-device exists, joins the group, installs its stop handler (a signal from then on is a stop request) and calls
-``fn(args, info)``; the flags read are those of ``src.run.args.add_dist_args``. Until the process has joined
-its group a stop signal ends it at once (nothing exists to save, and a rendezvous wait would not see a handler);
-launch flags that cannot work (a node rank outside ``--world-size``, a URL without a usable host and port) are refused
-before any process starts.
+``launch(fn, args)`` spawns MoCo's ``--multiprocessing-distributed`` processes (the parent forwards stop signals and
+waits) or runs in this process under whichever launcher started it (``src.run.dist.init_distributed``). Each process
+checks its device, joins the group, installs its stop handler and calls ``fn(args, info)``. Until the process has
+joined, a stop signal ends it at once: nothing exists to save, and a rendezvous wait would not see a handler.
 """
 import functools
 import sys
