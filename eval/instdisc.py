@@ -1,6 +1,6 @@
 """Instance discrimination on a static positive-pair set: does a query find its own positive view?
 
-SSL-small ``eval/instdisc.py`` (``spec/evals.md`` D.6). Every image of the set (written by
+SSL-small ``eval/instdisc.py`` (docs/evaluation.md "Static positive pairs"). Every image of the set (written by
 ``python -m experiments.sample-augs``) is embedded by the frozen trunk and L2-normalised. Mode ``d-sd``:
 the queries are the originals (view 0, centre-cropped: the "domain" D) and each query's positive is its
 augmented view 1 (the "shifted domain" SD); ``sd-sd``: queries are view 1, positives view 2. The

@@ -3,7 +3,7 @@
 A thin CLI: the search is ``src.evaluation.knn`` (which a training run's monitor calls too, so its figure equals
 this command's); this module reads the flags, the folders and the checkpoint, runs the shards and reports.
 
-Protocol (``spec/evals.md`` D.8): both splits go through Resize(256) -> CenterCrop(224) -> Normalize.
+Protocol (docs/knn.md): both splits go through Resize(256) -> CenterCrop(224) -> Normalize.
 The training set is cut into ``-g`` contiguous shards, one process each (one per GPU on CUDA). Every
 shard process embeds the whole val set (in order), then streams its training shard batch by batch
 through an exact Euclidean top-k (``src.metrics.StreamingKNN``); the features can first be mapped
@@ -14,12 +14,9 @@ k=20, T=0.07) is reported as well, from a second streaming top-k over the same b
 largest similarities), so no process keeps the training features: memory per shard is the val
 features (three copies of N_val x D) plus a few (N_val x batch) blocks, whatever the training set size.
 
-``shift-norm`` centres the training features by the mean of the WHOLE training set and the val features
-by the mean of the whole val set, then L2-normalises. The reference subtracts each batch's own mean from
-train and val batches alike; its loaders shuffle, so a batch mean estimates its set's mean, but ours keep
-the (class-sorted) folder order, where a batch mean is a class mean. The training mean takes one extra
-forward pass over the training set (each shard sums its features in float64, the parent adds the sums),
-so shift-norm costs about twice the trunk time of the other spaces; nothing is cached. See docs/knn.md.
+``shift-norm`` centres each split by the mean of the WHOLE split, then L2-normalises: the reference's per-batch
+mean estimates that only because its loaders shuffle, and ours keep the class-sorted folder order (docs/knn.md).
+The training mean costs one extra forward pass over the training set.
 
 The results file (``--output-json``, default knn.json next to the checkpoint) is checked for writability
 before any work, and written before anything is printed. Non-finite features (a diverged trunk) stop
@@ -32,7 +29,7 @@ Last line of the output: ``best-NN=XX.XX%, k=K.``; the numbers also go to ``--ou
     python -m eval.knn data/demo --pretrained runs/moco-demo/checkpoint.pth.tar --resize 48 --crop-size 48 -g 2
     # one GPU, ImageNet, a MoCo release (module.encoder_q.* keys are found automatically)
     python -m eval.knn /datasets/imagenet -a resnet50 --pretrained moco_v2_800ep_pretrain.pth.tar -b 512
-    # paper setting: 8 GPUs, one shard each, max k 101 (about 10-15 min)
+    # paper setting: 8 GPUs, one shard each, max k 101
     python -m eval.knn /datasets/imagenet -a resnet50 --pretrained ckpt.pth.tar -b 1024 -g 8 -k 101
     # random-init baseline (seeded by --seed)
     python -m eval.knn data/demo -a resnet18 --cifar-stem --resize 48 --crop-size 48

@@ -24,8 +24,9 @@ epochs with a launcher, checkpoints and resumption. This one fits a convex probl
 convergence (or 100 L-BFGS iterations) for each of 45 regularisation values: no epochs, no optimiser state, no
 launcher, and its own data readers for 11 datasets; sharing a script would give each protocol the other's flags.
 
-Prints one line per C and per dataset, then the table of SCE's README (Food101, CIFAR10, CIFAR100, SUN397, Cars,
-Aircraft, VOC2007, DTD, Pets, Caltech101, Flowers, Avg.); everything also goes to ``<output_dir>/linear_transfer.json``.
+Prints one line per C and per dataset, then SCE's transfer table (Food101, CIFAR10, CIFAR100, SUN397, Cars,
+Aircraft, VOC2007, DTD, Pets, Caltech101, Flowers, Avg.; juliendenize/eztorch ``docs/source/contributions/sce_wacv.md``);
+everything also goes to ``<output_dir>/linear_transfer.json``.
 
     # CPU, two datasets, a main_sce.py checkpoint (arch read from it)
     python -m eval.linear_transfer --data_root /datasets/transfer --datasets cifar10 dtd \\
@@ -273,7 +274,7 @@ def _write_json(results, path):
 
 
 def format_table(method, scores):
-    """SCE README's transfer table (a markdown table): the datasets run, in its column order, and their mean."""
+    """SCE's transfer table (as markdown): the datasets run, in its column order, and their mean."""
     names = [n for n in DATASETS if n in scores]
     head = ["Method"] + [DATASETS[n][0] for n in names] + ["Avg."]
     row = [method] + [f"{scores[n]:.1f}" for n in names] + [f"{np.mean([scores[n] for n in names]):.1f}"]

@@ -1,4 +1,4 @@
-"""Retrieval from a bank: nearest train-split videos of every test-split video (video SCE, spec ``sce.md`` 5.6).
+"""Retrieval from a bank: nearest train-split videos of every test-split video (video SCE; docs/video.md).
 
 Two steps, as the reference's ``extract_features.py`` + ``retrieval_from_bank.py``:
 

@@ -1,7 +1,7 @@
 """Alignment, intra-class alignment and uniformity of a frozen trunk on a static positive-pair set.
 
-SSL-small ``eval/stats-dist.py`` (``spec/evals.md`` D.7), after Wang & Isola 2020 ("Understanding
-Contrastive Representation Learning through Alignment and Uniformity on the Hypersphere"). The views
+SSL-small ``eval/stats-dist.py`` (docs/evaluation.md "Static positive pairs"), after Wang & Isola 2020
+("Understanding Contrastive Representation Learning through Alignment and Uniformity on the Hypersphere"). The views
 of every image of the set (``python -m experiments.sample-augs``) are embedded and L2-normalised:
 r0 = originals (view 0, centre-cropped: domain D), r1 and r2 = augmented views 1, 2 (shifted domain SD).
 
@@ -76,7 +76,7 @@ def format_block(pretrained, data, values):
     """The reference's three-line block: ``<ckpt>,<data>``, the column names, the values (15-character
     left-aligned columns, 4 decimals)."""
     lines = [f"{pretrained},{data}", "".join(f"{c:<15}" for c in COLUMNS), "".join(f"{v:<15.4f}" for v in values)]
-    return "\n".join(line.rstrip() for line in lines)  # as the spec prints it: no trailing blanks
+    return "\n".join(line.rstrip() for line in lines)  # no trailing blanks
 
 
 @exit_on_user_error

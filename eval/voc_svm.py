@@ -1,5 +1,5 @@
 """VOC07 SVM: per-class linear SVMs on frozen features, mean average precision (Revisiting-Contrastive-SSL's
-``evaluation/voc_svm``, spec moco.md C.7; the headline metric of Van Gansbeke et al. 2021).
+``evaluation/voc_svm``; the headline metric of Van Gansbeke et al. 2021).
 
 Protocol: the trunk (classifier head dropped) embeds every image of the train split (``trainval``) and the test
 split (``test``) after Resize(256) -> CenterCrop(224) -> ImageNet normalisation; features are L2-normalised

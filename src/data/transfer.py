@@ -35,7 +35,7 @@ from src.data.folders import ImageList, SafeImageFolder, require_folder
 from src.data.voc import VOCImages, find_voc_dir, read_split, voc_classes
 from src.run.errors import UserError
 
-# name -> (column title of SCE's README table, metric, has an official val split in ssl-transfer, reader);
+# name -> (column title of SCE's transfer table, metric, has an official val split in ssl-transfer, reader);
 # in the order of that table. Metrics as ssl-transfer's LINEAR_DATASETS.
 DATASETS = {
     "food101": ("Food101", "top1", False, "food101"),
