@@ -1,6 +1,6 @@
 """Turn a SEED-distilled checkpoint into one that ``main_moco.py --resume FILE --restart`` starts from.
 
-SSL-small (Shi et al. 2021, WOWNICE/ssl-small ``util.distill_ckpt2moco_ckpt``; spec moco.md D.4) starts its
+SSL-small (Shi et al. 2021, WOWNICE/ssl-small ``util.distill_ckpt2moco_ckpt``; docs/moco.md) starts its
 small-model runs from students distilled by SEED (Fang et al. 2021). The conversion: drop the teacher's
 weights (``module.teacher*``), add a copy of every student tensor (``module.student*``) under
 ``module.encoder_q*`` (the student keys stay; ``--restart`` ignores them), and write

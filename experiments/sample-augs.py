@@ -4,7 +4,7 @@ For every class folder of SRC (sorted) the first N images (sorted names) are wri
 ``DST/<class>/<stem>-0.jpeg`` (the original, re-encoded at full resolution) and ``<stem>-1.jpeg``,
 ``<stem>-2.jpeg``, ... (``--size`` x ``--size`` augmented views; see ``src/augment/pairs.py`` for the modes:
 moco, nointer, easy, hard, super-hard). ``eval.instdisc``, ``eval.stats-dist`` and ``experiments.tsne``
-read the result. SSL-small ``experiments/sample-augs.py`` (``spec/evals.md`` D.5), with these changes:
+read the result (docs/evaluation.md). SSL-small ``experiments/sample-augs.py``, with these changes:
 sorted instead of ``os.listdir`` order, each image's views seeded from ``(--seed, class, file name)``
 so the output does not depend on ``-j`` or on N, parallel workers with a progress bar, images whose
 views all exist are skipped (re-run the command to finish an interrupted job), and a

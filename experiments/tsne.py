@@ -1,6 +1,6 @@
 """t-SNE pictures of a frozen trunk's features: originals and their augmented views.
 
-SSL-small ``experiments/tsne.py`` (``spec/evals.md`` D.9) with scikit-learn's t-SNE instead of a
+SSL-small ``experiments/tsne.py`` (docs/evaluation.md) with scikit-learn's t-SNE instead of a
 hand-written one. The first ``--num-classes`` classes x ``-s`` images of a static positive-pair set
 (``python -m experiments.sample-augs``) are embedded, L2-normalised, and the originals (view 0) and
 both augmented views (1, 2) are mapped *together* to 2-D: PCA to ``--pca-dims`` dimensions, then t-SNE

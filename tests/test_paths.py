@@ -62,7 +62,7 @@ def stale_names(files):
             for match in MODULE.finditer(line):
                 name = match.group(0).rstrip(".")
                 if f.endswith(".py") and not _quoted_or_commented(line, match):
-                    continue  # code: ``src.fc = ...`` is a variable, not a module
+                    continue  # in code ``src`` may be a variable (a trunk), not the package
                 if not _module_exists(name) and not _cites_elsewhere(line):
                     stale.append((f, number, name))
     return stale

@@ -1,10 +1,10 @@
 #!/bin/bash
 # DeepCluster-v2 on CIFAR-100 (32 px), one GPU, plain python (no launcher); the online kNN monitor and the
 # online linear probe score the run on CIFAR-100's labelled train / test split while it trains.
-# Values: vturrisi/solo-learn scripts/pretrain/cifar/deepclusterv2.yaml (and vturrisi/solo-learn@be3de80
-# scripts/pretrain/cifar/deepclusterv2.sh): ResNet-18 (CIFAR stem), 2 x 32 px crops, 3 heads of 3000 prototypes, LARS
-# lr 0.6 -> 0.0006 with 11 warmup epochs from 0, wd 1e-6, batch 256, 1000 epochs, fp16; online linear lr 0.1. solo-
-# learn's config serves CIFAR-10 and CIFAR-100 alike ("change here for cifar100").
+# Values: vturrisi/solo-learn scripts/pretrain/cifar/deepclusterv2.yaml (and its .sh at vturrisi/solo-learn@be3de80):
+# ResNet-18 (CIFAR stem), 2 x 32 px crops, 3 heads of 3000 prototypes, LARS lr 0.6 -> 0.0006 with 11 warmup epochs
+# from 0, wd 1e-6, batch 256, 1000 epochs, fp16; online linear lr 0.1. solo-learn's config serves CIFAR-10 and
+# CIFAR-100 alike ("change here for cifar100").
 # Where a peer setting has no flag here, and why our values differ: docs/small-data.md.
 set -euo pipefail
 DATA=${DATA:-/path/to/cifar100}  # holds cifar-100-python/ (cifar-100-python.tar.gz extracted)

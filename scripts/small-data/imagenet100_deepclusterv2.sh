@@ -1,9 +1,9 @@
 #!/bin/bash
 # DeepCluster-v2 on ImageNet-100 (224 px), one GPU, plain python (no launcher); the online kNN monitor and the
 # online linear probe score the run on ImageNet-100's labelled train / test split while it trains.
-# Values: vturrisi/solo-learn scripts/pretrain/imagenet-100/deepclusterv2.yaml (and vturrisi/solo-learn@be3de80
-# scripts/pretrain/imagenet-100/deepclusterv2.sh): ResNet-18, 2 x 224 px crops, 3 heads of 3000 prototypes, LARS lr
-# 0.6 -> 0.0006 with 11 warmup epochs from 0, wd 1e-6, batch 256, 400 epochs, fp16; online linear lr 0.1.
+# Values: vturrisi/solo-learn scripts/pretrain/imagenet-100/deepclusterv2.yaml (and its .sh at
+# vturrisi/solo-learn@be3de80): ResNet-18, 2 x 224 px crops, 3 heads of 3000 prototypes, LARS lr 0.6 -> 0.0006 with 11
+# warmup epochs from 0, wd 1e-6, batch 256, 400 epochs, fp16; online linear lr 0.1.
 # Where a peer setting has no flag here, and why our values differ: docs/small-data.md.
 set -euo pipefail
 DATA=${DATA:-/path/to/imagenet100}  # holds train/ and val/ class folders (experiments.imagenet100)

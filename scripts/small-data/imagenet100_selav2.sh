@@ -4,9 +4,9 @@
 # SeLa-v2 = the DeepCluster-v2 recipe below with the label step changed (our choice: no peer publishes a small-data
 # SeLa-v2): Sinkhorn labels over the memory bank instead of k-means, learned prototypes frozen for the first epoch, as
 # facebookresearch/swav's selav2 scripts (313 iterations = 1 epoch at batch 4096). Values: vturrisi/solo-learn
-# scripts/pretrain/imagenet-100/deepclusterv2.yaml (and vturrisi/solo-learn@be3de80
-# scripts/pretrain/imagenet-100/deepclusterv2.sh): ResNet-18, 2 x 224 px crops, 3 heads of 3000 prototypes, LARS lr
-# 0.6 -> 0.0006 with 11 warmup epochs from 0, wd 1e-6, batch 256, 400 epochs, fp16; online linear lr 0.1.
+# scripts/pretrain/imagenet-100/deepclusterv2.yaml (and its .sh at vturrisi/solo-learn@be3de80): ResNet-18, 2 x 224 px
+# crops, 3 heads of 3000 prototypes, LARS lr 0.6 -> 0.0006 with 11 warmup epochs from 0, wd 1e-6, batch 256, 400
+# epochs, fp16; online linear lr 0.1.
 # Where a peer setting has no flag here, and why our values differ: docs/small-data.md.
 set -euo pipefail
 DATA=${DATA:-/path/to/imagenet100}  # holds train/ and val/ class folders (experiments.imagenet100)

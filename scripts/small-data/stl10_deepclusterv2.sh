@@ -1,11 +1,11 @@
 #!/bin/bash
 # DeepCluster-v2 on STL-10 (96 px), one GPU, plain python (no launcher); the online kNN monitor and the
 # online linear probe score the run on STL-10's labelled train / test split while it trains.
-# Values: vturrisi/solo-learn scripts/pretrain/imagenet-100/deepclusterv2.yaml (and vturrisi/solo-learn@be3de80
-# scripts/pretrain/imagenet-100/deepclusterv2.sh): ResNet-18, 2 x 96 px crops, 3 heads of 3000 prototypes, LARS lr 0.6
-# -> 0.0006 with 11 warmup epochs from 0, wd 1e-6, batch 256, 400 epochs, fp16; online linear lr 0.1. solo-learn
-# publishes no STL-10 config: its ImageNet-100 values at 96 px are our choice; pretraining on train+unlabeled (105,000
-# images) as solo-learn's STL-10 loader does.
+# Values: vturrisi/solo-learn scripts/pretrain/imagenet-100/deepclusterv2.yaml (and its .sh at
+# vturrisi/solo-learn@be3de80): ResNet-18, 2 x 96 px crops, 3 heads of 3000 prototypes, LARS lr 0.6 -> 0.0006 with 11
+# warmup epochs from 0, wd 1e-6, batch 256, 400 epochs, fp16; online linear lr 0.1. solo-learn publishes no STL-10
+# config: its ImageNet-100 values at 96 px are our choice; pretraining on train+unlabeled (105,000 images) as
+# solo-learn's STL-10 loader does.
 # Where a peer setting has no flag here, and why our values differ: docs/small-data.md.
 set -euo pipefail
 DATA=${DATA:-/path/to/stl10}  # holds stl10_binary/ (stl10_binary.tar.gz extracted)
