@@ -21,10 +21,9 @@ import argparse
 import torch
 
 import main_moco
-from bench.common import (add_io_args, ensure_demo_data, machine, peak_memory_mb, per_arch, report, time_per_sample,
-                          time_steps)
+from bench.common import (add_io_args, ensure_demo_data, local_info, machine, peak_memory_mb, per_arch, report,
+                          time_per_sample, time_steps)
 from src.augment.recipes import moco_recipe
-from src.run import dist
 from src.run.errors import UserError
 
 
@@ -50,8 +49,7 @@ def bench_step(arch, batch_size, crop_size, steps, amp, device, data, queue=4096
         [data, "-a", arch, "-b", str(batch_size), "--crop-size", str(crop_size), "--moco-k", str(queue),
          *recipe_flags(recipe, crop_size), "--bn-splits", str(bn_splits), "--amp", amp, "-j", "0", "--seed", "0",
          "--device", str(device)])
-    info = dist.DistInfo(rank=0, world_size=1, local_rank=0, device=device, distributed=False, backend=None,
-                         launcher="none")
+    info = local_info(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     parts = main_moco.build(args, info)

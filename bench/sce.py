@@ -14,11 +14,10 @@ import argparse
 import torch
 
 import main_sce
-from bench.common import (add_io_args, ensure_demo_data, machine, peak_memory_mb, per_arch, report, time_per_sample,
-                          time_steps)
+from bench.common import (add_io_args, ensure_demo_data, local_info, machine, peak_memory_mb, per_arch, report,
+                          time_per_sample, time_steps)
 from src.augment.recipes import sce_recipe
 from src.augment.views import relative_blur_scale
-from src.run import dist
 
 LOCAL_SIZES, LOCAL_MIN, LOCAL_MAX = (192, 160, 128, 96), (0.172, 0.143, 0.114, 0.086), (0.86, 0.715, 0.571, 0.429)
 
@@ -38,8 +37,7 @@ def bench_step(arch, batch_size, crop_size, crops, steps, amp, device, data, mut
         ["--data_path", data, "--arch", arch, "--batch_size", str(batch_size), "--queue_size", str(2 * batch_size * 16),
          "--amp", amp, "--workers", "0", "--mutual_pass", str(mutual_pass), "--device", str(device),
          *crop_flags(crops, crop_size)])
-    info = dist.DistInfo(rank=0, world_size=1, local_rank=0, device=device, distributed=False, backend=None,
-                         launcher="none")
+    info = local_info(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     parts = main_sce.build(args, info)

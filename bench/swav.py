@@ -15,10 +15,9 @@ import argparse
 import torch
 
 import main_swav
-from bench.common import (add_io_args, ensure_demo_data, machine, peak_memory_mb, per_arch, report, time_per_sample,
-                          time_steps)
+from bench.common import (add_io_args, ensure_demo_data, local_info, machine, peak_memory_mb, per_arch, report,
+                          time_per_sample, time_steps)
 from src.augment.views import relative_blur_scale
-from src.run import dist
 
 
 def bench_step(arch, batch_size, size_crops, nmb_crops, steps, amp, device, data, nmb_prototypes=3000,
@@ -31,8 +30,7 @@ def bench_step(arch, batch_size, size_crops, nmb_crops, steps, amp, device, data
          "--max_scale_crops", *["1"] * len(nmb_crops), "--nmb_prototypes", str(nmb_prototypes),
          "--queue_length", str(queue_length), "--amp", amp, "--use_fp16", "false", "--workers", "0",
          "--freeze_prototypes_niters", "1", "--device", str(device)])
-    info = dist.DistInfo(rank=0, world_size=1, local_rank=0, device=device, distributed=False, backend=None,
-                         launcher="none")
+    info = local_info(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     parts = main_swav.build(args, info)
