@@ -1,7 +1,8 @@
 #!/bin/bash
 # SCE, ResNet-50, 1000 epochs, 2x224, ImageNet, 1 node x 8 GPUs x 512 = 4096 (paper: 74.1 linear top-1).
 # Weight decay 1.5e-6 for this length. Expect several resubmissions (auto-resume).
-# Every hyperparameter of the released eztorch config is written out (spec sce.md section 3).
+# Every hyperparameter of the released config is written out (juliendenize/eztorch
+# configs/run/pretrain/sce/resnet50/resnet50_imagenet.yaml; docs/sce.md).
 # Usage: sbatch scripts/sce_1000ep.sh   (DATASET_PATH=/path/to/imagenet EXPERIMENT_PATH=... to override)
 # Pre-emption: SIGUSR1 (600 s before the limit) or SIGTERM saves a checkpoint; resubmitting resumes it.
 #SBATCH --job-name=sce_1000ep

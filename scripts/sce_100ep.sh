@@ -1,7 +1,8 @@
 #!/bin/bash
 # SCE, ResNet-50, 100 epochs, 2x224, ImageNet, 1 node x 8 GPUs x 512 = 4096 (paper: 72.1 linear top-1).
 # The 100-epoch config overrides initial_lr to 0.6 (lr 9.6 at batch 4096).
-# Every hyperparameter of the released eztorch config is written out (spec sce.md section 3).
+# Every hyperparameter of the released config is written out (juliendenize/eztorch
+# configs/run/pretrain/sce/resnet50/resnet50_imagenet.yaml; docs/sce.md).
 # Usage: sbatch scripts/sce_100ep.sh   (DATASET_PATH=/path/to/imagenet EXPERIMENT_PATH=... to override)
 # Pre-emption: SIGUSR1 (600 s before the limit) or SIGTERM saves a checkpoint; resubmitting resumes it.
 #SBATCH --job-name=sce_100ep

@@ -1,6 +1,7 @@
 #!/bin/bash
 # SCE, ResNet-50, 200 epochs, 2x224, ImageNet, 1 node x 8 GPUs x 512 = 4096 (paper: 72.7 linear top-1).
-# Every hyperparameter of the released eztorch config is written out (spec sce.md section 3).
+# Every hyperparameter of the released config is written out (juliendenize/eztorch
+# configs/run/pretrain/sce/resnet50/resnet50_imagenet.yaml; docs/sce.md).
 # Usage: sbatch scripts/sce_200ep.sh   (DATASET_PATH=/path/to/imagenet EXPERIMENT_PATH=... to override)
 # Pre-emption: SIGUSR1 (600 s before the limit) or SIGTERM saves a checkpoint; resubmitting resumes it.
 #SBATCH --job-name=sce_200ep

@@ -1,7 +1,8 @@
 #!/bin/bash
 # SCE, ResNet-50, 200 epochs, 2x224 + 192 + 160 + 128 + 96, ImageNet, 2 nodes x 8 GPUs x 256 = 4096
 # (paper: 75.4 linear top-1). Six crops: global view 1 blur 1.0, view 2 blur 0.1 + solarize 0.2, locals blur 0.5 + solarize 0.2.
-# Every hyperparameter of the released eztorch config is written out (spec sce.md section 3).
+# Every hyperparameter of the released config is written out (juliendenize/eztorch
+# configs/run/pretrain/sce/resnet50/resnet50_imagenet_five_crops.yaml; docs/sce.md).
 # Usage: sbatch scripts/sce_multicrop_200ep.sh   (DATASET_PATH=/path/to/imagenet EXPERIMENT_PATH=... to override)
 # Pre-emption: SIGUSR1 (600 s before the limit) or SIGTERM saves a checkpoint; resubmitting resumes it.
 #SBATCH --job-name=sce_multicrop_200ep

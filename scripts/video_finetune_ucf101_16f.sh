@@ -1,6 +1,7 @@
 #!/bin/bash
 # Fine-tuning of video SCE R3D-50 (K400, 16 frames) on UCF101, 200 epochs, 8 GPUs x 8 = 64 (paper: 95.3).
-# Whole network trained, head Dropout(0.8) -> Linear, SGD cosine per iteration, no warmup; official split files (spec sce.md 5.5).
+# Whole network trained, head Dropout(0.8) -> Linear, SGD cosine per iteration, no warmup; official split files
+# (juliendenize/eztorch configs/run/finetuning/resnet3d50/resnet3d50_ucf101_frame.yaml; docs/video.md).
 # Usage: sbatch scripts/video_finetune_ucf101_16f.sh   (DATASET_PATH=... SPLITS_PATH=... SPLIT_ID=... PRETRAINED=... EXPERIMENT_PATH=... to override)
 # Pre-emption: SIGUSR1 (600 s before the limit) or SIGTERM saves a checkpoint; resubmitting resumes it.
 #SBATCH --job-name=video_finetune_ucf101_16f

@@ -1,6 +1,7 @@
 #!/bin/bash
 # Linear evaluation of video SCE R3D-18 on Kinetics-200, 8 frames, 60 epochs, 8 GPUs, batch 512.
-# Frozen trunk in eval mode, Linear on the pooled feature; 1 random clip to train, 10 clips x 3 crops of 256 px to test (spec sce.md 5.4).
+# Frozen trunk in eval mode, Linear on the pooled feature; 1 random clip to train, 10 clips x 3 crops of 256 px to test
+# (juliendenize/eztorch configs/run/evaluation/linear_classifier/sce/resnet3d18/resnet3d18_kinetics200_frame.yaml; docs/video.md).
 # Usage: sbatch scripts/video_linear_r3d18_k200.sh   (DATASET_PATH=... PRETRAINED=... EXPERIMENT_PATH=... to override)
 # Pre-emption: SIGUSR1 (600 s before the limit) or SIGTERM saves a checkpoint; resubmitting resumes it.
 #SBATCH --job-name=video_linear_r3d18_k200

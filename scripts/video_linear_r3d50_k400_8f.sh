@@ -1,6 +1,7 @@
 #!/bin/bash
 # Linear evaluation of video SCE R3D-50 on Kinetics-400, 8 frames, 60 epochs, 8 GPUs, batch 512 (paper: 67.6).
-# Frozen trunk in eval mode, Linear on the pooled feature; 1 random clip to train, 10 clips x 3 crops of 256 px to test (spec sce.md 5.4).
+# Frozen trunk in eval mode, Linear on the pooled feature; 1 random clip to train, 10 clips x 3 crops of 256 px to test
+# (juliendenize/eztorch configs/run/evaluation/linear_classifier/sce/resnet3d50/resnet3d50_kinetics400.yaml; docs/video.md).
 # Usage: sbatch scripts/video_linear_r3d50_k400_8f.sh   (DATASET_PATH=... PRETRAINED=... EXPERIMENT_PATH=... to override)
 # Pre-emption: SIGUSR1 (600 s before the limit) or SIGTERM saves a checkpoint; resubmitting resumes it.
 #SBATCH --job-name=video_linear_r3d50_k400_8f

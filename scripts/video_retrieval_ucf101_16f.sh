@@ -1,6 +1,8 @@
 #!/bin/bash
 # Retrieval with video SCE R3D-50 (K400, 16 frames) on UCF101, 1 GPU (paper R@1: 83.9).
-# Both splits through the 30-view test protocol, raw features averaged; each set centred by its own mean, cosine (spec sce.md 5.6).
+# Both splits through the 30-view test protocol, raw features averaged; each set centred by its own mean, cosine
+# (juliendenize/eztorch configs/run/evaluation/feature_extractor/resnet3d50/resnet3d50_ucf101_frame.yaml and
+# retrieval_from_bank/default.yaml; docs/video.md).
 # Usage: sbatch scripts/video_retrieval_ucf101_16f.sh   (DATASET_PATH=... SPLITS_PATH=... SPLIT_ID=... PRETRAINED=... EXPERIMENT_PATH=... to override)
 #SBATCH --job-name=video_retrieval_ucf101_16f
 #SBATCH --nodes=1

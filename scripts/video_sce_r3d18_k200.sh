@@ -1,6 +1,7 @@
 #!/bin/bash
 # Video SCE, R3D-18 slow-only, Kinetics-200, 200 epochs, 8 frames, 1 node x 8 GPUs x 64 = 512.
-# Every hyperparameter of the released eztorch config is written out (spec sce.md 5.1-5.3; K200 as folders of frames at 30 fps).
+# Every hyperparameter of the released config is written out (juliendenize/eztorch
+# configs/run/pretrain/sce/resnet3d18/resnet3d18_kinetics200.yaml; docs/video.md); K200 as folders of frames at 30 fps.
 # Usage: sbatch scripts/video_sce_r3d18_k200.sh   (DATASET_PATH=... EXPERIMENT_PATH=... to override)
 # Pre-emption: SIGUSR1 (600 s before the limit) or SIGTERM saves a checkpoint; resubmitting resumes it.
 #SBATCH --job-name=video_sce_r3d18_k200

@@ -1,6 +1,7 @@
 #!/bin/bash
 # Video SCE, R3D-50 slow-only, Kinetics-400, 200 epochs, 8 frames, 1 node x 8 GPUs x 64 = 512 (paper: 67.6 linear).
-# Every hyperparameter of the released eztorch config is written out (spec sce.md 5.1-5.3; K400 videos resized to short side 256, PyAV).
+# Every hyperparameter of the released config is written out (juliendenize/eztorch
+# configs/run/pretrain/sce/resnet3d50/resnet3d50_kinetics400.yaml; docs/video.md); K400 videos resized to short side 256, PyAV.
 # Usage: sbatch scripts/video_sce_r3d50_k400_8f.sh   (DATASET_PATH=... EXPERIMENT_PATH=... to override)
 # Pre-emption: SIGUSR1 (600 s before the limit) or SIGTERM saves a checkpoint; resubmitting resumes it.
 #SBATCH --job-name=video_sce_r3d50_k400_8f
