@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread for a module's tests (``pytestmark = pytest.mark.usefixtures("one_thread")``): on a
-    shared 2-core machine two threads contend and run up to 10x slower."""
+    machine shared with other test workers, threads contend and run far slower."""
     import torch
 
     n = torch.get_num_threads()

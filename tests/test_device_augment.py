@@ -1,10 +1,10 @@
 """src.augment.device: batched per-sample augmentation against torchvision's per-sample ops.
 
-Tolerances: colour ops within 1/255 per pixel of torchvision's per-sample ops on float images (measured: float
-rounding only, below 1e-5); against torchvision on 8-bit images, within the rounding it does (1 level for
-brightness and hue, 2 for contrast and saturation, which also floor the luma); the Gaussian blur equals torchvision's ``gaussian_blur`` to float rounding, and
-differs from PIL's ``GaussianBlur(radius=sigma)`` (three box blurs, replicated border) by at most 6/255 per pixel
-and 1/255 on average (measured: max 4.9/255 at the border, mean 0.6/255, for sigma 0.5-2).
+Tolerances: colour ops within 1/255 per pixel of torchvision's per-sample ops on float images (float rounding
+only); against torchvision on 8-bit images, within the rounding it does (1 level for brightness and hue, 2 for
+contrast and saturation, which also floor the luma); the Gaussian blur equals torchvision's ``gaussian_blur`` to
+float rounding, and differs from PIL's ``GaussianBlur(radius=sigma)`` (three box blurs, replicated border) by at
+most 6/255 per pixel and 1/255 on average (the measured gaps: docs/speed.md "Speed options").
 """
 import numpy as np
 import pytest

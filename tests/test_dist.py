@@ -124,7 +124,8 @@ def test_spawn_workers_needs_url_for_several_nodes():
 
 def test_spawned_process_splits_the_cores_unless_omp_num_threads_is_set(monkeypatch):
     """--multiprocessing-distributed on a CPU: each of N processes takes cores / N threads (torchrun sets
-    OMP_NUM_THREADS=1; without either, 2 processes on 2 cores ran 4x slower); an explicit setting wins."""
+    OMP_NUM_THREADS=1; without either the processes oversubscribe the CPU, docs/launching.md); an explicit setting
+    wins."""
     n = torch.get_num_threads()
     try:
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)

@@ -1,7 +1,7 @@
 """The official checkpoint layouts, built here from torchvision models, load into our trunk and compute the
 same features as the torchvision model; a wrong layout fails with one clear ``error:`` line.
 
-Layouts (spec moco.md B.5/B.6, swav.md A.14, sce.md section 4):
+Layouts (docs/evaluation.md "Checkpoint layouts"):
 * MoCo v1/v2 release: ``{"epoch", "arch", "state_dict": module.encoder_q.* (+ fc head), module.encoder_k.*,
   module.queue, module.queue_ptr, "optimizer"}``;
 * SwAV release (torch.hub file): ``module.*`` + ``module.projection_head.*`` + ``module.prototypes.*``;

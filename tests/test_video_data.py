@@ -1,4 +1,4 @@
-"""Video data (spec sce.md 5.2, 5.4): clip spans and frame subsampling read back from frame numbers drawn into
+"""Video data (docs/video.md "Data and augmentation"): clip spans and frame subsampling read back from frame numbers drawn into
 the frames, the same crop box and colour parameters on every frame of a clip but not across clips, the temporal
 difference against its formula, the 30 test views in order, skipping of corrupt / too-short videos, split files,
 and the demo generator."""

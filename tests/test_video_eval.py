@@ -1,4 +1,4 @@
-"""Video evaluation (spec sce.md 5.4-5.6): retrieval against a brute-force loop, the 30-view softmax average in
+"""Video evaluation (docs/video.md "Evaluation"): retrieval against a brute-force loop, the 30-view softmax average in
 order, the protocol values of eval_linear.py / main_transfer.py --modality video, and CPU runs of linear
 evaluation, fine-tuning (with -e 30-view testing) and retrieval on generated videos."""
 import argparse

@@ -1,4 +1,4 @@
-"""Slow-only R3D-18 / R3D-50 (spec sce.md 5.1): parameter counts from an independent count of the architecture
+"""Slow-only R3D-18 / R3D-50 (docs/video.md "Networks"): parameter counts from an independent count of the architecture
 description, kernel and stride layout, output shapes, time kept, zero-init of each block's last BN."""
 import pytest
 import torch
@@ -19,7 +19,7 @@ def bn(c):
 
 
 def described_params(kind, depths, widths, temporal=(1, 1, 3, 3), stem=64):
-    """Parameters of a slow-only 3D ResNet, counted from the text of spec 5.1 (not from the module)."""
+    """Parameters of a slow-only 3D ResNet, counted from the architecture's description (not from the module)."""
     total = conv(3, stem, 1, 7, 7) + bn(stem)
     cin = stem
     for stage, (n, out, t) in enumerate(zip(depths, widths, temporal)):

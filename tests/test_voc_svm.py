@@ -45,7 +45,7 @@ def write_voc(root, class_files=True, seed=0):
 
 
 def reference_ap(scores, labels):
-    """The reference's get_precision_recall + calculate_ap, as loops (spec moco.md C.7)."""
+    """The reference's get_precision_recall + calculate_ap, as loops (Revisiting-Contrastive-SSL's voc_svm)."""
     order = np.argsort(-np.asarray(scores), kind="stable")
     tp = fp = 0
     rec, prec = [], []
