@@ -43,7 +43,7 @@ SWAV = dict(sizes=[224, 96], nmb=[2, 6], min_scale=[0.14, 0.05], max_scale=[1.0,
 RECIPES = {
     "sce": dict(method="sce", sizes=[224], nmb=[2], min_scale=[0.2], max_scale=[1.0], grad=[2], keys=[2],
                 pipeline="sce"),
-    "sce_6crop": dict(method="sce", sizes=[224, 192, 160, 128, 96], nmb=[2, 1, 1, 1, 1],  # spec sce.md section 3
+    "sce_6crop": dict(method="sce", sizes=[224, 192, 160, 128, 96], nmb=[2, 1, 1, 1, 1],  # docs/sce.md
                       min_scale=[0.2, 0.172, 0.143, 0.114, 0.086], max_scale=[1.0, 0.86, 0.715, 0.571, 0.429],
                       grad=[2, 1, 1, 1, 1], keys=[2, 0, 0, 0, 0], pipeline="sce"),
     "moco": dict(method="moco", sizes=[224], nmb=[2], min_scale=[0.2], max_scale=[1.0], grad=[1], keys=[1],

@@ -42,7 +42,7 @@ class LinearClassifier(nn.Module):
         num_classes: C.
         normalize: L2-normalise the features first (SSL-small ``main_transfer.py``: "features unit-normalised
             before the classifier", the trick of MoCo v2's detection transfer).
-        dropout: dropout probability before ``fc`` (0; 0.8 in the video fine-tuning head, spec sce.md 5.5).
+        dropout: dropout probability before ``fc`` (0; 0.8 in the video fine-tuning head, docs/video.md).
     ``forward``: (B, D) -> (B, C) logits. The parameters are named ``fc.weight`` / ``fc.bias`` as in torchvision
     and MoCo's ``main_lincls.py``, so the head can be put back on a torchvision model.
     """
@@ -150,7 +150,7 @@ def evaluate(head, batches, device, features=None, amp_dtype=None):
         head: (B, D) -> (B, C) module, already in eval mode.
         batches: iterable of ``(x, labels)``: images when ``features`` is given, else features. Video tests give
             (B, V, 3, T, H, W): the V views of each video (10 clips x 3 crops) are scored and their softmax
-            probabilities averaged (spec sce.md 5.4); loss and accuracies are those of the averaged probabilities.
+            probabilities averaged (docs/video.md); loss and accuracies are those of the averaged probabilities.
         device: where the forward runs.
         features: optional (B, 3, H, W) -> (B, D) module (the trunk, in eval mode), run under autocast.
         amp_dtype: None or an autocast dtype for ``features``.

@@ -2,7 +2,7 @@
 random initialisation, on the demo data, with the output contract of DESIGN.md (last two lines
 ``demo kNN top-1 pretrained: XX.XX%`` and ``demo kNN top-1 random-init: YY.YY%``).
 
-The contract lines give Best-NN (spec evals D.8: majority vote over the k nearest training images in
+The contract lines give Best-NN (docs/knn.md: majority vote over the k nearest training images in
 Euclidean distance of the raw features, the best odd k up to 5), the protocol of ``python -m eval.knn``,
 so that evaluating the demo's checkpoint again prints the same figure. Weighted kNN (cosine, k 20, T 0.07)
 is printed above them and saved in ``demo.json``. The two rank the trunks differently on the demo data

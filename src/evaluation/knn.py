@@ -1,5 +1,5 @@
 """Best-NN and the weighted kNN of a frozen trunk, streamed: the search behind ``python -m eval.knn`` (the SCE /
-SSL-small ``eval/knn.py`` protocol, ``spec/evals.md`` D.8), in a form a training script can call too.
+SSL-small ``eval/knn.py`` protocol, docs/knn.md), in a form a training script can call too.
 
 One search, any number of shards: the training set is cut into contiguous shards (:func:`shard_bounds`); each shard
 embeds the whole val set in order (:func:`embed_queries`) and streams its share of the training set through two
