@@ -1,5 +1,5 @@
 #!/bin/bash
-# SeLa-v2, ResNet-50, 400 epochs, batch 4096, 2x160 + 4x96 (paper: 71.8 linear top-1; no public training code existed, see README).
+# SeLa-v2, ResNet-50, 400 epochs, batch 4096, 2x160 + 4x96 (paper: 71.8 linear top-1; no released training code: docs/sela.md).
 # The DeepCluster-v2 recipe of the same crops with SeLa-v2's labels (swav issue #59); every flag written out;
 # only the launcher lines differ (srun reads SLURM_* in src/run/dist.py). Usage: sbatch scripts/selav2_400ep.sh
 #SBATCH --job-name=selav2_400ep

@@ -105,7 +105,7 @@ def _groups(size_crops, nmb_crops, min_scale_crops, max_scale_crops):
 # ==== MoCo v1 / v2, SSL-small, Revisiting ====
 def ssl_small_jitter(strength):
     """SSL-small's ``--cj`` colour jitter: ``(0.8 s, 0.8 s, 0.8 s, min(0.5, 0.4 s))`` (brightness, contrast,
-    saturation, hue) for strength ``s`` (the README recipe uses 1.0, the script's default 1.5)."""
+    saturation, hue) for strength ``s`` (SSL-small's README recipe uses 1.0, its script's default 1.5)."""
     return (0.8 * strength, 0.8 * strength, 0.8 * strength, min(0.5, 0.4 * strength))
 
 

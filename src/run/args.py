@@ -74,7 +74,7 @@ def bool_flag(text):
 
 
 def add_dist_args(parser):
-    """Launch flags understood by ``src.run.dist.init_distributed`` (all launch styles, see README)."""
+    """Launch flags understood by ``src.run.dist.init_distributed`` (all launch styles, docs/launching.md)."""
     g = parser.add_argument_group("distributed")
     add_arg(g, "--world-size", default=-1, type=int,
             help="number of NODES for --multiprocessing-distributed (MoCo style); ignored under torchrun/srun")
