@@ -1,6 +1,6 @@
-"""Hostile input to main_sce.py that once ended in a traceback: a --demo_dir that is a file (NotADirectoryError) and a
---frames_fps of 0 (ZeroDivisionError in the frame-folder reader). Each is now one ``error:`` line naming the problem,
-exit status 2, nothing written. Both run in this process (the CLI's own exit path)."""
+"""Hostile input to main_sce.py that would otherwise end in a traceback: a --demo_dir that is a file
+(NotADirectoryError) and a --frames_fps of 0 (ZeroDivisionError in the frame-folder reader). Each is one ``error:``
+line naming the problem, exit status 2, nothing written. Both run in this process (the CLI's own exit path)."""
 import signal
 
 import main_sce
