@@ -1,32 +1,21 @@
-"""Batched augmentation on the training device: colour jitter, grayscale, Gaussian blur, solarization,
-horizontal flip and normalisation of a whole batch of crops at once, with per-sample random parameters.
+"""Batched augmentation on the training device (the device half of ``src.augment.split``): colour jitter,
+grayscale, Gaussian blur, solarization, horizontal flip and normalisation of a whole batch of crops, with
+per-sample random parameters. Each op follows torchvision's per-sample semantics (``transforms.v2``: same ops,
+order, ranges and formulas) on float images in [0, 1]:
 
-The CPU loader only decodes, crops and resizes (``src.augment.split``); these ops then run where the model runs.
-Each op follows the per-sample semantics of torchvision (``transforms.v2``: same ops, same order, same ranges,
-same formulas), on float images in [0, 1]:
-
-- ColorJitter(b, c, s, h) applied with probability ``jitter_p`` (``RandomApply``): brightness, contrast and
-  saturation factors ~ U[max(0, 1 - x), 1 + x], hue shift ~ U[-h, h], the four ops in a random order drawn
-  per sample (``torch.randperm(4)`` per call in torchvision). Brightness blends with black, contrast with the
-  mean of the luma (0.2989 R + 0.587 G + 0.114 B), saturation with the luma image; each result is clamped to
-  [0, 1]; hue rotates H in HSV space.
+- ColorJitter(b, c, s, h) with probability ``jitter_p``: factors ~ U[max(0, 1 - x), 1 + x], hue ~ U[-h, h], the
+  four ops in a per-sample random order; brightness blends with black, contrast with the mean luma, saturation
+  with the luma image, each clamped to [0, 1]; hue rotates H in HSV space.
 - RandomGrayscale(p): the luma copied to the three channels.
-- Gaussian blur with probability ``blur_p``, sigma ~ U[sigma_min, sigma_max] per sample, kernel weights
-  exp(-i^2 / (2 sigma^2)) normalised, reflect padding (torchvision ``GaussianBlur``). ``blur_kernel`` fixes
-  the kernel side (torchvision's blur, SCE); 0 sizes it from sigma_max (2 ceil(3 sigma_max) + 1): the
-  stand-in for PIL's ``ImageFilter.GaussianBlur(radius=sigma)`` (SwAV, MoCo v2), which Pillow approximates
-  with three box blurs; ``tests/test_device_augment.py`` measures the difference.
-- Solarize with probability ``solarize_p``: pixels >= 128/255 become 1 - x (torchvision ``RandomSolarize(128)``
-  on 8-bit images).
+- Gaussian blur with probability ``blur_p``, sigma ~ U[sigma_min, sigma_max], reflect padding. ``blur_kernel``
+  fixes the kernel side (torchvision's blur, SCE); 0 sizes it 2 ceil(3 sigma_max) + 1, the stand-in for PIL's
+  radius blur (SwAV, MoCo v2), which Pillow approximates with three box blurs (tests/test_device_augment.py).
+- Solarize with probability ``solarize_p``: pixels >= 128/255 become 1 - x.
 - Horizontal flip with probability ``flip_p``, then ``(x - mean) / std``.
 
-The flip is applied first: every other op is pixel-wise or a symmetric filter with symmetric padding (or, for
-contrast, uses the image mean), so flipping commutes with them and its place in the reference pipelines does
-not matter. The per-sample path works on 8-bit PIL images and rounds after every op; this one stays in float,
-so the two differ by less than the rounding (tests: within 1/255 of torchvision's float path per op).
-
-Nothing here synchronises the host with the device: the choices (apply or not, which op comes next) are
-tensors used in ``torch.where`` blends, never Python branches on values.
+The flip runs first: every other op is pixel-wise, a symmetric filter with symmetric padding or uses the image
+mean, so it commutes with them. Staying in float, the results differ from the 8-bit per-sample path by less than
+its rounding. No host sync: the choices are tensors used in ``torch.where`` blends, never Python branches.
 
     augment = swav_recipe([224, 96], [2, 6], [0.14, 0.05], [1, 0.14]).device()   # src.augment.recipes
     g = torch.Generator(device).manual_seed(0)

@@ -15,9 +15,7 @@ Denize et al., "Similarity Contrastive Estimation for Image and Video Soft Contr
 * init as pytorchvideo's ``init_net_weights``: convs kaiming-normal (fan_out, ReLU gain), BN gamma 1 and beta 0,
   **except the last BN of each residual branch, whose gamma is 0** (each block starts as the identity).
 
-R3D-18 ("basic" blocks, (2, 2, 2, 2), widths 64-128-256-512): conv_a (1|3, 3, 3) carries the stride, conv_b
-(1, 3, 3); 512-d feature. R3D-50 (bottlenecks, (3, 4, 6, 3), outputs 256-512-1024-2048, inner = out / 4): conv_a
-(1|3, 1, 1), conv_b (1, 3, 3) carrying the stride, conv_c 1x1x1; 2048-d feature.
+R3D-18: :class:`BasicBlock3d` (2, 2, 2, 2), 512-d feature; R3D-50: :class:`Bottleneck3d` (3, 4, 6, 3), 2048-d.
 
 Parameter names follow the torchvision ResNet layout (``conv1``, ``bn1``, ``layer1.0.conv1``, ``layer1.0.downsample.0``
 ...), as our image trunks do, so the checkpoint tools read video trunks without renaming. ``r3d_tiny`` (one basic block
