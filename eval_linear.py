@@ -48,14 +48,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from src.augment.image import test_transform, train_transform
 from src.data.folders import ResumableSampler, SafeImageFolder, build_loader
 from src.data.video.build import VideoEval, add_video_eval_args, eval_samples, eval_sets
-from src.evaluation.classifier import (FeatureBatches, LinearClassifier, PooledMapClassifier, Results, ShardSampler,
-                                       check_classes, content_hash, evaluate, feature_dim, fingerprint, shard_features,
-                                       test_transform, train_transform)
+from src.evaluation.classifier import LinearClassifier, PooledMapClassifier, check_classes, evaluate
 from src.evaluation.feature_store import open_split, read_meta, write_cache
-from src.evaluation.pair_eval import build_trunk
-from src.evaluation.pretrained import add_pretrained_args
+from src.evaluation.features import feature_dim, shard_features
+from src.evaluation.hashes import content_hash, fingerprint
+from src.evaluation.pretrained import add_pretrained_args, build_trunk
+from src.evaluation.results import Results
+from src.evaluation.samplers import FeatureBatches, ShardSampler
 from src.metrics import topk_rates
 from src.models.resnet import FeatureMap, ResNet
 from src.optim import cosine_schedule, moco_lr_schedule, set_lr

@@ -48,10 +48,11 @@ from torch import nn
 from src.augment.segmentation import CityscapesTrain, SegTest, VOCTrain
 from src.data.folders import build_loader, train_loader
 from src.data.segmentation import check_pair_sizes, cityscapes_segmentation, collate_eval, voc_segmentation
-from src.evaluation.classifier import ShardSampler, content_hash
-from src.evaluation.pair_eval import build_trunk
-from src.evaluation.pretrained import add_pretrained_args
-from src.evaluation.segmentation import SegResults, evaluate, iou_lines
+from src.evaluation.hashes import content_hash
+from src.evaluation.pretrained import add_pretrained_args, build_trunk
+from src.evaluation.results import SegResults
+from src.evaluation.samplers import ShardSampler
+from src.evaluation.segmentation import evaluate, iou_lines
 from src.metrics import IGNORE_INDEX
 from src.models.segmentation import SegmentationFCN
 from src.optim import moco_lr_schedule, set_lr

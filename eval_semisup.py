@@ -41,11 +41,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from src.augment.image import test_transform, train_transform
 from src.data.folders import ResumableSampler, SafeImageFolder, build_loader
 from src.data.subsets import LabelledSubset, read_list
-from src.evaluation.classifier import Results, ShardSampler, content_hash, evaluate, test_transform, train_transform
-from src.evaluation.pair_eval import build_trunk
-from src.evaluation.pretrained import add_pretrained_args
+from src.evaluation.classifier import evaluate
+from src.evaluation.hashes import content_hash
+from src.evaluation.pretrained import add_pretrained_args, build_trunk
+from src.evaluation.results import Results
+from src.evaluation.samplers import ShardSampler
 from src.metrics import topk_rates
 from src.optim import moco_lr_schedule
 from src.run import dist

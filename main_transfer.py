@@ -48,13 +48,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from src.augment.image import test_transform, train_transform
 from src.data.cifar import CifarPickleDataset, find_cifar_folder
 from src.data.folders import ResumableSampler, SafeImageFolder, build_loader
 from src.data.video.build import VideoEval, add_video_eval_args, eval_samples, eval_sets
-from src.evaluation.classifier import (LinearClassifier, Results, ShardSampler, check_classes, content_hash, evaluate,
-                                       fingerprint, test_transform, train_transform)
-from src.evaluation.pair_eval import build_trunk
-from src.evaluation.pretrained import add_pretrained_args
+from src.evaluation.classifier import LinearClassifier, check_classes, evaluate
+from src.evaluation.hashes import content_hash, fingerprint
+from src.evaluation.pretrained import add_pretrained_args, build_trunk
+from src.evaluation.results import Results
+from src.evaluation.samplers import ShardSampler
 from src.metrics import topk_rates
 from src.optim import cosine_schedule, moco_lr_schedule, set_lr
 from src.run import dist

@@ -1,6 +1,6 @@
-"""Time of the linear transfer protocol (``eval.linear_transfer.run_protocol``) at Food101's size: the C search on
-train / val (20% of train drawn as ssl-transfer does), the refit on train + val and the test score, on synthetic
-features shaped like ResNet-50's (non-negative, 2048-d), so no dataset or trunk is needed.
+"""Time of the linear transfer protocol (``src.evaluation.linear_transfer.run_protocol``) at Food101's size: the C
+search on train / val (20% of train drawn as ssl-transfer does), the refit on train + val and the test score, on
+synthetic features shaped like ResNet-50's (non-negative, 2048-d), so no dataset or trunk is needed.
 
     python -m bench.linear_transfer                                       # 75,750 x 2048, 101 classes, 45 C values
     python -m bench.linear_transfer --rows 20000 --grid_size 10           # a quicker look
@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from bench.common import write_json
-from eval.linear_transfer import reference_grid, run_protocol
 from src.data.transfer import carve_val
+from src.evaluation.linear_transfer import reference_grid, run_protocol
 
 
 def synthetic(rows, dim, classes, signal, seed):

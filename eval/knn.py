@@ -45,8 +45,8 @@ import torch.multiprocessing as mp
 from src.augment.image import eval_transform
 from src.data.folders import SafeImageFolder, require_folder
 from src.evaluation.knn import SHIFT, bank_mean, bank_sum, search_shard, shard_bounds, summarize
-from src.evaluation.pair_eval import results_file, write_json
 from src.evaluation.pretrained import TRUST_HELP, checkpoint_arch, load_trunk, read_checkpoint
+from src.evaluation.results import results_file, write_json
 from src.metrics import REP_SPACES
 from src.models import KNOWN_ARCHS, build_backbone
 from src.run import dist

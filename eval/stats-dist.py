@@ -33,7 +33,9 @@ import argparse
 import torch
 
 from src.data.pairs import PositivePairDataset
-from src.evaluation.pair_eval import add_pair_eval_args, build_trunk, embed_views, results_file, write_json
+from src.evaluation.pair_eval import add_pair_eval_args, embed_views
+from src.evaluation.pretrained import build_trunk
+from src.evaluation.results import results_file, write_json
 from src.metrics import align, intra_class_align, uniformity
 from src.run import dist
 from src.run.args import POSITIVE_INT, ArgumentParser, add_arg, amp_dtype, number

@@ -32,8 +32,8 @@ from sklearn.svm import LinearSVC
 from src.augment.image import eval_transform
 from src.data.voc import VOCImages, find_voc_dir, read_split, voc_ap, voc_classes
 from src.evaluation.features import extract_features
-from src.evaluation.pair_eval import build_trunk, results_file, write_json
-from src.evaluation.pretrained import add_pretrained_args
+from src.evaluation.pretrained import add_pretrained_args, build_trunk
+from src.evaluation.results import results_file, write_json
 from src.run import dist
 from src.run.args import NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg, amp_dtype
 from src.run.errors import UserError

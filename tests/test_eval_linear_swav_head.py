@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 import eval_linear
+from src.augment.image import test_transform as classifier_test_transform
 from src.evaluation.classifier import LinearClassifier, PooledMapClassifier
-from src.evaluation.classifier import test_transform as eval_transform
 from src.models import build_backbone
 from src.models.resnet import FeatureMap
 from src.run.errors import UserError
@@ -191,7 +191,7 @@ def _pooled_features(tiny, split):
     state = torch.load(tiny / "moco" / "checkpoint.pth.tar", weights_only=True)["state_dict"]
     trunk.load_state_dict({k[len("encoder_q."):]: v for k, v in state.items()})
     trunk.eval()
-    data = SafeImageFolder(str(tiny / "data" / split), eval_transform(64, 64, (0.228, 0.224, 0.225)))
+    data = SafeImageFolder(str(tiny / "data" / split), classifier_test_transform(64, 64, (0.228, 0.224, 0.225)))
     x = torch.stack([data[i][0] for i in range(len(data))])
     y = torch.tensor([data[i][1] for i in range(len(data))])
     with torch.no_grad():

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from src.evaluation.classifier import FeatureBatches
 from src.evaluation.feature_store import open_split, read_meta, write_cache
+from src.evaluation.samplers import FeatureBatches
 from tests.helpers import assert_ok, run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -112,8 +112,8 @@ CHILD = r"""
 import json, sys
 import numpy as np, torch
 from bench.speed import peak_rss_mb, reset_peak_rss
-from src.evaluation.classifier import FeatureBatches
 from src.evaluation.feature_store import open_split, write_cache
+from src.evaluation.samplers import FeatureBatches
 folder, rows, dim, budget = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 total = [0.0]
 def train():

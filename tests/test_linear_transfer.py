@@ -18,6 +18,8 @@ from sklearn.linear_model import LogisticRegression
 
 from eval import linear_transfer as lt
 from src.data.transfer import carve_val, load_dataset, resolve_names
+from src.evaluation import linear_transfer as protocol
+from src.evaluation.pretrained import build_trunk
 from src.run.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -25,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # ==== the reference's constants ====
 def test_grid_holds_the_published_C_values():
-    grid = lt.reference_grid()
+    grid = protocol.reference_grid()
     assert len(grid) == 45 and grid[0] == pytest.approx(1e6, rel=1e-6) and grid[-1] == pytest.approx(1e-5, rel=1e-6)
     assert all(a > b for a, b in zip(grid, grid[1:]))  # searched from weak to strong regularisation
     for c in (0.3162277621819913, 9.99999985098839, 56234.135072196805, 0.005623413223739, 1.778279387127403):
@@ -52,8 +54,8 @@ def test_dataset_names():
 def test_mean_per_class_accuracy():
     y = np.array([0, 0, 0, 0, 1, 2, 2])
     pred = np.array([0, 0, 0, 1, 1, 0, 2])
-    assert lt.mean_per_class_accuracy(pred, y) == pytest.approx(100 * (3 / 4 + 1 + 1 / 2) / 3)
-    assert lt.top1_accuracy(pred, y) == pytest.approx(100 * 5 / 7)
+    assert protocol.mean_per_class_accuracy(pred, y) == pytest.approx(100 * (3 / 4 + 1 + 1 / 2) / 3)
+    assert protocol.top1_accuracy(pred, y) == pytest.approx(100 * 5 / 7)
     rng = np.random.default_rng(0)
     for _ in range(20):
         y, pred = rng.integers(0, 5, 40), rng.integers(0, 5, 40)
@@ -61,7 +63,7 @@ def test_mean_per_class_accuracy():
         for c in sorted(set(y.tolist())):
             rows = [i for i in range(40) if y[i] == c]
             recalls.append(sum(pred[i] == c for i in rows) / len(rows))
-        assert lt.mean_per_class_accuracy(pred, y) == pytest.approx(100 * sum(recalls) / len(recalls), abs=1e-12)
+        assert protocol.mean_per_class_accuracy(pred, y) == pytest.approx(100 * sum(recalls) / len(recalls), abs=1e-12)
 
 
 def loop_ap11(scores, positives):
@@ -80,16 +82,16 @@ def loop_ap11(scores, positives):
 
 
 def test_ap_11point_against_loops():
-    assert lt.ap_11point([3, 2, 1], [1, 1, 0]) == pytest.approx(1.0)
+    assert protocol.ap_11point([3, 2, 1], [1, 1, 0]) == pytest.approx(1.0)
     # the positive ranked last of 4: precision 1/4 at recall 1; t = 0 takes the curve's end point (precision 1)
-    assert lt.ap_11point([4, 3, 2, 1], [0, 0, 0, 1]) == pytest.approx((1 + 10 * 0.25) / 11)
+    assert protocol.ap_11point([4, 3, 2, 1], [0, 0, 0, 1]) == pytest.approx((1 + 10 * 0.25) / 11)
     rng = np.random.default_rng(1)
     for _ in range(40):
         n = int(rng.integers(3, 30))
         positives = rng.integers(0, 2, n)
         positives[0] = 1
         scores = np.round(rng.normal(size=n), 1)  # rounded: ties happen
-        assert lt.ap_11point(scores, positives) == pytest.approx(loop_ap11(scores.tolist(), positives.tolist()),
+        assert protocol.ap_11point(scores, positives) == pytest.approx(loop_ap11(scores.tolist(), positives.tolist()),
                                                                  abs=1e-12)
 
 
@@ -106,7 +108,7 @@ def test_search_picks_what_a_brute_force_loop_picks(metric):
     train, val, test = blobs(90, 6, 3, 0), blobs(60, 6, 3, 1), blobs(30, 6, 3, 2)
     trainval = (np.concatenate([train[0], val[0]]), np.concatenate([train[1], val[1]]))
     grid = list(np.logspace(2, -4, 13))
-    res = lt.run_protocol(train, val, trainval, test, metric, grid, max_iter=5000, tol=1e-10, log=lambda s: None)
+    res = protocol.run_protocol(train, val, trainval, test, metric, grid, max_iter=5000, tol=1e-10, log=lambda s: None)
     brute = []
     for C in grid:  # a cold, fully converged fit per C, scored with the textbook formula
         clf = LogisticRegression(C=C, max_iter=10000, tol=1e-12).fit(train[0].astype(np.float64), train[1])
@@ -121,7 +123,7 @@ def test_search_picks_what_a_brute_force_loop_picks(metric):
 def test_refit_uses_train_and_val_rows():
     train, val, test = blobs(60, 5, 3, 3), blobs(30, 5, 3, 4), blobs(30, 5, 3, 5)
     trainval = (np.concatenate([train[0], val[0]]), np.concatenate([train[1], val[1]]))
-    res = lt.run_protocol(train, val, trainval, test, "top1", [10.0, 0.1, 0.001], max_iter=5000, tol=1e-10,
+    res = protocol.run_protocol(train, val, trainval, test, "top1", [10.0, 0.1, 0.001], max_iter=5000, tol=1e-10,
                           log=lambda s: None)
     model = res["probe"].models[0]
     assert res["probe"].fit_rows == res["refit_rows"] == 90
@@ -136,7 +138,7 @@ def test_refit_uses_train_and_val_rows():
 
 def test_one_value_grid_skips_the_search():
     train, val, test = blobs(30, 4, 2, 6), blobs(10, 4, 2, 7), blobs(10, 4, 2, 8)
-    res = lt.run_protocol(train, val, train, test, "top1", [0.5], log=lambda s: None)
+    res = protocol.run_protocol(train, val, train, test, "top1", [0.5], log=lambda s: None)
     assert res["val_scores"] == [] and res["best_C"] == 0.5 and res["refit_rows"] == 30
 
 
@@ -160,7 +162,7 @@ def test_voc_binary_fit_is_the_references_two_row_softmax():
 
     theta = minimize(objective, np.zeros(10), jac=True, method="L-BFGS-B", options={"gtol": 1e-12, "maxiter": 10000}).x
     w, b = theta[4:8] - theta[:4], theta[9] - theta[8]
-    probe = lt.LinearProbe("map11", max_iter=10000, tol=1e-10).fit(X, y[:, None], C)
+    probe = protocol.LinearProbe("map11", max_iter=10000, tol=1e-10).fit(X, y[:, None], C)
     assert np.allclose(probe.models[0].coef_[0], w, atol=1e-5)
     assert probe.models[0].intercept_[0] == pytest.approx(b, abs=1e-5)
 
@@ -204,12 +206,12 @@ def test_each_lbfgs_fit_gets_tol_over_n(monkeypatch):
     monkeypatch.setattr(LogisticRegression, "fit", spy)
     train, val, test = blobs(40, 4, 3, 0), blobs(20, 4, 3, 1), blobs(20, 4, 3, 2)
     trainval = (np.concatenate([train[0], val[0]]), np.concatenate([train[1], val[1]]))
-    lt.run_protocol(train, val, trainval, test, "top1", [100.0, 1.0, 0.01], tol=3e-4, log=lambda s: None)
+    protocol.run_protocol(train, val, trainval, test, "top1", [100.0, 1.0, 0.01], tol=3e-4, log=lambda s: None)
     assert [(c, n) for _, c, n in seen] == [(100.0, 40), (1.0, 40), (0.01, 40), (seen[-1][1], 60)]
     assert all(tol == pytest.approx(3e-4 / n, rel=1e-12) for tol, _, n in seen)
     seen.clear()
     Y = np.stack([train[1] == 0, train[1] == 1], 1).astype(np.int64)
-    lt.LinearProbe("map11", tol=1e-4).fit(train[0], Y, 0.5)
+    protocol.LinearProbe("map11", tol=1e-4).fit(train[0], Y, 0.5)
     assert [(c, n) for _, c, n in seen] == [(1.0, 40), (1.0, 40)]  # one binary fit per class at 2C
     assert all(tol == pytest.approx(1e-4 / 40, rel=1e-12) for tol, _, _ in seen)
 
@@ -220,7 +222,7 @@ def test_fit_is_the_references_lbfgs_on_the_summed_objective(C, tol):
     same weights to rounding (L-BFGS steps do not change when the objective is scaled; only the stop does)."""
     X, y = _blobs64()
     W, b, nit = reference_lbfgs(X, y, C, tol)
-    probe = lt.LinearProbe("top1", max_iter=1000, tol=tol).fit(X, y, C)
+    probe = protocol.LinearProbe("top1", max_iter=1000, tol=tol).fit(X, y, C)
     model = probe.models[0]
     assert probe.n_iter == [nit]
     assert np.allclose(model.coef_, W, rtol=0, atol=1e-10) and np.allclose(model.intercept_, b, rtol=0, atol=1e-10)
@@ -445,7 +447,7 @@ def test_cli_two_datasets_and_cache_keyed_on_weights(tmp_path, capsys):
     write_folders(tmp_path / "data" / "dtd")                                       # official val/
     write_folders(tmp_path / "data" / "pets", splits=("train", "test"), per_class=(10, 5))  # 20% of train
     write_voc(tmp_path / "data" / "voc2007")
-    model, _, _ = lt.build_trunk("", "resnet_tiny", True, seed=3, log=lambda s: None)
+    model, _, _ = build_trunk("", "resnet_tiny", True, seed=3, log=lambda s: None)
     torch.save({"arch": "resnet_tiny", "args": {"arch": "resnet_tiny", "cifar_stem": True},
                 "state_dict": model.state_dict()}, tmp_path / "a.pth")
     shutil.copy(tmp_path / "a.pth", tmp_path / "b.pth")
@@ -490,20 +492,20 @@ def test_feature_cache_follows_the_split_listing(tmp_path):
 
     images = torch.utils.data.TensorDataset(torch.arange(24.0).view(2, 3, 2, 2), torch.zeros(2, dtype=torch.long))
     split, path, model = Split(images, np.zeros(2, dtype=np.int64), "k1"), str(tmp_path / "c" / "x.pt"), Counting()
-    feats = lt.split_features(model, split, path, 8, 0, torch.device("cpu"), "x/train")
+    feats = protocol.split_features(model, split, path, 8, 0, torch.device("cpu"), "x/train")
     assert np.allclose(feats, [[1.5, 5.5], [13.5, 17.5]]) and model.calls == 1
-    assert np.array_equal(lt.split_features(model, split, path, 8, 0, torch.device("cpu"), "x"), feats)
+    assert np.array_equal(protocol.split_features(model, split, path, 8, 0, torch.device("cpu"), "x"), feats)
     assert model.calls == 1  # read back from the cache
-    lt.split_features(model, Split(images, split.labels, "k2"), path, 8, 0, torch.device("cpu"), "x")
+    protocol.split_features(model, Split(images, split.labels, "k2"), path, 8, 0, torch.device("cpu"), "x")
     assert model.calls == 2  # another listing: extracted again
     open(path, "wb").write(b"truncated")
-    lt.split_features(model, Split(images, split.labels, "k2"), path, 8, 0, torch.device("cpu"), "x")
+    protocol.split_features(model, Split(images, split.labels, "k2"), path, 8, 0, torch.device("cpu"), "x")
     assert model.calls == 3 and torch.load(path, weights_only=True)["key"] == "k2"  # unreadable: rewritten
 
 
 def test_non_finite_features_give_one_error_and_no_score(tmp_path, capsys):
     write_folders(tmp_path / "data" / "dtd", per_class=(2, 1, 1))
-    model, _, _ = lt.build_trunk("", "resnet_tiny", True, seed=0, log=lambda s: None)
+    model, _, _ = build_trunk("", "resnet_tiny", True, seed=0, log=lambda s: None)
     state = model.state_dict()
     state["bn1.running_var"][0] = -1.0  # finite weights (load_trunk accepts them) whose forward pass gives NaN
     torch.save({"state_dict": state, "arch": "resnet_tiny", "args": {"cifar_stem": True}}, tmp_path / "nan.pth")

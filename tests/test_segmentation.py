@@ -18,7 +18,7 @@ import eval_segmentation as seg
 from src.augment.segmentation import CityscapesTrain, SegTest, VOCTrain, random_crop
 from src.data.folders import build_loader
 from src.data.segmentation import CITYSCAPES_CLASSES, cityscapes_segmentation, collate_eval, voc_segmentation
-from src.evaluation.classifier import ShardSampler
+from src.evaluation.samplers import ShardSampler
 from src.metrics import confusion_matrix, iou_from_confusion
 from src.models import build_backbone
 from src.models.segmentation import SegmentationFCN

@@ -1,5 +1,8 @@
 """Per-image realisation of a view (:class:`~src.augment.views.ViewAug`): torchvision / PIL ops on one PIL image, in
-the order of the reference the recipe comes from, and the evaluation transform.
+the order of the reference the recipe comes from, and the evaluation transforms: :func:`eval_transform` (kNN, the
+monitor, the pair evaluations), :func:`train_transform` / :func:`test_transform` (the classifier evaluations:
+``eval_linear.py``, ``main_transfer.py``, ``eval_semisup.py``) and :func:`transfer_transform`
+(``eval.linear_transfer``).
 
 The orders (each reference's, so that a seeded run draws what the reference draws):
 
@@ -141,3 +144,28 @@ def eval_transform(resize=256, crop_size=224):
     """Resize(resize) -> CenterCrop(crop_size) -> ToTensor -> Normalize (the kNN / linear-eval protocol)."""
     return T.Compose([T.Resize(resize), T.CenterCrop(crop_size), T.ToTensor(),
                       T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def train_transform(crop_size=224, scale=(0.08, 1.0), std=(0.229, 0.224, 0.225), interpolation="bilinear"):
+    """A classifier's training images: RandomResizedCrop(crop_size, scale) -> RandomHorizontalFlip -> ToTensor ->
+    Normalize(ImageNet mean, ``std``)."""
+    mode = T.InterpolationMode(interpolation)
+    return T.Compose([T.RandomResizedCrop(crop_size, scale=tuple(scale), interpolation=mode),
+                      T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(IMAGENET_MEAN, std)])
+
+
+def test_transform(resize=256, crop_size=224, std=(0.229, 0.224, 0.225), interpolation="bilinear"):
+    """A classifier's test images: Resize(resize) -> CenterCrop(crop_size) (skipped when ``crop_size`` is None) ->
+    ToTensor -> Normalize(ImageNet mean, ``std``)."""
+    ops = [T.Resize(resize, interpolation=T.InterpolationMode(interpolation))]
+    if crop_size is not None:
+        ops.append(T.CenterCrop(crop_size))
+    return T.Compose(ops + [T.ToTensor(), T.Normalize(IMAGENET_MEAN, std)])
+
+
+def transfer_transform(image_size=224, normalise=True):
+    """The linear transfer protocol's images: Resize(image_size, bicubic) -> CenterCrop(image_size) -> ToTensor ->
+    Normalize(ImageNet mean and std, or none with ``normalise`` False: the reference's ``--no-norm``)."""
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if normalise else ((0.0,) * 3, (1.0,) * 3)
+    return T.Compose([T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(image_size),
+                      T.ToTensor(), T.Normalize(mean, std)])

@@ -1,4 +1,7 @@
-"""What the evaluations share: reading any checkpoint layout and loading its trunk (``pretrained``), building a
-trunk for an evaluation and writing its results (``pair_eval``), frozen-feature extraction (``features``), linear
-heads, their test and feature caches (``classifier``), and the demo's kNN comparison (``demo``). Imports every other
-part of ``src``, never a script."""
+"""What the evaluations share, one module per thing: reading any checkpoint layout and building the trunk an
+evaluation scores (``pretrained``), frozen-feature extraction and its shards (``features``) and disk caches
+(``feature_store``), the orders rows are read in (``samplers``), classifier heads and their test (``classifier``),
+weight checksums (``hashes``), the record of scored epochs and the JSON results file (``results``), the kNN search
+(``knn``), the linear transfer protocol (``linear_transfer``), segmentation scores (``segmentation``), the
+positive-pair evaluations' flags and features (``pair_eval``), the training monitor (``monitor``) and the demo's kNN
+comparison (``demo``). Imports every other part of ``src``, never a script."""

@@ -1,5 +1,7 @@
 """Embedding a dataset with a frozen trunk: batch by batch (:func:`iter_features`) or all at once
-(:func:`extract_features`), in loader order, in eval mode and without gradients.
+(:func:`extract_features`), in loader order, in eval mode and without gradients; or this rank's shard of it
+(:func:`extract_shard`, :func:`shard_features`: rows ``rank::world``), the feature caches of the linear
+evaluations (in memory, or streamed to disk by ``src.evaluation.feature_store``).
 
 Progress is either a tqdm bar (``show_progress=True``) or, with ``progress="name"``, a plain line
 every ``log_interval`` seconds with images/s, which reads better in log files of batch jobs.
@@ -8,6 +10,9 @@ import time
 
 import torch
 
+from src.data.folders import build_loader
+from src.evaluation.samplers import ShardSampler
+from src.run import dist
 from src.run.health import check_finite_features
 from src.run.speed import autocast
 
@@ -90,3 +95,44 @@ def extract_features(model, loader, device, amp_dtype=None, show_progress=False,
     if not feats:
         return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
     return torch.cat(feats), torch.cat(labels)
+
+
+def extract_shard(trunk, dataset, batch_size, workers, device, amp_dtype=None, progress=None, stats=None):
+    """Features of this rank's shard of ``dataset`` (:class:`ShardSampler`: rows ``rank::world``), in order.
+
+    Each rank keeps only its own shard, in memory (ImageNet at 2048 floats: 10.5 GB / world per process);
+    ``eval_linear.py`` streams :func:`shard_features` to a file and reads batches back instead (``feature_store``).
+
+    Args:
+        trunk: frozen (B, 3, H, W) -> (B, D) module on ``device`` (put in eval mode here).
+        dataset: map-style dataset of ``(image tensor, label)`` with a deterministic transform.
+        batch_size, workers: DataLoader settings per rank.
+        device: torch.device. amp_dtype: None or an autocast dtype.
+        progress: name for the periodic "n/N images, r img/s" lines (rank 0 only), or None.
+        stats: optional dict; ``stats["skipped"]`` is increased by the unreadable images left out.
+    Returns:
+        ``(feats (m, D) float32, labels (m,) long)`` on the CPU, m = this rank's share (readable images only).
+    """
+    feats, labels = [], []
+    for f, y in shard_features(trunk, dataset, batch_size, workers, device, amp_dtype, progress, stats):
+        feats.append(f)
+        labels.append(y)
+    if not feats:  # more ranks than images
+        return torch.zeros(0, feature_dim(trunk, dataset, device)), torch.zeros(0, dtype=torch.long)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def shard_features(trunk, dataset, batch_size, workers, device, amp_dtype=None, progress=None, stats=None):
+    """:func:`extract_shard` one batch at a time: yields ``(feats (B, D) float32, labels (B,) long)`` on the CPU,
+    so that a writer (``src.evaluation.feature_store``) never holds the whole shard."""
+    sampler = ShardSampler(len(dataset), dist.get_world_size(), dist.get_rank())
+    loader = build_loader(dataset, batch_size, sampler, workers, drop_last=False, persistent=False)
+    for f, y in iter_features(trunk, loader, device, amp_dtype, progress=progress if dist.get_rank() == 0 else None,
+                              stats=stats):
+        yield f.cpu(), y.cpu()
+
+
+@torch.no_grad()
+def feature_dim(trunk, dataset, device):
+    """D of ``trunk`` on the images of ``dataset`` (one forward of its first item)."""
+    return trunk(dataset[0][0][None].to(device)).shape[1]

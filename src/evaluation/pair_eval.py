@@ -1,20 +1,17 @@
-"""What ``eval.instdisc``, ``eval.stats-dist`` and ``experiments.tsne`` share: their model / data flags,
-the frozen trunk (pretrained or seeded random init), the L2-normalised features of the views of a
-static positive-pair dataset (``src.data.pairs``), and where the JSON results go.
+"""What ``eval.instdisc``, ``eval.stats-dist`` and ``experiments.tsne`` share: their model / data flags and the
+L2-normalised features of the views of a static positive-pair dataset (``src.augment.pairs``). The trunk is
+``src.evaluation.pretrained.build_trunk``; the JSON results go through ``src.evaluation.results``.
 """
 import argparse
-import json
-import os
 
 import torch
 import torch.nn.functional as F
 
 from src.data.pairs import VIEW_SETS
 from src.evaluation.features import extract_features
-from src.evaluation.pretrained import TRUST_HELP, checkpoint_arch, load_trunk, read_checkpoint
-from src.models import KNOWN_ARCHS, build_backbone
-from src.run.args import add_amp_args, add_arg
-from src.run.checkpoint import atomic_write, check_writable
+from src.evaluation.pretrained import TRUST_HELP
+from src.models import KNOWN_ARCHS
+from src.run.args import NONNEG_INT, POSITIVE_INT, add_amp_args, add_arg
 from src.run.errors import UserError
 
 
@@ -40,47 +37,21 @@ def add_pair_eval_args(parser, per_class_default, per_class_help):
             help=TRUST_HELP)
     add_arg(g, "--seed", default=0, type=int, help="seed of the random init and of any sampling (default 0)")
     g = parser.add_argument_group("data and device")
-    add_arg(g, "-s", "--sample-per-class", default=per_class_default, type=int, help=per_class_help)
+    add_arg(g, "-s", "--sample-per-class", default=per_class_default, type=NONNEG_INT, help=per_class_help)
     add_arg(g, "--dataset-mode", default="normal", choices=list(VIEW_SETS),
             help="views read: normal (0,1,2), g-mask (0,3,4), rand-g-mask (0,5,6), avg-mask (0,7,8), "
                  "rand-avg-mask (0,9,10) (default normal; the masks need an easy/hard/super-hard set)")
-    add_arg(g, "-b", "--batch-size", default=128, type=int, help="images per forward pass (default 128)")
-    add_arg(g, "-j", "--workers", default=1, type=int, help="data loading workers (default 1)")
-    add_arg(g, "--resize", default=256, type=int, help="view 0: shorter side after resizing (default 256)")
-    add_arg(g, "--crop-size", default=224, type=int,
+    add_arg(g, "-b", "--batch-size", default=128, type=POSITIVE_INT, help="images per forward pass (default 128)")
+    add_arg(g, "-j", "--workers", default=1, type=NONNEG_INT, help="data loading workers (default 1)")
+    add_arg(g, "--resize", default=256, type=POSITIVE_INT, help="view 0: shorter side after resizing (default 256)")
+    add_arg(g, "--crop-size", default=224, type=POSITIVE_INT,
             help="view 0: centre crop side; the augmented views are brought to this size too (default 224)")
-    add_arg(g, "--gpu", default=None, type=int, help="GPU id (default: cuda:0 when available, else the CPU)")
+    add_arg(g, "--gpu", default=None, type=NONNEG_INT, help="GPU id (default: cuda:0 when available, else the CPU)")
     add_arg(g, "--device", default="", help="force a device: cpu, cuda, cuda:1 (overrides --gpu)")
     add_arg(g, "--output-json", default=None,
             help="results file (default: next to the checkpoint, or in the current folder without one)")
     add_amp_args(parser)
     return parser
-
-
-def build_trunk(pretrained="", arch=None, cifar_stem=None, trunk_pattern=None, trust=False, seed=0,
-                image_size=224, log=print):
-    """A trunk with pretrained (or seeded random-init) weights, on the CPU, in eval mode.
-
-    Args:
-        pretrained: checkpoint path; empty for a random init seeded by ``seed``.
-        arch, cifar_stem: None takes them from the checkpoint (``arch`` / ``args``), else resnet50 / off.
-        trunk_pattern, trust: see ``src.evaluation.pretrained.load_trunk`` / ``read_checkpoint``.
-        image_size: input side (DeiT only).
-        log: callable for the one "loaded ..." line.
-    Returns:
-        ``(model, arch, cifar_stem)``.
-    """
-    ckpt = read_checkpoint(pretrained, trust=trust) if pretrained else {}
-    ckpt_arch, ckpt_stem = checkpoint_arch(ckpt)
-    arch = arch or ckpt_arch or "resnet50"
-    cifar_stem = ckpt_stem if cifar_stem is None else cifar_stem
-    torch.manual_seed(seed)
-    model, _ = build_backbone(arch, cifar_stem=cifar_stem, image_size=image_size)
-    if ckpt:
-        load_trunk(model, ckpt, trunk_pattern=trunk_pattern, arch=arch, source=pretrained, log=log)
-    else:
-        log(f"no --pretrained: a random-init {arch} (seed {seed})")
-    return model.eval(), arch, cifar_stem
 
 
 def embed_views(model, pairs, views, batch_size, workers, device, amp_dtype=None):
@@ -104,26 +75,3 @@ def embed_views(model, pairs, views, batch_size, workers, device, amp_dtype=None
         feats, labels = extract_features(model, loader, device, amp_dtype, progress=f"view {v}")
         out[v] = F.normalize(feats, dim=1)
     return out, labels
-
-
-def results_file(output_json, pretrained, name):
-    """Where an evaluation's JSON results go: ``output_json``, or ``name`` next to the checkpoint (or in the
-    current folder). The folder is proven writable now, before any work (not after an hour of feature extraction).
-
-    Returns:
-        the path.
-    Raises:
-        UserError: the folder cannot be written.
-    """
-    out = output_json or os.path.join(os.path.dirname(os.path.abspath(pretrained)) if pretrained else os.getcwd(),
-                                      name)
-    if os.path.isdir(out):
-        raise UserError(f"--output-json '{out}' is a folder: pass a file path, e.g. {os.path.join(out, name)}")
-    check_writable(os.path.dirname(os.path.abspath(out)), "--output-json")
-    return out
-
-
-def write_json(results, out):
-    """Write ``results`` to ``out`` atomically, before anything is printed. Returns: ``out``."""
-    atomic_write(out, lambda f: f.write(json.dumps(results, indent=2).encode()), "--output-json")
-    return out

@@ -11,7 +11,9 @@ Layouts recognised (the trunk's parameter names follow torchvision: ``conv1.weig
 
 :func:`extract_trunk_state` finds the weights and the key prefix that covers the most trunk keys;
 :func:`load_trunk` loads them strictly (every trunk tensor present with its shape, no unknown
-non-head keys under the prefix) and logs one line saying what was loaded and what was ignored.
+non-head keys under the prefix) and logs one line saying what was loaded and what was ignored;
+:func:`build_trunk` makes the trunk every evaluation scores (the checkpoint's arch and stem, or a seeded random
+init) and loads it.
 Files are read with ``weights_only=True``; pickled objects are only unpickled when the user says
 the file is trusted (``--trust-checkpoint``).
 """
@@ -21,7 +23,7 @@ import re
 
 import torch
 
-from src.models import KNOWN_ARCHS
+from src.models import KNOWN_ARCHS, build_backbone
 from src.run.args import add_arg
 from src.run.errors import UserError
 
@@ -304,6 +306,32 @@ def load_trunk(model, path_or_ckpt, trunk_pattern=None, trust=False, log=print, 
         log(f"loaded {len(state)} trunk tensors from {where} (prefix {prefix!r}): {used_modules(state)}; "
             f"ignored {len(ignored)} keys" + (f": {summarize_keys(ignored, mapping)}" if ignored else ""))
     return {"path": where, "prefix": prefix, "n_loaded": len(state), "ignored": ignored, "arch": ckpt_arch}
+
+
+def build_trunk(pretrained="", arch=None, cifar_stem=None, trunk_pattern=None, trust=False, seed=0,
+                image_size=224, log=print):
+    """A trunk with pretrained (or seeded random-init) weights, on the CPU, in eval mode.
+
+    Args:
+        pretrained: checkpoint path; empty for a random init seeded by ``seed``.
+        arch, cifar_stem: None takes them from the checkpoint (``arch`` / ``args``), else resnet50 / off.
+        trunk_pattern, trust: see :func:`load_trunk` / :func:`read_checkpoint`.
+        image_size: input side (DeiT only).
+        log: callable for the one "loaded ..." line.
+    Returns:
+        ``(model, arch, cifar_stem)``.
+    """
+    ckpt = read_checkpoint(pretrained, trust=trust) if pretrained else {}
+    ckpt_arch, ckpt_stem = checkpoint_arch(ckpt)
+    arch = arch or ckpt_arch or "resnet50"
+    cifar_stem = ckpt_stem if cifar_stem is None else cifar_stem
+    torch.manual_seed(seed)
+    model, _ = build_backbone(arch, cifar_stem=cifar_stem, image_size=image_size)
+    if ckpt:
+        load_trunk(model, ckpt, trunk_pattern=trunk_pattern, arch=arch, source=pretrained, log=log)
+    else:
+        log(f"no --pretrained: a random-init {arch} (seed {seed})")
+    return model.eval(), arch, cifar_stem
 
 
 def check_finite(state, what, consequence="no score is computed from it"):

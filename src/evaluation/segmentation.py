@@ -1,5 +1,6 @@
 """Scoring a segmentation network (``eval_segmentation.py``): the confusion matrices of the val shard of every rank,
-summed, their per-class IoU and mIoU (``src.metrics``), and the record of every scored epoch.
+summed, their per-class IoU and mIoU (``src.metrics``); the record of every scored epoch is
+``src.evaluation.results.SegResults``.
 
 Two scores come from one pass, as the reference (Revisiting-Contrastive-SSL ``utils/evaluate_utils.py``) has them:
 at full resolution (the prediction brought back to each image's own size, against its original mask: the reported
@@ -15,7 +16,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from src.evaluation.classifier import History
 from src.metrics import confusion_matrix, iou_from_confusion
 from src.run import dist
 from src.run.errors import UserError
@@ -77,49 +77,6 @@ def evaluate(net, loader, num_classes, device, amp):
         res[f"iou{suffix}"] = [None if math.isnan(v) else 100.0 * v for v in iou.tolist()]
         res[f"miou{suffix}"] = 100.0 * miou
     return res
-
-
-class SegResults(History):
-    """:class:`~src.evaluation.classifier.History` of scored epochs (mIoU and per-class IoU in percent at full
-    resolution and at the network's input, images scored and skipped).
-
-    Args:
-        classes: class names.
-        input_size: the side the test images are resized to (``--test_size``); 0: kept at their own size.
-    The best epoch is the one of highest mIoU at the network's input, as the reference picks it (with
-    ``input_size`` 0 that is the full-resolution mIoU); the earliest on ties.
-    """
-    metric = "miou"
-
-    def __init__(self, classes, input_size=0):
-        super().__init__()
-        self.classes = list(classes)
-        self.input_size = int(input_size)
-        self.metric = "miou_input" if self.input_size else "miou"
-
-    def entry(self, epoch, res):
-        return {"epoch": int(epoch), **{k: res[k] for k in ("miou", "iou", "miou_input", "iou_input", "n", "skipped")}}
-
-    def load_state_dict(self, state):
-        if any(self.metric not in e for e in state["history"]):
-            raise UserError(f"the checkpoint's scores have no '{self.metric}' (it was written before the best epoch "
-                            "was chosen on the mIoU at the network's input): start this run in a new --output_dir",
-                            collective=True)
-        super().load_state_dict(state)
-
-    def input_words(self):
-        """``at the 512x512 input`` (the network's input the test images are resized to)."""
-        return f"at the {self.input_size}x{self.input_size} input"
-
-    def test_line(self):
-        e, b = self.last, self.best
-        skipped = f", {e['skipped']} unreadable left out" if e["skipped"] else ""
-        head = f"Test: epoch {e['epoch']}, {e['n']} images{skipped}: mIoU {e['miou']:.2f}"
-        if not self.input_size:
-            return f"{head} (best {b['miou']:.2f} at epoch {b['epoch']})"
-        words = self.input_words()
-        return (f"{head} at full resolution, {e['miou_input']:.2f} {words} (best {words}: {b['miou_input']:.2f} at "
-                f"epoch {b['epoch']})")
 
 
 def iou_lines(classes, iou):
