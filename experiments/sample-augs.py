@@ -31,8 +31,8 @@ from multiprocessing import Pool
 import numpy as np
 from PIL import Image
 
-from src.augment.image import to_rgb
 from src.augment.pairs import MODES, VIEWS_PER_MODE, make_views
+from src.data.decode import to_rgb
 from src.data.folders import IMG_EXTENSIONS, fork_rng, sample_seed
 from src.data.pairs import view_name
 from src.run.args import NONNEG_INT, POSITIVE_INT, ArgumentParser, add_arg, number

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from src.augment.image import to_rgb
+from src.data.decode import to_rgb
 from src.data.folders import SafeImageFolder
 from src.evaluation.pretrained import read_checkpoint
 from src.run.args import MOMENTUM, POSITIVE, POSITIVE_INT, ArgumentParser, add_arg

@@ -23,7 +23,7 @@ from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
 from src.augment.device import layout
-from src.augment.image import to_rgb
+from src.data.decode import to_rgb
 
 
 def draft_scale(boxes, width, height):

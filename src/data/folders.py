@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from src.augment.image import to_rgb
 from src.augment.split import device_loader
+from src.data.decode import to_rgb
 from src.run.errors import UserError
 from src.run.signals import ignore_stop_signals, track_loader
 

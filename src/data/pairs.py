@@ -19,8 +19,9 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from src.augment.image import eval_transform, to_rgb
+from src.augment.image import eval_transform
 from src.augment.views import IMAGENET_MEAN, IMAGENET_STD
+from src.data.decode import to_rgb
 from src.run.errors import UserError
 
 VIEW_SETS = {"normal": (0, 1, 2), "g-mask": (0, 3, 4), "rand-g-mask": (0, 5, 6), "avg-mask": (0, 7, 8),

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from src.augment.image import to_rgb
+from src.data.decode import to_rgb
 from src.data.folders import MAX_CONSECUTIVE_FAILURES, sample_seed
 from src.data.voc import VOC_CLASSES
 from src.run.errors import UserError

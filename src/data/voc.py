@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from src.augment.image import to_rgb
+from src.data.decode import to_rgb
 from src.run.errors import UserError
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",

@@ -19,7 +19,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from src.augment.image import to_rgb
+from src.data.decode import to_rgb
 from src.data.folders import IMG_EXTENSIONS
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
