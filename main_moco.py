@@ -44,8 +44,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.augment.recipes import moco_multicrop_recipe, moco_recipe, ssl_small_jitter
+from src.augment.split import pretrain_loader
 from src.augment.views import MOCO_V2_JITTER, relative_blur_scale
-from src.data.folders import pretrain_loader, resolve_split
+from src.data.folders import resolve_split
 from src.evaluation import demo
 from src.evaluation.monitor import Monitor, add_watch_args, check_watch_args
 from src.evaluation.pretrained import TRUST_HELP, read_checkpoint

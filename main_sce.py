@@ -42,9 +42,9 @@ import torch
 from torch import nn
 
 from src.augment.recipes import sce_recipe
-from src.augment.split import device_loader
+from src.augment.split import device_loader, pretrain_loader
 from src.augment.views import relative_blur_scale
-from src.data.folders import pretrain_loader, resolve_split, train_loader
+from src.data.folders import resolve_split, train_loader
 from src.evaluation import demo
 from src.evaluation.monitor import Monitor, add_watch_args, check_watch_args
 from src.methods.momentum import check_queue_size

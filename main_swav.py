@@ -34,8 +34,9 @@ import torch
 from torch import nn
 
 from src.augment.recipes import swav_recipe
+from src.augment.split import pretrain_loader
 from src.augment.views import resolve_blur_scale
-from src.data.folders import pretrain_loader, resolve_split
+from src.data.folders import resolve_split
 from src.evaluation import demo
 from src.losses import distributed_sinkhorn, swav_loss
 from src.evaluation.monitor import Monitor, add_watch_args, check_watch_args

@@ -24,8 +24,7 @@ import argparse
 
 import torch
 
-from src.data.pairs import PositivePairDataset
-from src.evaluation.pair_eval import add_pair_eval_args, embed_views
+from src.evaluation.pair_eval import PositivePairDataset, add_pair_eval_args, embed_views
 from src.evaluation.pretrained import build_trunk
 from src.evaluation.results import results_file, write_json
 from src.metrics import instdisc_topk

@@ -32,8 +32,7 @@ import argparse
 
 import torch
 
-from src.data.pairs import PositivePairDataset
-from src.evaluation.pair_eval import add_pair_eval_args, embed_views
+from src.evaluation.pair_eval import PositivePairDataset, add_pair_eval_args, embed_views
 from src.evaluation.pretrained import build_trunk
 from src.evaluation.results import results_file, write_json
 from src.metrics import align, intra_class_align, uniformity

@@ -34,7 +34,7 @@ from PIL import Image
 from src.augment.pairs import MODES, VIEWS_PER_MODE, make_views
 from src.data.decode import to_rgb
 from src.data.folders import IMG_EXTENSIONS, fork_rng, sample_seed
-from src.data.pairs import view_name
+from src.evaluation.pair_eval import view_name
 from src.run.args import NONNEG_INT, POSITIVE_INT, ArgumentParser, add_arg, number
 from src.run.checkpoint import atomic_write, check_writable
 from src.run.errors import UserError

@@ -28,8 +28,7 @@ import os
 
 import numpy as np
 
-from src.data.pairs import PositivePairDataset
-from src.evaluation.pair_eval import add_pair_eval_args, embed_views
+from src.evaluation.pair_eval import PositivePairDataset, add_pair_eval_args, embed_views
 from src.evaluation.pretrained import build_trunk
 from src.run import dist
 from src.run.args import NONNEG_INT, POSITIVE, POSITIVE_INT, ArgumentParser, add_arg, amp_dtype, number

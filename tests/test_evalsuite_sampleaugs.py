@@ -1,4 +1,5 @@
-"""experiments.sample-augs: file names, sizes, reproducibility with --seed, the IoU modes; src.data.pairs reading."""
+"""experiments.sample-augs: file names, sizes, reproducibility with --seed, the IoU modes; reading the set back
+(src.evaluation.pair_eval)."""
 import argparse
 import filecmp
 import importlib
@@ -10,7 +11,7 @@ import pytest
 from PIL import Image
 
 from src.augment.pairs import IOU_RANGES, MEAN_FILL, box_iou, masked_views, sample_box_pair
-from src.data.pairs import PositivePairDataset, split_view_name
+from src.evaluation.pair_eval import PositivePairDataset, split_view_name
 from src.run.errors import UserError
 from tests.helpers import assert_ok, py, run, tiny_dataset
 

@@ -8,7 +8,8 @@ coefficients it would throw away) and the boxes are scaled to it; then each box 
 antialiased, as torchvision on PIL images) and returned as a (3, s, s) uint8 tensor. Training side,
 :class:`DeviceLoader` copies each batch to the device (non-blocking, from pinned memory with CUDA) and augments
 it with one random generator per step, seeded from (seed, epoch, step, rank), so a resumed run draws the same
-augmentations.
+augmentations. :func:`pretrain_loader` is what every pretraining script reads: the image folder, the training
+loader and this device half.
 
     transform = swav_recipe([224, 96], [2, 6], [0.14, 0.05], [1, 0.14]).split()  # src.augment.recipes
     dataset = build_dataset(root, transform, seed=seed)
@@ -24,6 +25,7 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from src.augment.device import layout
 from src.data.decode import to_rgb
+from src.data.folders import build_dataset, train_loader
 
 
 def draft_scale(boxes, width, height):
@@ -151,3 +153,27 @@ def device_loader(loader, transform, device, seed=0, rank=0, channels_last=False
         return loader
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return DeviceLoader(loader, device, augment=augment, memory_format=fmt, seed=seed, rank=rank)
+
+
+def pretrain_loader(root, transform, batch_size, workers, info, seed, channels_last=False, wrap=None,
+                    flag="--batch_size"):
+    """What every pretraining script reads: the image folder of ``root`` (class folders or flat) with ``transform``
+    seeded per sample, ``src.data.folders.train_loader``, and, for a split ``transform`` or channels-last,
+    :func:`device_loader`, which finishes the batches on the training device.
+
+    Args:
+        root: split folder (``src.data.folders.resolve_split``). transform: per-image or split
+            (``src.augment.recipes``).
+        batch_size, workers: per process. info: ``src.run.dist.DistInfo``. seed: the run seed.
+        channels_last: batches in channels-last layout. wrap: optional dataset -> dataset (DeepCluster's indices).
+        flag: the batch flag's name, for the error.
+    Returns:
+        ``(loader, sampler, dataset, iters_per_epoch)``.
+    """
+    dataset = build_dataset(root, transform, seed=seed)
+    if wrap is not None:
+        dataset = wrap(dataset)
+    loader, sampler, iters_per_epoch = train_loader(dataset, batch_size, workers, info.world_size, info.rank, seed,
+                                                    flag)
+    loader = device_loader(loader, transform, info.device, seed=seed, rank=info.rank, channels_last=channels_last)
+    return loader, sampler, dataset, iters_per_epoch

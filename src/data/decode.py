@@ -1,6 +1,6 @@
 """Decoding images: :func:`to_rgb` turns any PIL image (grey, palette, CMYK, 16-bit, float) into the 8-bit RGB
-image every reader hands its transforms (``folders``, ``voc``, ``segmentation``, ``pairs``, ``video.io``, and the
-split pipeline's CPU half, ``src.augment.split``).
+image every reader hands its transforms (``folders``, ``voc``, ``segmentation``, ``video.io``; the split pipeline's
+CPU half, ``src.augment.split``; the positive-pair reader, ``src.evaluation.pair_eval``).
 """
 import numpy as np
 from PIL import Image

@@ -28,7 +28,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from src.augment.split import device_loader
 from src.data.decode import to_rgb
 from src.run.errors import UserError
 from src.run.signals import ignore_stop_signals, track_loader
@@ -501,26 +500,3 @@ def train_loader(dataset, batch_size, workers, world_size=1, rank=0, seed=0, fla
     loader = build_loader(dataset, batch_size, sampler, workers, drop_last=True)
     loader.generator = torch.Generator().manual_seed(seed)
     return loader, sampler, iters_per_epoch
-
-
-def pretrain_loader(root, transform, batch_size, workers, info, seed, channels_last=False, wrap=None,
-                    flag="--batch_size"):
-    """What every pretraining script reads: the image folder of ``root`` (class folders or flat) with ``transform``
-    seeded per sample, :func:`train_loader`, and, for a split ``transform`` or channels-last, the device wrapper
-    that finishes the batches on the training device (``src.augment.split.device_loader``).
-
-    Args:
-        root: split folder (:func:`resolve_split`). transform: per-image or split (``src.augment.recipes``).
-        batch_size, workers: per process. info: ``src.run.dist.DistInfo``. seed: the run seed.
-        channels_last: batches in channels-last layout. wrap: optional dataset -> dataset (DeepCluster's indices).
-        flag: the batch flag's name, for the error.
-    Returns:
-        ``(loader, sampler, dataset, iters_per_epoch)``.
-    """
-    dataset = build_dataset(root, transform, seed=seed)
-    if wrap is not None:
-        dataset = wrap(dataset)
-    loader, sampler, iters_per_epoch = train_loader(dataset, batch_size, workers, info.world_size, info.rank, seed,
-                                                    flag)
-    loader = device_loader(loader, transform, info.device, seed=seed, rank=info.rank, channels_last=channels_last)
-    return loader, sampler, dataset, iters_per_epoch
