@@ -50,7 +50,6 @@ from torch import nn
 
 from src.augment.image import test_transform, train_transform
 from src.data.folders import ResumableSampler, SafeImageFolder, build_loader
-from src.data.video.build import VideoEval, add_video_eval_args, eval_samples, eval_sets
 from src.evaluation.classifier import LinearClassifier, PooledMapClassifier, check_classes, evaluate
 from src.evaluation.feature_store import open_split, read_meta, write_cache
 from src.evaluation.features import feature_dim, shard_features
@@ -58,6 +57,7 @@ from src.evaluation.hashes import content_hash, fingerprint
 from src.evaluation.pretrained import add_pretrained_args, build_trunk
 from src.evaluation.results import Results
 from src.evaluation.samplers import FeatureBatches, ShardSampler
+from src.evaluation.video import VideoEval, add_video_eval_args, eval_samples, eval_sets
 from src.metrics import topk_rates
 from src.models.resnet import FeatureMap, ResNet
 from src.optim import cosine_schedule, moco_lr_schedule, set_lr
@@ -369,7 +369,7 @@ def build_datasets(args):
     Raises:
         UserError: train/ and val/ have different class folders, or fewer than 2 (a classifier needs 2).
     """
-    if args.modality == "video":  # 1 random clip / 10 clips x 3 crops of every video (src.data.video.build)
+    if args.modality == "video":  # 1 random clip / 10 clips x 3 crops of every video (src.evaluation.video)
         train_set, val_set = eval_sets(VideoEval.from_flags(args), args.data, args.resize, args.crop_size, args.seed)
         check_classes(train_set.classes, args.data)
         return train_set, val_set

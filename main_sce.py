@@ -336,7 +336,7 @@ def build_data(args, info):
     resumable, per-rank sampler seeded with ``args.seed``. Returns ``(loader, sampler, dataset, iters_per_epoch)``."""
     seed = args.seed
     if args.modality == "video":
-        from src.data.video.build import pretrain_set
+        from src.augment.video import pretrain_set
         dataset = pretrain_set(args.data_path, args.size_crops[0], args.num_frames, args.clip_duration,
                                args.temporal_diff_prob, (args.min_scale_crops[0], args.max_scale_crops[0]),
                                args.blur_prob[:2], args.solarize_prob[:2],

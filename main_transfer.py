@@ -51,12 +51,12 @@ from torch import nn
 from src.augment.image import test_transform, train_transform
 from src.data.cifar import CifarPickleDataset, find_cifar_folder
 from src.data.folders import ResumableSampler, SafeImageFolder, build_loader
-from src.data.video.build import VideoEval, add_video_eval_args, eval_samples, eval_sets
 from src.evaluation.classifier import LinearClassifier, check_classes, evaluate
 from src.evaluation.hashes import content_hash, fingerprint
 from src.evaluation.pretrained import add_pretrained_args, build_trunk
 from src.evaluation.results import Results
 from src.evaluation.samplers import ShardSampler
+from src.evaluation.video import VideoEval, add_video_eval_args, eval_samples, eval_sets
 from src.metrics import topk_rates
 from src.optim import cosine_schedule, moco_lr_schedule, set_lr
 from src.run import dist
@@ -334,7 +334,7 @@ def build_datasets(args):
     Raises:
         UserError: train/ and test/ have different class folders, or fewer than 2 (a classifier needs 2).
     """
-    if args.modality == "video":  # 1 random clip with colour / 10 clips x 3 crops of every video (src.data.video.build)
+    if args.modality == "video":  # 1 random clip with colour / 10 clips x 3 crops of every video (src.evaluation.video)
         train_set, test_set = eval_sets(VideoEval.from_flags(args), args.data, args.resize, args.crop_size, args.seed,
                                         finetune=True)
         check_classes(train_set.classes, args.data)

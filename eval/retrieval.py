@@ -27,10 +27,10 @@ import torch
 
 from src.augment.image import eval_transform
 from src.data.folders import SafeImageFolder, require_folder
-from src.data.video.build import VideoEval, ViewAverage, add_video_eval_args, bank_sets
 from src.evaluation.features import extract_features
 from src.evaluation.pretrained import add_pretrained_args, build_trunk
 from src.evaluation.results import write_json
+from src.evaluation.video import VideoEval, ViewAverage, add_video_eval_args, bank_sets
 from src.metrics import RETRIEVAL_KS, retrieval_at_k
 from src.run import dist
 from src.run.args import NONNEG_INT, POSITIVE_INT, ArgumentParser, add_amp_args, add_arg, amp_dtype

@@ -11,9 +11,9 @@ from torch import nn
 
 import eval_linear
 import main_transfer
-from src.data.video.build import ViewAverage
 from src.data.video.demo import make_video_demo
 from src.evaluation.classifier import evaluate
+from src.evaluation.video import ViewAverage
 from src.methods.sce import SCE
 from src.metrics import retrieval_at_k
 from tests.helpers import assert_ok, one_error_line, py, run

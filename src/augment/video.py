@@ -18,7 +18,8 @@ the reference).
 * :class:`ClipCropToUint8` / :func:`sce_clip_split_views`: the split form (``--device-aug``): the loader workers
   only crop and resize each clip to uint8, and ``src.augment.device`` applies the rest to the whole batch of clips
   on the training device, one parameter draw per clip shared by its frames (the reference's own arrangement: its
-  colour augmentations ran batched on the GPU).
+  colour augmentations ran batched on the GPU);
+* :func:`pretrain_set`: the SCE pretraining set, 2 random clips per video through these two views.
 """
 import math
 
@@ -29,6 +30,9 @@ from torchvision.transforms import functional as TF
 from src.augment.crops import rrc_box
 from src.augment.device import MultiCropAugment
 from src.augment.views import ViewAug, scaled_blur
+from src.data.video.clips import RandomMultiClipSampler
+from src.data.video.dataset import VideoDataset
+from src.data.video.splits import video_samples
 
 VIDEO_MEAN, VIDEO_STD = 0.45, 0.225
 SOLARIZE_THRESHOLD = 0.5  # on [0, 1] values: x >= 0.5 becomes 1 - x
@@ -242,3 +246,15 @@ class ClipTestTransform:
         top, left = self.box(h, w, view_id)
         clip = clip[..., top:top + self.crop, left:left + self.crop]
         return normalize((clip / 255.0).clamp_(0.0, 1.0))
+
+
+def pretrain_set(root, size=224, num_frames=8, clip_duration=2.56, temporal_diff_p=0.2, scale=(0.2, 0.766),
+                 blur_probs=(1.0, 0.1), solarize_probs=(0.0, 0.2), blur_scale=1.0, seed=None, frames_fps=30.0,
+                 split=False):
+    """SCE pretraining: items ``([clip_1, clip_2], label)``, each (3, num_frames, size, size): float
+    and fully augmented, or with ``split`` (``--device-aug``) uint8 crops whose transform's ``device_augment``
+    finishes them on the training device (``src.augment.video.ClipCropToUint8``)."""
+    samples, classes = video_samples(root, "train")
+    views = (sce_clip_split_views if split else sce_clip_views)(size, blur_probs, solarize_probs, scale, blur_scale)
+    return VideoDataset(samples, classes, RandomMultiClipSampler(2, clip_duration), views, num_frames=num_frames,
+                        temporal_diff_p=temporal_diff_p, output="list", seed=seed, frames_fps=frames_fps, root=root)

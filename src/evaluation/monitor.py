@@ -39,6 +39,7 @@ from src.run import dist
 from src.run.args import NONNEG_INT, POSITIVE, POSITIVE_INT, add_arg
 from src.run.checkpoint import atomic_write
 from src.run.errors import UserError
+from src.run.health import NonFiniteFeatures
 
 CACHE_BYTES = 2 << 30  # a process keeps up to 2 GiB of decoded monitor images (uint8) between passes
 MAX_K, KNN_K, KNN_T = 5, 20, 0.07  # eval.knn's defaults: Best-NN over odd k <= 5, weighted kNN k 20, T 0.07
@@ -117,10 +118,6 @@ def untouched(modules, device):
         random.setstate(py_state)
         if cuda is not None:
             torch.cuda.set_rng_state(cuda, device)
-
-
-class NonFiniteFeatures(UserError):
-    """A monitored trunk gave NaN/inf features: the run diverged (the run turns it into its NaN error)."""
 
 
 class OnlineLinear:
@@ -220,7 +217,7 @@ class Monitor:
         crop = args.monitor_crop or crop_size
         resize = args.monitor_resize or (crop if crop <= 96 else round(crop * 256 / 224))
         if modality == "video":  # one central clip per video, eval.retrieval's test views otherwise
-            from src.data.video.build import VideoEval, ViewAverage, bank_sets
+            from src.evaluation.video import VideoEval, ViewAverage, bank_sets
 
             cfg = VideoEval(num_frames=args.num_frames, clip_duration=args.clip_duration, frames_fps=args.frames_fps,
                             test_clips=1, test_crops=1)

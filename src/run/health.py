@@ -17,6 +17,11 @@ class NonFiniteError(UserError):
     collective = True
 
 
+class NonFiniteFeatures(UserError):
+    """A monitored trunk gave NaN/inf features (``src.evaluation.monitor``): the run diverged; the run loop turns it
+    into its :class:`NonFiniteError`."""
+
+
 def bn_buffers(*modules):
     """``[(name, tensor)]`` of every BatchNorm running mean / variance in ``modules``."""
     out = []

@@ -34,7 +34,7 @@ from src.run import dist
 from src.run.checkpoint import (check_writable, load_checkpoint, load_rank_file, load_state_strict,
                                 remove_stale_temp_files, save_checkpoint, save_rank_file, set_rng_state)
 from src.run.errors import UserError
-from src.run.health import Health, NonFiniteError
+from src.run.health import Health, NonFiniteError, NonFiniteFeatures
 from src.run.lock import lock_folder
 from src.run.logging import JsonLog, ProgressLogger, print_rank0
 from src.run.signals import process_stop_signal
@@ -441,8 +441,6 @@ class Run:
     def _monitor_pass(self):
         """The monitor's pass at this epoch's end (before the checkpoint that keeps its rows); a NaN feature is the
         run's NaN error."""
-        from src.evaluation.monitor import NonFiniteFeatures  # the monitor is the scripts' to build: no import cycle
-
         try:
             rows = self.monitor.after_epoch(self.epoch)
         except NonFiniteFeatures as exc:

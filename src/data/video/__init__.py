@@ -1,3 +1,4 @@
 """Video data for video SCE (docs/video.md): decoding (``io``), clip sampling and temporal difference
-(``clips``), time-consistent augmentations (``transforms``), datasets (``dataset``), the UCF101 / HMDB51 split files
-(``splits``) and a generated demo dataset (``demo``). ``build`` assembles them for the scripts."""
+(``clips``), datasets (``dataset``), the UCF101 / HMDB51 split files and the splits read from folders (``splits``)
+and a generated demo dataset (``demo``). The clip augmentations are ``src.augment.video``; the evaluations' video
+sets ``src.evaluation.video``."""

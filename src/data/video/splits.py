@@ -7,12 +7,14 @@
   "<video>.avi <id>" with id 1 = train, 2 = test, 0 = unused; videos in ``<root>/<class>/<video>.avi``.
 
 A listed video may also be a folder of extracted frames named like the file without its extension (the
-reference's frame decoders read those). :func:`split_samples` detects the format from the files present.
+reference's frame decoders read those). :func:`split_samples` detects the format from the files present;
+:func:`video_samples` reads a split either from those files or from ``ROOT/<split>/<class>/`` folders.
 """
 import glob
 import os
 import re
 
+from src.data.video.dataset import video_folder_samples
 from src.run.errors import UserError
 
 
@@ -92,3 +94,26 @@ def split_samples(root, splits_dir, split_id=1, train=True):
     if os.path.isfile(os.path.join(splits_dir, "classInd.txt")):
         return ucf101_split(root, splits_dir, split_id, train)
     return hmdb51_split(root, splits_dir, split_id, train)
+
+
+def video_samples(root, split, splits_dir="", split_id=1):
+    """``(samples, classes)`` of one split.
+
+    Args:
+        root: ``ROOT`` holding ``train/`` and ``val/`` (or ``test/``) class folders, or, with ``splits_dir``, the
+            folder of class folders the split files refer to (UCF101's ``UCF-101/``, HMDB51's videos).
+        split: ``"train"`` or ``"val"`` (``val`` falls back on ``test/``; with split files: the test list).
+        splits_dir: folder of official split files, or empty.
+        split_id: 1, 2 or 3.
+    """
+    if splits_dir:
+        return split_samples(root, splits_dir, split_id, train=split == "train")
+    if not os.path.isdir(root):
+        raise UserError(f"video folder '{root}' does not exist: pass the folder that holds train/ and val/")
+    for name in ([split] if split == "train" else [split, "test"]):
+        if os.path.isdir(os.path.join(root, name)):
+            return video_folder_samples(os.path.join(root, name))
+    if split == "train" and not any(os.path.isdir(os.path.join(root, s)) for s in ("val", "test")):
+        return video_folder_samples(root)  # ROOT itself holds the class folders
+    raise UserError(f"video folder '{root}' has no '{split}/' subfolder: add it, or pass --splits_dir with the "
+                    "official split files")

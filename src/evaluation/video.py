@@ -1,60 +1,22 @@
-"""The video datasets of each script, assembled from the parts in ``src.data.video`` (what ``main_sce.py``, ``eval_linear.py``,
-``main_transfer.py`` and ``eval/retrieval.py`` would otherwise each write out):
+"""The video evaluations (``--modality video`` of ``eval_linear.py``, ``main_transfer.py``, ``eval/retrieval.py``,
+and the training monitor): their datasets, assembled from ``src.data.video`` and ``src.augment.video``, and flags.
 
-* :func:`pretrain_set`: 2 random 2.56 s clips per video, SCE's two time-consistent views, temporal difference;
 * :func:`train_set`: 1 random clip, random short side + crop + flip (+ colour for fine-tuning);
 * :func:`test_set`: 10 clips x 3 crops of the short-side-resized video, stacked as (30, 3, T, S, S);
-* :func:`video_samples`: a split, from ``ROOT/<split>/<class>/`` folders or from official split files;
 * :func:`add_video_eval_args`, :class:`VideoEval` (those flags, read once) and :func:`eval_sets` / :func:`bank_sets`:
-  the flags and datasets of the evaluation scripts run with ``--modality video`` (``eval_linear.py``,
-  ``main_transfer.py``, ``eval/retrieval.py``).
+  the flags and datasets of the evaluation scripts run with ``--modality video``; :class:`ViewAverage`: a trunk's
+  features averaged over the views of a video.
 """
-import os
 from dataclasses import dataclass, fields
 
 from torch import nn
 
-from src.augment.video import ClipTestTransform, eval_train_transform, sce_clip_split_views, sce_clip_views
+from src.augment.video import ClipTestTransform, eval_train_transform
 from src.data.video.clips import ConstantClipsSampler, RandomMultiClipSampler
-from src.data.video.dataset import VideoDataset, video_folder_samples
-from src.data.video.splits import split_samples
+from src.data.video.dataset import VideoDataset
+from src.data.video.splits import video_samples
 from src.run.args import add_arg
 from src.run.errors import UserError
-
-
-def video_samples(root, split, splits_dir="", split_id=1):
-    """``(samples, classes)`` of one split.
-
-    Args:
-        root: ``ROOT`` holding ``train/`` and ``val/`` (or ``test/``) class folders, or, with ``splits_dir``, the
-            folder of class folders the split files refer to (UCF101's ``UCF-101/``, HMDB51's videos).
-        split: ``"train"`` or ``"val"`` (``val`` falls back on ``test/``; with split files: the test list).
-        splits_dir: folder of official split files, or empty.
-        split_id: 1, 2 or 3.
-    """
-    if splits_dir:
-        return split_samples(root, splits_dir, split_id, train=split == "train")
-    if not os.path.isdir(root):
-        raise UserError(f"video folder '{root}' does not exist: pass the folder that holds train/ and val/")
-    for name in ([split] if split == "train" else [split, "test"]):
-        if os.path.isdir(os.path.join(root, name)):
-            return video_folder_samples(os.path.join(root, name))
-    if split == "train" and not any(os.path.isdir(os.path.join(root, s)) for s in ("val", "test")):
-        return video_folder_samples(root)  # ROOT itself holds the class folders
-    raise UserError(f"video folder '{root}' has no '{split}/' subfolder: add it, or pass --splits_dir with the "
-                    "official split files")
-
-
-def pretrain_set(root, size=224, num_frames=8, clip_duration=2.56, temporal_diff_p=0.2, scale=(0.2, 0.766),
-                 blur_probs=(1.0, 0.1), solarize_probs=(0.0, 0.2), blur_scale=1.0, seed=None, frames_fps=30.0,
-                 split=False):
-    """SCE pretraining: items ``([clip_1, clip_2], label)``, each (3, num_frames, size, size): float
-    and fully augmented, or with ``split`` (``--device-aug``) uint8 crops whose transform's ``device_augment``
-    finishes them on the training device (``src.augment.video.ClipCropToUint8``)."""
-    samples, classes = video_samples(root, "train")
-    views = (sce_clip_split_views if split else sce_clip_views)(size, blur_probs, solarize_probs, scale, blur_scale)
-    return VideoDataset(samples, classes, RandomMultiClipSampler(2, clip_duration), views, num_frames=num_frames,
-                        temporal_diff_p=temporal_diff_p, output="list", seed=seed, frames_fps=frames_fps, root=root)
 
 
 def train_set(samples, classes, size=224, short_side=(256, 320), finetune=False, num_frames=8, clip_duration=2.56,
