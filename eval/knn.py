@@ -3,7 +3,9 @@
 A thin CLI: the search is ``src.evaluation.knn`` (which a training run's monitor calls too, so its figure equals
 this command's); this module reads the flags, the folders and the checkpoint, runs the shards and reports.
 
-Protocol (docs/knn.md): both splits go through Resize(256) -> CenterCrop(224) -> Normalize.
+Protocol (docs/knn.md): both splits go through Resize(256) -> CenterCrop(224) -> Normalize. The splits are read as a
+training run's ``--monitor_data`` (``src.data.folders.resolve_split``): DIR/train and DIR/val class folders, or the
+train and test splits of an extracted CIFAR / STL-10 archive.
 The training set is cut into ``-g`` contiguous shards, one process each (one per GPU on CUDA). Every
 shard process embeds the whole val set (in order), then streams its training shard batch by batch
 through an exact Euclidean top-k (``src.metrics.StreamingKNN``); the features can first be mapped
@@ -43,7 +45,7 @@ import torch
 import torch.multiprocessing as mp
 
 from src.augment.image import eval_transform
-from src.data.folders import SafeImageFolder, require_folder
+from src.data.folders import ArraySplit, SafeImageFolder, array_layout, build_dataset, require_folder, resolve_split
 from src.evaluation.knn import SHIFT, bank_mean, bank_sum, search_shard, shard_bounds, summarize
 from src.evaluation.pretrained import TRUST_HELP, checkpoint_arch, load_trunk, read_checkpoint
 from src.evaluation.results import results_file, write_json
@@ -58,7 +60,8 @@ from src.run.launch import exit_on_user_error
 def get_args_parser(add_help=False):
     """Flags of the Best-NN evaluation (MoCo dash-case; every two-word flag also in snake_case)."""
     parser = ArgumentParser("Best-NN evaluation", add_help=add_help)
-    parser.add_argument("data", metavar="DIR", help="dataset root holding train/ and val/ class folders")
+    parser.add_argument("data", metavar="DIR", help="dataset root holding train/ and val/ class folders, or an "
+                        "extracted CIFAR-10 / CIFAR-100 / STL-10 archive (its train and test splits)")
     g = parser.add_argument_group("model")
     add_arg(g, "-a", "--arch", default=None,
             help=f"trunk architecture (default: the checkpoint's, else resnet50); one of {', '.join(KNOWN_ARCHS)}")
@@ -102,24 +105,37 @@ def get_args_parser(add_help=False):
 
 # ==== data, model and shards ====
 def build_datasets(args):
-    """(train, val) image folders with the evaluation transform.
+    """(train, val) with the evaluation transform, read as the training monitor reads ``--monitor_data``
+    (``src.data.folders.resolve_split`` / ``build_dataset``): ``DIR/train`` and ``DIR/val`` class folders, or the
+    train and test splits of the CIFAR-10 / CIFAR-100 pickles or STL-10 binaries DIR holds (STL-10's train: its
+    labelled images).
 
     Raises:
         UserError: a missing split (or a file in its place), fewer than 2 classes, or other classes in val/.
     """
-    hint = "pass the dataset root that holds train/ and val/ (one subfolder per class in each)"
-    for split in ("train", "val"):
-        require_folder(os.path.join(args.data, split), hint)
+    array = array_layout(args.data) if os.path.isdir(args.data) else None
+    if array is None:  # class folders: both splits, never DIR itself for both (val would be the training images)
+        hint = "pass the dataset root that holds train/ and val/ (one subfolder per class in each)"
+        for split in ("train", "val"):
+            require_folder(os.path.join(args.data, split), hint)
     tf = eval_transform(resize=args.resize, crop_size=args.crop_size)
-    train_set = SafeImageFolder(os.path.join(args.data, "train"), transform=tf)
+    train_split, val_split = (resolve_split(args.data, s, labelled=True) for s in ("train", "val"))
+    train_set = _open(train_split, tf)
     if len(train_set.classes) < 2:  # every neighbour would vote for the one class: 100% whatever the trunk
-        raise UserError(f"'{os.path.join(args.data, 'train')}' has {len(train_set.classes)} class folder "
+        where = train_split if array else os.path.join(args.data, "train")
+        raise UserError(f"'{where}' has {len(train_set.classes)} class folder "
                         f"({train_set.classes[0]}): kNN classification needs at least 2 classes; add class folders")
-    val_set = SafeImageFolder(os.path.join(args.data, "val"), transform=tf)
+    val_set = _open(val_split, tf)
     if train_set.classes != val_set.classes:
         raise UserError(f"train/ and val/ of '{args.data}' have different class folders "
                         f"({len(train_set.classes)} vs {len(val_set.classes)}): labels would not match")
     return train_set, val_set
+
+
+def _open(split, transform):
+    """A split of :func:`build_datasets`: an archive's reader (``build_dataset``), or the class folders (a flat folder
+    of images is refused: its images have no labels to vote with)."""
+    return build_dataset(split, transform) if isinstance(split, ArraySplit) else SafeImageFolder(split, transform)
 
 
 def build_model(args):

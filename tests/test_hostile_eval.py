@@ -120,6 +120,19 @@ def test_stats_dist_uniformity_flags_are_refused_where_parsed(flag, value, needl
     assert f"argument {flag}" in line and needle in line
 
 
+@pytest.mark.parametrize("tool", ["eval.stats-dist", "eval.instdisc", "experiments.tsne"])
+@pytest.mark.parametrize("flag,value,needle", [
+    ("-b", "0", "must be >= 1"), ("--resize", "0", "must be >= 1"), ("--crop-size", "0", "must be >= 1"),
+    ("-j", "-1", "must be >= 0"), ("-s", "-1", "must be >= 0"), ("--gpu", "-1", "must be >= 0"),
+    ("-b", "x", "expected an integer"),
+])
+def test_pair_eval_sizes_and_counts_are_refused_where_parsed(tool, flag, value, needle, tmp_path, capsys):
+    """The flags src.evaluation.pair_eval gives the positive-pair tools: one line at parsing, before any image."""
+    module = importlib.import_module(tool)
+    line = one_line(*exits(lambda: parse(module, [str(tmp_path), flag, value]), capsys))
+    assert f"argument {flag}" in line and needle in line
+
+
 # ==== 4. a crafted CIFAR pickle ====
 BUILD_ON_INT = b"\x80\x02K\x05}q\x00X\x01\x00\x00\x00aK\x01sb."  # push 5, push {'a': 1}, BUILD: 5.__dict__...
 

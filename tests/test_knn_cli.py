@@ -192,3 +192,37 @@ def test_per_rank_shards_equal_run_knn(tiny, rep_space):
         res = summarize(parts, parts[0]["val_labels"], 3)
         assert res["best_k"] == whole["best_k"] and res["acc_by_k"] == pytest.approx(whole["acc_by_k"], abs=1e-9)
         assert res["weighted_knn_top1"] == pytest.approx(whole["weighted_knn_top1"], abs=1e-9)
+
+
+@pytest.mark.parametrize("layout", ["cifar10", "stl10"])
+def test_archive_roots_are_read_as_the_monitor_reads_them(layout, tmp_path, capsys):
+    """An extracted CIFAR-10 / STL-10 archive as DIR: train and test splits (STL-10's train: its labelled images
+    only), the splits a run's ``--monitor_data`` reads, so a monitor pass and eval.knn on the same trunk give the
+    same figures."""
+    from eval.knn import build_datasets, build_model, get_args_parser, main
+    from src.evaluation.monitor import Monitor
+    from src.run.dist import DistInfo
+    from tests.test_small_data import write_cifar, write_stl10
+
+    root = str(tmp_path / "data")
+    written = write_cifar(root) if layout == "cifar10" else write_stl10(root)
+    args = get_args_parser().parse_args([root, "-a", "resnet18", "--cifar-stem", "--resize", "32", "--crop-size", "32",
+                                         "-b", "8", "-j", "0", "--output-json", str(tmp_path / "knn.json")])
+    train_set, val_set = build_datasets(args)
+    if layout == "stl10":
+        assert (len(train_set), len(val_set)) == (len(written["train"][0]), len(written["test"][0]))
+    else:  # 5 training batches and the test batch
+        assert (len(train_set), len(val_set)) == (5 * len(written["test_batch"][0]), len(written["test_batch"][0]))
+    assert -1 not in train_set.targets and len(train_set.classes) == 10
+
+    model = build_model(args)
+    watch = types.SimpleNamespace(monitor_data=root, monitor_crop=32, monitor_resize=32, monitor_every=1,
+                                  online_linear=False, workers=0)
+    cpu = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), distributed=False, backend=None,
+                   launcher="none")
+    row = Monitor.from_args(watch, cpu, lambda: {"online": model}, 32, 1, None).after_epoch(0)[0]
+    res = main(args)
+    assert (res["n_train"], res["n_val"]) == (len(train_set), len(val_set))
+    assert (res["best_nn"], res["best_k"]) == (row["best_nn"], row["best_k"])
+    assert res["weighted_knn_top1"] == pytest.approx(row["weighted_knn"], abs=1e-9)
+    assert f"best-NN={row['best_nn']:.2f}%" in capsys.readouterr().out
