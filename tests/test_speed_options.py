@@ -53,6 +53,18 @@ def test_autocast_dtype_falls_back_on_cpu_once(capsys):
     assert autocast_dtype(args, torch.device("cuda")) is torch.float16 and amp_dtype(args) is torch.float16
 
 
+def test_cpu_bf16_with_channels_last_turns_onednn_off_with_one_warning(monkeypatch, capsys):
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", True)  # put back after the test
+    args = types.SimpleNamespace(amp="bf16", use_fp16=False, channels_last=True)
+    assert autocast_dtype(args, "cpu") is torch.bfloat16
+    out = capsys.readouterr().out
+    assert out.count("warning:") == 1 and "oneDNN is turned off" in out and not torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = True
+    for amp, cl, device in (("bf16", False, "cpu"), ("none", True, "cpu"), ("bf16", True, "cuda")):
+        assert autocast_dtype(types.SimpleNamespace(amp=amp, use_fp16=False, channels_last=cl), device) is not False
+        assert torch.backends.mkldnn.enabled and capsys.readouterr().out == ""  # only that combination, on a CPU
+
+
 def test_compile_falls_back_to_eager_with_one_warning(monkeypatch, capsys):
     def broken_compile(module):
         def call(*args, **kwargs):
@@ -149,6 +161,7 @@ def test_script_runs_with_channels_last_and_bf16(data, tmp_path, name):  # noqa:
     p = run(script_cmd(name, data, tmp_path / name, *extra))
     assert_ok(p)
     assert "iteration 2; checkpoint saved" in p.stdout
+    assert "oneDNN is turned off for this run" in p.stdout  # its bf16 channels-last kernels gave NaN at random
 
 
 def test_bench_command_writes_rows_ratios_and_json(tmp_path, step_folders):

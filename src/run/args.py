@@ -135,7 +135,7 @@ def autocast_dtype(args, device, rank=0):
 
     fp16 without CUDA falls back to fp32 with one warning line: CPU fp16 autocast is emulated and far slower than
     fp32 (docs/speed.md), and the references' fp16 is a GPU setting, so their published commands still run on a
-    CPU; ``--amp bf16`` is honoured everywhere. The effective choice is written back to ``args.amp`` /
+    CPU; ``--amp bf16`` is honoured everywhere (on a CPU with ``--channels-last``, without oneDNN: one warning line). The effective choice is written back to ``args.amp`` /
     ``args.use_fp16`` so that later :func:`amp_dtype` calls agree.
 
     Returns:
@@ -149,6 +149,14 @@ def autocast_dtype(args, device, rank=0):
             print("warning: --amp fp16 / --use_fp16 needs CUDA (CPU fp16 autocast is about 21x slower): this run "
                   "computes in fp32; --amp bf16 forces bf16 autocast", flush=True)
         name = "none"
+    if name == "bf16" and torch.device(device).type == "cpu" and getattr(args, "channels_last", False):
+        # oneDNN's bf16 channels-last convolutions on the CPU gave NaN gradients in about 1 run in 4 (torch 2.14);
+        # torch's own kernels never did: slower, but a CPU run of these options is a test, not a training run
+        torch.backends.mkldnn.enabled = False
+        if rank == 0:
+            print("warning: --amp bf16 with --channels-last on a CPU: oneDNN is turned off for this run (its bf16 "
+                  "channels-last kernels return NaN gradients at random); drop one of the two for full speed",
+                  flush=True)
     args.amp, args.use_fp16 = name, name == "fp16"
     return amp_dtype(args)
 
