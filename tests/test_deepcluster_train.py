@@ -5,7 +5,7 @@ import torch
 
 import main_deepclusterv2
 from src.run.launch import exit_on_user_error
-from tests.helpers import SYNC_RE, assert_ok, free_port, py, run, tiny_dataset
+from tests.helpers import SYNC_RE, assert_ok, free_port, py, run
 
 TINY = ["--arch", "resnet18", "--hidden_mlp", "32", "--feat_dim", "16", "--nmb_prototypes", "6", "6", "6",
         "--batch_size", "8", "--size_crops", "32", "16", "--nmb_crops", "2", "2", "--min_scale_crops", "0.14", "0.05",
@@ -14,8 +14,8 @@ TINY = ["--arch", "resnet18", "--hidden_mlp", "32", "--feat_dim", "16", "--nmb_p
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return tiny_dataset(str(tmp_path_factory.mktemp("dc") / "demo"))  # 4 classes x 12 images, 32 px
+def data(tiny_data):
+    return tiny_data  # the session's 4 classes x 12 images at 32 px (read only)
 
 
 def _load(path):

@@ -13,15 +13,15 @@ import main_moco
 from src.methods.moco import MoCo, load_for_restart
 from src.models import build_backbone
 from src.run.loop import resume_source
-from tests.helpers import ROOT, assert_ok, py, run, tiny_dataset
+from tests.helpers import ROOT, assert_ok, py, run
 
 SMALL = {"resnet18": 512, "mobilenetv3_small": 1024, "mobilenetv3_large": 1280, "efficientnet_b0": 1280,
          "deit_tiny": 192}
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return tiny_dataset(str(tmp_path_factory.mktemp("small") / "demo"))
+def data(tiny_data):
+    return tiny_data  # the session's 4 classes x 12 images at 32 px (read only)
 
 
 @pytest.mark.parametrize("arch,dim", SMALL.items())

@@ -4,15 +4,15 @@ import os
 import pytest
 import torch
 
-from tests.helpers import SYNC_RE, assert_ok, free_port, one_error_line, py, run, tiny_dataset
+from tests.helpers import SYNC_RE, assert_ok, free_port, one_error_line, py, run
 
 TINY = ["-a", "resnet18", "--crop-size", "32", "-b", "8", "--moco-k", "32", "--mlp", "--moco-t", "0.2",
         "--aug-plus", "--cos", "-j", "1", "-p", "2", "--seed", "3", "--bn-splits", "2"]
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return tiny_dataset(str(tmp_path_factory.mktemp("moco") / "demo"))
+def data(tiny_data):
+    return tiny_data  # the session's 4 classes x 12 images at 32 px (read only)
 
 
 def _state(path):
@@ -144,7 +144,6 @@ def test_sigterm_saves_and_resume_is_bit_identical(data, tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
     from tests.helpers import ROOT
     full, cut = tmp_path / "full", tmp_path / "cut"

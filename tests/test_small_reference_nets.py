@@ -24,7 +24,7 @@ from src.models.deit import Attention, Patchify
 from src.models.efficientnet import Conv2dSame, drop_connect
 from src.models.mobilenetv3 import SqueezeExcite
 from src.run.errors import UserError
-from tests.helpers import assert_ok, py, run, tiny_dataset
+from tests.helpers import assert_ok, py, run
 
 DIMS = {"mobilenetv3_small": 1024, "mobilenetv3_large": 1280, "efficientnet_b0": 1280, "deit_tiny": 192,
         "tv_mobilenetv3_small": 1024, "tv_mobilenetv3_large": 1280, "tv_efficientnet_b0": 1280, "vit_tiny": 192}
@@ -272,8 +272,8 @@ def _seed_student_state(arch, mlp, seed):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return tiny_dataset(str(tmp_path_factory.mktemp("smallnets") / "demo"))
+def data(tiny_data):
+    return tiny_data  # the session's 4 classes x 12 images at 32 px (read only)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from src.augment.device import MultiCropAugment
 from src.augment.recipes import sce_recipe, swav_recipe, swav_views
 from src.augment.split import CropsToUint8, DeviceLoader, device_loader, draft_scale
 from src.data.folders import build_dataset
-from tests.helpers import assert_ok, one_error_line, py, run, tiny_dataset
+from tests.helpers import assert_ok, one_error_line, py, run
 
 
 def write_jpeg(path, width, height, seed=0):
@@ -89,8 +89,8 @@ def test_device_loader_is_identity_for_the_plain_path():
 
 # ==== every method script, 2 iterations on the CPU with --device-aug ====
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return tiny_dataset(str(tmp_path_factory.mktemp("split") / "demo"))
+def data(tiny_data):
+    return tiny_data  # the session's 4 classes x 12 images at 32 px (read only)
 
 
 SCRIPTS = {

@@ -8,7 +8,7 @@ import torch
 
 import main_swav
 from src.run.launch import exit_on_user_error
-from tests.helpers import SYNC_RE, assert_ok, free_port, one_error_line, py, run, tiny_dataset
+from tests.helpers import SYNC_RE, assert_ok, free_port, one_error_line, py, run
 
 # the official flags with small sizes: resnet18 (ImageNet stem) on 32 + 16 px crops, 12 prototypes
 TINY = ["--arch", "resnet18", "--hidden_mlp", "32", "--feat_dim", "16", "--nmb_prototypes", "12", "--batch_size", "8",
@@ -18,8 +18,8 @@ TINY = ["--arch", "resnet18", "--hidden_mlp", "32", "--feat_dim", "16", "--nmb_p
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return tiny_dataset(str(tmp_path_factory.mktemp("swav") / "demo"))  # 4 classes x 12 images, 32 px
+def data(tiny_data):
+    return tiny_data  # the session's 4 classes x 12 images at 32 px (read only)
 
 
 def _load(path):
