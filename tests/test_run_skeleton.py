@@ -226,7 +226,8 @@ def test_unreadable_images_are_left_out_and_counted():
     head = torch.nn.Linear(48, 2)
     res = evaluate(head, batches, CPU, features=trunk)
     ref = evaluate(head, [(x[y >= 0], y[y >= 0])], CPU, features=trunk)
-    assert res["skipped"] == 2 and res["n"] == 4 and res["top1"] == ref["top1"] and res["loss"] == ref["loss"]
+    assert res["skipped"] == 2 and res["n"] == 4 and res["top1"] == ref["top1"]
+    assert res["loss"] == pytest.approx(ref["loss"], rel=1e-6)  # 2+2 rows vs 4 in one product: last bits may differ
     nan_trunk = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(0.0))
     with pytest.raises(UserError, match="NaN/inf"):
         extract_features(nan_trunk, [(torch.full((2, 3, 4, 4), float("nan")), torch.zeros(2, dtype=torch.long))], CPU)
