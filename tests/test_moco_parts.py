@@ -84,7 +84,7 @@ def test_moco_layout_matches_released_checkpoints():
     assert "encoder_k.layer4.1.bn2.running_var" in keys and "queue.queue" in keys
     assert model.encoder_q.fc[0].in_features == 512 and model.encoder_q.fc[2].out_features == 16
     with torch.no_grad():
-        k = model.key(torch.randn(4, 3, 32, 32))
+        k, _ = model.keys(torch.randn(4, 3, 32, 32))
     torch.testing.assert_close(k.norm(dim=1), torch.ones(4))
 
 

@@ -124,7 +124,9 @@ def test_resume_from_wrong_arch_names_keys(data, tmp_path):
     out = tmp_path / "r"
     assert_ok(run(py("main_moco.py", data, *TINY, "--max-iters", "1", "--output-dir", str(out))))
     args = [a if a != "resnet18" else "resnet34" for a in TINY]
-    p = run(py("main_moco.py", data, *args, "--output-dir", str(out)))
+    line = one_error_line(run(py("main_moco.py", data, *args, "--output-dir", str(out))))
+    assert "--arch 'resnet18' -> 'resnet34'" in line  # the flags that changed come first
+    p = run(py("main_moco.py", data, *args, "--output-dir", str(out), "--allow-changed-flags"))
     line = one_error_line(p)
     assert "does not match" in line and "layer" in line
 

@@ -10,6 +10,7 @@ import pytest
 
 import main_moco
 from src.run.launch import cli
+from src.run.signals import process_stop_signal
 from tests.helpers import ROOT, free_port, py
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -107,8 +108,10 @@ def test_a_stopped_demo_prints_the_stop_line_and_no_contract_lines(tmp_path, mon
     handler = signal.getsignal(signal.SIGTERM)
     try:
         assert main_moco.run_demo(args) is None
-    finally:
+    finally:  # this process's stop flag is for the rest of the test session to use
         signal.signal(signal.SIGTERM, handler)
+        stop = process_stop_signal()
+        stop.flag, stop.signum = False, None
     out = capsys.readouterr().out
     assert re.search(r"=> stopped by signal SIGTERM at epoch \d+, iteration \d+; checkpoint saved, run the same", out)
     assert "demo kNN top-1" not in out and "demo pretrained:" not in out
