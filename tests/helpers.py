@@ -32,6 +32,33 @@ def assert_ok(proc):
     assert proc.returncode == 0, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-4000:]}"
 
 
+def exits(fn, capsys):
+    """``fn()`` (a CLI's parse and main) in this process: ``(exit status, stdout, stderr)``; the stop-signal handlers a
+    script installs are put back afterwards."""
+    import signal
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    code = 0
+    try:
+        fn()
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line(code, out, err):
+    """Bad input in this process: exit status 2, no traceback, exactly one ``error:`` line on stderr; returns it."""
+    assert code == 2, (code, out[-2000:], err[-2000:])
+    assert "Traceback" not in out + err, err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
 def one_error_line(proc):
     """Bad input: non-zero exit, no traceback, exactly one 'error:' line on stderr."""
     assert proc.returncode != 0

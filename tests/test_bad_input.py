@@ -22,7 +22,7 @@ import main_transfer
 from src.models import build_backbone
 from src.run.args import ArgumentParser
 from src.run.launch import cli
-from tests.helpers import ROOT, py, tiny_dataset
+from tests.helpers import ROOT, exits, one_line, py, tiny_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -50,26 +50,9 @@ def cli_run(script, argv, capsys):
     """``python SCRIPT argv`` in this process: (exit status, stdout, stderr)."""
     module, parse = MODULES[script]
     parse = parse or ArgumentParser(parents=[module.get_args_parser(add_help=False)]).parse_args
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
-    code = 0
-    try:
-        cli(module.main, lambda: parse(argv))
-    except SystemExit as exc:
-        code = exc.code
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return exits(lambda: cli(module.main, lambda: parse(argv)), capsys)
 
 
-def one_line(code, out, err):
-    """Exit status 2, no traceback, exactly one ``error:`` line; returns it."""
-    assert code == 2, (code, out[-2000:], err[-2000:])
-    assert "Traceback" not in out + err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def _ckpt(path, **state):

@@ -7,12 +7,12 @@ import signal
 import numpy as np
 import pytest
 import torch
-from helpers import assert_ok, free_port, one_error_line, py, run
 from PIL import Image
 
 import eval_linear
 from src.run.args import ArgumentParser
 from src.run.launch import cli
+from tests.helpers import assert_ok, exits, free_port, one_line, py, run
 
 
 @pytest.fixture(scope="module")
@@ -176,20 +176,8 @@ def test_bad_input_is_one_error_line(tiny, tmp_path, capsys):
 # ==== hostile input: refused with one line, exit 2, no traceback ====
 def _cli_error(argv, capsys):
     """The CLI's own path (the project's parser, then main): exit 2, no traceback, one ``error:`` line."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
-    code = 0
-    try:
-        cli(eval_linear.main, lambda: ArgumentParser(parents=[eval_linear.get_args_parser()]).parse_args(argv))
-    except SystemExit as exc:
-        code = exc.code
-    finally:
-        for s, handler in saved.items():
-            signal.signal(s, handler)
-    out, err = capsys.readouterr()
-    assert code == 2 and "Traceback" not in out + err, (code, out[-2000:], err[-2000:])
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    return lines[0]
+    parse = ArgumentParser(parents=[eval_linear.get_args_parser()]).parse_args
+    return one_line(*exits(lambda: cli(eval_linear.main, lambda: parse(argv)), capsys))
 
 
 def test_zero_norm_std_is_refused_where_parsed(tiny, tmp_path, capsys):

@@ -17,6 +17,7 @@ from src.evaluation.pretrained import read_checkpoint
 from src.run.args import ArgumentParser
 from src.run.checkpoint import load_checkpoint
 from src.run.errors import UserError
+from tests.helpers import exits, one_line
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 stats_dist = importlib.import_module("eval.stats-dist")
@@ -30,24 +31,6 @@ def parse(module, argv):
     return ArgumentParser(parents=[module.get_args_parser()]).parse_args(argv)
 
 
-def exits(fn, capsys):
-    """Run ``fn()`` (a CLI's parse or main); returns (exit status, stdout, stderr)."""
-    code = 0
-    try:
-        fn()
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line(code, out, err):
-    """Exit status 2, no traceback, exactly one ``error:`` line; returns it."""
-    assert code == 2, (code, out[-2000:], err[-2000:])
-    assert "Traceback" not in out + err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def images(folder, n, seed=0, size=16):

@@ -14,7 +14,7 @@ import torch
 from src.models import build_backbone
 from src.run.args import ArgumentParser
 from src.run.launch import exit_on_user_error
-from tests.helpers import tiny_dataset
+from tests.helpers import exits, one_line, tiny_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -27,24 +27,12 @@ tsne = importlib.import_module("experiments.tsne")
 
 def cli(module, argv, capsys):
     """``python -m experiments.<module> argv`` in this process: (exit status, stdout, stderr)."""
-    code = 0
-    try:
-        if module in (convert_seed, convert_detectron2):  # they parse their own argv
-            exit_on_user_error(module.main)([str(a) for a in argv])
-        else:
-            module.main(ArgumentParser(parents=[module.get_args_parser()]).parse_args([str(a) for a in argv]))
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    argv = [str(a) for a in argv]
+    if module in (convert_seed, convert_detectron2):  # they parse their own argv
+        return exits(lambda: exit_on_user_error(module.main)(argv), capsys)
+    return exits(lambda: module.main(ArgumentParser(parents=[module.get_args_parser()]).parse_args(argv)), capsys)
 
 
-def one_line(code, out, err):
-    assert code == 2, (code, out, err)
-    assert "Traceback" not in out + err, err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def _under(path, folder):

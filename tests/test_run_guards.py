@@ -11,7 +11,7 @@ import pytest
 import main_moco
 from src.run.launch import cli
 from src.run.signals import process_stop_signal
-from tests.helpers import ROOT, free_port, py
+from tests.helpers import ROOT, exits, free_port, py
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = ["-a", "resnet_tiny", "--crop-size", "32", "-b", "8", "--moco-k", "32", "-j", "0", "-p", "2", "--seed", "0",
@@ -19,13 +19,7 @@ TINY = ["-a", "resnet_tiny", "--crop-size", "32", "-b", "8", "--moco-k", "32", "
 
 
 def _cli(argv, capsys):
-    code = 0
-    try:
-        cli(main_moco.main, lambda: main_moco.get_args_parser().parse_args(argv))
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return exits(lambda: cli(main_moco.main, lambda: main_moco.get_args_parser().parse_args(argv)), capsys)
 
 
 def test_a_resume_with_flags_that_change_the_run_is_refused_with_the_list(tiny_data, tmp_path, capsys):

@@ -1,34 +1,15 @@
 """Hostile input to main_sce.py that would otherwise end in a traceback: a --demo_dir that is a file
 (NotADirectoryError) and a --frames_fps of 0 (ZeroDivisionError in the frame-folder reader). Each is one ``error:``
 line naming the problem, exit status 2, nothing written. Both run in this process (the CLI's own exit path)."""
-import signal
 
 import main_sce
 from src.run.launch import cli
+from tests.helpers import exits, one_line
 
 
 def cli_run(argv, capsys):
     """``python main_sce.py argv`` in this process: (exit status, stdout, stderr)."""
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
-    code = 0
-    try:
-        cli(main_sce.main, lambda: main_sce.parse_args(argv))
-    except SystemExit as exc:
-        code = exc.code
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line(code, out, err):
-    """Exit status 2, no traceback, exactly one ``error:`` line; returns it."""
-    assert code == 2, (code, out[-2000:], err[-2000:])
-    assert "Traceback" not in out + err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    return lines[0]
+    return exits(lambda: cli(main_sce.main, lambda: main_sce.parse_args(argv)), capsys)
 
 
 def test_demo_dir_that_is_a_file(tmp_path, capsys):

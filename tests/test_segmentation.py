@@ -25,6 +25,7 @@ from src.models.segmentation import SegmentationFCN
 from src.run.args import ArgumentParser
 from src.run.errors import UserError
 from src.run.launch import cli
+from tests.helpers import exits, one_line
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -109,20 +110,8 @@ def run_inprocess(argv):
 
 def cli_error(argv, capsys):
     """The CLI's exit path: returns the one ``error:`` line (exit 2, no traceback)."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
-    code = 0
-    try:
-        cli(seg.main, lambda: ArgumentParser(parents=[seg.get_args_parser()]).parse_args(argv))
-    except SystemExit as exc:
-        code = exc.code
-    finally:
-        for s, handler in saved.items():
-            signal.signal(s, handler)
-    out, err = capsys.readouterr()
-    assert code == 2 and "Traceback" not in out + err, (code, out[-2000:], err[-2000:])
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    return lines[0]
+    parse = ArgumentParser(parents=[seg.get_args_parser()]).parse_args
+    return one_line(*exits(lambda: cli(seg.main, lambda: parse(argv)), capsys))
 
 
 VOC_FAST = ["--recipe", "voc", "-a", "resnet_tiny", "--crop_size", "64", "--test_size", "64", "-b", "4", "-j", "0",

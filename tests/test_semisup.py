@@ -19,7 +19,7 @@ from src.models import build_backbone
 from src.run.args import ArgumentParser
 from src.run.errors import UserError
 from src.run.launch import cli
-from tests.helpers import ROOT
+from tests.helpers import ROOT, exits, one_line
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -71,22 +71,9 @@ def run_inprocess(argv):
             signal.signal(s, handler)
 
 
-def one_line(argv, capsys):
+def one_error(argv, capsys):
     """The CLI's exit path: status 2, no traceback, exactly one ``error:`` line; returns it."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
-    code = 0
-    try:
-        cli(eval_semisup.main, lambda: parse(argv))
-    except SystemExit as exc:
-        code = exc.code
-    finally:
-        for s, handler in saved.items():
-            signal.signal(s, handler)
-    out, err = capsys.readouterr()
-    assert code == 2 and "Traceback" not in out + err, (code, out[-2000:], err[-2000:])
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    return lines[0]
+    return one_line(*exits(lambda: cli(eval_semisup.main, lambda: parse(argv)), capsys))
 
 
 def base(imagenet, out, *extra):
@@ -128,7 +115,7 @@ def test_missing_images_are_one_line(imagenet, tmp_path, capsys):
     assert "2 listed class folders do not exist at all (n09999999, n09999998)" in msg and "--labels_file" in msg
     # through the CLI: one error line, and nothing was trained
     (tmp_path / "l.txt").write_text("\n".join(names[:3] + ["n01443537_7.JPEG"]) + "\n")
-    line = one_line(["--data_path", str(imagenet), "--labels_file", str(tmp_path / "l.txt"), *COMMON,
+    line = one_error(["--data_path", str(imagenet), "--labels_file", str(tmp_path / "l.txt"), *COMMON,
                      "--dump_path", str(tmp_path / "run")], capsys)
     assert "1 of the 4 images of --labels_file" in line and "n01443537/n01443537_7.JPEG" in line, line
     assert not (tmp_path / "run" / "checkpoint.pth.tar").exists()
@@ -143,7 +130,7 @@ def test_missing_images_are_one_line(imagenet, tmp_path, capsys):
 ])
 def test_bad_lists_are_one_line(text, needle, imagenet, tmp_path, capsys):
     (tmp_path / "l.txt").write_text(text)
-    line = one_line(["--data_path", str(imagenet), "--labels_file", str(tmp_path / "l.txt"), *COMMON,
+    line = one_error(["--data_path", str(imagenet), "--labels_file", str(tmp_path / "l.txt"), *COMMON,
                      "--dump_path", str(tmp_path / "run")], capsys)
     assert needle in line, line
     assert not (tmp_path / "run").exists()  # refused before the run started
@@ -162,14 +149,14 @@ def test_bad_layouts_and_flags_are_one_line(imagenet, tmp_path, capsys):
              (["--data_path", str(imagenet), "--lr_last_layer", "-1"], "argument --lr_last_layer"),
              (["--data_path", str(imagenet), "--decay_epochs"], "argument --decay_epochs")]
     for argv, needle in cases:
-        line = one_line([*argv, *COMMON, "--dump_path", str(tmp_path / "run")], capsys)
+        line = one_error([*argv, *COMMON, "--dump_path", str(tmp_path / "run")], capsys)
         assert needle in line, (argv, line)
     # val/ with other class folders than train/: the labels would not match
     other = tmp_path / "other"
     (other / "val" / "n00000001").mkdir(parents=True)
     _jpeg(other / "val" / "n00000001" / "a.JPEG", 0, np.random.default_rng(0))
     os.symlink(imagenet / "train", other / "train", target_is_directory=True)
-    line = one_line(["--data_path", str(other), "--labels_file", lst, *COMMON, "--dump_path", str(tmp_path / "r2")],
+    line = one_error(["--data_path", str(other), "--labels_file", lst, *COMMON, "--dump_path", str(tmp_path / "r2")],
                     capsys)
     assert "different class folders" in line, line
 
@@ -288,19 +275,19 @@ def test_stop_and_resume_is_bit_identical(imagenet, tmp_path, capsys):
         assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
     # another list is not resumed on
     (tmp_path / "l.txt").write_text("\n".join(read_list(imagenet / "list.txt")[:-1]) + "\n")
-    line = one_line(["--data_path", str(imagenet), "--labels_file", str(tmp_path / "l.txt"), *COMMON, "--epochs",
+    line = one_error(["--data_path", str(imagenet), "--labels_file", str(tmp_path / "l.txt"), *COMMON, "--epochs",
                      "3", "--dump_path", str(tmp_path / "b")], capsys)
     assert "another --labels_file / --labels_perc" in line and "labels_sha256" in line, line
 
 
 def test_non_finite_is_one_line(imagenet, tmp_path, capsys):
-    line = one_line(base(imagenet, tmp_path / "lr", "--epochs", "3", "--lr", "1e12", "--lr_last_layer", "1e12"),
+    line = one_error(base(imagenet, tmp_path / "lr", "--epochs", "3", "--lr", "1e12", "--lr_last_layer", "1e12"),
                     capsys)
     assert "NaN/inf" in line and ("checkpoint" in line or "no score is reported" in line), line
     trunk = build_backbone("resnet_tiny", cifar_stem=True)[0].state_dict()
     trunk["layer1.0.bn1.running_var"].fill_(float("nan"))
     torch.save({"arch": "resnet_tiny", "state_dict": trunk}, tmp_path / "nan.pth")
-    line = one_line(base(imagenet, tmp_path / "nan", "--pretrained", str(tmp_path / "nan.pth")), capsys)
+    line = one_error(base(imagenet, tmp_path / "nan", "--pretrained", str(tmp_path / "nan.pth")), capsys)
     assert "NaN/inf" in line, line
 
 

@@ -15,6 +15,7 @@ from PIL import Image
 import main_transfer
 from src.data.cifar import CifarPickleDataset, read_pickle
 from src.run.errors import UserError
+from tests.helpers import exits, one_line
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -216,23 +217,14 @@ def _cli_error(argv, capsys):
     from src.run.args import ArgumentParser
     from src.run.launch import cli
 
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    parse = ArgumentParser(parents=[main_transfer.get_args_parser()]).parse_args
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    code = 0
     try:
-        cli(main_transfer.main, lambda: ArgumentParser(parents=[main_transfer.get_args_parser()]).parse_args(argv))
-    except SystemExit as exc:
-        code = exc.code
+        code, out, err = exits(lambda: cli(main_transfer.main, lambda: parse(argv)), capsys)
     finally:
-        for s, handler in saved.items():
-            signal.signal(s, handler)
         torch.set_num_threads(threads)
-    out, err = capsys.readouterr()
-    assert code == 2 and "Traceback" not in out + err, (code, out[-2000:], err[-2000:])
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    return lines[0], out
+    return one_line(code, out, err), out
 
 
 def test_one_class_folder_is_refused(tmp_path, capsys):

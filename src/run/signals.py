@@ -47,9 +47,14 @@ class StopSignal:
 
     def __init__(self, device=None):
         self.flag, self.signum, self.device, self.pid = False, None, device, os.getpid()
+        self.install()
+
+    def install(self):
+        """(Re)install the handler for SIGTERM / SIGUSR1 where another one took its place."""
         for sig in STOP_SIGNALS:
             try:
-                signal.signal(sig, self._handler)
+                if signal.getsignal(sig) != self._handler:
+                    signal.signal(sig, self._handler)
             except ValueError:  # not the main thread (e.g. inside a test harness thread)
                 pass
 
@@ -84,11 +89,12 @@ _PROCESS_STOP = {}  # pid -> StopSignal: signal handlers are per process by natu
 
 
 def process_stop_signal():
-    """This process's :class:`StopSignal`, installed on first use (launch installs it at process start)."""
+    """This process's :class:`StopSignal`, its handler installed (again, if something replaced it since)."""
     pid = os.getpid()
     if pid not in _PROCESS_STOP:
         _PROCESS_STOP.clear()
         _PROCESS_STOP[pid] = StopSignal()
+    _PROCESS_STOP[pid].install()
     return _PROCESS_STOP[pid]
 
 
