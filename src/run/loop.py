@@ -47,7 +47,8 @@ SAFE_TO_CHANGE = {
     "epochs", "resume", "print_freq", "save_every_iters", "max_iters", "workers", "num_workers", "checkpoint_freq",
     "save_freq", "world_size", "rank", "dist_url", "dist_backend", "multiprocessing_distributed", "nproc_per_node",
     "local_rank", "gpu", "device", "demo", "demo_dir", "trust_checkpoint", "compile", "allow_changed_flags",
-    "monitor_data", "monitor_every", "monitor_resize", "monitor_crop", "tensorboard", "evaluate", "data",
+    "monitor_data", "monitor_every", "monitor_resize", "monitor_crop", "online_linear", "online_linear_lr",
+    "tensorboard", "evaluate", "data",
     "data_path", "dump_path", "output_dir", "restart", "start_epoch"}
 
 
