@@ -15,13 +15,14 @@ def infonce_logits(q, k, queue, temperature):
 
     Args:
         q: (B, D) unit-norm queries.
-        k: (B, D) unit-norm positive keys (no gradient needed).
+        k: (B, D) unit-norm positive keys (detached: no gradient flows to them, nor to the queue).
         queue: (K, D) unit-norm negatives.
         temperature: T.
     Returns:
         (B, 1 + K) float32 logits, the positive in column 0.
     """
-    q, k, queue = q.float(), k.float(), queue.float()
+    # keys and queue are constants of the step (the momentum encoder's): no gradient reaches them
+    q, k, queue = q.float(), k.detach().float(), queue.detach().float()
     l_pos = (q * k).sum(dim=1, keepdim=True)  # (B, 1)
     l_neg = q @ queue.t()  # (B, K)
     return torch.cat([l_pos, l_neg], dim=1) / temperature

@@ -41,6 +41,8 @@ def test_infonce_positive_in_column_zero_and_fp32():
 
 def test_infonce_gradient_flows_to_q_only():
     q = F.normalize(torch.randn(4, 8), dim=1).requires_grad_()
-    k = F.normalize(torch.randn(4, 8), dim=1)
-    infonce_loss(q, k, F.normalize(torch.randn(16, 8), dim=1), 0.2).backward()
+    k = F.normalize(torch.randn(4, 8), dim=1).requires_grad_()  # even keys that could take a gradient get none
+    queue = F.normalize(torch.randn(16, 8), dim=1).requires_grad_()
+    infonce_loss(q, k, queue, 0.2).backward()
     assert q.grad is not None and q.grad.abs().sum() > 0
+    assert k.grad is None and queue.grad is None
