@@ -9,7 +9,7 @@ run draws the same augmentations whatever the worker count. A transform of the s
 import torch
 from PIL import Image
 
-from src.data.folders import fork_rng, sample_seed
+from src.data.folders import sample_rng
 
 
 class PixelArrays(torch.utils.data.Dataset):
@@ -39,7 +39,5 @@ class PixelArrays(torch.utils.data.Dataset):
         img, target = Image.fromarray(self.pixels(index)), self.targets[index]
         if self.transform is None:
             return img, target
-        if self.seed is None:
-            return self.transform(img), target
-        with fork_rng(sample_seed(self.seed, int(self._epoch[0]), index)):
+        with sample_rng(self.seed, int(self._epoch[0]), index):
             return self.transform(img), target

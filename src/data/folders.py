@@ -203,6 +203,12 @@ def sample_seed(seed, epoch, index):
     return int(words[0]) | int(words[1]) << 32
 
 
+def sample_rng(seed, epoch, index):
+    """The RNG of one sample's augmentation: seeded from ``(seed, epoch, index)`` (:func:`fork_rng`), so a resumed
+    epoch draws what the interrupted one drew; left as it is when ``seed`` is None."""
+    return contextlib.nullcontext() if seed is None else fork_rng(sample_seed(seed, epoch, index))
+
+
 @contextlib.contextmanager
 def fork_rng(seed):
     """Context manager: Python ``random``, numpy's global RNG and torch's CPU generator seeded from
@@ -289,18 +295,14 @@ class _ImageListDataset(torch.utils.data.Dataset):
         """Args: index: int. Returns: (transformed image, target)."""
         index = index % len(self.samples)
         if getattr(self.transform, "decodes_itself", False):  # split pipeline: crops first, then decode
-            if self.seed is None:
-                return self.load(index, decode=self.transform)
-            with fork_rng(sample_seed(self.seed, int(self._epoch[0]), index)):
+            with sample_rng(self.seed, int(self._epoch[0]), index):
                 return self.load(index, decode=self.transform)
         img, target = self.load(index)
         if target == UNREADABLE:  # an image of the right shape, labelled -1: evaluation leaves it out
             img = Image.new("RGB", (256, 256))
         if self.transform is None:
             return img, target
-        if self.seed is None:
-            return self.transform(img), target
-        with fork_rng(sample_seed(self.seed, int(self._epoch[0]), index)):
+        with sample_rng(self.seed, int(self._epoch[0]), index):
             return self.transform(img), target
 
 

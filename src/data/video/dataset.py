@@ -22,7 +22,7 @@ import sys
 import numpy as np
 import torch
 
-from src.data.folders import MAX_CONSECUTIVE_FAILURES, class_folder_samples, fork_rng, sample_seed
+from src.data.folders import MAX_CONSECUTIVE_FAILURES, class_folder_samples, sample_rng
 from src.data.video.clips import difference_pairs, temporal_difference, uniform_indices
 from src.data.video.io import VIDEO_EXTENSIONS, VideoError, list_videos, load_frame, open_video
 from src.run.errors import UserError
@@ -122,13 +122,10 @@ class VideoDataset(torch.utils.data.Dataset):
     def __getitem__(self, index):
         """Args: index. Returns: ``(views, label)``; an unreadable video is replaced by the next one."""
         index = index % len(self.samples)
-        context = fork_rng(sample_seed(self.seed, int(self._epoch[0]), index)) if self.seed is not None else None
         for step in range(MAX_CONSECUTIVE_FAILURES + 1):
             i = (index + step) % len(self.samples)
             try:
-                if context is None:
-                    return self._item(i)
-                with context:
+                with sample_rng(self.seed, int(self._epoch[0]), i):  # a replacement draws as its own index does
                     return self._item(i)
             except VideoError as exc:
                 self.n_skipped += 1
@@ -137,8 +134,6 @@ class VideoDataset(torch.utils.data.Dataset):
                     self._warned.add(path)
                     print(f"warning: skipping video {path} ({exc}); {self.n_skipped} skipped so far in this process",
                           file=sys.stderr, flush=True)
-                if context is not None:
-                    context = fork_rng(sample_seed(self.seed, int(self._epoch[0]), i + 1))
         raise UserError(f"{MAX_CONSECUTIVE_FAILURES + 1} videos in a row from index {index} in '{self.root}' cannot "
                         f"be read: check the files (last: {path})")
 
